@@ -1,0 +1,46 @@
+"""The receiver's ASGI application. Engines, the inbox writer and the doorbell are made per process in
+the lifespan, never at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import endpoints
+from app.api.doorbell import AsyncDoorbell
+from app.db.engine import make_async_engine
+from app.facilities.webhooks import FacilityDirectory
+from app.ingest.writer import InboxWriter
+from app.logging import configure_logging
+from app.queue import Doorbell, make_celery
+from app.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings)
+        engine = make_async_engine(settings.database_url, pool_size=4)
+        writer = InboxWriter(engine, max_batch=settings.commit_batch_max)
+        doorbell = AsyncDoorbell(Doorbell(make_celery(settings), settings.queue))
+        await writer.start()
+        doorbell.start()
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.writer = writer
+        app.state.doorbell = doorbell
+        app.state.facilities = FacilityDirectory(engine)
+        try:
+            yield
+        finally:
+            await writer.stop()
+            await doorbell.stop()
+            await engine.dispose()
+
+    app = FastAPI(title="ehr-ingest receiver", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.include_router(endpoints.router)
+    return app

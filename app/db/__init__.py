@@ -1,0 +1,1 @@
+"""Postgres: typed models, engines created per process, and the migrations' target metadata."""

@@ -1,0 +1,136 @@
+"""The ledger's tables. Alembic (``migrations/``) is the only way they change.
+
+- ``facilities``: one row per EHR we ingest from; secrets are *referenced*, never stored.
+- ``inbox``: every accepted notification event, durable before the sender gets its 2xx. A row is
+  ``pending`` until a worker marks it ``done`` or ``dead``; ``lease_until`` hides a claimed row from
+  other workers and expires if the worker dies.
+- ``resources``: the current version of every (facility, type, id); deletions are tombstones.
+- ``resource_history``: every distinct version seen, once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+INBOX_PENDING = "pending"
+INBOX_DONE = "done"
+INBOX_DEAD = "dead"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSONB}
+
+
+class Facility(Base):
+    __tablename__ = "facilities"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vendor: Mapped[str] = mapped_column(String(32))
+    base_url: Mapped[str] = mapped_column(Text)
+    # {"method": "private_key_jwt", "client_id": ..., "private_key": {"file"|"env": ...}, "algorithm": ...,
+    #  "scopes": [...], "token_url": optional}
+    auth: Mapped[dict[str, Any]]
+    # {"header": "Authorization", "scheme": "Bearer"|None, "secret": {"file"|"env": ...}} or {}
+    webhook: Mapped[dict[str, Any]]
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class InboxRow(Base):
+    __tablename__ = "inbox"
+    __table_args__ = (
+        UniqueConstraint("facility_id", "dedup_key"),
+        # The queue scan: only live rows are indexed, so the index stays small however much is done.
+        Index(
+            "ix_inbox_claimable",
+            "facility_id",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_inbox_dead", "facility_id", "reason", postgresql_where=text("status = 'dead'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    dedup_key: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    subscription: Mapped[str | None] = mapped_column(Text)
+    event_number: Mapped[int | None] = mapped_column(BigInteger)
+    focus_type: Mapped[str | None] = mapped_column(String(64))
+    focus_id: Mapped[str | None] = mapped_column(String(128))
+    # create | update | delete | None (unknown: fetch tells)
+    interaction: Mapped[str | None] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any] | None]
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    lease_until: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    done_at: Mapped[datetime | None]
+
+
+class Resource(Base):
+    __tablename__ = "resources"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version_id: Mapped[str | None] = mapped_column(String(128))
+    last_updated: Mapped[datetime | None]
+    content_hash: Mapped[str] = mapped_column(String(64))
+    deleted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    resource: Mapped[dict[str, Any] | None]
+    fetched_at: Mapped[datetime]
+    ingested_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ResourceVersion(Base):
+    __tablename__ = "resource_history"
+    __table_args__ = (
+        UniqueConstraint(
+            "facility_id", "resource_type", "resource_id", "version_key", name="uq_resource_history_version"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(128))
+    # versionId when the server gives one, else the content hash: what makes a version distinct.
+    version_key: Mapped[str] = mapped_column(String(160))
+    version_id: Mapped[str | None] = mapped_column(String(128))
+    last_updated: Mapped[datetime | None]
+    content_hash: Mapped[str] = mapped_column(String(64))
+    deleted: Mapped[bool] = mapped_column(Boolean)
+    resource: Mapped[dict[str, Any] | None]
+    fetched_at: Mapped[datetime]
+    recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())

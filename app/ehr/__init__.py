@@ -1,0 +1,1 @@
+"""Talking to a facility's EHR: SMART Backend Services auth, politeness, retries, the base-URL guard."""

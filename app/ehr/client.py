@@ -1,0 +1,158 @@
+"""The EHR client of one facility: reads resources from its registered base URL only.
+
+Retry policy, the first of two tiers: transport errors, 429 and 502/503/504 are retried here a few
+times with exponential backoff and jitter, honouring ``Retry-After`` up to ``RETRY_AFTER_CAP_S``; what is
+still failing is raised as a TransientEHRError for the caller to back off in Postgres. A 401 drops the
+token and retries the same URL once with a fresh one. 404 and 410 are deletions, not errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from app.ehr.auth import SmartBackendAuth
+from app.ehr.retry_after import parse_retry_after
+from app.errors import (
+    EHRRateLimited,
+    EHRRejected,
+    EHRTokenExpired,
+    EHRTransportError,
+    EHRUnavailable,
+    ForeignHostError,
+    TransientEHRError,
+    UnparseableResource,
+)
+from app.fhir.references import ResourceRef, is_under_base
+from app.fhir.resources import resource_meta
+
+log = structlog.get_logger("ehr.client")
+
+RETRY_AFTER_CAP_S = 10.0
+MAX_REDIRECTS = 3
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    ref: ResourceRef
+    resource: dict[str, Any] | None  # None: the EHR says the resource is gone (404/410)
+    fetched_at: datetime
+
+
+class EHRClient:
+    def __init__(
+        self,
+        *,
+        facility_id: str,
+        base_url: str,
+        auth: SmartBackendAuth,
+        http: httpx.Client,
+        attempts: int = 4,
+        max_delay_s: float = 30.0,
+    ) -> None:
+        self.facility_id = facility_id
+        self.base_url = base_url.rstrip("/")
+        self._auth = auth
+        self._http = http
+        self._attempts = attempts
+        self._max_delay_s = max_delay_s
+
+    def close(self) -> None:
+        self._http.close()
+
+    def read(self, ref: ResourceRef) -> FetchResult:
+        response = self._get_with_retries(f"{self.base_url}/{ref.relative}")
+        fetched_at = datetime.now(UTC)
+        if response.status_code in (404, 410):
+            return FetchResult(ref, None, fetched_at)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise UnparseableResource(detail=f"{ref.resource_type} read returned non-JSON") from exc
+        resource_meta(body, expected_type=ref.resource_type)
+        if body.get("id") != ref.resource_id:
+            raise UnparseableResource(detail=f"{ref.resource_type} read returned another id")
+        return FetchResult(ref, body, fetched_at)
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def _get_with_retries(self, url: str) -> httpx.Response:
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientEHRError),
+            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_delay_s),
+            wait=_wait_honouring_retry_after,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                return self._get_once(url)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _get_once(self, url: str) -> httpx.Response:
+        token = self._auth.token()
+        response = self._get_authorized(url, token)
+        if response.status_code == 401:
+            # Tokens expire early or mid-pagination: one fresh token, the same URL, once.
+            self._auth.invalidate(token)
+            response = self._get_authorized(url, self._auth.token())
+            if response.status_code == 401:
+                raise EHRTokenExpired(detail="401 after re-authentication")
+        return self._classify(response)
+
+    def _get_authorized(self, url: str, token: str) -> httpx.Response:
+        for _ in range(MAX_REDIRECTS + 1):
+            if not is_under_base(url, self.base_url):
+                raise ForeignHostError(detail="refusing a URL outside the facility's base URL")
+            try:
+                response = self._http.get(
+                    url, headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+                )
+            except httpx.TransportError as exc:
+                raise EHRTransportError(detail=type(exc).__name__) from exc
+            if response.is_redirect:
+                url = urljoin(url, response.headers.get("location", ""))
+                continue
+            return response
+        raise EHRRejected("too_many_redirects", f"more than {MAX_REDIRECTS} redirects")
+
+    @staticmethod
+    def _classify(response: httpx.Response) -> httpx.Response:
+        status = response.status_code
+        if status == 200 or status in (404, 410):
+            return response
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
+            raise EHRRateLimited(detail="429 from EHR", retry_after=retry_after)
+        if status in (502, 503, 504):
+            retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
+            raise (
+                EHRUnavailable(detail=f"{status} from EHR")
+                if retry_after is None
+                else EHRRateLimited("ehr_unavailable", f"{status} from EHR", retry_after=retry_after)
+            )
+        if status >= 500:
+            # Some vendors (Oracle) answer 500 for permanent errors; a few tries, then the caller decides.
+            raise EHRUnavailable("ehr_server_error", f"{status} from EHR")
+        raise EHRRejected(f"ehr_http_{status}", f"{status} from EHR")
+
+
+def _wait_honouring_retry_after(state: RetryCallState) -> float:
+    backoff = wait_exponential_jitter(initial=0.5, max=8.0)(state)
+    outcome = state.outcome
+    exc = outcome.exception() if outcome is not None else None
+    if isinstance(exc, EHRRateLimited) and exc.retry_after is not None:
+        return max(backoff, min(exc.retry_after, RETRY_AFTER_CAP_S))
+    return backoff

@@ -1,0 +1,1 @@
+"""Facilities: the EHRs we ingest from, declared in YAML and stored in Postgres."""

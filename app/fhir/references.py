@@ -1,0 +1,60 @@
+"""Resource references as notifications carry them: relative, absolute, with ``/_history/n``.
+
+An absolute reference must point inside the facility's registered base URL; anything else is refused
+(DESIGN.md rule 5) before any connection is made.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from app.errors import ForeignHostError, NotificationError
+
+_TYPE = r"[A-Z][A-Za-z]{1,63}"
+_ID = r"[A-Za-z0-9\-.]{1,64}"
+_RELATIVE = re.compile(
+    rf"^(?P<type>{_TYPE})/(?P<id>{_ID})(?:/_history/(?P<version>[A-Za-z0-9\-.]{{1,64}}))?$"
+)
+
+
+@dataclass(frozen=True)
+class ResourceRef:
+    resource_type: str
+    resource_id: str
+    version: str | None = None
+
+    @property
+    def relative(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+
+def _same_origin_and_under(url: str, base_url: str) -> str | None:
+    """The part of ``url`` after ``base_url`` if it lies under it (same scheme, host, port), else None."""
+    u, b = urlsplit(url), urlsplit(base_url)
+    if (u.scheme.lower(), u.hostname, u.port) != (b.scheme.lower(), b.hostname, b.port):
+        return None
+    base_path = b.path.rstrip("/") + "/"
+    if not u.path.startswith(base_path) or u.query or u.fragment:
+        return None
+    return u.path[len(base_path) :]
+
+
+def parse_reference(reference: str, base_url: str) -> ResourceRef:
+    """Parse a focus reference. Raises ForeignHostError for an absolute URL outside ``base_url`` and
+    NotificationError for anything that is not a resource reference."""
+    ref = reference.strip()
+    if "://" in ref:
+        relative = _same_origin_and_under(ref, base_url)
+        if relative is None:
+            raise ForeignHostError(detail="reference outside the facility's registered base URL")
+        ref = relative
+    match = _RELATIVE.match(ref)
+    if match is None:
+        raise NotificationError("bad_reference", "focus is not a Type/id reference")
+    return ResourceRef(match["type"], match["id"], match["version"])
+
+
+def is_under_base(url: str, base_url: str) -> bool:
+    return _same_origin_and_under(url, base_url) is not None or url.rstrip("/") == base_url.rstrip("/")

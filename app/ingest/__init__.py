@@ -1,0 +1,1 @@
+"""Ingestion: notifications into the inbox, inbox rows into current resources."""

@@ -1,0 +1,98 @@
+"""Reusable SQL for the inbox queue and the version-guarded store."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+# A claimed row is hidden by pushing next_attempt_at to the end of its lease: the partial index on
+# (facility_id, next_attempt_at) WHERE status = 'pending' is then the whole queue scan, and a worker
+# that dies simply lets the lease run out.
+CLAIM = text(
+    """
+    UPDATE inbox AS i
+    SET lease_until = now() + :lease, next_attempt_at = now() + :lease, attempts = i.attempts + 1
+    WHERE i.id IN (
+        SELECT id FROM inbox
+        WHERE facility_id = :facility_id AND status = 'pending' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING i.id, i.focus_type, i.focus_id, i.interaction, i.payload, i.attempts, i.received_at
+    """
+)
+
+MARK_DONE = text(
+    """
+    UPDATE inbox SET status = 'done', done_at = now(), lease_until = NULL, reason = :reason, detail = NULL
+    WHERE id = ANY(:ids) AND status = 'pending'
+    """
+)
+
+MARK_RETRY = text(
+    """
+    UPDATE inbox SET lease_until = NULL, next_attempt_at = now() + :delay, reason = :reason, detail = :detail
+    WHERE id = ANY(:ids) AND status = 'pending'
+    """
+)
+
+MARK_DEAD = text(
+    """
+    UPDATE inbox SET status = 'dead', done_at = now(), lease_until = NULL, reason = :reason, detail = :detail
+    WHERE id = ANY(:ids) AND status = 'pending'
+    """
+)
+
+FACILITIES_WITH_DUE_WORK = text(
+    """
+    SELECT DISTINCT facility_id FROM inbox WHERE status = 'pending' AND next_attempt_at <= now()
+    """
+)
+
+# DESIGN.md rule 3. A write applies when it changes something and is not older than what is stored:
+# a newer meta.lastUpdated wins; without lastUpdated on either side (Epic) or with equal ones, the later
+# fetch wins. A tombstone keeps the last known body and version for consumers.
+UPSERT_RESOURCE = text(
+    """
+    INSERT INTO resources AS r (facility_id, resource_type, resource_id, version_id, last_updated,
+                                content_hash, deleted, resource, fetched_at, ingested_at)
+    VALUES (:facility_id, :resource_type, :resource_id, :version_id, :last_updated,
+            :content_hash, :deleted, CAST(:resource AS jsonb), :fetched_at, now())
+    ON CONFLICT (facility_id, resource_type, resource_id) DO UPDATE SET
+        version_id = CASE WHEN excluded.deleted THEN r.version_id ELSE excluded.version_id END,
+        last_updated = COALESCE(excluded.last_updated, CASE WHEN excluded.deleted THEN r.last_updated END),
+        content_hash = excluded.content_hash,
+        deleted = excluded.deleted,
+        resource = CASE WHEN excluded.deleted THEN r.resource ELSE excluded.resource END,
+        fetched_at = excluded.fetched_at,
+        ingested_at = now()
+    WHERE (r.content_hash <> excluded.content_hash OR r.deleted <> excluded.deleted
+           OR r.version_id IS DISTINCT FROM excluded.version_id)
+      AND (
+        (excluded.last_updated IS NOT NULL AND r.last_updated IS NOT NULL
+         AND excluded.last_updated > r.last_updated)
+        OR ((excluded.last_updated IS NULL OR r.last_updated IS NULL
+             OR excluded.last_updated = r.last_updated)
+            AND excluded.fetched_at > r.fetched_at)
+      )
+    RETURNING 1
+    """
+)
+
+CURRENT_HASH = text(
+    """
+    SELECT content_hash, deleted FROM resources
+    WHERE facility_id = :facility_id AND resource_type = :resource_type AND resource_id = :resource_id
+    """
+)
+
+INSERT_HISTORY = text(
+    """
+    INSERT INTO resource_history (facility_id, resource_type, resource_id, version_key, version_id,
+                                  last_updated, content_hash, deleted, resource, fetched_at)
+    VALUES (:facility_id, :resource_type, :resource_id, :version_key, :version_id,
+            :last_updated, :content_hash, :deleted, CAST(:resource AS jsonb), :fetched_at)
+    ON CONFLICT ON CONSTRAINT uq_resource_history_version
+    DO NOTHING
+    """
+)

@@ -1,0 +1,71 @@
+"""The doorbell: Celery on Redis, configured so that no work is lost (DESIGN.md rule 1).
+
+Messages carry a facility id, never a payload; Postgres holds the work. Both the receiver (which only
+sends) and the workers (which also consume) build their Celery app here, so the receiver never imports
+the workers package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Celery
+
+from app.settings import Settings
+
+log = structlog.get_logger("queue")
+
+DRAIN_TASK = "ingest.drain_facility"
+SWEEP_TASK = "reconcile.sweep_inbox"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("ehr_ingest", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,  # a message is acknowledged after the task ran...
+        task_reject_on_worker_lost=True,  # ...and redelivered if the worker process died under it
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.queue,
+        task_routes={DRAIN_TASK: {"queue": settings.queue}, SWEEP_TASK: {"queue": settings.queue}},
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # Longer than any task (drain budget + lease), so Redis does not redeliver a running task.
+            "visibility_timeout": int(
+                settings.drain_time_budget.total_seconds() + settings.lease.total_seconds() + 600
+            ),
+            "global_keyprefix": settings.redis_prefix,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+        },
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app
+
+
+class Doorbell:
+    """Tells workers that a facility has work. Failure to ring is logged, not raised: the sweeper rings
+    again from Postgres."""
+
+    def __init__(self, celery: Celery, queue: str) -> None:
+        self._celery = celery
+        self._queue = queue
+
+    def ring(self, facility_id: str) -> bool:
+        try:
+            self._celery.send_task(DRAIN_TASK, args=[facility_id], queue=self._queue, retry=False)
+        except Exception as exc:  # noqa: BLE001 - any broker failure means "the sweeper will do it"
+            log.warning("queue.doorbell_failed", facility_id=facility_id, error=type(exc).__name__)
+            return False
+        return True
+
+    def close(self) -> None:
+        pool: Any = self._celery.pool
+        pool.force_close_all()

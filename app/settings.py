@@ -1,0 +1,60 @@
+"""Process-wide settings, read once from the environment (prefix ``EHRI_``) or a ``.env`` file.
+
+Per-facility configuration does not live here: it lives in Postgres, loaded from YAML with
+``ehr-ingest facilities apply``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EHRI_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/ehr_ingest",
+        description="SQLAlchemy URL of the Postgres ledger (psycopg 3 driver).",
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (the doorbell).")
+    redis_prefix: str = Field(
+        default="ehri:", description="Prefix of every Redis key we create (Celery queues included)."
+    )
+    queue: str = Field(default="ingest", description="Celery queue the drain tasks go to.")
+
+    log_format: Literal["json", "console"] = "console"
+    log_level: str = "INFO"
+
+    # Receiver
+    max_body_bytes: int = 1_048_576
+    commit_batch_max: int = Field(default=256, description="Most notifications committed in one transaction.")
+
+    # Workers
+    drain_batch: int = Field(default=100, description="Inbox rows one drain task claims at a time.")
+    drain_time_budget: timedelta = Field(
+        default=timedelta(seconds=60),
+        description="After this a drain task hands the rest of the facility's work to a fresh task.",
+    )
+    fetch_concurrency: int = Field(default=8, description="Concurrent fetches per worker process.")
+    lease: timedelta = Field(
+        default=timedelta(minutes=5), description="How long a claimed inbox row is hidden from others."
+    )
+    max_attempts: int = Field(default=8, description="Attempts before an inbox row goes to dead letters.")
+    retry_base: timedelta = timedelta(seconds=5)
+    retry_cap: timedelta = timedelta(minutes=30)
+    http_timeout: timedelta = timedelta(seconds=30)
+
+    # Reconciler
+    sweep_interval: timedelta = Field(
+        default=timedelta(seconds=15), description="How often beat re-rings the doorbell from Postgres."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""The periodic side: beat schedule and reconcile tasks (thin glue over ``app``)."""

@@ -1,0 +1,14 @@
+"""The beat schedule. Every entry fans out cheaply; a second beat process only duplicates harmless work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.queue import SWEEP_TASK
+from app.settings import Settings
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        "sweep-inbox": {"task": SWEEP_TASK, "schedule": settings.sweep_interval.total_seconds()},
+    }

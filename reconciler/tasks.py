@@ -1,0 +1,29 @@
+"""Periodic tasks. Beat only fans out; running any of them twice is harmless."""
+
+from __future__ import annotations
+
+import structlog
+
+from app.ingest.sweep import facilities_with_due_work
+from app.queue import DRAIN_TASK, SWEEP_TASK
+from app.settings import get_settings
+from reconciler.schedule import beat_schedule
+from workers.celery_app import celery_app, runtime
+
+log = structlog.get_logger("reconciler")
+
+celery_app.conf.beat_schedule = beat_schedule(get_settings())
+
+
+@celery_app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
+def sweep_inbox() -> int:
+    """Ring the doorbell for every facility with due inbox rows (Redis lost messages, a worker died, a
+    back-off ran out). Idempotent: a duplicate doorbell finds nothing more to claim."""
+    rt = runtime()
+    with rt.sessions() as session:
+        due = facilities_with_due_work(session)
+    for facility_id in due:
+        celery_app.send_task(DRAIN_TASK, args=[facility_id], queue=rt.settings.queue)
+    if due:
+        log.info("reconcile.swept", facilities=len(due))
+    return len(due)

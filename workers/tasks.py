@@ -1,0 +1,39 @@
+"""Ingest tasks: thin wrappers that open resources and call ``app.ingest``."""
+
+from __future__ import annotations
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from app.ingest.drain import drain_facility as drain
+from app.queue import DRAIN_TASK
+from workers.celery_app import celery_app, runtime
+
+log = structlog.get_logger("workers.tasks")
+
+
+@celery_app.task(name=DRAIN_TASK, bind=True)  # type: ignore[untyped-decorator]
+def drain_facility(self: object, facility_id: str) -> dict[str, int]:
+    """Drain the facility's due inbox rows.
+
+    Idempotent: duplicates and redeliveries find nothing to claim or converge on the same rows.
+    Retry policy: none at this level. Failed rows are backed off in Postgres by ``app.ingest.drain``;
+    if this task itself dies, the rows' lease expires and the beat sweeper rings again.
+    """
+    rt = runtime()
+    task_id = getattr(getattr(self, "request", None), "id", None)
+    with bound_contextvars(facility_id=facility_id, task_id=task_id):
+        report = drain(rt.sessions, rt.clients.get, facility_id, rt.settings)
+        if report.more:
+            celery_app.send_task(DRAIN_TASK, args=[facility_id], queue=rt.settings.queue)
+        if report.claimed:
+            log.info(
+                "ingest.drained",
+                claimed=report.claimed,
+                done=report.done,
+                retried=report.retried,
+                dead=report.dead,
+                stale=report.stale,
+                more=report.more,
+            )
+    return {"claimed": report.claimed, "done": report.done, "retried": report.retried, "dead": report.dead}
