@@ -59,8 +59,11 @@ class Scenario:
 
     # -- setup ---------------------------------------------------------------------------------------
 
-    def prepare(self, *, patients: int = 5, seed: int = 7) -> None:
-        """Create the database (migrated), keys and both config files; register the facilities."""
+    def prepare(self, *, patients: int = 0, seed: int = 7) -> None:
+        """Create the database (migrated), keys and both config files; register the facilities.
+
+        ehrsim's seed ``patients`` predate the subscription and are never notified: only a backfill finds
+        them. Scenarios that check the webhook path alone start from an empty EHR (the default)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         create_database(self.database_url)
         sim_facilities: list[dict[str, Any]] = []

@@ -1,0 +1,92 @@
+"""Shared fixtures: a real Postgres database migrated once per session (dropped at the end), a session
+per test inside a transaction that is rolled back, and a private Redis key space."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from app.db.models import Facility
+from app.devstack.database import clear_redis_prefix, create_database, drop_database
+
+BASE_DATABASE_URL = os.environ.get(
+    "EHRI_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("EHRI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return f"ehri_test_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def database_url(run_id: str) -> Iterator[str]:
+    url = make_url(BASE_DATABASE_URL).set(database=run_id).render_as_string(hide_password=False)
+    create_database(url)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db(engine: Engine) -> Iterator[Session]:
+    """A session whose work is rolled back after the test; services' flush() and nested commits stay inside."""
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        session = Session(bind=connection, join_transaction_mode="create_savepoint")
+        try:
+            yield session
+        finally:
+            session.close()
+            transaction.rollback()
+
+
+@pytest.fixture
+def redis_prefix(run_id: str) -> Iterator[str]:
+    prefix = f"{run_id}:{uuid.uuid4().hex[:6]}:"
+    yield prefix
+    clear_redis_prefix(REDIS_URL, prefix)
+
+
+def make_facility(
+    session: Session,
+    facility_id: str = "fac-1",
+    base_url: str = "https://ehr.test/fhir",
+    key_file: Path | None = None,
+) -> Facility:
+    facility = Facility(
+        id=facility_id,
+        vendor="generic",
+        base_url=base_url,
+        auth={
+            "method": "private_key_jwt",
+            "client_id": "client-1",
+            "private_key": {"file": str(key_file or "/nonexistent")},
+            "algorithm": "RS384",
+            "key_id": None,
+            "scopes": ["system/*.read"],
+            "token_url": None,
+        },
+        webhook={
+            "header": "Authorization",
+            "scheme": "Bearer",
+            "secret": {"env": "EHRI_TEST_WEBHOOK_SECRET"},
+        },
+    )
+    session.add(facility)
+    session.flush()
+    return facility

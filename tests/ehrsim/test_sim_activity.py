@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from ehrsim.server import create_app
+
+pytestmark = pytest.mark.anyio
+
+
+async def _truth(client: httpx.AsyncClient) -> dict[tuple[str, str], dict]:
+    resources = (await client.get("/_admin/general/truth")).json()["resources"]
+    return {(r["resourceType"], r["id"]): r for r in resources}
+
+
+async def test_each_change_bumps_exactly_one_version(authed: httpx.AsyncClient) -> None:
+    before = await _truth(authed)
+    response = await authed.post("/_admin/general/activity", json={"changes": 50})
+    assert response.json() == {"changes": 50}
+    after = await _truth(authed)
+    assert set(before) <= set(after)
+    versions = {key: int(r["versionId"]) for key, r in after.items()}
+    bumped = sum(versions.values()) - sum(int(r["versionId"]) for r in before.values())
+    assert bumped == 50
+
+
+async def test_truth_matches_what_reads_return(authed: httpx.AsyncClient) -> None:
+    await authed.post("/_admin/general/activity", json={"changes": 50})
+    for (resource_type, id_), record in (await _truth(authed)).items():
+        response = await authed.get(f"/general/fhir/{resource_type}/{id_}")
+        if record["deleted"]:
+            assert response.status_code == 410
+        else:
+            assert response.json()["meta"] == {
+                "versionId": record["versionId"],
+                "lastUpdated": record["lastUpdated"],
+            }
+
+
+async def test_patients_are_never_deleted(authed: httpx.AsyncClient) -> None:
+    await authed.post("/_admin/general/activity", json={"changes": 300})
+    truth = (await _truth(authed)).values()
+    assert any(r["deleted"] for r in truth)
+    assert not any(r["deleted"] for r in truth if r["resourceType"] == "Patient")
+
+
+async def test_same_seed_gives_the_same_history(make_config, clock, run) -> None:
+    histories = []
+    for _ in range(2):
+        async with run(create_app(make_config(seed=7), clock=clock)) as client:
+            await client.post("/_admin/general/activity", json={"changes": 40})
+            truth = await _truth(client)
+            histories.append({key: (r["versionId"], r["deleted"]) for key, r in truth.items()})
+    assert histories[0] == histories[1]
+
+
+async def test_activity_rejects_a_bad_body(sim: httpx.AsyncClient) -> None:
+    assert (await sim.post("/_admin/general/activity", json={"changes": -1})).status_code == 400
+    assert (await sim.post("/_admin/general/activity", json={})).status_code == 400
+
+
+async def test_healthz(sim: httpx.AsyncClient) -> None:
+    assert (await sim.get("/_admin/healthz")).json() == {"ok": True}

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from ehrsim.config import SimConfig, load_config
+from ehrsim.instants import date_range, format_instant
+
+
+def test_yaml_config_resolves_key_files_next_to_it(tmp_path: Path, private_key) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    pem = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "public.pem").write_bytes(pem)
+    (tmp_path / "sim.yaml").write_text(
+        """
+facilities:
+  - id: general
+    profile: generic
+    seed: 3
+    clients:
+      - client_id: ingest
+        public_key_file: public.pem
+        scopes: ["system/*.read"]
+    webhook:
+      url: http://127.0.0.1:8000/hooks/general
+      headers: {Authorization: "Bearer s3cret"}
+      subscription_id: sub-general
+      max_attempts: 5
+"""
+    )
+    config = load_config(tmp_path / "sim.yaml")
+    facility = config.facilities[0]
+    assert facility.clients[0].public_key_bytes() == pem
+    assert facility.webhook is not None
+    assert facility.webhook.max_attempts == 5
+    assert facility.patients == 5
+
+
+@pytest.mark.parametrize(
+    "facilities",
+    [
+        [{"id": "a", "profile": "nonesuch"}],
+        [{"id": "a"}, {"id": "a"}],
+        [{"id": "_admin"}],
+        [{"id": "a", "clients": [{"client_id": "c"}]}],
+    ],
+)
+def test_invalid_configs_are_rejected(facilities: list[dict]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        SimConfig.model_validate({"facilities": facilities})
+
+
+@pytest.mark.parametrize(
+    ("value", "start", "end"),
+    [
+        ("2026-11-24", "2026-11-24T00:00:00.000Z", "2026-11-25T00:00:00.000Z"),
+        ("2026-12", "2026-12-01T00:00:00.000Z", "2027-01-01T00:00:00.000Z"),
+        ("2026-11-24T19:30:00Z", "2026-11-24T19:30:00.000Z", "2026-11-24T19:30:01.000Z"),
+        ("2026-11-24T19:30:00.123Z", "2026-11-24T19:30:00.123Z", "2026-11-24T19:30:00.124Z"),
+        ("2026-11-24T20:30:00.5+01:00", "2026-11-24T19:30:00.500Z", "2026-11-24T19:30:00.600Z"),
+        ("2026-11-24T20:30:00.000 01:00", "2026-11-24T19:30:00.000Z", "2026-11-24T19:30:00.001Z"),
+    ],
+)
+def test_search_dates_cover_their_precision(value: str, start: str, end: str) -> None:
+    lo, hi = date_range(value)
+    assert (format_instant(lo), format_instant(hi)) == (start, end)
+
+
+@pytest.mark.parametrize("value", ["2026-13", "2026-02-30", "2026-11-24T25:00:00Z", "yesterday"])
+def test_bad_search_dates_are_rejected(value: str) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        date_range(value)
