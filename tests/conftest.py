@@ -44,7 +44,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def db(engine: Engine) -> Iterator[Session]:
-    """A session whose work is rolled back after the test; services' flush() and nested commits stay inside."""
+    """A session rolled back after the test; services' flush() and nested commits stay inside it."""
     with engine.connect() as connection:
         transaction = connection.begin()
         session = Session(bind=connection, join_transaction_mode="create_savepoint")

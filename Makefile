@@ -1,0 +1,41 @@
+# Everything runs from .venv, created and refreshed only when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench up clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install --quiet -e . --group dev
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ehr-ingest demo
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+# Receiver, worker and beat in the foreground against EHRI_* settings; Ctrl-C stops all three.
+up: $(STAMP)
+	$(BIN)/ehr-ingest db upgrade
+	trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/ehr-ingest serve --host 0.0.0.0 --port 8000 & \
+	$(BIN)/celery -A workers.celery_app worker --loglevel INFO --concurrency 2 & \
+	$(BIN)/celery -A workers.celery_app beat --loglevel INFO --schedule $(VENV)/beat-schedule & \
+	wait
+
+clean:
+	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache bench/results.json
