@@ -150,7 +150,7 @@ class EHRClient:
 
 
 def _wait_honouring_retry_after(state: RetryCallState) -> float:
-    backoff = wait_exponential_jitter(initial=0.5, max=8.0)(state)
+    backoff = wait_exponential_jitter(multiplier=0.5, max=8.0)(state)
     outcome = state.outcome
     exc = outcome.exception() if outcome is not None else None
     if isinstance(exc, EHRRateLimited) and exc.retry_after is not None:

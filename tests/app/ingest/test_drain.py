@@ -1,0 +1,126 @@
+"""Claiming, leases and the outcome of every row, against real Postgres; the EHR is an httpx MockTransport."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.ingest.drain import claim, process_batch
+from app.settings import Settings
+from tests.conftest import make_facility
+from tests.ehr_mocks import make_client
+from tests.fixtures import observation
+
+LEASE = timedelta(minutes=5)
+
+
+def _inbox(db: Session, focus_id: str, key: str | None = None) -> None:
+    db.execute(
+        text(
+            "INSERT INTO inbox (facility_id, dedup_key, focus_type, focus_id)"
+            " VALUES ('fac-1', :k, 'Observation', :f)"
+        ),
+        {"k": key or f"k-{focus_id}", "f": focus_id},
+    )
+
+
+def _status(db: Session) -> dict[str, tuple[str, str | None, int]]:
+    rows = db.execute(text("SELECT focus_id, status, reason, attempts FROM inbox ORDER BY id"))
+    return {r.focus_id: (r.status, r.reason, r.attempts) for r in rows}
+
+
+def test_claimed_rows_are_hidden_from_a_second_claim_until_the_lease_ends(db: Session) -> None:
+    make_facility(db)
+    for i in range(3):
+        _inbox(db, f"o{i}")
+    first = claim(db, "fac-1", limit=2, lease=LEASE)
+    second = claim(db, "fac-1", limit=10, lease=LEASE)
+    assert len(first) == 2
+    assert [r.focus.resource_id for r in second if r.focus] == ["o2"]
+    assert claim(db, "fac-1", limit=10, lease=LEASE) == []
+    db.execute(text("UPDATE inbox SET next_attempt_at = now() - interval '1 second'"))  # lease expired
+    assert len(claim(db, "fac-1", limit=10, lease=LEASE)) == 3
+
+
+def _ehr(routes: dict[str, httpx.Response]) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 300, "token_type": "bearer"})
+        return routes.get(request.url.path, httpx.Response(404, json={"resourceType": "OperationOutcome"}))
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(max_attempts=3, retry_base=timedelta(seconds=1))
+
+
+def test_batch_stores_found_resources_tombstones_gone_ones_and_dead_letters_rejections(
+    db: Session, settings: Settings
+) -> None:
+    facility = make_facility(db)
+    _inbox(db, "ok")
+    _inbox(db, "gone")
+    _inbox(db, "forbidden")
+    client = make_client(
+        _ehr(
+            {
+                "/fhir/Observation/ok": httpx.Response(
+                    200, json=observation("ok", "1", "2026-11-24T10:00:00Z")
+                ),
+                "/fhir/Observation/gone": httpx.Response(410, json={"resourceType": "OperationOutcome"}),
+                "/fhir/Observation/forbidden": httpx.Response(403, json={"resourceType": "OperationOutcome"}),
+            }
+        )
+    )
+    rows = claim(db, "fac-1", limit=10, lease=LEASE)
+    report = process_batch(db, facility, client, rows, settings)
+    assert (report.done, report.dead, report.retried) == (2, 1, 0)
+    assert _status(db) == {
+        "ok": ("done", None, 1),
+        "gone": ("done", None, 1),
+        "forbidden": ("dead", "ehr_http_403", 1),
+    }
+    deleted = dict(db.execute(text("SELECT resource_id, deleted FROM resources")).all())
+    assert deleted == {"ok": False, "gone": True}
+
+
+def test_transient_failure_backs_off_in_postgres_then_dead_letters_after_max_attempts(
+    db: Session, settings: Settings
+) -> None:
+    facility = make_facility(db)
+    _inbox(db, "flaky")
+    client = make_client(_ehr({"/fhir/Observation/flaky": httpx.Response(503)}), attempts=1)
+    for attempt in range(1, settings.max_attempts + 1):
+        db.execute(text("UPDATE inbox SET next_attempt_at = now() - interval '1 second'"))
+        rows = claim(db, "fac-1", limit=10, lease=LEASE)
+        assert len(rows) == 1
+        process_batch(db, facility, client, rows, settings)
+        status, reason, attempts = _status(db)["flaky"]
+        assert (reason, attempts) == ("ehr_unavailable", attempt)
+        assert status == ("dead" if attempt == settings.max_attempts else "pending")
+    due_later = db.scalar(text("SELECT next_attempt_at > now() FROM inbox"))
+    assert due_later is not None
+
+
+def test_duplicate_rows_for_one_resource_fetch_it_once(db: Session, settings: Settings) -> None:
+    facility = make_facility(db)
+    _inbox(db, "o1", key="a")
+    _inbox(db, "o1", key="b")
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 300})
+        seen.append(request.url.path)
+        return httpx.Response(200, json=observation("o1", "1", "2026-11-24T10:00:00Z"))
+
+    rows = claim(db, "fac-1", limit=10, lease=LEASE)
+    report = process_batch(db, facility, make_client(httpx.MockTransport(handler)), rows, settings)
+    assert report.done == 2
+    assert seen == ["/fhir/Observation/o1"]

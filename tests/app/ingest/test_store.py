@@ -1,0 +1,84 @@
+"""The version guard of DESIGN.md rule 3, against real Postgres."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db.models import Resource, ResourceVersion
+from app.ingest.store import Observed, store_versions
+from tests.conftest import make_facility
+from tests.fixtures import observation
+
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+def _obs(version: str, minute: int, *, value: float = 70.0, fetched: int = 0) -> Observed:
+    body = observation("o1", version, f"2026-11-24T10:{minute:02d}:00Z", value=value)
+    return Observed("fac-1", "Observation", "o1", body, T0 + timedelta(seconds=fetched))
+
+
+def _current(db: Session) -> Resource:
+    db.expire_all()
+    row = db.get(Resource, ("fac-1", "Observation", "o1"))
+    assert row is not None
+    return row
+
+
+def test_newer_last_updated_wins_and_older_is_counted_stale(db: Session) -> None:
+    make_facility(db)
+    store_versions(db, [_obs("3", 30, value=90, fetched=1)])
+    stats = store_versions(db, [_obs("2", 20, value=80, fetched=2)])  # fetched later, but older data
+    assert (stats.applied, stats.stale) == (0, 1)
+    assert _current(db).version_id == "3"
+
+
+def test_same_version_twice_is_unchanged_not_stale(db: Session) -> None:
+    make_facility(db)
+    store_versions(db, [_obs("1", 10, fetched=1)])
+    stats = store_versions(db, [_obs("1", 10, fetched=2)])
+    assert (stats.applied, stats.unchanged, stats.stale) == (0, 1, 0)
+
+
+def test_without_meta_the_later_fetch_wins(db: Session) -> None:
+    make_facility(db)
+    first = _obs("1", 10, value=60, fetched=5)
+    late_old = _obs("1", 10, value=50, fetched=1)
+    for item in (first, late_old):
+        assert item.resource is not None
+        del item.resource["meta"]
+    store_versions(db, [first])
+    stats = store_versions(db, [late_old])
+    assert stats.stale == 1
+    assert _current(db).resource["valueQuantity"]["value"] == 60  # type: ignore[index]
+
+
+def test_tombstone_keeps_last_body_and_a_stale_fetch_cannot_resurrect(db: Session) -> None:
+    make_facility(db)
+    store_versions(db, [_obs("2", 20, fetched=1)])
+    store_versions(db, [Observed("fac-1", "Observation", "o1", None, T0 + timedelta(seconds=3))])
+    row = _current(db)
+    assert row.deleted is True
+    assert row.version_id == "2"
+    assert row.resource is not None
+    stats = store_versions(db, [_obs("2", 20, fetched=2)])  # fetched before the deletion was seen
+    assert stats.stale == 1
+    assert _current(db).deleted is True
+
+
+def test_recreated_after_delete_with_newer_version_is_live_again(db: Session) -> None:
+    make_facility(db)
+    store_versions(db, [_obs("2", 20, fetched=1)])
+    store_versions(db, [Observed("fac-1", "Observation", "o1", None, T0 + timedelta(seconds=3))])
+    store_versions(db, [_obs("4", 40, fetched=4)])
+    assert (_current(db).deleted, _current(db).version_id) == (False, "4")
+
+
+def test_every_distinct_version_is_in_history_once(db: Session) -> None:
+    make_facility(db)
+    store_versions(db, [_obs("1", 10, value=1, fetched=1), _obs("2", 20, value=2, fetched=2)])
+    store_versions(db, [_obs("2", 20, value=2, fetched=3), _obs("1", 10, value=1, fetched=4)])
+    count = db.scalar(select(func.count()).select_from(ResourceVersion))
+    assert count == 2
