@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from rich.console import Console
@@ -15,7 +16,7 @@ FACILITIES = ["general-hospital", "valley-clinic"]
 
 
 def run_demo(*, changes: int = 200, timeout: float = 120.0) -> int:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     settings = get_settings()
     workdir = ROOT / ".demo"
     scenario = scenario_for(
@@ -44,14 +45,15 @@ def run_demo(*, changes: int = 200, timeout: float = 120.0) -> int:
             "facility",
             "changes",
             "notified",
-            "resources in EHR",
+            "in EHR",
             "ingested",
             "missing",
             "behind",
             "not deleted",
-            "inbox done",
+            "done",
             "dead",
             "pending",
+            title="ledger check: EHR ground truth vs Postgres",
         )
         for fid, report in zip(FACILITIES, reports, strict=True):
             sent = scenario.sender_counters(fid)
