@@ -45,4 +45,4 @@ def write(figures: list[Figure]) -> None:
                 for k in ("name", "value", "unit", "baseline", "ratio", "target", "note")
             )
         )
-    Console().print(table)
+    Console(width=160).print(table)
