@@ -1,8 +1,12 @@
 """ehrsim: a simulated FHIR R4 EHR for tests, the demo and the benchmarks.
 
-One ASGI app serves every configured facility under ``/{facility}``: SMART Backend Services auth,
-``read`` and ``_lastUpdated`` search, seeded clinical data, admin-triggered activity, and a sender that
-POSTs Subscriptions Backport ``id-only`` notifications to each facility's webhook. Example config::
+One ASGI app serves every configured facility under ``/{facility}``, each with a vendor profile
+(``ehrsim.profiles``: epic, oracle, athena, meditech, medplum, hapi, generic): SMART Backend Services
+and client-secret auth, read and search with the vendor's parameters, errors and paging, bulk
+``$export``, Subscription resources with ``$status``/``$events``, seeded clinical data,
+admin-triggered activity, a sender that notifies subscriptions in the vendor's style, and faults
+switchable at start and at runtime (``ehrsim.faults``). ``ehrsim/README.md`` documents them all.
+Minimal config::
 
     public_base_url: http://127.0.0.1:8090   # optional; origin used in notification URLs
     facilities:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ehrsim.profiles import get_profile
+from ehrsim.faults import FaultConfig
+from ehrsim.profiles import NotificationStyle, customize, get_profile
 
 
 class _Model(BaseModel):
@@ -16,18 +17,27 @@ class _Model(BaseModel):
 
 
 class ClientConfig(_Model):
-    """A backend-services client registered with a facility (private_key_jwt)."""
+    """A backend-services client registered with a facility: a public key (private_key_jwt, RS384 or
+    ES384), a JWKS URL the server fetches keys from, and/or a client secret (Basic or post, where the
+    profile allows it)."""
 
     client_id: Annotated[str, Field(min_length=1)]
     public_key_file: Path | None = None
     public_key_pem: str | None = None  # inline alternative to public_key_file
+    jwks_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    client_secret: str | None = None
     scopes: list[str] = ["system/*.read"]
 
     @model_validator(mode="after")
     def _one_key(self) -> ClientConfig:
-        if (self.public_key_file is None) == (self.public_key_pem is None):
-            raise ValueError("give exactly one of public_key_file and public_key_pem")
+        if self.public_key_file is not None and self.public_key_pem is not None:
+            raise ValueError("give at most one of public_key_file and public_key_pem")
+        if not self.has_key() and self.jwks_url is None and self.client_secret is None:
+            raise ValueError("give a public key, a jwks_url or a client_secret")
         return self
+
+    def has_key(self) -> bool:
+        return self.public_key_file is not None or self.public_key_pem is not None
 
     def public_key_bytes(self) -> bytes:
         if self.public_key_pem is not None:
@@ -37,16 +47,25 @@ class ClientConfig(_Model):
 
 
 class WebhookConfig(_Model):
-    """Where the sender POSTs id-only notifications, and how hard it tries."""
+    """The subscription that exists at start: where the sender delivers, in which shape, and how hard
+    it tries. Unset fields take the profile's values (retry durations scaled by ``time_scale``)."""
 
     url: Annotated[str, Field(pattern=r"^https?://")]
     headers: dict[str, str] = {}
     subscription_id: str = "sub-1"
     topic: str = "http://example.org/fhir/SubscriptionTopic/all-changes"
-    max_attempts: Annotated[int, Field(ge=1)] = 5  # total attempts, then the notification is dropped
-    backoff_initial_s: Annotated[float, Field(ge=0)] = 0.2
-    backoff_max_s: Annotated[float, Field(ge=0)] = 5.0
-    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    criteria: str | None = None  # "Observation" or "Observation?...": only changes of that type
+    style: NotificationStyle | None = None  # default: the profile's notification style
+    payload: Literal["id-only", "full-resource", "empty"] | None = None  # default: the profile's first
+    secret: str | None = None  # HMAC key (athena X-Hub-Signature, Medplum X-Signature)
+    hapi_deletes: bool = True  # HAPI: send DELETE {endpoint}/{Type}/{id} (else deletes go unnotified)
+    heartbeat_s: Annotated[float, Field(gt=0)] | None = None  # no heartbeats when unset
+    handshake: bool = False  # start ``requested`` and activate on a successful handshake
+    max_attempts: Annotated[int, Field(ge=1)] | None = None  # total attempts, then dropped
+    retry_window_s: Annotated[float, Field(gt=0)] | None = None  # stop retrying this long after the first
+    backoff_initial_s: Annotated[float, Field(ge=0)] | None = None
+    backoff_max_s: Annotated[float, Field(ge=0)] | None = None
+    timeout_s: Annotated[float, Field(gt=0)] | None = None  # default: the profile's, scaled
     concurrency: Annotated[int, Field(ge=1)] = 8  # notifications in flight at once
 
 
@@ -55,15 +74,23 @@ class FacilityConfig(_Model):
     profile: str = "generic"
     seed: int = 1
     patients: Annotated[int, Field(ge=0)] = 5
-    token_lifetime_s: Annotated[int, Field(ge=1)] = 300
+    token_lifetime_s: Annotated[float, Field(gt=0)] | None = None  # default: the profile's, scaled
+    time_scale: Annotated[float, Field(gt=0)] = 1.0  # multiplies the profile's durations (tests: 0.001)
     clients: list[ClientConfig] = []
     webhook: WebhookConfig | None = None
+    faults: FaultConfig = FaultConfig()
+    profile_overrides: dict[str, Any] = {}  # Profile fields to change, e.g. {"token_flaky_400_rate": 0}
 
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, value: str) -> str:
         get_profile(value)
         return value
+
+    @model_validator(mode="after")
+    def _valid_overrides(self) -> FacilityConfig:
+        customize(get_profile(self.profile), self.profile_overrides)
+        return self
 
 
 class SimConfig(_Model):

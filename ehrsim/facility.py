@@ -1,47 +1,80 @@
-"""One simulated EHR: its store, generator, auth and (optional) notification sender."""
+"""One simulated EHR: its profile, store, generator, auth, faults, subscriptions and sender."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ehrsim.auth import TokenIssuer
-from ehrsim.config import FacilityConfig
-from ehrsim.generator import RESOURCE_TYPES, Generator
+from ehrsim.config import FacilityConfig, WebhookConfig
+from ehrsim.faults import Faults, FaultUpdate
+from ehrsim.generator import Generator
 from ehrsim.instants import Clock, format_instant
-from ehrsim.profiles import get_profile
+from ehrsim.profiles import Profile, RetryPolicy, customize, get_profile
 from ehrsim.sender import Sender, SenderStats
 from ehrsim.store import ResourceStore
+from ehrsim.subscriptions import Requested, Subscription
 
 
 class Facility:
     def __init__(self, config: FacilityConfig, *, clock: Clock, public_base_url: str) -> None:
         self.id = config.id
         self.config = config
-        self.profile = get_profile(config.profile)
-        self.store = ResourceStore(clock, RESOURCE_TYPES)
-        self.auth = TokenIssuer(config.clients, config.token_lifetime_s, clock)
-        self.sender = (
-            Sender(config.id, config.webhook, f"{public_base_url.rstrip('/')}/{config.id}/fhir")
-            if config.webhook is not None
-            else None
+        self.profile: Profile = customize(get_profile(config.profile), config.profile_overrides)
+        self.time_scale = config.time_scale
+        self.clock = clock
+        self.store = ResourceStore(
+            clock,
+            self.profile.resource_types,
+            meta=self.profile.meta,
+            uuid_versions=self.profile.uuid_version_ids,
+            namespace=f"{config.id}/{config.seed}",
         )
-        self._generator = Generator(self.store, config.seed, config.id)
+        lifetime = config.token_lifetime_s or self.profile.token_lifetime_s * self.time_scale
+        self.auth = TokenIssuer(config.clients, lifetime, clock, profile=self.profile, seed=config.seed)
+        self.faults = Faults(config.faults, seed=config.seed)
+        self.base_url = f"{public_base_url.rstrip('/')}/{config.id}/fhir"
+        style = config.webhook.style if config.webhook is not None else None
+        self.sender: Sender | None = None
+        if config.webhook is not None or self.profile.notification is not None:
+            self.sender = Sender(
+                config.id,
+                self.base_url,
+                self.faults,
+                concurrency=config.webhook.concurrency if config.webhook is not None else 8,
+                error_after_drops=self.profile.error_after_drops,
+                now_ms=lambda: int(clock() * 1000),
+            )
+        self._default_style = style or self.profile.notification or "backport-r4"
+        self._subscription_seq = 0
+        if config.webhook is not None:
+            assert self.sender is not None  # created above whenever there is a webhook
+            self.sender.add(self._configured_subscription(config.webhook))
+        self._generator = Generator(self.store, config.seed, config.id, self.profile)
         # The chart that exists before the subscription starts: no notifications.
         self._generator.populate(config.patients)
 
+    @property
+    def supports_subscriptions(self) -> bool:
+        return self.sender is not None
+
+    def scaled(self, seconds: float) -> float:
+        return seconds * self.time_scale
+
     def activity(self, changes: int) -> None:
-        """Perform ``changes`` seeded changes, each queued as a notification when there is a webhook."""
+        """Perform ``changes`` seeded changes, each queued as a notification for matching subscriptions."""
         for _ in range(changes):
             change = self._generator.step()
-            if self.sender is not None:
-                self.sender.enqueue(change)
+            if self.sender is not None and self.sender.subscriptions:
+                record = self.store.get(change.resource_type, change.id)
+                resource = record.resource if record is not None and not record.deleted else None
+                self.sender.enqueue(change, resource)
 
     def truth(self) -> list[dict[str, Any]]:
         return [
             {
                 "resourceType": r.resource_type,
                 "id": r.id,
-                "versionId": str(r.version),
+                "versionId": r.version_id or str(r.version),
                 "lastUpdated": format_instant(r.last_updated),
                 "deleted": r.deleted,
             }
@@ -50,3 +83,125 @@ class Facility:
 
     def notification_stats(self) -> SenderStats:
         return self.sender.stats if self.sender is not None else SenderStats()
+
+    # -- faults ------------------------------------------------------------------------------------------
+
+    def apply_faults(self, update: FaultUpdate) -> None:
+        now = self.clock()
+        self.faults.update(update, now)
+        for action in update.actions:
+            self.faults.count(action)
+            if action == "restart-counters" and self.sender is not None:
+                self.sender.restart_counters()
+            elif action == "expire-tokens":
+                self.auth.expire_all()
+            elif action == "revoke-tokens":
+                self.auth.revoke_all()
+            elif action in ("subscription-error", "subscription-off") and self.sender is not None:
+                self.sender.force_status(action.removeprefix("subscription-"))
+
+    # -- subscriptions ---------------------------------------------------------------------------------
+
+    def create_subscription(self, requested: Requested) -> Subscription:
+        assert self.sender is not None  # callers check supports_subscriptions
+        self._subscription_seq += 1
+        subscription = self._subscription(f"sub-{self._subscription_seq}", requested)
+        self.sender.add(subscription)
+        return subscription
+
+    def update_subscription(self, subscription: Subscription, requested: Requested) -> Subscription:
+        assert self.sender is not None  # a subscription exists only with a sender
+        replacement = self._subscription(subscription.id, requested)
+        # The event counter and the server-side settings survive an update; a new status may call for a
+        # handshake.
+        replacement.style = subscription.style
+        replacement.retry = subscription.retry
+        replacement.timeout_s = subscription.timeout_s
+        replacement.hapi_deletes = subscription.hapi_deletes
+        replacement.secret = requested.secret or subscription.secret
+        replacement.events_since_start = subscription.events_since_start
+        replacement.epoch = subscription.epoch
+        replacement.retained.extend(subscription.retained)
+        replacement.version = subscription.version + 1
+        self.sender.add(replacement)
+        return replacement
+
+    def delete_subscription(self, subscription_id: str) -> bool:
+        if self.sender is None:
+            return False
+        return self.sender.subscriptions.pop(subscription_id, None) is not None
+
+    def _subscription(self, id_: str, requested: Requested) -> Subscription:
+        style = self._default_style
+        payloads = self.profile.payloads
+        # The server may change what was asked for: a client re-reads the subscription after creating it.
+        payload = requested.payload if requested.payload in payloads else payloads[0]
+        heartbeat = requested.heartbeat_s
+        if heartbeat is not None:
+            heartbeat = max(heartbeat, self.scaled(self.profile.heartbeat_min_s))
+        status = requested.status
+        if status == "active" and self.profile.handshake:
+            status = "requested"  # the server, not the client, activates after a handshake
+        return Subscription(
+            id=id_,
+            endpoint=requested.endpoint,
+            topic=requested.topic or "http://example.org/fhir/SubscriptionTopic/all-changes",
+            style=style,
+            payload=payload,
+            retry=self._retry(None),
+            retention=self.profile.events_retention,
+            headers=requested.headers,
+            criteria=requested.criteria,
+            secret=requested.secret,
+            heartbeat_s=heartbeat,
+            timeout_s=self._timeout(),
+            status=status,
+            end=requested.end,
+            last_updated_ms=int(self.clock() * 1000),
+        )
+
+    def _configured_subscription(self, webhook: WebhookConfig) -> Subscription:
+        style = self._default_style
+        payload = webhook.payload or ("empty" if style == "hapi" else self.profile.payloads[0])
+        return Subscription(
+            id=webhook.subscription_id,
+            endpoint=webhook.url,
+            topic=webhook.topic,
+            style=style,
+            payload=payload,
+            retry=self._retry(webhook),
+            retention=self.profile.events_retention,
+            headers=dict(webhook.headers),
+            criteria=webhook.criteria,
+            secret=webhook.secret,
+            hapi_deletes=webhook.hapi_deletes,
+            heartbeat_s=webhook.heartbeat_s,
+            timeout_s=webhook.timeout_s or self._timeout(),
+            status="requested" if webhook.handshake else "active",
+            last_updated_ms=int(self.clock() * 1000),
+        )
+
+    def _timeout(self) -> float:
+        return self.scaled(self.profile.delivery_timeout_s)
+
+    def _retry(self, webhook: WebhookConfig | None) -> RetryPolicy:
+        """The profile's policy with durations scaled, then any explicit webhook values."""
+        base = self.profile.retry
+        policy = RetryPolicy(
+            max_attempts=base.max_attempts,
+            backoff_initial_s=self.scaled(base.backoff_initial_s),
+            backoff_max_s=self.scaled(base.backoff_max_s),
+            window_s=None if base.window_s is None else self.scaled(base.window_s),
+        )
+        if webhook is None:
+            return policy
+        return RetryPolicy(
+            max_attempts=webhook.max_attempts or policy.max_attempts,
+            backoff_initial_s=_first(webhook.backoff_initial_s, policy.backoff_initial_s),
+            backoff_max_s=_first(webhook.backoff_max_s, policy.backoff_max_s),
+            window_s=webhook.retry_window_s or policy.window_s,
+        )
+
+
+def _first(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from typing import Any
 
+from ehrsim.profiles import BASE_TYPES, Profile, get_profile
 from ehrsim.store import Change, ResourceStore
 
-RESOURCE_TYPES = ("Patient", "Observation", "Condition")
+RESOURCE_TYPES = BASE_TYPES
 
 _GIVEN = ("Ana", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonah", "Kai", "Lena")
 _FAMILY = ("Alvarez", "Brown", "Chen", "Diallo", "Evans", "Fischer", "Garcia", "Haddad", "Ito", "Jensen")
@@ -50,6 +52,35 @@ _PROBLEM_LIST = {
         }
     ]
 }
+# (LOINC, display, unit, UCUM code or None when the unit is not UCUM, low, high, decimals)
+_Lab = tuple[str, str, str, str | None, float, float, int]
+_LABS: tuple[_Lab, ...] = (
+    ("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "mg/dL", "mg/dL", 60, 250, 0),
+    ("718-7", "Hemoglobin [Mass/volume] in Blood", "g/dL", "g/dL", 8, 18, 1),
+    ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", "mg/dL", 0.4, 3.0, 2),
+    ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%", "%", 4.5, 11, 1),
+    ("6690-2", "Leukocytes [#/volume] in Blood", "K/uL", None, 3, 15, 1),  # a unit with no UCUM code
+)
+_MEDICATIONS = (
+    ("197361", "amlodipine 5 MG Oral Tablet"),
+    ("860975", "metformin hydrochloride 500 MG Oral Tablet"),
+    ("617314", "atorvastatin 10 MG Oral Tablet"),
+    ("745679", "albuterol 0.09 MG/ACTUAT Metered Dose Inhaler"),
+)
+_ALLERGENS = (
+    ("7980", "Penicillin G"),
+    ("2670", "Codeine"),
+    ("1191", "Aspirin"),
+    ("10831", "Sulfamethoxazole"),
+)
+_NICKNAMES = {"Elena": "Lena", "Jonah": "Jo", "Grace": "Gracie", "Farid": "Fari", "Ana": "Annie"}
+_LAB_CATEGORY = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]
+}
+_BP_PANEL = ("85354-9", "Blood pressure panel with all children optional")
+_SYSTOLIC = ("8480-6", "Systolic blood pressure")
+_DIASTOLIC = ("8462-4", "Diastolic blood pressure")
+_RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 _UCUM = "http://unitsofmeasure.org"
 _BASE_S = 1_735_689_600  # 2025-01-01T00:00:00Z: clinical dates are seeded offsets from here
 
@@ -82,14 +113,24 @@ class _Bag:
 
 
 class Generator:
-    def __init__(self, store: ResourceStore, seed: int, facility_id: str) -> None:
+    """Content shaped by the profile: its resource types, Observation kinds (vital signs, blood pressure
+    as a panel or as separate readings, labs with or without UCUM codes), name variants, medication
+    shapes and padded identifiers. A change that needs two resources (a split blood pressure, a
+    medication request that references its Medication) yields them from two consecutive ``step()``s."""
+
+    def __init__(
+        self, store: ResourceStore, seed: int, facility_id: str, profile: Profile | None = None
+    ) -> None:
         self._store = store
+        self._profile = profile or get_profile("generic")
+        self._types = set(self._profile.resource_types)
         self._rng = random.Random(seed)  # noqa: S311 - simulated content, not security
         self._mrn_system = f"http://ehrsim.example.org/{facility_id}/mrn"
-        self._counters = dict.fromkeys(RESOURCE_TYPES, 0)
+        self._counters = dict.fromkeys(self._profile.resource_types, 0)
         self._patients: list[str] = []
         self._live = _Bag()  # every non-deleted resource
         self._deletable = _Bag()  # non-deleted, non-Patient
+        self._follow_ups: deque[Change] = deque()  # the second half of a two-resource change
 
     def populate(self, patients: int) -> list[Change]:
         """The chart as it stands before the simulation starts: patients with a few results each."""
@@ -99,10 +140,16 @@ class Generator:
             changes.append(patient)
             changes += [self._create_observation(patient.id) for _ in range(self._rng.randint(2, 4))]
             changes += [self._create_condition(patient.id) for _ in range(self._rng.randint(0, 2))]
+            if len(self._types) > len(RESOURCE_TYPES):
+                changes += [self._create_other(patient.id) for _ in range(self._rng.randint(1, 3))]
+            changes += self._follow_ups
+            self._follow_ups.clear()
         return changes
 
     def step(self) -> Change:
         """One change: ~30% creates, ~60% updates, ~10% deletes (never of a Patient)."""
+        if self._follow_ups:
+            return self._follow_ups.popleft()
         roll = self._rng.random()
         if roll < 0.6 and self._live:
             return self._update(*self._live.choice(self._rng))
@@ -112,13 +159,19 @@ class Generator:
         if roll < 0.1 or not self._patients:
             return self._create_patient()
         patient = self._patients[self._rng.randrange(len(self._patients))]
-        return self._create_observation(patient) if roll < 0.7 else self._create_condition(patient)
+        if roll < 0.7:
+            create = self._create_observation
+        elif roll < 0.85 or len(self._types) == len(RESOURCE_TYPES):
+            create = self._create_condition
+        else:
+            create = self._create_other
+        return create(patient)
 
     # -- creates -----------------------------------------------------------------------------------
 
     def _new_id(self, resource_type: str, prefix: str) -> str:
         self._counters[resource_type] += 1
-        return f"{prefix}-{self._counters[resource_type]}"
+        return self._profile.id_template.format(prefix=prefix, n=self._counters[resource_type])
 
     def _create(self, resource_type: str, id_: str, content: dict[str, Any]) -> Change:
         change = self._store.put(resource_type, id_, content)
@@ -131,6 +184,10 @@ class Generator:
         id_ = self._new_id("Patient", "pat")
         self._patients.append(id_)
         rng = self._rng
+        mrn = f"M{self._counters['Patient']:07d}"
+        if self._profile.padded_identifiers:
+            mrn = f"  {mrn}   "  # Epic pads identifier values: consumers must trim
+        family, given = rng.choice(_FAMILY), rng.choice(_GIVEN)
         content = {
             "identifier": [
                 {
@@ -139,11 +196,11 @@ class Generator:
                         "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]
                     },
                     "system": self._mrn_system,
-                    "value": f"M{self._counters['Patient']:07d}",
+                    "value": mrn,
                 }
             ],
             "active": True,
-            "name": [{"use": "official", "family": rng.choice(_FAMILY), "given": [rng.choice(_GIVEN)]}],
+            "name": self._names(family, given),
             "telecom": [{"system": "phone", "value": self._phone(), "use": "home"}],
             "gender": rng.choice(("female", "male", "other", "unknown")),
             "birthDate": self._date(-rng.randrange(365 * 90), "%Y-%m-%d"),
@@ -151,6 +208,11 @@ class Generator:
         return self._create("Patient", id_, content)
 
     def _create_observation(self, patient: str) -> Change:
+        kind = self._rng.choice(self._profile.observations)
+        if kind == "blood-pressure":
+            return self._create_blood_pressure(patient)
+        if kind == "lab":
+            return self._create_lab(patient)
         code, display, *_ = vital = self._rng.choice(_VITALS)
         content = {
             "status": "final",
@@ -187,6 +249,139 @@ class Generator:
         }
         return self._create("Condition", self._new_id("Condition", "cond"), content)
 
+    def _create_blood_pressure(self, patient: str) -> Change:
+        """A US Core panel, or (``split``, and half the time with ``mixed``) two unpaired readings with the
+        same subject, time and encounter, as Oracle returns them."""
+        rng = self._rng
+        systolic, diastolic = rng.randint(95, 180), rng.randint(55, 110)
+        common: dict[str, Any] = {
+            "status": "final",
+            "category": [_VITAL_SIGNS],
+            "subject": {"reference": f"Patient/{patient}"},
+            "effectiveDateTime": self._date(rng.randrange(365), "%Y-%m-%dT%H:%M:00Z"),
+        }
+        style = self._profile.blood_pressure
+        if style == "panel" or (style == "mixed" and rng.random() < 0.5):
+            content = {
+                **common,
+                "code": _code("http://loinc.org", *_BP_PANEL),
+                "component": [
+                    {"code": _code("http://loinc.org", *_SYSTOLIC), "valueQuantity": _mmhg(systolic)},
+                    {"code": _code("http://loinc.org", *_DIASTOLIC), "valueQuantity": _mmhg(diastolic)},
+                ],
+            }
+            return self._create("Observation", self._new_id("Observation", "obs"), content)
+        first = self._create(
+            "Observation",
+            self._new_id("Observation", "obs"),
+            {**common, "code": _code("http://loinc.org", *_SYSTOLIC), "valueQuantity": _mmhg(systolic)},
+        )
+        self._follow_ups.append(
+            self._create(
+                "Observation",
+                self._new_id("Observation", "obs"),
+                {**common, "code": _code("http://loinc.org", *_DIASTOLIC), "valueQuantity": _mmhg(diastolic)},
+            )
+        )
+        return first
+
+    def _create_lab(self, patient: str) -> Change:
+        code, display, unit, ucum, low, high, decimals = self._rng.choice(_LABS)
+        value: float = round(self._rng.uniform(low, high), decimals)
+        quantity: dict[str, Any] = {"value": value, "unit": unit}
+        if ucum is not None and self._profile.lab_ucum:
+            quantity |= {"system": _UCUM, "code": ucum}
+        content = {
+            "status": "final",
+            "category": [_LAB_CATEGORY],
+            "code": _code("http://loinc.org", code, display),
+            "subject": {"reference": f"Patient/{patient}"},
+            "effectiveDateTime": self._date(self._rng.randrange(365), "%Y-%m-%dT%H:%M:00Z"),
+            "issued": self._date(self._rng.randrange(365), "%Y-%m-%dT%H:%M:00Z"),
+            "valueQuantity": quantity,
+        }
+        return self._create("Observation", self._new_id("Observation", "obs"), content)
+
+    def _create_other(self, patient: str) -> Change:
+        """One of the profile's further types: encounters, medication requests, allergies, documents."""
+        makers = {
+            "Encounter": self._create_encounter,
+            "MedicationRequest": self._create_medication_request,
+            "AllergyIntolerance": self._create_allergy,
+            "DocumentReference": self._create_document,
+        }
+        choices = [make for rtype, make in makers.items() if rtype in self._types]
+        return self._rng.choice(choices)(patient) if choices else self._create_condition(patient)
+
+    def _create_encounter(self, patient: str) -> Change:
+        start = self._rng.randrange(365)
+        content = {
+            "status": "finished",
+            "class": {
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                "code": self._rng.choice(("AMB", "IMP", "EMER")),
+            },
+            "subject": {"reference": f"Patient/{patient}"},
+            "period": {
+                "start": self._date(start, "%Y-%m-%dT%H:%M:00Z"),
+                "end": self._date(start + 1, "%Y-%m-%dT%H:%M:00Z"),
+            },
+        }
+        return self._create("Encounter", self._new_id("Encounter", "enc"), content)
+
+    def _create_medication_request(self, patient: str) -> Change:
+        """In the profile's medication shape: a reference to a separate Medication (Epic; the Medication
+        is created first), a codeable concept (Oracle, RxNorm), or a contained ``#id`` Medication."""
+        code, display = self._rng.choice(_MEDICATIONS)
+        concept = _code(_RXNORM, code, display)
+        content: dict[str, Any] = {
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{patient}"},
+            "authoredOn": self._date(self._rng.randrange(365), "%Y-%m-%d"),  # date-only, as seen
+        }
+        shape = self._rng.choice(self._profile.medication)
+        if shape == "reference" and "Medication" in self._types:
+            medication = self._create("Medication", self._new_id("Medication", "med"), {"code": concept})
+            content["medicationReference"] = {"reference": f"Medication/{medication.id}", "display": display}
+            request = self._create("MedicationRequest", self._new_id("MedicationRequest", "medrx"), content)
+            self._follow_ups.append(request)
+            return medication
+        if shape == "contained":
+            content["contained"] = [{"resourceType": "Medication", "id": "med1", "code": concept}]
+            content["medicationReference"] = {"reference": "#med1"}
+        else:
+            content["medicationCodeableConcept"] = concept
+        return self._create("MedicationRequest", self._new_id("MedicationRequest", "medrx"), content)
+
+    def _create_allergy(self, patient: str) -> Change:
+        code, display = self._rng.choice(_ALLERGENS)
+        content = {
+            "clinicalStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                        "code": "active",
+                    }
+                ]
+            },
+            "code": _code(_RXNORM, code, display),
+            "patient": {"reference": f"Patient/{patient}"},
+            "recordedDate": self._date(self._rng.randrange(365), "%Y-%m-%d"),
+        }
+        return self._create("AllergyIntolerance", self._new_id("AllergyIntolerance", "alg"), content)
+
+    def _create_document(self, patient: str) -> Change:
+        content = {
+            "status": "current",
+            "docStatus": "preliminary",
+            "type": _code("http://loinc.org", "11506-3", "Progress note"),
+            "subject": {"reference": f"Patient/{patient}"},
+            "date": self._date(self._rng.randrange(365), "%Y-%m-%dT%H:%M:00Z"),
+            "content": [{"attachment": {"contentType": "text/plain", "url": f"Binary/doc-{patient}"}}],
+        }
+        return self._create("DocumentReference", self._new_id("DocumentReference", "doc"), content)
+
     # -- updates and deletes ---------------------------------------------------------------------
 
     def _update(self, resource_type: str, id_: str) -> Change:
@@ -198,7 +393,21 @@ class Generator:
         elif resource_type == "Observation":
             code = content["code"]["coding"][0]["code"]
             content["status"] = "amended"
-            content["valueQuantity"] = self._quantity(next(v for v in _VITALS if v[0] == code))
+            vital = next((v for v in _VITALS if v[0] == code), None)
+            if vital is not None:
+                content["valueQuantity"] = self._quantity(vital)
+            elif "valueQuantity" in content:
+                quantity = dict(content["valueQuantity"])
+                quantity["value"] = round(float(quantity["value"]) * self._rng.uniform(0.9, 1.1), 2)
+                content["valueQuantity"] = quantity
+        elif resource_type in _TOGGLES:
+            key, values = _TOGGLES[resource_type]
+            content[key] = values[1] if content.get(key) == values[0] else values[0]
+        elif resource_type != "Condition":
+            content["text"] = {
+                "status": "generated",
+                "div": f"<div>revision {self._rng.randrange(10**6)}</div>",
+            }
         else:
             active = content["clinicalStatus"]["coding"][0]["code"] == "active"
             content["clinicalStatus"] = _clinical_status("resolved" if active else "active")
@@ -220,11 +429,37 @@ class Generator:
         value: float = round(self._rng.uniform(low, high), decimals)
         return {"value": int(value) if decimals == 0 else value, "unit": unit, "system": _UCUM, "code": unit}
 
+    def _names(self, family: str, given: str) -> list[dict[str, Any]]:
+        official: dict[str, Any] = {"use": "official", "family": family, "given": [given]}
+        style = self._profile.name_style
+        if style == "official-and-usual":  # Epic: the same content twice
+            return [official, {**official, "use": "usual"}]
+        if style == "usual-given":  # Oracle: a usual name with the given name only
+            return [official, {"use": "usual", "given": [given]}]
+        if style == "nickname" and given in _NICKNAMES:
+            return [official, {"use": "nickname", "given": [_NICKNAMES[given]]}]
+        return [official]
+
     def _phone(self) -> str:
         return f"555-{self._rng.randrange(10_000):04d}"
 
     def _date(self, days: int, fmt: str) -> str:
         return time.strftime(fmt, time.gmtime(_BASE_S + days * 86_400 + self._rng.randrange(86_400)))
+
+
+_TOGGLES: dict[str, tuple[str, tuple[str, str]]] = {
+    "Encounter": ("status", ("finished", "entered-in-error")),
+    "MedicationRequest": ("status", ("active", "completed")),
+    "DocumentReference": ("docStatus", ("preliminary", "final")),
+}
+
+
+def _code(system: str, code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": system, "code": code, "display": display}], "text": display}
+
+
+def _mmhg(value: int) -> dict[str, Any]:
+    return {"value": value, "unit": "mmHg", "system": _UCUM, "code": "mm[Hg]"}
 
 
 def _clinical_status(code: str) -> dict[str, Any]:

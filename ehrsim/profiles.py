@@ -1,21 +1,231 @@
-"""Vendor profiles: the behaviour that differs between simulated EHRs.
+"""Vendor profiles: the behaviour that differs between simulated EHRs (see EHR-FACTS.md).
 
-A facility names its profile in the config. Only ``generic`` (a standards-following FHIR server with
-system-wide ``_lastUpdated``) exists so far; vendor quirks are added here as fields, never as
-``if profile.name == ...`` branches elsewhere.
+A facility names its profile in the config. A profile is data: the server, the generator, the auth and
+the sender read its fields; there are no ``if profile.name == ...`` branches elsewhere. Durations are
+the vendor's real ones; a facility's ``time_scale`` shrinks them for tests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+NotificationStyle = Literal["backport-r4", "r4b", "r5", "medplum", "hapi"]
+"""How the sender shapes a notification (EHR-FACTS §2):
+
+- ``backport-r4``: ``history`` Bundle whose first entry is a backport ``Parameters`` status;
+- ``r4b``: ``history`` Bundle with a ``SubscriptionStatus``, bundle-relative event numbers, each event
+  with its own ``id`` and the body signed ``X-Hub-Signature: sha256=<hex>`` (athenahealth);
+- ``r5``: ``subscription-notification`` Bundle with a ``SubscriptionStatus``;
+- ``medplum``: the bare resource, ``X-Signature`` and ``X-Medplum-*`` headers, ``{}`` for a delete;
+- ``hapi``: empty POST (no payload), ``PUT``/``DELETE {endpoint}/{Type}/{id}`` (with a payload).
+"""
+Paging = Literal["token", "page-context", "getpages", "cursor", "continue", "session"]
+"""Shape of the ``next`` link: ``{type}?_page_token=`` (generic), ``{type}?-pageContext=`` (Oracle),
+``{base}?_getpages=`` without a type (HAPI), ``{type}?cursor=`` (athena), ``{type}?continue=``
+(MEDITECH), ``{type}?session=`` that expires (Epic, error 4113)."""
+LastUpdatedScope = Literal["system", "patient", "types", "none"]
+AuthMethod = Literal["private_key_jwt", "client_secret_basic", "client_secret_post"]
+BloodPressure = Literal["panel", "split", "mixed"]
+MedicationShape = Literal["reference", "codeable-concept", "contained"]
+ObservationKind = Literal["vital", "blood-pressure", "lab"]
+NameStyle = Literal["official", "official-and-usual", "usual-given", "nickname"]
+
+BASE_TYPES = ("Patient", "Observation", "Condition")
+CLINICAL_TYPES = (
+    *BASE_TYPES,
+    "Encounter",
+    "MedicationRequest",
+    "Medication",
+    "AllergyIntolerance",
+    "DocumentReference",
+)
+
+RICH_OBSERVATIONS: tuple[ObservationKind, ...] = ("vital", "blood-pressure", "lab")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long the sender keeps trying one notification before dropping it."""
+
+    max_attempts: int
+    backoff_initial_s: float
+    backoff_max_s: float
+    window_s: float | None = None  # give up once this long after the first attempt (None: no bound)
 
 
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
+    resource_types: tuple[str, ...] = BASE_TYPES
+    # -- search and read --------------------------------------------------------------------------
+    last_updated: LastUpdatedScope = "system"  # where ``_lastUpdated`` is a search parameter
+    last_updated_types: frozenset[str] = frozenset()  # with ``types``: the only types that have it
+    last_updated_day_precision: bool = False  # values finer than a day are refused
+    paging: Paging = "token"
+    max_count: int = 1000
+    patient_required: bool = False  # clinical searches need exactly one ``patient`` (Epic 4111 / 4112)
+    outcome_entries: bool = False  # OperationOutcome entries with ``search.mode=outcome`` (Epic)
+    page_session_s: float | None = None  # paging sessions expire (Epic 4113)
+    meta: bool = True  # resources carry ``meta.versionId`` / ``meta.lastUpdated``
+    uuid_version_ids: bool = False  # ``meta.versionId`` is a UUID (Medplum)
+    padded_identifiers: bool = False  # identifier values padded with spaces (Epic)
+    id_template: str = "{prefix}-{n}"  # resource ids; athena's look like ``a-1.pat-7`` (practice-scoped)
+    # -- data shapes ------------------------------------------------------------------------------
+    observations: tuple[ObservationKind, ...] = ("vital",)  # what new Observations are
+    blood_pressure: BloodPressure = "panel"
+    name_style: NameStyle = "official"
+    medication: tuple[MedicationShape, ...] = ("codeable-concept",)
+    lab_ucum: bool = True  # lab quantities carry a UCUM system and code
+    # -- subscriptions ----------------------------------------------------------------------------
+    notification: NotificationStyle | None = "backport-r4"  # None: no Subscription support
+    payloads: tuple[str, ...] = ("id-only", "full-resource", "empty")
+    handshake: bool = True
+    heartbeat_min_s: float = 10.0  # a requested heartbeat period is raised to at least this
+    events_retention: int = 1000  # ``$events`` answers only for the most recent events
+    delivery_timeout_s: float = 10.0  # a receiver slower than this fails the attempt (athena: 2 s)
+    one_subscription_per_topic: bool = False  # a second subscription to a topic is refused (athena)
+    error_after_drops: int | None = 10  # consecutive dropped notifications that put a subscription in error
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(5, 0.2, 5.0))
+    # -- auth ---------------------------------------------------------------------------------------
+    auth_methods: frozenset[AuthMethod] = frozenset({"private_key_jwt"})
+    token_lifetime_s: int = 300
+    token_requests_per_min: int | None = None  # token endpoint rate limit, then 429
+    token_flaky_400_rate: float = 0.0  # fraction of token requests answered with a bare 400 (Epic)
+    ratelimit_header: bool = (
+        False  # a 429 also carries ``RateLimit: limit=…, remaining=0, reset=…`` (Medplum)
+    )
+    # -- bulk data ------------------------------------------------------------------------------------
+    bulk_export: bool = False
+    bulk_retry_after_s: int = 2  # Retry-After on a bulk status poll
+    bulk_polls_until_done: int = 1  # status polls answered 202 before the manifest
 
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (Profile(name="generic"),)}
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(name="generic", bulk_export=True),
+        Profile(
+            name="epic",
+            resource_types=CLINICAL_TYPES,
+            observations=RICH_OBSERVATIONS,
+            last_updated="types",
+            last_updated_types=frozenset({"DocumentReference"}),
+            paging="session",
+            max_count=100,
+            patient_required=True,
+            outcome_entries=True,
+            page_session_s=600.0,
+            meta=False,
+            padded_identifiers=True,
+            blood_pressure="panel",
+            name_style="official-and-usual",
+            medication=("reference",),
+            lab_ucum=False,
+            notification=None,
+            token_lifetime_s=3600,
+            token_flaky_400_rate=0.02,
+        ),
+        Profile(
+            name="oracle",
+            resource_types=CLINICAL_TYPES,
+            observations=RICH_OBSERVATIONS,
+            last_updated="patient",
+            paging="page-context",
+            max_count=200,
+            blood_pressure="mixed",
+            name_style="usual-given",
+            medication=("codeable-concept", "contained"),
+            notification=None,
+            auth_methods=frozenset({"private_key_jwt", "client_secret_basic"}),
+            token_lifetime_s=570,
+            bulk_export=True,
+            bulk_retry_after_s=600,
+        ),
+        Profile(
+            name="athena",
+            resource_types=CLINICAL_TYPES,
+            observations=RICH_OBSERVATIONS,
+            last_updated="patient",
+            last_updated_day_precision=True,
+            paging="cursor",
+            id_template="a-1.{prefix}-{n}",
+            name_style="nickname",
+            notification="r4b",
+            one_subscription_per_topic=True,
+            delivery_timeout_s=2.0,
+            payloads=("id-only",),
+            retry=RetryPolicy(max_attempts=1000, backoff_initial_s=5.0, backoff_max_s=300.0, window_s=3600.0),
+            auth_methods=frozenset({"private_key_jwt", "client_secret_basic"}),
+            token_lifetime_s=3600,
+            token_requests_per_min=50,
+        ),
+        Profile(
+            name="meditech",
+            resource_types=CLINICAL_TYPES,
+            observations=RICH_OBSERVATIONS,
+            last_updated="none",
+            paging="continue",
+            notification=None,
+            bulk_export=True,
+            bulk_retry_after_s=5,
+            bulk_polls_until_done=2,
+            token_lifetime_s=3600,
+        ),
+        Profile(
+            name="medplum",
+            resource_types=CLINICAL_TYPES,
+            observations=RICH_OBSERVATIONS,
+            uuid_version_ids=True,
+            name_style="nickname",
+            notification="medplum",
+            handshake=False,
+            payloads=("full-resource",),
+            retry=RetryPolicy(max_attempts=5, backoff_initial_s=1.0, backoff_max_s=8.0, window_s=None),
+            auth_methods=frozenset({"private_key_jwt", "client_secret_basic", "client_secret_post"}),
+            token_lifetime_s=3600,
+            token_requests_per_min=160,
+            ratelimit_header=True,
+        ),
+        Profile(
+            name="hapi",
+            resource_types=CLINICAL_TYPES,
+            observations=RICH_OBSERVATIONS,
+            paging="getpages",
+            notification="hapi",
+            handshake=False,
+            payloads=("empty", "full-resource"),
+            retry=RetryPolicy(max_attempts=1000, backoff_initial_s=1.0, backoff_max_s=10.0, window_s=60.0),
+            token_lifetime_s=3600,
+        ),
+    )
+}
+
+
+def customize(profile: Profile, overrides: Mapping[str, Any]) -> Profile:
+    """The profile with some fields replaced (from a facility's ``profile_overrides``); lists become the
+    field's collection type, a mapping becomes a ``RetryPolicy``. Raises ``ValueError``."""
+    if not overrides:
+        return profile
+    names = {f.name for f in fields(profile)}
+    changes: dict[str, Any] = {}
+    for name, raw in overrides.items():
+        if name not in names or name == "name":
+            raise ValueError(f"unknown profile field {name!r}")
+        current = getattr(profile, name)
+        value = raw
+        if isinstance(current, frozenset):
+            value = frozenset(raw)
+        elif isinstance(current, tuple):
+            value = tuple(raw)
+        elif isinstance(current, RetryPolicy):
+            value = RetryPolicy(**raw)
+        changes[name] = value
+    try:
+        return replace(profile, **changes)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def get_profile(name: str) -> Profile:

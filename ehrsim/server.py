@@ -7,35 +7,50 @@ low for benchmarks. All state lives in memory and is only touched from the event
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
+import dataclasses
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from email.utils import formatdate
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+import pydantic
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ehrsim.auth import AccessToken, TokenError
+from ehrsim.bulk import ExportBusy, Exports
 from ehrsim.config import SimConfig
 from ehrsim.facility import Facility
+from ehrsim.faults import FaultUpdate
 from ehrsim.fhir import FHIR_JSON, capability_statement, operation_outcome, smart_configuration
 from ehrsim.instants import Clock, date_range, format_instant
-from ehrsim.store import Record, ResourceStore
+from ehrsim.notify import event_entries, status_parameters
+from ehrsim.search import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    PAGE_PARAM,
+    Search,
+    SearchError,
+    continued,
+    new_search,
+    next_link,
+    page,
+    vendor_outcome,
+)
+from ehrsim.subscriptions import InvalidSubscription, Subscription, parse_resource
+
+__all__ = ["DEFAULT_COUNT", "DEFAULT_PUBLIC_BASE_URL", "MAX_COUNT", "create_app"]
 
 DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8090"
-DEFAULT_COUNT = 50
-MAX_COUNT = 1000
 MAX_ACTIVITY = 1_000_000
-_IGNORED_PARAMS = frozenset({"_format", "_pretty"})
+NDJSON = "application/fhir+ndjson"
 _WWW_AUTHENTICATE = (
     'Bearer realm="ehrsim", error="invalid_token", '
     'error_description="Token has expired or signature is invalid"'
@@ -67,43 +82,14 @@ def _origin(request: Request) -> str:
     return f"{request.url.scheme}://{request.url.netloc}"
 
 
-class _Search(BaseModel):
-    """A search's position; the whole of it travels in the opaque ``_page_token``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    resource_type: str
-    count: Annotated[int, Field(ge=0, le=MAX_COUNT)]
-    descending: bool
-    total: Annotated[int, Field(ge=0)]
-    pos: int
-    start: Annotated[int, Field(ge=0)] = 0  # window mode: log positions, fixed at the first page
-    stop: Annotated[int, Field(ge=0)] = 0
-    ids: tuple[str, ...] | None = None  # _id mode: ids re-resolved per page; pos is an offset
-    lo: int | None = None
-    hi: int | None = None
-
-    def at(self, pos: int) -> _Search:
-        return self.model_copy(update={"pos": pos})
-
-    def encode(self) -> str:
-        return base64.urlsafe_b64encode(self.model_dump_json().encode()).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, token: str, resource_type: str) -> _Search:
-        try:
-            search = cls.model_validate_json(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        except (ValueError, binascii.Error):  # pydantic's ValidationError is a ValueError
-            search = None
-        if search is None or search.resource_type != resource_type or search.pos < 0:
-            raise _outcome(400, "invalid", "invalid _page_token")
-        return search
-
-
 class _Api:
     def __init__(self, facilities: dict[str, Facility], clock: Clock) -> None:
         self.facilities = facilities
         self.clock = clock
+        self.exports = {
+            fid: Exports(f.store, f.profile.bulk_polls_until_done) for fid, f in facilities.items()
+        }
+        self.outbound: httpx.AsyncClient | None = None  # webhooks and JWKS fetches, set by the lifespan
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -111,6 +97,23 @@ class _Api:
         facility = self.facilities.get(request.path_params["fac"])
         if facility is None:
             raise _outcome(404, "not-found", "unknown facility")
+        return facility
+
+    async def _fhir_request(self, request: Request) -> Facility:
+        """The facility of a FHIR data request, after the faults that apply to every such request."""
+        facility = self._facility(request)
+        faults = facility.faults
+        if faults.config.slow_s:
+            faults.count("slow")
+            await asyncio.sleep(faults.config.slow_s)  # simulated latency, not synchronization
+        fault = faults.http_fault(self.clock())
+        if fault is not None:
+            status, headers = fault
+            if status == 429 and facility.profile.ratelimit_header:
+                retry_after = faults.config.throttle.retry_after_s
+                headers = {**headers, "RateLimit": f"limit=600, remaining=0, reset={retry_after}"}
+            code = "throttled" if status == 429 else "transient"
+            raise _outcome(status, code, "injected fault", headers)
         return facility
 
     def _authorize(self, request: Request, facility: Facility, resource_type: str, perm: str) -> AccessToken:
@@ -122,17 +125,27 @@ class _Api:
                 "Token has expired or signature is invalid",
                 {"WWW-Authenticate": _WWW_AUTHENTICATE},
             )
-        if resource_type not in facility.store.resource_types:
+        known = resource_type in facility.store.resource_types or (
+            resource_type == "Subscription" and facility.supports_subscriptions
+        )
+        if not known:
             raise _outcome(404, "not-supported", f"resource type {resource_type} is not supported")
         if not token.allows(resource_type, perm):
             raise _outcome(403, "forbidden", f"the token's scopes do not allow this on {resource_type}")
         return token
 
+    @staticmethod
+    def _check_broken(facility: Facility, resource_type: str, ids: Iterable[str]) -> None:
+        broken = facility.faults.config.broken_resources
+        if broken and any(f"{resource_type}/{id_}" in broken for id_ in ids):
+            facility.faults.count("broken_resource")
+            raise _outcome(500, "exception", "internal error")
+
     # -- SMART and metadata ----------------------------------------------------------------------------
 
     async def smart_configuration(self, request: Request) -> Response:
         facility = self._facility(request)
-        return _json(smart_configuration(f"{_origin(request)}/{facility.id}/oauth2/token"))
+        return _json(smart_configuration(f"{_origin(request)}/{facility.id}/oauth2/token", facility.profile))
 
     async def metadata(self, request: Request) -> Response:
         facility = self._facility(request)
@@ -141,8 +154,9 @@ class _Api:
             capability_statement(
                 f"{origin}/{facility.id}/fhir",
                 f"{origin}/{facility.id}/oauth2/token",
-                facility.store.resource_types,
+                facility.profile,
                 format_instant(int(self.clock() * 1000)),
+                subscriptions=facility.supports_subscriptions,
             )
         )
 
@@ -150,43 +164,99 @@ class _Api:
         facility = self.facilities.get(request.path_params["fac"])
         if facility is None:
             return _json({"error": "invalid_request", "error_description": "unknown facility"}, 404)
+        fault = facility.faults.http_fault(self.clock())
+        if fault is not None:
+            status, headers = fault
+            error = "rate_limited" if status == 429 else "temporarily_unavailable"
+            return _json({"error": error, "error_description": "injected fault"}, status, headers=headers)
         form = dict(parse_qsl((await request.body()).decode(errors="replace")))
         try:
-            answer = facility.auth.issue(form, f"{_origin(request)}/{facility.id}/oauth2/token")
+            answer = await facility.auth.issue(
+                form,
+                f"{_origin(request)}/{facility.id}/oauth2/token",
+                authorization=request.headers.get("authorization"),
+                fetch_jwks=self._fetch_jwks,
+            )
         except TokenError as exc:
-            return _json({"error": exc.error, "error_description": exc.description}, exc.status)
+            if exc.bare:
+                return Response(b"", exc.status)
+            body = {"error": exc.error, "error_description": exc.description}
+            return _json(body, exc.status, headers=exc.headers)
         return _json(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    async def _fetch_jwks(self, url: str) -> dict[str, Any]:
+        assert self.outbound is not None  # the lifespan is running while requests are served
+        response = await self.outbound.get(url, timeout=5.0)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
 
     # -- FHIR read and search --------------------------------------------------------------------------
 
     async def read(self, request: Request) -> Response:
-        facility = self._facility(request)
+        facility = await self._fhir_request(request)
         resource_type, id_ = request.path_params["type"], request.path_params["id"]
+        if resource_type == "Subscription":
+            self._authorize(request, facility, resource_type, "r")
+            return _fhir(self._subscription(facility, id_).resource())
         self._authorize(request, facility, resource_type, "r")
+        self._check_broken(facility, resource_type, (id_,))
         record = facility.store.get(resource_type, id_)
         if record is None:
             raise _outcome(404, "not-found", f"{resource_type}/{id_} is not known")
         if record.deleted:
             raise _outcome(410, "deleted", f"{resource_type}/{id_} has been deleted")
-        return Response(
-            record.body,
-            headers={
-                "ETag": f'W/"{record.version}"',
-                "Last-Modified": formatdate(record.last_updated / 1000, usegmt=True),
-            },
-            media_type=FHIR_JSON,
-        )
+        headers = {"Last-Modified": formatdate(record.last_updated / 1000, usegmt=True)}
+        if facility.profile.meta:
+            headers["ETag"] = f'W/"{record.version_id}"'
+        return Response(record.body, headers=headers, media_type=FHIR_JSON)
+
+    async def search_base(self, request: Request) -> Response:
+        """``GET {base}?_getpages=...``: HAPI's next links name no type."""
+        facility = await self._fhir_request(request)
+        param = PAGE_PARAM[facility.profile.paging]
+        token = request.query_params.get(param)
+        if facility.profile.paging != "getpages" or token is None:
+            raise _outcome(400, "not-supported", "system-level search is not supported")
+        search = self._continued(facility, token, None)
+        self._authorize(request, facility, search.resource_type, "s")
+        return self._search_page(request, facility, search)
 
     async def search(self, request: Request) -> Response:
-        facility = self._facility(request)
+        facility = await self._fhir_request(request)
         resource_type = request.path_params["type"]
         self._authorize(request, facility, resource_type, "s")
-        page_token = request.query_params.get("_page_token")
-        if page_token is not None:
-            search = _Search.decode(page_token, resource_type)
+        if resource_type == "Subscription":
+            resources = [s.resource() for s in self._subscriptions(facility).values()]
+            return _fhir(
+                _bundle("searchset", [{"resource": r, "search": {"mode": "match"}} for r in resources])
+            )
+        token = request.query_params.get(PAGE_PARAM[facility.profile.paging])
+        if token is not None:
+            search = self._continued(facility, token, resource_type)
         else:
-            search = self._new_search(facility, resource_type, request.query_params.multi_items())
-        records, next_search = self._page(facility, resource_type, search)
+            try:
+                search = new_search(
+                    facility.profile,
+                    facility.store,
+                    resource_type,
+                    request.query_params.multi_items(),
+                    self.clock(),
+                )
+            except SearchError as exc:
+                raise _Problem(_fhir(exc.outcome, exc.status)) from None
+        return self._search_page(request, facility, search)
+
+    def _continued(self, facility: Facility, token: str, resource_type: str | None) -> Search:
+        try:
+            return continued(facility.profile, token, resource_type, self.clock(), facility.time_scale)
+        except SearchError as exc:
+            raise _Problem(_fhir(exc.outcome, exc.status)) from None
+
+    def _search_page(self, request: Request, facility: Facility, search: Search) -> Response:
+        resource_type = search.resource_type
+        records, next_search = page(facility.store, search)
+        self._check_broken(facility, resource_type, (r.id for r in records))
         base = f"{_origin(request)}/{facility.id}/fhir"
         header: dict[str, Any] = {
             "resourceType": "Bundle",
@@ -196,88 +266,189 @@ class _Api:
         }
         if next_search is not None:
             header["link"].append(
-                {
-                    "relation": "next",
-                    "url": f"{base}/{resource_type}?_page_token={next_search.encode()}",
-                }
+                {"relation": "next", "url": next_link(facility.profile.paging, base, next_search)}
+            )
+        parts = [
+            b'{"fullUrl":"%s/%s/%s","resource":%s,"search":{"mode":"match"}}'
+            % (base.encode(), resource_type.encode(), r.id.encode(), r.body)
+            for r in records
+        ]
+        if facility.profile.outcome_entries:
+            outcome = (
+                vendor_outcome(
+                    "4119", "Some data may not be available", severity="warning", issue="informational"
+                )
+                if records
+                else vendor_outcome(
+                    "4101",
+                    "Resource request returns no results.",
+                    severity="information",
+                    issue="informational",
+                )
+            )
+            parts.append(
+                json.dumps(
+                    {"resource": outcome, "search": {"mode": "outcome"}}, separators=(",", ":")
+                ).encode()
             )
         head = json.dumps(header, separators=(",", ":")).encode()
-        if records:
-            entries = b",".join(
-                b'{"fullUrl":"%s/%s/%s","resource":%s,"search":{"mode":"match"}}'
-                % (base.encode(), resource_type.encode(), r.id.encode(), r.body)
-                for r in records
-            )
-            head = head[:-1] + b',"entry":[' + entries + b"]}"
+        if parts:
+            head = head[:-1] + b',"entry":[' + b",".join(parts) + b"]}"
         return Response(head, media_type=FHIR_JSON)
 
-    def _new_search(
-        self, facility: Facility, resource_type: str, params: Iterable[tuple[str, str]]
-    ) -> _Search:
-        lo: int | None = None
-        hi: int | None = None
-        ids: tuple[str, ...] | None = None
-        count, descending = DEFAULT_COUNT, False
-        for name, value in params:
-            if name == "_lastUpdated":
-                lo, hi = _narrow(lo, hi, value)
-            elif name == "_id":
-                wanted = tuple(v for v in value.split(",") if v)
-                ids = wanted if ids is None else tuple(v for v in ids if v in wanted)
-            elif name == "_count":
-                if not value.isdigit():
-                    raise _outcome(400, "invalid", "_count must be a non-negative integer")
-                count = min(int(value), MAX_COUNT)
-            elif name == "_sort":
-                if value not in ("_lastUpdated", "-_lastUpdated"):
-                    raise _outcome(
-                        400, "not-supported", "only _sort=_lastUpdated and -_lastUpdated are supported"
-                    )
-                descending = value.startswith("-")
-            elif name not in _IGNORED_PARAMS:
-                raise _outcome(400, "not-supported", f"search parameter {name} is not supported")
-        if ids is not None:
-            search = _Search(
-                resource_type=resource_type,
-                count=count,
-                descending=descending,
-                total=0,
-                pos=0,
-                ids=ids,
-                lo=lo,
-                hi=hi,
-            )
-            return search.model_copy(update={"total": len(_by_ids(facility.store, resource_type, search))})
-        start, stop = facility.store.window(resource_type, lo, hi)
-        return _Search(
-            resource_type=resource_type,
-            count=count,
-            descending=descending,
-            total=facility.store.count_live(resource_type, start, stop),
-            pos=stop - 1 if descending else start,
-            start=start,
-            stop=stop,
-        )
+    # -- Subscriptions ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _page(facility: Facility, resource_type: str, search: _Search) -> tuple[list[Record], _Search | None]:
-        """One page, and the search positioned after it (``None`` on the last page)."""
-        if search.count == 0:
-            return [], None
-        if search.ids is not None:
-            matches = _by_ids(facility.store, resource_type, search)
-            end = search.pos + search.count
-            next_search = search.at(end) if end < len(matches) else None
-            return matches[search.pos : end], next_search
-        records, pos = facility.store.scan(
-            resource_type,
-            search.start,
-            search.stop,
-            search.pos,
-            count=search.count,
-            descending=search.descending,
-        )
-        return records, None if pos is None else search.at(pos)
+    def _subscriptions(facility: Facility) -> dict[str, Subscription]:
+        return facility.sender.subscriptions if facility.sender is not None else {}
+
+    def _subscription(self, facility: Facility, id_: str) -> Subscription:
+        subscription = self._subscriptions(facility).get(id_)
+        if subscription is None:
+            raise _outcome(404, "not-found", f"Subscription/{id_} is not known")
+        return subscription
+
+    async def _subscription_body(self, request: Request) -> Any:
+        try:
+            return await request.json()
+        except ValueError:
+            raise _outcome(400, "structure", "the body is not JSON") from None
+
+    async def create_subscription(self, request: Request) -> Response:
+        facility = await self._fhir_request(request)
+        if request.path_params["type"] != "Subscription":
+            raise _outcome(405, "not-supported", "this server only creates Subscription resources")
+        self._authorize(request, facility, "Subscription", "c")
+        try:
+            requested = parse_resource(await self._subscription_body(request))
+        except InvalidSubscription as exc:
+            raise _outcome(400, "invalid", str(exc)) from None
+        if facility.profile.one_subscription_per_topic and any(
+            s.topic == requested.topic for s in self._subscriptions(facility).values()
+        ):
+            raise _outcome(409, "duplicate", "there is already a subscription to this topic")
+        subscription = facility.create_subscription(requested)
+        location = f"{_origin(request)}/{facility.id}/fhir/Subscription/{subscription.id}"
+        return _fhir(subscription.resource(), 201, {"Location": location})
+
+    async def update_subscription(self, request: Request) -> Response:
+        facility = await self._fhir_request(request)
+        if request.path_params["type"] != "Subscription":
+            raise _outcome(405, "not-supported", "this server only updates Subscription resources")
+        self._authorize(request, facility, "Subscription", "u")
+        current = self._subscription(facility, request.path_params["id"])
+        try:
+            requested = parse_resource(await self._subscription_body(request))
+        except InvalidSubscription as exc:
+            raise _outcome(400, "invalid", str(exc)) from None
+        return _fhir(facility.update_subscription(current, requested).resource())
+
+    async def delete_subscription(self, request: Request) -> Response:
+        facility = await self._fhir_request(request)
+        if request.path_params["type"] != "Subscription":
+            raise _outcome(405, "not-supported", "this server only deletes Subscription resources")
+        self._authorize(request, facility, "Subscription", "d")
+        if not facility.delete_subscription(request.path_params["id"]):
+            raise _outcome(404, "not-found", "no such Subscription")
+        return Response(status_code=204)
+
+    async def subscription_status(self, request: Request) -> Response:
+        facility = await self._fhir_request(request)
+        self._authorize(request, facility, "Subscription", "r")
+        subscription = self._subscription(facility, request.path_params["id"])
+        base = f"{_origin(request)}/{facility.id}/fhir"
+        status = status_parameters(subscription.target(), "query-status", base, [])
+        return _fhir(_bundle("searchset", [{"resource": status, "search": {"mode": "match"}}]))
+
+    async def subscription_events(self, request: Request) -> Response:
+        """``$events``: the retained events in ``[eventsSinceNumber, eventsUntilNumber]``; older ones are
+        gone (limited retention), and the answer says which numbers it holds."""
+        facility = await self._fhir_request(request)
+        self._authorize(request, facility, "Subscription", "r")
+        subscription = self._subscription(facility, request.path_params["id"])
+        params = request.query_params
+        try:
+            since = int(params.get("eventsSinceNumber", "1"))
+            until = int(params.get("eventsUntilNumber", str(subscription.events_since_start)))
+        except ValueError:
+            raise _outcome(400, "invalid", "event numbers must be integers") from None
+        events = [e for e in subscription.retained if since <= e.number <= until]
+        target = subscription.target()
+        content = params.get("content")
+        if content in ("empty", "id-only", "full-resource"):
+            target = dataclasses.replace(target, payload=content)
+        base = f"{_origin(request)}/{facility.id}/fhir"
+        status = status_parameters(target, "query-event", base, events)
+        entries = [{"resource": status}, *event_entries(target, events, base)]
+        return _fhir(_bundle("history", entries))
+
+    # -- Bulk data -----------------------------------------------------------------------------------
+
+    async def export(self, request: Request) -> Response:
+        facility = await self._fhir_request(request)
+        if not facility.profile.bulk_export:
+            raise _outcome(404, "not-supported", "$export is not supported")
+        token = self._authorize(request, facility, "Patient", "r")
+        if request.headers.get("prefer", "").lower() != "respond-async":
+            raise _outcome(400, "invalid", "$export requires the header Prefer: respond-async")
+        params = request.query_params
+        types = [t for t in params.get("_type", "").split(",") if t]
+        unknown = [t for t in types if t not in facility.store.resource_types]
+        if unknown:
+            raise _outcome(400, "not-supported", f"_type {','.join(unknown)} is not supported")
+        since_ms: int | None = None
+        if "_since" in params:
+            try:
+                since_ms = date_range(params["_since"])[0]
+            except ValueError:
+                raise _outcome(400, "invalid", "_since must be a FHIR instant") from None
+        retry_after = str(max(1, math.ceil(facility.scaled(facility.profile.bulk_retry_after_s))))
+        try:
+            job = self.exports[facility.id].kickoff(
+                token.client_id, str(request.url), types, since_ms, int(self.clock() * 1000)
+            )
+        except ExportBusy:
+            raise _outcome(
+                429,
+                "throttled",
+                "an export of this client is already in progress",
+                {"Retry-After": retry_after},
+            ) from None
+        location = f"{_origin(request)}/{facility.id}/fhir/$export-poll/{job.id}"
+        return Response(status_code=202, headers={"Content-Location": location})
+
+    async def export_status(self, request: Request) -> Response:
+        facility = await self._fhir_request(request)
+        self._authorize(request, facility, "Patient", "r")
+        exports = self.exports[facility.id]
+        job_id = request.path_params["job"]
+        if request.method == "DELETE":
+            if not exports.cancel(job_id):
+                raise _outcome(404, "not-found", "no such export job")
+            return Response(status_code=202)
+        job = exports.get(job_id)
+        if job is None:
+            raise _outcome(404, "not-found", "no such export job")
+        if not exports.poll(job):
+            retry_after = str(max(1, math.ceil(facility.scaled(facility.profile.bulk_retry_after_s))))
+            total = facility.profile.bulk_polls_until_done + 1
+            done = total - job.polls_left - 1
+            return Response(
+                status_code=202,
+                headers={"X-Progress": f"{100 * done // total}% complete", "Retry-After": retry_after},
+            )
+        file_base = f"{_origin(request)}/{facility.id}/fhir/$export-file"
+        return _json(exports.manifest(job, file_base))
+
+    async def export_file(self, request: Request) -> Response:
+        facility = await self._fhir_request(request)
+        self._authorize(request, facility, "Patient", "r")
+        job = self.exports[facility.id].get(request.path_params["job"])
+        name = request.path_params["file"]
+        body = job.files.get(name.removesuffix(".ndjson")) if job is not None and job.done else None
+        if body is None:
+            raise _outcome(404, "not-found", "no such export file")
+        return Response(body, media_type=NDJSON)
 
     # -- admin -------------------------------------------------------------------------------------------
 
@@ -302,47 +473,38 @@ class _Api:
         return _json(self._facility(request).notification_stats().as_dict())
 
     async def dropped(self, request: Request) -> Response:
-        return _json({"event_numbers": self._facility(request).notification_stats().dropped_events})
+        events = self._facility(request).notification_stats().dropped_events
+        return _json({"event_numbers": [e["event_number"] for e in events], "events": events})
+
+    async def faults(self, request: Request) -> Response:
+        facility = self._facility(request)
+        if request.method == "POST":
+            try:
+                update = FaultUpdate.model_validate_json(await request.body())
+            except pydantic.ValidationError as exc:
+                return _json({"error": "invalid fault update", "detail": json.loads(exc.json())}, 400)
+            facility.apply_faults(update)
+        elif request.method == "DELETE":
+            facility.apply_faults(FaultUpdate(reset=True))
+        return _json(facility.faults.state())
+
+    async def subscriptions(self, request: Request) -> Response:
+        facility = self._facility(request)
+        return _json(
+            {
+                "subscriptions": [
+                    {**s.resource(), "eventsSinceSubscriptionStart": s.events_since_start, "epoch": s.epoch}
+                    for s in self._subscriptions(facility).values()
+                ]
+            }
+        )
 
 
-def _by_ids(store: ResourceStore, resource_type: str, search: _Search) -> list[Record]:
-    """The live resources among ``search.ids`` inside its ``_lastUpdated`` range, sorted."""
-    lo, hi = search.lo, search.hi
-    found = {
-        r.id: r
-        for r in (store.get(resource_type, i) for i in search.ids or ())
-        if r is not None
-        and not r.deleted
-        and (lo is None or r.last_updated >= lo)
-        and (hi is None or r.last_updated < hi)
-    }
-    return sorted(found.values(), key=lambda r: r.last_updated, reverse=search.descending)
-
-
-def _narrow(lo: int | None, hi: int | None, value: str) -> tuple[int | None, int | None]:
-    """Intersect ``[lo, hi)`` with one ``_lastUpdated`` condition (prefix eq/gt/ge/lt/le/sa/eb)."""
-    prefix, rest = (value[:2], value[2:]) if value[:2].isalpha() else ("eq", value)
-    try:
-        start, end = date_range(rest)
-    except ValueError as exc:
-        raise _outcome(400, "invalid", f"_lastUpdated: {exc}") from None
-    bounds: dict[str, tuple[int | None, int | None]] = {
-        "eq": (start, end),
-        "gt": (end, None),
-        "sa": (end, None),
-        "ge": (start, None),
-        "lt": (None, start),
-        "eb": (None, start),
-        "le": (None, end),
-    }
-    if prefix not in bounds:
-        raise _outcome(400, "not-supported", f"_lastUpdated prefix {prefix} is not supported")
-    new_lo, new_hi = bounds[prefix]
-    if new_lo is not None:
-        lo = new_lo if lo is None else max(lo, new_lo)
-    if new_hi is not None:
-        hi = new_hi if hi is None else min(hi, new_hi)
-    return lo, hi
+def _bundle(kind: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": kind, "entry": entries}
+    if kind == "searchset":
+        bundle["total"] = len(entries)
+    return bundle
 
 
 async def _problem_handler(request: Request, exc: Exception) -> Response:
@@ -359,7 +521,8 @@ def create_app(
 ) -> Starlette:
     """Build the simulator. ``public_base_url`` (else ``config.public_base_url``, else
     ``DEFAULT_PUBLIC_BASE_URL``) is the origin used in notification URLs; ``clock`` drives token expiry
-    and ``lastUpdated``; ``webhook_transport`` replaces the network for the senders (tests)."""
+    and ``lastUpdated``; ``webhook_transport`` replaces the network for the senders and JWKS fetches
+    (tests)."""
     origin = public_base_url or config.public_base_url or DEFAULT_PUBLIC_BASE_URL
     facilities = {f.id: Facility(f, clock=clock, public_base_url=origin) for f in config.facilities}
     api = _Api(facilities, clock)
@@ -367,7 +530,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         senders = [f.sender for f in facilities.values() if f.sender is not None]
-        async with httpx.AsyncClient(transport=webhook_transport) as client:
+        # The sender bounds each delivery with its subscription's own timeout; this is only a backstop.
+        async with httpx.AsyncClient(transport=webhook_transport, timeout=120.0) as client:
+            api.outbound = client
             tasks = [asyncio.create_task(s.run(client)) for s in senders]
             try:
                 yield
@@ -375,6 +540,7 @@ def create_app(
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                api.outbound = None
 
     routes = [
         Route("/_admin/healthz", api.healthz, methods=["GET"]),
@@ -382,11 +548,24 @@ def create_app(
         Route("/_admin/{fac}/truth", api.truth, methods=["GET"]),
         Route("/_admin/{fac}/notifications", api.notifications, methods=["GET"]),
         Route("/_admin/{fac}/notifications/dropped", api.dropped, methods=["GET"]),
+        Route("/_admin/{fac}/faults", api.faults, methods=["GET", "POST", "DELETE"]),
+        Route("/_admin/{fac}/subscriptions", api.subscriptions, methods=["GET"]),
         Route("/{fac}/oauth2/token", api.token, methods=["POST"]),
         Route("/{fac}/fhir/.well-known/smart-configuration", api.smart_configuration, methods=["GET"]),
         Route("/{fac}/fhir/metadata", api.metadata, methods=["GET"]),
+        Route("/{fac}/fhir", api.search_base, methods=["GET"]),
+        Route("/{fac}/fhir/$export", api.export, methods=["GET"]),
+        Route("/{fac}/fhir/Patient/$export", api.export, methods=["GET"]),
+        Route("/{fac}/fhir/Group/{group}/$export", api.export, methods=["GET"]),
+        Route("/{fac}/fhir/$export-poll/{job}", api.export_status, methods=["GET", "DELETE"]),
+        Route("/{fac}/fhir/$export-file/{job}/{file}", api.export_file, methods=["GET"]),
+        Route("/{fac}/fhir/Subscription/{id}/$status", api.subscription_status, methods=["GET"]),
+        Route("/{fac}/fhir/Subscription/{id}/$events", api.subscription_events, methods=["GET"]),
         Route("/{fac}/fhir/{type}", api.search, methods=["GET"]),
+        Route("/{fac}/fhir/{type}", api.create_subscription, methods=["POST"]),
         Route("/{fac}/fhir/{type}/{id}", api.read, methods=["GET"]),
+        Route("/{fac}/fhir/{type}/{id}", api.update_subscription, methods=["PUT"]),
+        Route("/{fac}/fhir/{type}/{id}", api.delete_subscription, methods=["DELETE"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={_Problem: _problem_handler})
     app.state.facilities = facilities

@@ -10,6 +10,7 @@ search totals in O(log n); reads are one dict lookup and return bytes serialized
 from __future__ import annotations
 
 import json
+import uuid
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,7 @@ class Record:
     last_updated: int  # ms
     deleted: bool
     log_pos: int  # index of this record's latest entry in its type's log
+    version_id: str = ""  # ``meta.versionId``: the version number, or a UUID (Medplum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +84,22 @@ class _TypeIndex:
 
 
 class ResourceStore:
-    def __init__(self, clock: Clock, resource_types: tuple[str, ...]) -> None:
+    """``meta=False`` stores resources without ``meta`` (Epic); ``uuid_versions`` makes
+    ``meta.versionId`` a UUID (Medplum), derived from the namespace, type, id and version."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        resource_types: tuple[str, ...],
+        *,
+        meta: bool = True,
+        uuid_versions: bool = False,
+        namespace: str = "",
+    ) -> None:
         self._clock = clock
+        self._meta = meta
+        self._uuid_versions = uuid_versions
+        self._namespace = namespace
         self._last_ms = 0
         self._types = {t: _TypeIndex() for t in resource_types}
 
@@ -94,6 +110,9 @@ class ResourceStore:
     def get(self, resource_type: str, id_: str) -> Record | None:
         return self._types[resource_type].records.get(id_)
 
+    def records_of(self, resource_type: str) -> list[Record]:
+        return list(self._types[resource_type].records.values())
+
     def records(self) -> list[Record]:
         return [r for index in self._types.values() for r in index.records.values()]
 
@@ -103,8 +122,12 @@ class ResourceStore:
         previous = index.records.get(id_)
         version = 1 if previous is None else previous.version + 1
         ts = self._next_ms()
+        version_id = self._version_id(resource_type, id_, version)
         resource = {"resourceType": resource_type, "id": id_, **content}
-        resource["meta"] = {"versionId": str(version), "lastUpdated": format_instant(ts)}
+        if self._meta:
+            resource["meta"] = {"versionId": version_id, "lastUpdated": format_instant(ts)}
+        else:
+            resource.pop("meta", None)
         body = json.dumps(resource, separators=(",", ":")).encode()
         if previous is not None and not previous.deleted:
             index.live.add(previous.log_pos, -1)
@@ -117,6 +140,7 @@ class ResourceStore:
             ts,
             deleted=False,
             log_pos=self._log(index, id_, ts, 1),
+            version_id=version_id,
         )
         kind: ChangeKind = "create" if previous is None or previous.deleted else "update"
         return Change(kind, resource_type, id_, version, ts)
@@ -128,6 +152,7 @@ class ResourceStore:
             raise ValueError(f"{resource_type}/{id_} is already deleted")
         index.live.add(record.log_pos, -1)
         record.version += 1
+        record.version_id = self._version_id(resource_type, id_, record.version)
         record.last_updated = ts = self._next_ms()
         record.deleted = True
         record.log_pos = self._log(index, id_, ts, 0)
@@ -164,6 +189,11 @@ class ResourceStore:
             else self.count_live(resource_type, pos, stop)
         )
         return found, (pos if remaining else None)
+
+    def _version_id(self, resource_type: str, id_: str, version: int) -> str:
+        if not self._uuid_versions:
+            return str(version)
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self._namespace}/{resource_type}/{id_}/{version}"))
 
     def _next_ms(self) -> int:
         self._last_ms = max(int(self._clock() * 1000), self._last_ms + 1)

@@ -75,3 +75,49 @@ def test_search_dates_cover_their_precision(value: str, start: str, end: str) ->
 def test_bad_search_dates_are_rejected(value: str) -> None:
     with pytest.raises(ValueError, match=r"."):
         date_range(value)
+
+
+def test_yaml_config_takes_profile_faults_and_overrides(tmp_path: Path) -> None:
+    (tmp_path / "sim.yaml").write_text(
+        """
+facilities:
+  - id: north
+    profile: athena
+    time_scale: 0.01
+    profile_overrides: {token_requests_per_min: 5, payloads: [id-only]}
+    clients:
+      - client_id: backend
+        client_secret: s3cret
+      - client_id: keyed
+        jwks_url: https://keys.example/jwks.json
+    webhook:
+      url: http://127.0.0.1:8000/hooks/north
+      secret: hush
+      heartbeat_s: 30
+    faults:
+      drop_rate: 0.25
+      throttle: {requests: 3, retry_after_s: 9, http_date: true}
+"""
+    )
+    facility = load_config(tmp_path / "sim.yaml").facilities[0]
+    assert facility.time_scale == 0.01
+    assert facility.faults.drop_rate == 0.25
+    assert facility.faults.throttle.http_date is True
+    assert facility.webhook is not None
+    assert facility.webhook.secret == "hush"
+    assert facility.profile_overrides["token_requests_per_min"] == 5
+
+
+@pytest.mark.parametrize(
+    "facility",
+    [
+        {"id": "a", "profile_overrides": {"nonesuch": 1}},
+        {"id": "a", "faults": {"drop_rate": 1.5}},
+        {"id": "a", "faults": {"error_burst": {"requests": 1, "status": 404}}},
+        {"id": "a", "clients": [{"client_id": "c", "scopes": []}]},
+        {"id": "a", "webhook": {"url": "http://x", "style": "carrier-pigeon"}},
+    ],
+)
+def test_invalid_profile_fault_and_client_settings_are_rejected(facility: dict) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        SimConfig.model_validate({"facilities": [facility]})

@@ -42,8 +42,8 @@ async def test_metadata_is_an_r4_capability_statement_without_auth(sim: httpx.As
     assert body["resourceType"] == "CapabilityStatement"
     assert body["fhirVersion"] == "4.0.1"
     resources = {r["type"]: r for r in body["rest"][0]["resource"]}
-    assert set(resources) == {"Patient", "Observation", "Condition"}
-    for resource in resources.values():
+    assert set(resources) == {"Patient", "Observation", "Condition", "Subscription", "Group"}
+    for resource in (resources[t] for t in ("Patient", "Observation", "Condition")):
         assert {i["code"] for i in resource["interaction"]} == {"read", "search-type"}
         assert "_lastUpdated" in {p["name"] for p in resource["searchParam"]}
 

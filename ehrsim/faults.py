@@ -1,0 +1,135 @@
+"""Faults of one facility, switchable at start (``faults:`` in the config) and at runtime
+(``POST /_admin/{facility}/faults``).
+
+``FaultConfig`` holds the standing faults; a POST merges the fields it names into them. One-shot
+``actions`` (restart the event counters, expire or revoke every token, force subscriptions to
+``error``/``off``) happen once and are logged. Every effect a fault has is counted in ``applied`` and
+every change of the switches is appended to ``log``, so that ground truth still holds: a notification a
+fault suppressed is listed by ``/_admin/{facility}/notifications/dropped`` with its reason.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Action = Literal[
+    "restart-counters", "expire-tokens", "revoke-tokens", "subscription-error", "subscription-off"
+]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Throttle(_Model):
+    """A 429 storm: the next ``requests`` FHIR and token requests are answered 429."""
+
+    requests: Annotated[int, Field(ge=0)] = 0
+    retry_after_s: Annotated[int, Field(ge=0)] = 1
+    http_date: bool = False  # Retry-After as an HTTP-date instead of delta-seconds
+
+
+class ErrorBurst(_Model):
+    """The next ``requests`` FHIR requests are answered with ``status`` (500, 502, 503, 504)."""
+
+    requests: Annotated[int, Field(ge=0)] = 0
+    status: Literal[500, 502, 503, 504] = 503
+
+
+class FaultConfig(_Model):
+    drop_rate: Fraction = 0.0  # notifications never sent (recorded as dropped, reason fault-drop)
+    duplicate_rate: Fraction = 0.0  # notifications delivered twice
+    delay_s: Annotated[float, Field(ge=0)] = 0.0  # notifications held this long before the first attempt
+    reorder: bool = False  # with delay_s: each held a random time in [0, delay_s), so order is lost
+    feed_stopped: bool = False  # nothing sent at all (events still numbered; recorded as dropped)
+    throttle: Throttle = Throttle()
+    error_burst: ErrorBurst = ErrorBurst()
+    slow_s: Annotated[float, Field(ge=0, le=60)] = 0.0  # added latency of every FHIR response
+    broken_resources: list[str] = []  # "Type/id": read and searches that include it answer 500
+
+
+class FaultUpdate(_Model):
+    """Body of ``POST /_admin/{facility}/faults``: fields to change, and one-shot actions."""
+
+    drop_rate: Fraction | None = None
+    duplicate_rate: Fraction | None = None
+    delay_s: Annotated[float, Field(ge=0)] | None = None
+    reorder: bool | None = None
+    feed_stopped: bool | None = None
+    throttle: Throttle | None = None
+    error_burst: ErrorBurst | None = None
+    slow_s: Annotated[float, Field(ge=0, le=60)] | None = None
+    broken_resources: list[str] | None = None
+    actions: list[Action] = []
+    reset: bool = False  # clear every standing fault first
+
+
+@dataclass
+class Faults:
+    """The live fault state of one facility."""
+
+    config: FaultConfig
+    seed: int = 0
+    applied: dict[str, int] = field(default_factory=dict)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    _rng: random.Random = field(init=False)
+    _throttle_left: int = field(init=False)
+    _burst_left: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)  # noqa: S311 - fault sampling, not security
+        self._arm()
+
+    def update(self, update: FaultUpdate, now: float) -> None:
+        base = FaultConfig() if update.reset else self.config
+        changes = update.model_dump(exclude_none=True, exclude={"actions", "reset"})
+        self.config = FaultConfig.model_validate({**base.model_dump(), **changes})
+        if update.reset or "throttle" in changes or "error_burst" in changes:
+            self._arm()
+        self.log.append({"at": now, "set": changes, "reset": update.reset, "actions": list(update.actions)})
+
+    def count(self, name: str) -> None:
+        self.applied[name] = self.applied.get(name, 0) + 1
+
+    def chance(self, rate: float) -> bool:
+        return rate > 0 and self._rng.random() < rate
+
+    def notification_delay(self) -> float:
+        delay = self.config.delay_s
+        return self._rng.uniform(0, delay) if self.config.reorder else delay
+
+    def http_fault(self, now: float) -> tuple[int, dict[str, str]] | None:
+        """The status and headers a FHIR or token request is answered with under a fault, if any."""
+        if self._throttle_left > 0:
+            self._throttle_left -= 1
+            self.count("throttle")
+            throttle = self.config.throttle
+            retry_after = (
+                formatdate(now + throttle.retry_after_s, usegmt=True)
+                if throttle.http_date
+                else str(throttle.retry_after_s)
+            )
+            return 429, {"Retry-After": retry_after}
+        if self._burst_left > 0:
+            self._burst_left -= 1
+            self.count("error_burst")
+            return self.config.error_burst.status, {}
+        return None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "faults": self.config.model_dump(),
+            "remaining": {"throttle": self._throttle_left, "error_burst": self._burst_left},
+            "applied": dict(self.applied),
+            "log": self.log[-1000:],
+        }
+
+    def _arm(self) -> None:
+        self._throttle_left = self.config.throttle.requests
+        self._burst_left = self.config.error_burst.requests

@@ -1,0 +1,291 @@
+"""Search per profile: which parameters a vendor accepts and its errors, the opaque paging state, the
+shape of ``next`` links, and the pages themselves.
+
+The whole position of a search travels in its ``next`` link (base64 JSON); only the name of the
+parameter that carries it and the shape of the link differ per vendor (``Profile.paging``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ehrsim.fhir import operation_outcome
+from ehrsim.instants import date_range
+from ehrsim.profiles import Paging, Profile
+from ehrsim.store import Record, ResourceStore
+
+DEFAULT_COUNT = 50
+MAX_COUNT = 1000
+EPIC_ERRORS = "urn:oid:1.2.840.114350.1.13.0.1.7.2.657369"
+PAGE_PARAM: dict[Paging, str] = {
+    "token": "_page_token",
+    "page-context": "-pageContext",
+    "getpages": "_getpages",
+    "cursor": "cursor",
+    "continue": "continue",
+    "session": "session",
+}
+_IGNORED_PARAMS = frozenset({"_format", "_pretty"})
+
+_UNSCOPED_TYPES = frozenset({"Patient", "Medication"})  # no patient to scope them by
+
+
+class SearchError(Exception):
+    """Answer the search with this status and OperationOutcome."""
+
+    def __init__(self, status: int, outcome: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.status = status
+        self.outcome = outcome
+
+
+def _invalid(status: int, code: str, diagnostics: str) -> SearchError:
+    return SearchError(status, operation_outcome(code, diagnostics))
+
+
+def vendor_outcome(
+    code: str, text: str, *, severity: str = "fatal", issue: str = "processing"
+) -> dict[str, Any]:
+    """An OperationOutcome carrying a vendor error code (Epic's 4111, 4112, 4113, 4101...)."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": severity,
+                "code": issue,
+                "details": {"coding": [{"system": EPIC_ERRORS, "code": code, "display": text}], "text": text},
+                "diagnostics": text,
+            }
+        ],
+    }
+
+
+class Search(BaseModel):
+    """A search's position."""
+
+    model_config = ConfigDict(frozen=True)
+
+    resource_type: str
+    count: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    descending: bool
+    total: Annotated[int, Field(ge=0)]
+    pos: int
+    start: Annotated[int, Field(ge=0)] = 0  # window mode: log positions, fixed at the first page
+    stop: Annotated[int, Field(ge=0)] = 0
+    ids: tuple[str, ...] | None = None  # list mode (_id): re-resolved per page; pos is an offset
+    patient: str | None = None  # list mode (patient): re-resolved per page; pos is an offset
+    lo: int | None = None
+    hi: int | None = None
+    issued_at: float = 0.0  # when the first page was served (paging sessions expire)
+
+    @property
+    def listed(self) -> bool:
+        return self.ids is not None or self.patient is not None
+
+    def at(self, pos: int) -> Search:
+        return self.model_copy(update={"pos": pos})
+
+    def encode(self) -> str:
+        return (
+            base64.urlsafe_b64encode(self.model_dump_json(exclude_defaults=True).encode())
+            .decode()
+            .rstrip("=")
+        )
+
+    @classmethod
+    def decode(cls, token: str, resource_type: str | None) -> Search:
+        try:
+            search = cls.model_validate_json(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        except (ValueError, binascii.Error):  # pydantic's ValidationError is a ValueError
+            search = None
+        if search is None or resource_type not in (None, search.resource_type) or search.pos < 0:
+            raise _invalid(400, "invalid", "invalid paging token")
+        return search
+
+
+def next_link(paging: Paging, base: str, search: Search) -> str:
+    token = search.encode()
+    param = PAGE_PARAM[paging]
+    if paging == "getpages":  # HAPI: no type in the path
+        return (
+            f"{base}?{param}={token}&_getpagesoffset={search.pos}&_count={search.count}&_bundletype=searchset"
+        )
+    if paging == "page-context":
+        return f"{base}/{search.resource_type}?{param}={token}&-pageDirection=NEXT"
+    return f"{base}/{search.resource_type}?{param}={token}"
+
+
+def continued(profile: Profile, token: str, resource_type: str | None, now: float, scale: float) -> Search:
+    search = Search.decode(token, resource_type)
+    if profile.page_session_s is not None and now - search.issued_at > profile.page_session_s * scale:
+        raise SearchError(400, vendor_outcome("4113", "The paging session has expired", issue="expired"))
+    return search
+
+
+@dataclass(slots=True)
+class _Query:
+    count: int
+    descending: bool = False
+    ids: tuple[str, ...] | None = None
+    patients: list[str] = field(default_factory=list)
+    last_updated: list[str] = field(default_factory=list)
+
+
+def new_search(
+    profile: Profile,
+    store: ResourceStore,
+    resource_type: str,
+    params: Iterable[tuple[str, str]],
+    now: float,
+) -> Search:
+    query = _parse(profile, resource_type, params)
+    ids, patients = query.ids, query.patients
+    if profile.patient_required and resource_type not in _UNSCOPED_TYPES and ids is None:
+        if not patients:
+            raise SearchError(
+                400, vendor_outcome("4111", "Required element patient is missing", issue="required")
+            )
+        if len(patients) > 1:
+            raise SearchError(400, vendor_outcome("4112", "Only one patient may be searched at a time"))
+    if len(patients) > 1:
+        raise _invalid(400, "not-supported", "one patient per search")
+    lo: int | None = None
+    hi: int | None = None
+    for value in query.last_updated:
+        _check_last_updated(profile, resource_type, value, patients, len(query.last_updated))
+        lo, hi = _narrow(lo, hi, value)
+    common: dict[str, Any] = {
+        "resource_type": resource_type,
+        "count": query.count,
+        "descending": query.descending,
+        "issued_at": now,
+        "lo": lo,
+        "hi": hi,
+    }
+    if ids is not None or patients:
+        search = Search(total=0, pos=0, ids=ids, patient=patients[0] if patients else None, **common)
+        return search.model_copy(update={"total": len(listed(store, search))})
+    start, stop = store.window(resource_type, lo, hi)
+    return Search(
+        total=store.count_live(resource_type, start, stop),
+        pos=stop - 1 if query.descending else start,
+        start=start,
+        stop=stop,
+        **common,
+    )
+
+
+def _parse(profile: Profile, resource_type: str, params: Iterable[tuple[str, str]]) -> _Query:
+    query = _Query(count=min(DEFAULT_COUNT, profile.max_count))
+    for name, value in params:
+        if name == "_lastUpdated":
+            query.last_updated.append(value)
+        elif name in ("patient", "subject") and resource_type not in _UNSCOPED_TYPES:
+            query.patients += [v.removeprefix("Patient/") for v in value.split(",")]
+        elif name == "_id":
+            wanted = tuple(v for v in value.split(",") if v)
+            query.ids = wanted if query.ids is None else tuple(v for v in query.ids if v in wanted)
+        elif name == "_count":
+            if not value.isdigit():
+                raise _invalid(400, "invalid", "_count must be a non-negative integer")
+            query.count = min(int(value), profile.max_count, MAX_COUNT)
+        elif name == "_sort":
+            if value not in ("_lastUpdated", "-_lastUpdated"):
+                raise _invalid(
+                    400, "not-supported", "only _sort=_lastUpdated and -_lastUpdated are supported"
+                )
+            query.descending = value.startswith("-")
+        elif name not in _IGNORED_PARAMS:
+            raise _invalid(400, "not-supported", f"search parameter {name} is not supported")
+    return query
+
+
+def page(store: ResourceStore, search: Search) -> tuple[list[Record], Search | None]:
+    """One page, and the search positioned after it (``None`` on the last page)."""
+    if search.count == 0:
+        return [], None
+    if search.listed:
+        matches = listed(store, search)
+        end = search.pos + search.count
+        return matches[search.pos : end], (search.at(end) if end < len(matches) else None)
+    records, pos = store.scan(
+        search.resource_type,
+        search.start,
+        search.stop,
+        search.pos,
+        count=search.count,
+        descending=search.descending,
+    )
+    return records, None if pos is None else search.at(pos)
+
+
+def listed(store: ResourceStore, search: Search) -> list[Record]:
+    """The live resources of a list-mode search inside its ``_lastUpdated`` range, sorted."""
+    lo, hi = search.lo, search.hi
+    if search.ids is not None:
+        candidates = [r for r in (store.get(search.resource_type, i) for i in search.ids) if r is not None]
+    else:
+        candidates = store.records_of(search.resource_type)
+    if search.patient is not None:
+        reference = f"Patient/{search.patient}"
+        candidates = [r for r in candidates if _patient_of(r.resource) == reference]
+    found = {
+        r.id: r
+        for r in candidates
+        if not r.deleted and (lo is None or r.last_updated >= lo) and (hi is None or r.last_updated < hi)
+    }
+    return sorted(found.values(), key=lambda r: r.last_updated, reverse=search.descending)
+
+
+def _patient_of(resource: dict[str, Any]) -> str | None:
+    for key in ("subject", "patient"):
+        ref = resource.get(key)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            return str(ref["reference"])
+    return None
+
+
+def _check_last_updated(
+    profile: Profile, resource_type: str, value: str, patients: list[str], occurrences: int
+) -> None:
+    scope = profile.last_updated
+    if scope == "none" or (scope == "types" and resource_type not in profile.last_updated_types):
+        raise _invalid(400, "not-supported", f"_lastUpdated is not supported on {resource_type}")
+    if scope == "patient" and resource_type not in _UNSCOPED_TYPES and not patients:
+        raise _invalid(400, "invalid", "_lastUpdated can only be used together with patient")
+    if scope == "patient" and occurrences > 2:
+        raise _invalid(400, "invalid", "at most two _lastUpdated values")
+    if profile.last_updated_day_precision and len(value.lstrip("abcdefghijklmnopqrstuvwxyz")) > 10:
+        raise _invalid(400, "invalid", "_lastUpdated supports day precision only (YYYY-MM-DD)")
+
+
+def _narrow(lo: int | None, hi: int | None, value: str) -> tuple[int | None, int | None]:
+    """Intersect ``[lo, hi)`` with one ``_lastUpdated`` condition (prefix eq/gt/ge/lt/le/sa/eb)."""
+    prefix, rest = (value[:2], value[2:]) if value[:2].isalpha() else ("eq", value)
+    try:
+        start, end = date_range(rest)
+    except ValueError as exc:
+        raise _invalid(400, "invalid", f"_lastUpdated: {exc}") from None
+    bounds: dict[str, tuple[int | None, int | None]] = {
+        "eq": (start, end),
+        "gt": (end, None),
+        "sa": (end, None),
+        "ge": (start, None),
+        "lt": (None, start),
+        "eb": (None, start),
+        "le": (None, end),
+    }
+    if prefix not in bounds:
+        raise _invalid(400, "not-supported", f"_lastUpdated prefix {prefix} is not supported")
+    new_lo, new_hi = bounds[prefix]
+    if new_lo is not None:
+        lo = new_lo if lo is None else max(lo, new_lo)
+    if new_hi is not None:
+        hi = new_hi if hi is None else min(hi, new_hi)
+    return lo, hi
