@@ -1,0 +1,98 @@
+"""The vendor adapter interface and the default adapter every vendor adapter builds on.
+
+An adapter is where a vendor's quirks live (STYLE.md: no ``if vendor == ...`` in the pipeline). Most of
+EHR-FACTS §7 is handled for every vendor by the default, because the rules are harmless where a quirk is
+absent (trimming identifiers, comparing names by value, skipping outcome entries); a subclass changes
+data attributes, or overrides a method for a quirk that would be wrong elsewhere.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from app.fhir.normalize import Normalized, SummaryOptions, normalize_resource, pair_blood_pressure
+from app.fhir.normalize.names import ISO21090_PREFERRED
+
+
+class VendorAdapter(Protocol):
+    @property
+    def vendor(self) -> str: ...
+
+    def normalize(self, resource: dict[str, Any], *, now: datetime) -> Normalized:
+        """The resource to store, its view summary, validation issues and references to fetch. Pure and
+        lenient: never raises on content, never drops data."""
+        ...
+
+    def search_entries(self, bundle: dict[str, Any]) -> list[dict[str, Any]]:
+        """The resources of a searchset Bundle, without ``search.mode=outcome`` entries and
+        OperationOutcomes; never raises on a malformed Bundle."""
+        ...
+
+    def supports_batch_read(self) -> bool:
+        """Whether ``{Type}?_id=a,b,c`` may be used to read several resources at once."""
+        ...
+
+    def batch_read_max(self) -> int:
+        """How many ids one ``_id`` search may carry (1 when batch reads are not supported)."""
+        ...
+
+    def pair_blood_pressure(self, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Blood pressure readings (``app.fhir.normalize.blood_pressure``) from panels and split halves."""
+        ...
+
+
+class DefaultAdapter:
+    """Standard FHIR R4 behaviour; also the adapter of an unknown vendor.
+
+    ``mrn_system`` is the facility's MRN identifier system (per-customer OIDs at Epic). ``batch_read``
+    overrides the class default for a facility whose server was verified to differ.
+    """
+
+    vendor: str = "generic"
+    batch_read: bool = True
+    # Bounded by URL length: 100 ids of up to 64 characters stay under the 8 KB most servers accept.
+    batch_max: int = 100
+    preferred_name_extensions: tuple[str, ...] = (ISO21090_PREFERRED,)
+
+    def __init__(
+        self,
+        *,
+        mrn_system: str | None = None,
+        batch_read: bool | None = None,
+        preferred_name_extensions: tuple[str, ...] | None = None,
+    ) -> None:
+        if batch_read is not None:
+            self.batch_read = batch_read
+        if preferred_name_extensions is not None:
+            self.preferred_name_extensions = preferred_name_extensions
+        self.options = SummaryOptions(
+            mrn_system=mrn_system, preferred_name_extensions=self.preferred_name_extensions
+        )
+
+    def normalize(self, resource: dict[str, Any], *, now: datetime) -> Normalized:
+        return normalize_resource(resource, now=now, options=self.options)
+
+    def search_entries(self, bundle: dict[str, Any]) -> list[dict[str, Any]]:
+        entries = bundle.get("entry") if isinstance(bundle, dict) else None
+        found: list[dict[str, Any]] = []
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            search = entry.get("search")
+            if isinstance(search, dict) and search.get("mode") == "outcome":
+                continue
+            resource = entry.get("resource")
+            if not isinstance(resource, dict) or resource.get("resourceType") == "OperationOutcome":
+                continue
+            found.append(resource)
+        return found
+
+    def supports_batch_read(self) -> bool:
+        return self.batch_read
+
+    def batch_read_max(self) -> int:
+        return self.batch_max if self.batch_read else 1
+
+    def pair_blood_pressure(self, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return pair_blood_pressure(observations)

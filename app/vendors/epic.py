@@ -1,0 +1,19 @@
+"""Epic (EHR-FACTS §6-7).
+
+- Clinical searches take exactly one ``patient`` (errors 4111/4112) and multi-id reads are not
+  documented: one resource per read.
+- Identifier values padded with spaces, ``official`` and ``usual`` names with identical content,
+  ``search.mode=outcome`` entries (4119, 4101), ``medicationReference`` to a separate Medication: handled
+  by the default adapter for every vendor, since the same rules are harmless where the quirk is absent.
+- MRN systems are per-customer OIDs: configure ``mrn_system`` per facility.
+"""
+
+from __future__ import annotations
+
+from app.vendors.base import DefaultAdapter
+
+
+class EpicAdapter(DefaultAdapter):
+    vendor = "epic"
+    batch_read = False
+    batch_max = 1

@@ -1,0 +1,17 @@
+"""Oracle Health / Cerner Millennium (EHR-FACTS §6-7).
+
+- Whether ``_id=a,b,c`` is accepted is unverified: off by default (``batch_read=True`` per facility once
+  checked), since a refused search costs a round trip and an error on every batch.
+- Blood pressure as a panel only when Millennium paired the readings, else split systolic/diastolic
+  Observations; ``use=usual`` names with a given name only; ``medicationCodeableConcept`` with RxNorm plus
+  a tenant synonym, or a contained ``#id`` Medication: all handled by the default adapter.
+"""
+
+from __future__ import annotations
+
+from app.vendors.base import DefaultAdapter
+
+
+class OracleAdapter(DefaultAdapter):
+    vendor = "oracle"
+    batch_read = False
