@@ -19,6 +19,14 @@ facilities_cli = typer.Typer(help="Facilities: the EHRs we ingest from.", no_arg
 db_cli = typer.Typer(help="The Postgres ledger.", no_args_is_help=True)
 cli.add_typer(facilities_cli, name="facilities")
 cli.add_typer(db_cli, name="db")
+dead_cli = typer.Typer(
+    help="Dead letters: inbox rows that need a human, and their replay.", no_args_is_help=True
+)
+cli.add_typer(dead_cli, name="dead-letters")
+quarantine_cli = typer.Typer(
+    help="Quarantine: authenticated bodies that were no recognizable notification.", no_args_is_help=True
+)
+cli.add_typer(quarantine_cli, name="quarantine")
 console = Console()
 err = Console(stderr=True)
 
@@ -74,6 +82,89 @@ def facilities_list() -> None:
             f.id, f.vendor, f.base_url, str(f.auth.get("client_id", "")), "yes" if f.enabled else "no"
         )
     console.print(table)
+
+
+@dead_cli.command("list")
+def dead_letters_list(
+    facility: Annotated[str | None, typer.Option(help="only this facility")] = None,
+    reason: Annotated[str | None, typer.Option(help="only this reason slug")] = None,
+    limit: int = 100,
+) -> None:
+    """Dead rows, newest first, with their reason (ids and reasons only, never resource content)."""
+    from app.ingest.dead_letters import dead_letter_counts, list_dead_letters
+
+    with _sessions()() as session:
+        rows = list_dead_letters(session, facility=facility, reason=reason, limit=limit)
+        counts = dead_letter_counts(session)
+    table = Table("id", "facility", "focus", "reason", "attempts", "dead at", "detail")
+    for r in rows:
+        dead_at = r.dead_at.isoformat(timespec="seconds") if r.dead_at else ""
+        table.add_row(
+            str(r.id),
+            r.facility_id,
+            r.focus or "-",
+            r.reason or "-",
+            str(r.attempts),
+            dead_at,
+            r.detail or "",
+        )
+    console.print(table)
+    summary = ", ".join(f"{f}/{reason or '-'}: {n}" for f, reason, n in counts) or "none"
+    console.print(f"dead letters by facility/reason: {summary}")
+
+
+@dead_cli.command("replay")
+def dead_letters_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="inbox row ids (default: all matching)")] = None,
+    facility: Annotated[str | None, typer.Option(help="only this facility")] = None,
+    reason: Annotated[str | None, typer.Option(help="only this reason slug")] = None,
+) -> None:
+    """Put dead rows back in the queue with a fresh attempt budget, and wake the workers."""
+    from app.ingest.dead_letters import replay_dead_letters
+    from app.queue import Doorbell, make_celery
+
+    if not ids and facility is None and reason is None:
+        err.print("[red]error[/red] name ids, --facility or --reason (refusing to replay everything blindly)")
+        raise typer.Exit(2)
+    with _sessions().begin() as session:
+        replayed = replay_dead_letters(session, facility=facility, reason=reason, ids=ids)
+    settings = get_settings()
+    doorbell = Doorbell(make_celery(settings), settings.queue)
+    for facility_id, n in sorted(replayed.items()):
+        rang = doorbell.ring(facility_id)
+        console.print(
+            f"{facility_id}: {n} replayed"
+            + ("" if rang else " (Redis unreachable: the sweeper will pick them up)")
+        )
+    if not replayed:
+        console.print("nothing matched")
+
+
+@quarantine_cli.command("list")
+def quarantine_list(
+    facility: Annotated[str | None, typer.Option(help="only this facility")] = None,
+    limit: int = 50,
+) -> None:
+    """Bodies the receiver kept because they were no recognizable notification (ids and reasons)."""
+    from app.ingest.quarantine import count_quarantined, list_quarantined
+
+    with _sessions()() as session:
+        rows = list_quarantined(session, facility_id=facility, limit=limit)
+        total = count_quarantined(session, facility_id=facility)
+    table = Table("id", "facility", "reason", "deliveries", "first", "last", "path", "detail")
+    for q in rows:
+        table.add_row(
+            str(q.id),
+            q.facility_id,
+            q.reason,
+            str(q.deliveries),
+            q.received_at.isoformat(timespec="seconds"),
+            q.last_received_at.isoformat(timespec="seconds"),
+            q.path,
+            q.detail,
+        )
+    console.print(table)
+    console.print(f"{total} quarantined")
 
 
 @cli.command("serve")

@@ -1,4 +1,5 @@
-"""Prometheus metrics. Labels carry facility ids, shapes and reason slugs only, never patient data."""
+"""Prometheus metrics. Labels carry facility ids, shapes and reason slugs only, never patient data.
+Requests for unknown facilities are labelled ``-`` so a scanner cannot grow the label set."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from prometheus_client import Counter, Histogram
 
 NOTIFICATIONS = Counter(
     "ehri_notifications_total",
-    "Notification requests by facility, notification type and outcome.",
-    ["facility", "type", "outcome"],
+    "Notification requests by facility, shape, notification type and outcome (accepted or a reason).",
+    ["facility", "shape", "type", "outcome"],
 )
 EVENTS = Counter(
     "ehri_notification_events_total",
@@ -18,5 +19,30 @@ ACK_SECONDS = Histogram(
     "ehri_ack_seconds",
     "Time from request start to the receiver's answer.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+AUTH_FAILURES = Counter(
+    "ehri_webhook_auth_failures_total",
+    "Senders refused with 401, by facility and reason.",
+    ["facility", "reason"],
+)
+QUARANTINED = Counter(
+    "ehri_quarantined_total",
+    "Authenticated bodies kept in quarantine (no recognizable notification), by facility and reason.",
+    ["facility", "reason"],
+)
+LEDGER_GAPS = Counter(
+    "ehri_subscription_gap_events_total",
+    "Event numbers found missing on arrival (gaps opened in the subscription ledger).",
+    ["facility"],
+)
+COMMIT_BATCH = Histogram(
+    "ehri_commit_batch_notifications",
+    "Notifications committed per group-commit transaction of the receiver.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+COMMIT_SECONDS = Histogram(
+    "ehri_commit_seconds",
+    "Duration of one group-commit transaction of the receiver (lock, write, commit).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 DOORBELL_FAILURES = Counter("ehri_doorbell_failures_total", "Doorbells that could not reach Redis.")

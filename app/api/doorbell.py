@@ -1,7 +1,10 @@
-"""Ringing the doorbell without blocking the event loop, coalesced per facility.
+"""Ringing the doorbell without blocking the event loop, coalesced per facility and paced.
 
 While one send is in flight, further rings for the same facility collapse into one: a drain task
 drains everything due, so one message per burst is enough, and the sweeper covers any that fail.
+Rounds of sends are at least ``min_interval_s`` apart, so a sustained burst of notifications costs a
+bounded number of broker messages (publishing one costs the receiver's event loop far more than a
+notification does) and adds at most that interval to a row's wait.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import contextlib
 from app.metrics import DOORBELL_FAILURES
 from app.queue import Doorbell
 
+MIN_INTERVAL_S = 0.05
+
 
 class AsyncDoorbell:
-    def __init__(self, doorbell: Doorbell) -> None:
+    def __init__(self, doorbell: Doorbell, *, min_interval_s: float = MIN_INTERVAL_S) -> None:
         self._doorbell = doorbell
+        self._min_interval_s = min_interval_s
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -42,3 +48,4 @@ class AsyncDoorbell:
             for facility_id in sorted(batch):
                 if not await asyncio.to_thread(self._doorbell.ring, facility_id):
                     DOORBELL_FAILURES.inc()
+            await asyncio.sleep(self._min_interval_s)

@@ -6,6 +6,9 @@
   other workers and expires if the worker dies.
 - ``resources``: the current version of every (facility, type, id); deletions are tombstones.
 - ``resource_history``: every distinct version seen, once.
+- ``subscription_ledger``: per (facility, subscription) what the receiver saw of the event counter:
+  highest number, epoch, open gaps, last notification and heartbeat. Written with the inbox rows.
+- ``quarantine``: authenticated JSON bodies that are no recognizable notification, kept for a human.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class Facility(Base):
     auth: Mapped[dict[str, Any]]
     # {"header": "Authorization", "scheme": "Bearer"|None, "secret": {"file"|"env": ...}} or {}
     webhook: Mapped[dict[str, Any]]
+    # {"requests_per_second": ..., "burst": ..., "concurrency": ...}; {} means the defaults
+    limits: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    mrn_system: Mapped[str | None] = mapped_column(Text)  # this facility's MRN identifier system (an OID URI)
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -86,6 +92,8 @@ class InboxRow(Base):
     event_number: Mapped[int | None] = mapped_column(BigInteger)
     focus_type: Mapped[str | None] = mapped_column(String(64))
     focus_id: Mapped[str | None] = mapped_column(String(128))
+    # "system|value" when the notification named its focus by identifier only (no Type/id to fetch)
+    focus_identifier: Mapped[str | None] = mapped_column(Text)
     # create | update | delete | None (unknown: fetch tells)
     interaction: Mapped[str | None] = mapped_column(String(16))
     payload: Mapped[dict[str, Any] | None]
@@ -111,6 +119,8 @@ class Resource(Base):
     resource: Mapped[dict[str, Any] | None]
     fetched_at: Mapped[datetime]
     ingested_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    normalized: Mapped[dict[str, Any] | None]  # the vendor adapter's summary, read by the consumer views
+    issues: Mapped[list[str] | None] = mapped_column(JSONB)
 
 
 class ResourceVersion(Base):
@@ -134,3 +144,76 @@ class ResourceVersion(Base):
     resource: Mapped[dict[str, Any] | None]
     fetched_at: Mapped[datetime]
     recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class TokenEvent(Base):
+    """Token lifecycle (issued, renewed, rejected, expired_early), kept apart from application errors."""
+
+    __tablename__ = "token_events"
+    __table_args__ = (Index("ix_token_events_facility_at", "facility_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_in: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class ChangeFeedEntry(Base):
+    """The consumers' change feed: one row per applied change, in commit-safe ``seq`` order, written by a
+    trigger on ``resources`` and announced on the ``ehr_ingest_changes`` pg_notify channel (ids only)."""
+
+    __tablename__ = "change_feed"
+    __table_args__ = (Index("ix_change_feed_facility_seq", "facility_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(128))
+    version_id: Mapped[str | None] = mapped_column(String(128))
+    deleted: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class SubscriptionLedger(Base):
+    __tablename__ = "subscription_ledger"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    # Subscription/id as notifications name it; "" for shapes that name none (legacy R4 rest-hooks).
+    subscription: Mapped[str] = mapped_column(Text, primary_key=True)
+    # A counter lower than before (server restart, re-created subscription) starts a new epoch.
+    epoch: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    highest_event: Mapped[int | None] = mapped_column(BigInteger)
+    highest_event_at: Mapped[datetime | None]
+    epoch_started_at: Mapped[datetime | None]
+    events_since_start: Mapped[int | None] = mapped_column(BigInteger)
+    gaps_observed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Open gaps as [[first, last], ...]: event numbers not (yet) received in this epoch.
+    missing: Mapped[list[list[int]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    last_status: Mapped[str | None] = mapped_column(String(16))
+    notifications: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    last_notification_at: Mapped[datetime | None]
+    last_heartbeat_at: Mapped[datetime | None]
+    last_handshake_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class QuarantinedNotification(Base):
+    __tablename__ = "quarantine"
+    __table_args__ = (UniqueConstraint("facility_id", "body_sha256"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str | None] = mapped_column(String(128))
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any] | list[Any]] = mapped_column(JSONB)
+    # The same body delivered again (sender retries) counts here instead of adding rows.
+    deliveries: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_received_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -59,7 +59,7 @@ class Scenario:
 
     # -- setup ---------------------------------------------------------------------------------------
 
-    def prepare(self, *, patients: int = 0, seed: int = 7) -> None:
+    def prepare(self, *, patients: int = 0, seed: int = 7, sender_concurrency: int = 8) -> None:
         """Create the database (migrated), keys and both config files; register the facilities.
 
         ehrsim's seed ``patients`` predate the subscription and are never notified: only a backfill finds
@@ -90,6 +90,7 @@ class Scenario:
                         "url": f"{self.receiver_url}/hooks/{fid}",
                         "headers": {"Authorization": f"Bearer {secret}"},
                         "subscription_id": f"sub-{fid}",
+                        "concurrency": sender_concurrency,
                         "max_attempts": 8,
                     },
                 }
@@ -143,6 +144,10 @@ class Scenario:
             f"{self.sim_url}/_admin/{facility_id}/activity", json={"changes": changes}, timeout=60
         )
         response.raise_for_status()
+
+    def webhook_secret(self, facility_id: str) -> str:
+        """The shared secret ehrsim's sender presents for ``facility_id`` (for load generators)."""
+        return self._webhook_env[f"EHRI_DEMO_WEBHOOK_SECRET_{self.facilities.index(facility_id)}"]
 
     def sender_counters(self, facility_id: str) -> dict[str, int]:
         response = httpx.get(f"{self.sim_url}/_admin/{facility_id}/notifications", timeout=10)

@@ -1,38 +1,43 @@
-"""SMART Backend Services (client_credentials + private_key_jwt) with a token cache.
+"""Access tokens for one facility: SMART Backend Services (client_credentials + private_key_jwt, RS384 or
+ES384) or a client secret (HTTP Basic or form post).
 
-The token is renewed before ``expires_in`` runs out; a token the server rejects is dropped and fetched
-again once by the caller. Token lifecycle events are logged under ``ehr.token.*``, never the token.
+Tokens are shared by every worker process through a ``TokenCache`` and renewed before ``expires_in``
+runs out (there are no refresh tokens in this flow). One process renews while the others wait briefly
+for its result, so a fleet of workers does not trip a token endpoint's rate limit. A token the server
+rejects is discarded and fetched again once by the caller. Lifecycle events go to a ``TokenEventSink``.
 """
 
 from __future__ import annotations
 
-import threading
+import base64
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 import jwt
-import structlog
 
+from app.ehr import token_events
+from app.ehr.token_cache import CachedToken, MemoryTokenCache, TokenCache
+from app.ehr.token_events import TokenEventSink
 from app.errors import EHRAuthRejected, EHRRateLimited, EHRTransportError, EHRUnavailable
 from app.facilities.schemas import AuthConfig
 
-log = structlog.get_logger("ehr.token")
-
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_S = 240  # the spec allows at most 300; leave room for clock skew
+RENEWAL_LOCK_S = 30.0
+WAIT_FOR_PEER_S = 5.0
 
 
-@dataclass(frozen=True)
-class Token:
-    value: str
-    expires_at: float  # monotonic seconds
+def renewal_margin(expires_in: float) -> float:
+    """Stop using a token this long before it expires: 10% of its life, between 5 and 60 seconds."""
+    return min(60.0, max(5.0, expires_in * 0.1)) if expires_in > 10 else expires_in / 2
 
 
 class SmartBackendAuth:
-    """Thread-safe token source for one facility."""
+    """Thread- and process-safe token source for one facility."""
 
     def __init__(
         self,
@@ -42,17 +47,24 @@ class SmartBackendAuth:
         config: AuthConfig,
         private_key: str,
         http: httpx.Client,
-        clock: Callable[[], float] = time.monotonic,
+        cache: TokenCache | None = None,
+        events: TokenEventSink = token_events.log_only,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._facility_id = facility_id
         self._base_url = base_url.rstrip("/")
         self._config = config
-        self._private_key = private_key
+        self._credential = private_key.strip() if config.method != "private_key_jwt" else private_key
         self._http = http
+        self._cache = cache or MemoryTokenCache()
+        self._events = events
         self._clock = clock
-        self._lock = threading.Lock()
-        self._token: Token | None = None
         self._token_url: str | None = str(config.token_url) if config.token_url else None
+        fingerprint = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+        self._key = f"{facility_id}:{fingerprint}"
+        self._issued_before = False
+
+    # -- discovery ---------------------------------------------------------------------------------
 
     def token_url(self) -> str:
         if self._token_url is None:
@@ -65,11 +77,62 @@ class SmartBackendAuth:
                 raise EHRUnavailable(
                     "smart_config_unavailable", f"smart-configuration: {response.status_code}"
                 )
-            endpoint = response.json().get("token_endpoint")
+            try:
+                endpoint = response.json().get("token_endpoint")
+            except ValueError:
+                endpoint = None
             if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
                 raise EHRAuthRejected("smart_config_invalid", "smart-configuration has no token_endpoint")
             self._token_url = endpoint
         return self._token_url
+
+    # -- tokens ------------------------------------------------------------------------------------
+
+    def token(self) -> str:
+        cached = self._cache.get(self._key)
+        if cached is not None:
+            return cached.value
+        if self._cache.renewal_lock(self._key, RENEWAL_LOCK_S):
+            try:
+                cached = self._cache.get(self._key)
+                return cached.value if cached is not None else self._renew().value
+            finally:
+                self._cache.release_lock(self._key)
+        # Another process is renewing: wait for its token rather than asking the endpoint again.
+        deadline = time.monotonic() + WAIT_FOR_PEER_S
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            cached = self._cache.get(self._key)
+            if cached is not None:
+                return cached.value
+        return self._renew().value
+
+    def invalidate(self, value: str) -> None:
+        """The server rejected ``value``: forget it (unless another process already replaced it)."""
+        self._cache.discard(self._key, value)
+        self._events(self._facility_id, token_events.EXPIRED_EARLY)
+
+    def _renew(self) -> CachedToken:
+        value, expires_in = self._request_token()
+        token = CachedToken(value, self._clock() + expires_in - renewal_margin(expires_in))
+        self._cache.put(self._key, token)
+        event = token_events.RENEWED if self._issued_before else token_events.ISSUED
+        self._issued_before = True
+        self._events(self._facility_id, event, expires_in=int(expires_in))
+        return token
+
+    def _client_authentication(self, token_url: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(form fields, headers) that authenticate us at the token endpoint."""
+        method = self._config.method
+        if method == "client_secret_basic":
+            # RFC 6749 §2.3.1: form-urlencode both parts before Basic encoding.
+            user = quote(self._config.client_id, safe="")
+            password = quote(self._credential, safe="")
+            basic = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            return {}, {"Authorization": f"Basic {basic}"}
+        if method == "client_secret_post":
+            return {"client_id": self._config.client_id, "client_secret": self._credential}, {}
+        return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": self._assertion(token_url)}, {}
 
     def _assertion(self, token_url: str) -> str:
         now = int(time.time())
@@ -84,56 +147,46 @@ class SmartBackendAuth:
         headers = {"typ": "JWT"}
         if self._config.key_id:
             headers["kid"] = self._config.key_id
-        return jwt.encode(claims, self._private_key, algorithm=self._config.algorithm, headers=headers)
+        if self._config.jku:
+            headers["jku"] = str(self._config.jku)
+        return jwt.encode(claims, self._credential, algorithm=self._config.algorithm, headers=headers)
 
-    def _request_token(self) -> Token:
+    def _request_token(self) -> tuple[str, float]:
         token_url = self.token_url()
-        data = {
-            "grant_type": "client_credentials",
-            "scope": " ".join(self._config.scopes),
-            "client_assertion_type": ASSERTION_TYPE,
-            "client_assertion": self._assertion(token_url),
-        }
+        fields, headers = self._client_authentication(token_url)
+        data = {"grant_type": "client_credentials", "scope": " ".join(self._config.scopes), **fields}
         try:
-            response = self._http.post(token_url, data=data, headers={"Accept": "application/json"})
+            response = self._http.post(
+                token_url, data=data, headers={"Accept": "application/json", **headers}
+            )
         except httpx.TransportError as exc:
             raise EHRTransportError(detail=f"token endpoint: {type(exc).__name__}") from exc
-        if response.status_code == 429:
-            raise EHRRateLimited(detail="token endpoint throttled")
-        if response.status_code >= 500:
-            raise EHRUnavailable(detail=f"token endpoint answered {response.status_code}")
-        if response.status_code != 200:
-            error = _oauth_error(response)
-            log.warning(
-                "ehr.token.rejected", facility_id=self._facility_id, status=response.status_code, error=error
-            )
-            raise EHRAuthRejected(detail=f"token endpoint answered {response.status_code} {error}")
-        payload = response.json()
+        status = response.status_code
+        if status == 429:
+            raise EHRRateLimited("token_rate_limited", "token endpoint throttled")
+        if status >= 500:
+            raise EHRUnavailable(detail=f"token endpoint answered {status}")
+        error = _oauth_error(response)
+        if status == 400 and error is None:
+            # Epic's token endpoint occasionally answers a bare 400: transient, retried with back-off.
+            raise EHRUnavailable("token_flaky_400", "token endpoint answered a bare 400")
+        if status != 200:
+            self._events(self._facility_id, token_events.REJECTED, detail=f"{status} {error or '-'}")
+            raise EHRAuthRejected(detail=f"token endpoint answered {status} {error or '-'}")
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise EHRAuthRejected("token_response_invalid", "token response is not JSON") from exc
         value, expires_in = payload.get("access_token"), payload.get("expires_in", 300)
-        if not isinstance(value, str) or not isinstance(expires_in, int | float):
-            raise EHRAuthRejected("token_response_invalid", "token response has no access_token")
-        # Renew before the end: 10% of the lifetime, at least 5 s and at most 60 s early.
-        margin = min(60.0, max(5.0, expires_in * 0.1)) if expires_in > 10 else expires_in / 2
-        log.info("ehr.token.issued", facility_id=self._facility_id, expires_in=expires_in)
-        return Token(value, self._clock() + expires_in - margin)
-
-    def token(self) -> str:
-        with self._lock:
-            if self._token is None or self._clock() >= self._token.expires_at:
-                self._token = self._request_token()
-            return self._token.value
-
-    def invalidate(self, value: str) -> None:
-        """Forget ``value`` (the server rejected it), unless another thread already replaced it."""
-        with self._lock:
-            if self._token is not None and self._token.value == value:
-                log.info("ehr.token.expired_early", facility_id=self._facility_id)
-                self._token = None
+        if not isinstance(value, str) or not isinstance(expires_in, int | float) or expires_in <= 0:
+            raise EHRAuthRejected("token_response_invalid", "token response has no usable access_token")
+        return value, float(expires_in)
 
 
-def _oauth_error(response: httpx.Response) -> str:
+def _oauth_error(response: httpx.Response) -> str | None:
     try:
         body = response.json()
     except ValueError:
-        return "-"
-    return str(body.get("error", "-")) if isinstance(body, dict) else "-"
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error) if error else None

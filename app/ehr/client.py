@@ -1,9 +1,11 @@
 """The EHR client of one facility: reads resources from its registered base URL only.
 
 Retry policy, the first of two tiers: transport errors, 429 and 502/503/504 are retried here a few
-times with exponential backoff and jitter, honouring ``Retry-After`` up to ``RETRY_AFTER_CAP_S``; what is
-still failing is raised as a TransientEHRError for the caller to back off in Postgres. A 401 drops the
-token and retries the same URL once with a fresh one. 404 and 410 are deletions, not errors.
+times with exponential backoff and jitter, honouring ``Retry-After`` up to ``RETRY_AFTER_CAP_S`` (and
+pausing the whole facility for that long, across processes); what still fails is raised as a
+TransientEHRError for the caller to back off in Postgres. A 401 drops the token and retries the same URL
+once with a fresh one. 404 and 410 on a read are deletions, not errors. Redirects are followed only
+inside the base URL.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import structlog
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
     wait_exponential_jitter,
 )
 
 from app.ehr.auth import SmartBackendAuth
+from app.ehr.politeness import Politeness, Unlimited
 from app.ehr.retry_after import parse_retry_after
 from app.errors import (
     EHRRateLimited,
@@ -60,6 +63,7 @@ class EHRClient:
         base_url: str,
         auth: SmartBackendAuth,
         http: httpx.Client,
+        politeness: Politeness | None = None,
         attempts: int = 4,
         max_delay_s: float = 30.0,
     ) -> None:
@@ -67,6 +71,7 @@ class EHRClient:
         self.base_url = base_url.rstrip("/")
         self._auth = auth
         self._http = http
+        self._politeness = politeness or Unlimited()
         self._attempts = attempts
         self._max_delay_s = max_delay_s
 
@@ -74,34 +79,49 @@ class EHRClient:
         self._http.close()
 
     def read(self, ref: ResourceRef) -> FetchResult:
-        response = self._get_with_retries(f"{self.base_url}/{ref.relative}")
+        response = self._get_with_retries(f"{self.base_url}/{ref.relative}", gone_ok=True)
         fetched_at = datetime.now(UTC)
         if response.status_code in (404, 410):
             return FetchResult(ref, None, fetched_at)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise UnparseableResource(detail=f"{ref.resource_type} read returned non-JSON") from exc
+        body = _json(response, f"{ref.resource_type} read")
         resource_meta(body, expected_type=ref.resource_type)
         if body.get("id") != ref.resource_id:
             raise UnparseableResource(detail=f"{ref.resource_type} read returned another id")
         return FetchResult(ref, body, fetched_at)
 
+    def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Every page of a search, following ``next`` links verbatim (resolved against the request URL,
+        never rebuilt). Returns the raw searchset Bundles; callers pick entries through their adapter."""
+        url = str(httpx.URL(f"{self.base_url}/{resource_type}", params=params))
+        bundles: list[dict[str, Any]] = []
+        for _ in range(10_000):  # a bound against a server that links a page to itself forever
+            bundle = _json(self._get_with_retries(url, gone_ok=False), f"{resource_type} search")
+            if bundle.get("resourceType") != "Bundle":
+                raise UnparseableResource(detail=f"{resource_type} search did not return a Bundle")
+            bundles.append(bundle)
+            next_url = next(
+                (link.get("url") for link in bundle.get("link", []) if link.get("relation") == "next"), None
+            )
+            if not isinstance(next_url, str) or not next_url:
+                return bundles
+            url = urljoin(url, next_url)
+        raise EHRRejected("paging_loop", "search paging did not end")
+
     # -- transport ---------------------------------------------------------------------------------
 
-    def _get_with_retries(self, url: str) -> httpx.Response:
+    def _get_with_retries(self, url: str, *, gone_ok: bool) -> httpx.Response:
         retrying = Retrying(
-            retry=retry_if_exception_type(TransientEHRError),
+            retry=retry_if_exception(_worth_retrying_now),
             stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_delay_s),
             wait=_wait_honouring_retry_after,
             reraise=True,
         )
         for attempt in retrying:
             with attempt:
-                return self._get_once(url)
+                return self._get_once(url, gone_ok=gone_ok)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _get_once(self, url: str) -> httpx.Response:
+    def _get_once(self, url: str, *, gone_ok: bool) -> httpx.Response:
         token = self._auth.token()
         response = self._get_authorized(url, token)
         if response.status_code == 401:
@@ -110,16 +130,17 @@ class EHRClient:
             response = self._get_authorized(url, self._auth.token())
             if response.status_code == 401:
                 raise EHRTokenExpired(detail="401 after re-authentication")
-        return self._classify(response)
+        return self._classify(response, gone_ok=gone_ok)
 
     def _get_authorized(self, url: str, token: str) -> httpx.Response:
         for _ in range(MAX_REDIRECTS + 1):
             if not is_under_base(url, self.base_url):
                 raise ForeignHostError(detail="refusing a URL outside the facility's base URL")
             try:
-                response = self._http.get(
-                    url, headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
-                )
+                with self._politeness.slot():
+                    response = self._http.get(
+                        url, headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+                    )
             except httpx.TransportError as exc:
                 raise EHRTransportError(detail=type(exc).__name__) from exc
             if response.is_redirect:
@@ -128,25 +149,44 @@ class EHRClient:
             return response
         raise EHRRejected("too_many_redirects", f"more than {MAX_REDIRECTS} redirects")
 
-    @staticmethod
-    def _classify(response: httpx.Response) -> httpx.Response:
+    def _classify(self, response: httpx.Response, *, gone_ok: bool) -> httpx.Response:
         status = response.status_code
-        if status == 200 or status in (404, 410):
+        if status == 200 or (gone_ok and status in (404, 410)):
             return response
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
+        if retry_after is not None and status in (429, 503):
+            self._politeness.pause(retry_after)
         if status == 429:
-            retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
             raise EHRRateLimited(detail="429 from EHR", retry_after=retry_after)
         if status in (502, 503, 504):
-            retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
             raise (
                 EHRUnavailable(detail=f"{status} from EHR")
                 if retry_after is None
                 else EHRRateLimited("ehr_unavailable", f"{status} from EHR", retry_after=retry_after)
             )
         if status >= 500:
-            # Some vendors (Oracle) answer 500 for permanent errors; a few tries, then the caller decides.
+            # Some vendors (Oracle) answer 500 for permanent errors: a few tries here and a few back-offs
+            # in Postgres, then the row is dead-lettered with this reason rather than retried forever.
             raise EHRUnavailable("ehr_server_error", f"{status} from EHR")
         raise EHRRejected(f"ehr_http_{status}", f"{status} from EHR")
+
+
+def _json(response: httpx.Response, what: str) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise UnparseableResource(detail=f"{what} returned non-JSON") from exc
+    if not isinstance(body, dict):
+        raise UnparseableResource(detail=f"{what} returned JSON that is not an object")
+    return body
+
+
+def _worth_retrying_now(exc: BaseException) -> bool:
+    """Transient errors are retried here, unless the EHR asked for a longer pause than we hold a worker
+    for: that goes straight back to the Postgres back-off."""
+    if isinstance(exc, EHRRateLimited) and exc.retry_after is not None:
+        return exc.retry_after <= RETRY_AFTER_CAP_S
+    return isinstance(exc, TransientEHRError)
 
 
 def _wait_honouring_retry_after(state: RetryCallState) -> float:

@@ -3,23 +3,46 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime
 
 import httpx
+import redis
 
 from app.db.models import Facility
+from app.ehr import token_events
 from app.ehr.auth import SmartBackendAuth
 from app.ehr.client import EHRClient
-from app.facilities.schemas import AuthConfig
+from app.ehr.politeness import Politeness, RedisPoliteness, Unlimited
+from app.ehr.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
+from app.ehr.token_events import TokenEventSink
+from app.facilities.schemas import AuthConfig, LimitsConfig
 from app.facilities.secrets import resolve_secret
 
 
 class EHRClientPool:
-    def __init__(self, *, timeout_s: float = 30.0, max_connections: int = 16) -> None:
+    """Clients share the process's Redis connection for the token cache and the politeness limits;
+    without Redis (unit tests, the CLI) tokens are cached in memory and no shared limit applies."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 30.0,
+        max_connections: int = 16,
+        redis_client: redis.Redis | None = None,
+        redis_prefix: str = "ehri:",
+        token_sink: TokenEventSink = token_events.log_only,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self._timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
+        self._redis = redis_client
+        self._prefix = redis_prefix
+        self._token_sink = token_sink
+        self._transport = transport
+        self._memory_tokens = MemoryTokenCache()
         self._clients: dict[str, tuple[datetime, EHRClient]] = {}
         self._lock = threading.Lock()
 
@@ -34,21 +57,43 @@ class EHRClientPool:
             self._clients[facility.id] = (facility.updated_at, client)
             return client
 
+    def _token_cache(self) -> TokenCache:
+        return RedisTokenCache(self._redis, self._prefix) if self._redis is not None else self._memory_tokens
+
+    def _politeness(self, facility: Facility) -> Politeness:
+        if self._redis is None:
+            return Unlimited()
+        limits = LimitsConfig.model_validate(facility.limits or {})
+        return RedisPoliteness(self._redis, self._prefix, facility.id, limits)
+
     def _build(self, facility: Facility) -> EHRClient:
         config = AuthConfig.model_validate(facility.auth)
-        # Redirects are followed by EHRClient itself, only inside the base URL.
-        http = httpx.Client(timeout=self._timeout, limits=self._limits, follow_redirects=False)
+        # Redirects are followed by EHRClient itself, and only inside the base URL.
+        http = httpx.Client(
+            timeout=self._timeout, limits=self._limits, follow_redirects=False, transport=self._transport
+        )
         auth = SmartBackendAuth(
             facility_id=facility.id,
             base_url=facility.base_url,
             config=config,
-            private_key=resolve_secret(config.private_key),
+            private_key=resolve_secret(config.credential),
             http=http,
+            cache=self._token_cache(),
+            events=self._token_sink,
         )
-        return EHRClient(facility_id=facility.id, base_url=facility.base_url, auth=auth, http=http)
+        return EHRClient(
+            facility_id=facility.id,
+            base_url=facility.base_url,
+            auth=auth,
+            http=http,
+            politeness=self._politeness(facility),
+        )
 
     def close(self) -> None:
         with self._lock:
             for _, client in self._clients.values():
                 client.close()
             self._clients.clear()
+
+
+ClientFactory = Callable[[Facility], EHRClient]

@@ -44,6 +44,8 @@ def _row_values(cfg: FacilityConfig) -> dict[str, Any]:
         "base_url": str(cfg.base_url).rstrip("/"),
         "auth": cfg.auth.model_dump(mode="json"),
         "webhook": cfg.webhook.model_dump(mode="json") if cfg.webhook else {},
+        "limits": cfg.limits.model_dump(mode="json"),
+        "mrn_system": cfg.mrn_system,
         "enabled": cfg.enabled,
     }
 

@@ -5,17 +5,21 @@ Secrets are resolved from their references when the facility is (re)loaded, kept
 
 from __future__ import annotations
 
-import hmac
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import Facility
-from app.errors import ConfigurationError
 from app.facilities.schemas import WebhookConfig
-from app.facilities.secrets import resolve_secret
+from app.facilities.senders import SenderCheck, sender_check
+from app.ingest.inbox import EventIdentity
+
+# Vendors whose event numbers are useless for identity (athena restarts them at 1 in every bundle):
+# their events are told apart by notificationEvent.id. A facility's webhook.event_identity overrides.
+_EVENT_IDENTITY_BY_VENDOR: dict[str, EventIdentity] = {"athena": "event-id"}
 
 
 @dataclass(frozen=True)
@@ -24,19 +28,35 @@ class ReceiverFacility:
     vendor: str
     base_url: str
     webhook: WebhookConfig | None
-    expected: bytes | None  # the exact header value a legitimate sender puts in webhook.header
+    sender: SenderCheck | None  # None: no webhook configured, every sender is refused
+    event_identity: EventIdentity = "number"
+
+    def authenticate(self, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+        """None when the sender is authentic, else the reason it is not."""
+        if self.sender is None:
+            return "webhook_not_configured"
+        return self.sender.check(headers, body, now)
 
     def sender_is_authentic(self, header_value: str | None) -> bool:
-        if self.expected is None or header_value is None:
+        """The shared-secret check alone (header value as given)."""
+        if self.sender is None or self.sender.method != "shared-secret" or header_value is None:
             return False
-        return hmac.compare_digest(header_value.strip().encode(), self.expected)
+        return self.sender.check({self.sender.header: header_value}, b"", 0.0) is None
 
 
-def _expected_header(webhook: WebhookConfig) -> bytes:
-    secret = resolve_secret(webhook.secret).strip()
-    if not secret:
-        raise ConfigurationError("secret_missing", "webhook secret is empty")
-    return (f"{webhook.scheme} {secret}" if webhook.scheme else secret).encode()
+def receiver_facility(row: Facility) -> ReceiverFacility:
+    webhook = WebhookConfig.model_validate(row.webhook) if row.webhook else None
+    identity = (webhook.event_identity if webhook else None) or _EVENT_IDENTITY_BY_VENDOR.get(
+        row.vendor, "number"
+    )
+    return ReceiverFacility(
+        id=row.id,
+        vendor=row.vendor,
+        base_url=row.base_url,
+        webhook=webhook,
+        sender=sender_check(webhook) if webhook else None,
+        event_identity=identity,
+    )
 
 
 class FacilityDirectory:
@@ -54,15 +74,6 @@ class FacilityDirectory:
             return cached[1]
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(Facility).where(Facility.id == facility_id))).first()
-        facility = None
-        if row is not None and row.enabled:
-            webhook = WebhookConfig.model_validate(row.webhook) if row.webhook else None
-            facility = ReceiverFacility(
-                id=row.id,
-                vendor=row.vendor,
-                base_url=row.base_url,
-                webhook=webhook,
-                expected=_expected_header(webhook) if webhook else None,
-            )
+        facility = receiver_facility(row) if row is not None and row.enabled else None  # type: ignore[arg-type]
         self._cache[facility_id] = (now, facility)
         return facility

@@ -1,13 +1,31 @@
 """Parsing subscription notifications into events, tolerantly (EHR-FACTS.md §2).
 
-Shapes understood so far: the R4 Subscriptions Backport IG (a ``history`` Bundle whose first entry is a
-``Parameters`` status) and the R4B/R5 form (first entry a ``SubscriptionStatus``). Numbers may be
-strings or integers; ``subscription`` a reference or a string; parameters in any order.
+Shapes (``Notification.shape``):
+
+- ``backport``: R4 Subscriptions Backport IG ≥ 1.1, a ``history`` Bundle whose first entry is a
+  ``Parameters`` status with ``notification-event`` parts.
+- ``backport-0.1``: backport 0.1.0, a ``Parameters`` status without ``notification-event`` parts; the
+  events are the Bundle's other entries, numbered from ``events-since-subscription-start`` and
+  ``events-in-notification``.
+- ``r4b``: a ``history`` Bundle whose first entry is a ``SubscriptionStatus`` (R4B, backport 1.0, athena).
+- ``r5``: a ``subscription-notification`` Bundle with a ``SubscriptionStatus``.
+- ``medplum``: the bare resource with ``X-Medplum-*`` headers; a delete is ``{}`` with
+  ``X-Medplum-Deleted-Resource: Type/id``.
+- ``resource``: a bare resource POSTed by a legacy R4 rest-hook.
+- ``empty``: an empty POST (HAPI without payload): something changed, nothing says what.
+- ``put`` / ``delete``: HAPI's payload mode, ``PUT|DELETE {endpoint}/{Type}/{id}``.
+
+Tolerated: numbers as strings, integers or unsignedInt; ``subscription`` as a reference or a string;
+parameters in any order; timestamps as instant, dateTime or date; focus absolute, relative, with
+``/_history/n`` or identifier-only. A focus outside the facility's base URL is refused per event (SSRF).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import ForeignHostError, NotificationError
@@ -15,6 +33,20 @@ from app.fhir.references import ResourceRef, parse_reference
 from app.fhir.resources import content_hash
 
 NOTIFICATION_TYPES = {"handshake", "heartbeat", "event-notification", "query-status", "query-event"}
+EVENT_TYPES = ("event-notification", "query-event")
+LEGACY_SHAPES = ("medplum", "resource", "empty", "put", "delete")
+
+_INTERACTIONS = {"DELETE": "delete", "POST": "create", "PUT": "update", "PATCH": "update"}
+_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
+_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    """An event time; ``precise`` is False for a bare date (day precision cannot order events)."""
+
+    value: datetime
+    precise: bool
 
 
 @dataclass(frozen=True)
@@ -24,6 +56,10 @@ class NotificationEvent:
     interaction: str | None  # create | update | delete | None
     resource: dict[str, Any] | None  # full-resource payload, when the sender included it
     refused: str | None = None  # reason slug when this event must not be stored (e.g. foreign_host)
+    event_id: str | None = None  # SubscriptionStatus.notificationEvent.id (athena's dedup key)
+    timestamp: Timestamp | None = None
+    focus_identifier: str | None = None  # "system|value" when the focus is identifier-only
+    focus_type_hint: str | None = None  # Reference.type of an identifier-only focus
 
 
 @dataclass(frozen=True)
@@ -32,16 +68,51 @@ class Notification:
     subscription: str | None
     events_since_start: int | None
     events: list[NotificationEvent] = field(default_factory=list)
+    shape: str = "backport"
+    topic: str | None = None
+    status: str | None = None  # requested | active | error | off
+    timestamp: Timestamp | None = None  # Bundle.timestamp
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What arrived besides the JSON body: the HTTP method, the path's ``Type/id`` (HAPI payload mode)
+    and the headers, lower-cased."""
+
+    method: str = "POST"
+    path_type: str | None = None
+    path_id: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def _as_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return value if value >= 0 else None
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
     return None
+
+
+def parse_timestamp(value: Any) -> Timestamp | None:
+    """An instant, dateTime (any precision, with or without offset) or date; None when unparseable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if _DATE.match(text):
+        parts = [int(p) for p in text.split("-")] + [1, 1]
+        try:
+            return Timestamp(datetime(parts[0], parts[1], parts[2], tzinfo=UTC), precise=False)
+        except ValueError:
+            return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return Timestamp(parsed.astimezone(UTC), precise=True)
 
 
 def _value(param: dict[str, Any]) -> Any:
@@ -59,21 +130,36 @@ def _reference_text(value: Any) -> str | None:
     return None
 
 
+def _identifier_text(value: Any) -> tuple[str | None, str | None]:
+    """(``system|value``, Reference.type) of an identifier-only reference."""
+    if not isinstance(value, dict):
+        return None, None
+    ident = value.get("identifier")
+    hint = value.get("type") if isinstance(value.get("type"), str) else None
+    if isinstance(hint, str) and "/" in hint:  # Reference.type may be a canonical URL
+        hint = hint.rsplit("/", 1)[-1]
+    if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+        system = ident.get("system") if isinstance(ident.get("system"), str) else ""
+        return f"{system}|{ident['value']}", hint if hint and _RESOURCE_TYPE.match(hint) else None
+    return None, None
+
+
+def normalize_subscription(text: str | None, base_url: str) -> str | None:
+    """``Subscription/id`` for any reference under the facility's base, else the text as given."""
+    if text is None or not text.strip():
+        return None
+    try:
+        ref = parse_reference(text, base_url)
+    except (ForeignHostError, NotificationError):
+        return text.strip()
+    return ref.relative
+
+
 def _entries_by_url(bundle: dict[str, Any], base_url: str) -> dict[str, dict[str, Any]]:
     """Bundle entries after the status, keyed by their relative Type/id."""
     out: dict[str, dict[str, Any]] = {}
-    for entry in bundle.get("entry", [])[1:]:
-        if not isinstance(entry, dict):
-            continue
-        url = entry.get("fullUrl")
-        resource = entry.get("resource")
-        candidates = [url] if isinstance(url, str) else []
-        if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
-            candidates.append(f"{resource['resourceType']}/{resource.get('id')}")
-        request = entry.get("request")
-        if isinstance(request, dict) and isinstance(request.get("url"), str):
-            candidates.append(request["url"])
-        for candidate in candidates:
+    for entry in _event_entries(bundle):
+        for candidate in _entry_candidates(entry):
             try:
                 out[parse_reference(candidate, base_url).relative] = entry
             except (ForeignHostError, NotificationError):
@@ -81,80 +167,172 @@ def _entries_by_url(bundle: dict[str, Any], base_url: str) -> dict[str, dict[str
     return out
 
 
+def _event_entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries[1:] if isinstance(e, dict)]
+
+
+def _entry_candidates(entry: dict[str, Any]) -> list[str]:
+    url = entry.get("fullUrl")
+    resource = entry.get("resource")
+    candidates = [url] if isinstance(url, str) and not url.startswith("urn:") else []
+    if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str) and resource.get("id"):
+        candidates.append(f"{resource['resourceType']}/{resource.get('id')}")
+    request = entry.get("request")
+    if isinstance(request, dict) and isinstance(request.get("url"), str):
+        candidates.append(request["url"])
+    return candidates
+
+
+def _interaction(entry: dict[str, Any]) -> str | None:
+    request = entry.get("request")
+    if not isinstance(request, dict):
+        return None
+    return _INTERACTIONS.get(str(request.get("method", "")).upper())
+
+
 def _event(
-    number: int | None, focus_text: str | None, entries: dict[str, dict[str, Any]], base_url: str
+    number: int | None,
+    focus_value: Any,
+    entries: dict[str, dict[str, Any]],
+    base_url: str,
+    *,
+    timestamp: Timestamp | None = None,
+    event_id: str | None = None,
 ) -> NotificationEvent:
+    base = NotificationEvent(number, None, None, None, event_id=event_id, timestamp=timestamp)
+    focus_text = _reference_text(focus_value)
     if focus_text is None:
-        return NotificationEvent(number, None, None, None)
+        identifier, hint = _identifier_text(focus_value)
+        return replace(base, focus_identifier=identifier, focus_type_hint=hint)
     try:
         focus = parse_reference(focus_text, base_url)
-    except ForeignHostError as exc:
-        return NotificationEvent(number, None, None, None, refused=exc.reason)
-    except NotificationError as exc:
-        return NotificationEvent(number, None, None, None, refused=exc.reason)
+    except (ForeignHostError, NotificationError) as exc:
+        return replace(base, refused=exc.reason)
     entry = entries.get(focus.relative, {})
-    request_raw = entry.get("request")
-    request: dict[str, Any] = request_raw if isinstance(request_raw, dict) else {}
-    method = str(request.get("method", "")).upper()
-    interaction = {"DELETE": "delete", "POST": "create", "PUT": "update"}.get(method)
     resource = entry.get("resource")
     if not isinstance(resource, dict) or resource.get("resourceType") != focus.resource_type:
         resource = None
-    return NotificationEvent(number, focus, interaction, resource)
+    return replace(base, focus=focus, interaction=_interaction(entry), resource=resource)
+
+
+def _entry_event(number: int | None, entry: dict[str, Any], base_url: str) -> NotificationEvent:
+    """An event described by a Bundle entry alone (backport 0.1.0)."""
+    for candidate in _entry_candidates(entry):
+        event = _event(number, candidate, {}, base_url)
+        if event.focus is not None or event.refused == "foreign_host":
+            resource = entry.get("resource")
+            if isinstance(resource, dict) and event.focus is not None:
+                if resource.get("resourceType") != event.focus.resource_type:
+                    resource = None
+            else:
+                resource = None
+            return replace(event, interaction=_interaction(entry), resource=resource)
+    return NotificationEvent(number, None, None, None)
 
 
 def _parse_parameters(status: dict[str, Any], bundle: dict[str, Any], base_url: str) -> Notification:
-    ntype, subscription, since = None, None, None
+    values: dict[str, Any] = {}
     raw_events: list[list[dict[str, Any]]] = []
     for param in status.get("parameter", []):
         if not isinstance(param, dict):
             continue
         name = param.get("name")
-        if name == "type":
-            ntype = _value(param)
-        elif name == "subscription":
-            subscription = _reference_text(_value(param))
-        elif name == "events-since-subscription-start":
-            since = _as_int(_value(param))
-        elif name == "notification-event":
+        if name == "notification-event":
             parts = param.get("part", [])
-            raw_events.append([p for p in parts if isinstance(p, dict)])
-    entries = _entries_by_url(bundle, base_url)
-    events = []
-    for parts in raw_events:
-        number = focus = None
-        for part in parts:
-            if part.get("name") == "event-number":
-                number = _as_int(_value(part))
-            elif part.get("name") == "focus":
-                focus = _reference_text(_value(part))
-        events.append(_event(number, focus, entries, base_url))
-    return _notification(ntype, subscription, since, events)
+            raw_events.append([p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else [])
+        elif isinstance(name, str):
+            values[name] = _value(param)
+    since = _as_int(values.get("events-since-subscription-start"))
+    ntype = values.get("type")
+    extra = _event_entries(bundle)
+    legacy = "events-in-notification" in values or (not raw_events and bool(extra))
+    events: list[NotificationEvent] = []
+    if legacy:
+        in_notification = _as_int(values.get("events-in-notification"))
+        count = in_notification if in_notification is not None else len(extra)
+        first = since - count + 1 if since is not None and since >= count else None
+        for index in range(max(count, len(extra))):
+            number = first + index if first is not None and index < count else None
+            if index < len(extra):
+                events.append(_entry_event(number, extra[index], base_url))
+            else:  # `empty` content: numbered events without entries
+                events.append(NotificationEvent(number, None, None, None))
+    else:
+        entries = _entries_by_url(bundle, base_url)
+        for parts in raw_events:
+            by_name = {p.get("name"): p for p in parts}
+            number_part, focus_part, ts_part = (
+                by_name.get(n) for n in ("event-number", "focus", "timestamp")
+            )
+            events.append(
+                _event(
+                    _as_int(_value(number_part)) if number_part else None,
+                    _value(focus_part) if focus_part else None,
+                    entries,
+                    base_url,
+                    timestamp=parse_timestamp(_value(ts_part)) if ts_part else None,
+                )
+            )
+    return _notification(
+        ntype,
+        normalize_subscription(_reference_text(values.get("subscription")), base_url),
+        since,
+        events,
+        shape="backport-0.1" if legacy else "backport",
+        topic=values.get("topic") if isinstance(values.get("topic"), str) else None,
+        status=values.get("status") if isinstance(values.get("status"), str) else None,
+        timestamp=parse_timestamp(bundle.get("timestamp")),
+    )
 
 
-def _parse_subscription_status(status: dict[str, Any], bundle: dict[str, Any], base_url: str) -> Notification:
+def _parse_subscription_status(
+    status: dict[str, Any], bundle: dict[str, Any], base_url: str, shape: str
+) -> Notification:
     entries = _entries_by_url(bundle, base_url)
     events = []
-    for item in status.get("notificationEvent", []):
+    raw_events = status.get("notificationEvent", [])
+    for item in raw_events if isinstance(raw_events, list) else []:
         if isinstance(item, dict):
-            number = _as_int(item.get("eventNumber"))
-            events.append(_event(number, _reference_text(item.get("focus")), entries, base_url))
-    since = _as_int(status.get("eventsSinceSubscriptionStart"))
-    return _notification(status.get("type"), _reference_text(status.get("subscription")), since, events)
+            event_id = item.get("id") if isinstance(item.get("id"), str) else None
+            events.append(
+                _event(
+                    _as_int(item.get("eventNumber")),
+                    item.get("focus"),
+                    entries,
+                    base_url,
+                    timestamp=parse_timestamp(item.get("timestamp")),
+                    event_id=event_id,
+                )
+            )
+    topic = status.get("topic")
+    return _notification(
+        status.get("type"),
+        normalize_subscription(_reference_text(status.get("subscription")), base_url),
+        _as_int(status.get("eventsSinceSubscriptionStart")),
+        events,
+        shape=shape,
+        topic=topic if isinstance(topic, str) else _reference_text(topic),
+        status=status.get("status") if isinstance(status.get("status"), str) else None,
+        timestamp=parse_timestamp(bundle.get("timestamp")),
+    )
 
 
 def _notification(
-    ntype: Any, subscription: str | None, since: int | None, events: list[NotificationEvent]
+    ntype: Any,
+    subscription: str | None,
+    since: int | None,
+    events: list[NotificationEvent],
+    **extra: Any,
 ) -> Notification:
     if not isinstance(ntype, str) or ntype not in NOTIFICATION_TYPES:
         raise NotificationError("unknown_notification_type", "status has no recognizable notification type")
-    return Notification(ntype, subscription, since, events)
+    return Notification(ntype, subscription, since, events, **extra)
 
 
-def parse_notification(body: Any, base_url: str) -> Notification:
-    """Parse a notification Bundle. Raises NotificationError when ``body`` is not one."""
-    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
-        raise NotificationError("not_a_bundle", "expected a FHIR Bundle")
+def _parse_bundle(body: dict[str, Any], base_url: str) -> Notification:
     entries = body.get("entry")
     if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict):
         raise NotificationError("no_status_entry", "the Bundle has no subscription status entry")
@@ -164,22 +342,121 @@ def parse_notification(body: Any, base_url: str) -> Notification:
     if status.get("resourceType") == "Parameters":
         return _parse_parameters(status, body, base_url)
     if status.get("resourceType") == "SubscriptionStatus":
-        return _parse_subscription_status(status, body, base_url)
+        shape = "r5" if body.get("type") == "subscription-notification" else "r4b"
+        return _parse_subscription_status(status, body, base_url, shape)
     raise NotificationError("no_status_entry", "first entry is neither Parameters nor SubscriptionStatus")
 
 
-def dedup_key(subscription: str | None, event: NotificationEvent, *, fallback: str) -> str:
-    """What makes two deliveries the same event: subscription and event number (with the focus, so that a
-    sender whose counter restarted does not collide with old events), else the focus version or the
-    payload's content hash. With none of those two deliveries cannot be told apart, so ``fallback`` (a
-    unique value) keeps both: fetching twice is harmless, dropping an update is not."""
+def _resource_ref(resource: dict[str, Any], base_url: str) -> ResourceRef:
+    rtype, rid = resource.get("resourceType"), resource.get("id")
+    if not isinstance(rtype, str) or not isinstance(rid, str):
+        raise NotificationError("not_a_notification", "a bare resource needs resourceType and id")
+    ref = parse_reference(f"{rtype}/{rid}", base_url)
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    if isinstance(version, str) and version.strip():
+        return ResourceRef(ref.resource_type, ref.resource_id, version.strip())
+    return ref
+
+
+def _legacy(
+    shape: str, event: NotificationEvent, base_url: str, subscription: str | None = None
+) -> Notification:
+    return Notification(
+        "event-notification", normalize_subscription(subscription, base_url), None, [event], shape=shape
+    )
+
+
+def _parse_medplum(body: Any, base_url: str, delivery: Delivery) -> Notification:
+    headers = delivery.headers
+    subscription = headers.get("x-medplum-subscription")
+    if subscription and "/" not in subscription:
+        subscription = f"Subscription/{subscription}"
+    interaction = (headers.get("x-medplum-interaction") or "").lower() or None
+    deleted = headers.get("x-medplum-deleted-resource")
+    if deleted:
+        try:
+            focus = parse_reference(deleted, base_url)
+        except (ForeignHostError, NotificationError) as exc:
+            return _legacy(
+                "medplum", NotificationEvent(None, None, "delete", None, refused=exc.reason), base_url
+            )
+        return _legacy("medplum", NotificationEvent(None, focus, "delete", None), base_url, subscription)
+    if not isinstance(body, dict) or not body:
+        raise NotificationError("not_a_notification", "Medplum notification without a resource")
+    try:
+        focus = _resource_ref(body, base_url)
+    except NotificationError:
+        raise
+    if interaction not in ("create", "update", "delete"):
+        interaction = None
+    payload = None if interaction == "delete" else body
+    return _legacy("medplum", NotificationEvent(None, focus, interaction, payload), base_url, subscription)
+
+
+def parse_delivery(body: Any, base_url: str, delivery: Delivery) -> Notification:
+    """Parse what one HTTP request delivered; ``body`` is the decoded JSON, or None for an empty body.
+    Raises NotificationError when it is not a notification we recognize."""
+    method = delivery.method.upper()
+    if method in ("PUT", "DELETE"):
+        if delivery.path_type is None or delivery.path_id is None:
+            raise NotificationError("bad_reference", "PUT and DELETE need /{Type}/{id}")
+        focus = parse_reference(f"{delivery.path_type}/{delivery.path_id}", base_url)
+        if method == "DELETE":
+            return _legacy("delete", NotificationEvent(None, focus, "delete", None), base_url)
+        if not isinstance(body, dict):
+            return _legacy("put", NotificationEvent(None, focus, "update", None), base_url)
+        ref = _resource_ref(body, base_url)
+        if ref.relative != focus.relative:
+            raise NotificationError("path_mismatch", "the resource does not match the URL's Type/id")
+        return _legacy("put", NotificationEvent(None, ref, "update", body), base_url)
+    if any(h.startswith("x-medplum-") for h in delivery.headers):
+        return _parse_medplum(body, base_url, delivery)
+    if body is None:
+        return _legacy("empty", NotificationEvent(None, None, None, None), base_url)
+    return parse_notification(body, base_url)
+
+
+def parse_notification(body: Any, base_url: str) -> Notification:
+    """Parse a JSON notification body: a notification Bundle, a bare status, or a bare resource.
+    Raises NotificationError when ``body`` is none of those."""
+    if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        raise NotificationError("not_a_bundle", "expected a FHIR Bundle or resource")
+    rtype = body["resourceType"]
+    if rtype == "Bundle":
+        if body.get("type") not in ("history", "subscription-notification", None):
+            raise NotificationError("not_a_notification", "a Bundle that is not a notification")
+        return _parse_bundle(body, base_url)
+    if rtype == "Parameters":  # a status alone, e.g. a handshake or heartbeat sent outside a Bundle
+        return _parse_parameters(body, {}, base_url)
+    if rtype == "SubscriptionStatus":
+        return _parse_subscription_status(body, {}, base_url, "r5")
+    try:
+        focus = _resource_ref(body, base_url)
+    except NotificationError:
+        raise NotificationError("not_a_bundle", "expected a FHIR Bundle or a resource with an id") from None
+    return _legacy("resource", NotificationEvent(None, focus, None, body), base_url)
+
+
+def dedup_key(
+    subscription: str | None, event: NotificationEvent, *, fallback: str | Callable[[], str]
+) -> str:
+    """What makes two deliveries the same event, when the event number is not used (see
+    ``app.ingest.inbox``): the focus version, else the payload's content hash. With neither two
+    deliveries cannot be told apart, so ``fallback`` (a unique value, or a function making one) keeps
+    both: fetching twice is harmless, dropping an update is not. A delete without a version is never
+    merged either (a resource deleted, re-created and deleted again needs both deletes)."""
     focus = event.focus
-    target = focus.relative if focus else "-"
+    target = focus.relative if focus else (event.focus_identifier or "-")
     action = event.interaction or "-"
+    sub = subscription or "-"
     if event.event_number is not None:
-        return f"evt|{subscription or '-'}|{event.event_number}|{target}|{action}"
+        # An event id, when sent, keeps two events apart even if a sender reuses numbers (athena-style
+        # numbering from a facility not configured as athena).
+        suffix = f"|{event.event_id}" if event.event_id else ""
+        return f"evt|{sub}|{event.event_number}|{target}|{action}{suffix}"
     if focus is not None and focus.version is not None:
-        return f"ver|{target}/_history/{focus.version}|{action}"
-    if event.resource is not None:
-        return f"hash|{target}|{content_hash(event.resource)}|{action}"
-    return f"once|{target}|{fallback}"
+        return f"ver|{sub}|{target}/_history/{focus.version}|{action}"
+    if event.resource is not None and action != "delete":
+        return f"hash|{sub}|{target}|{content_hash(event.resource)}|{action}"
+    return f"once|{target}|{fallback if isinstance(fallback, str) else fallback()}"

@@ -30,22 +30,27 @@ class ResourceRef:
         return f"{self.resource_type}/{self.resource_id}"
 
 
-def _same_origin_and_under(url: str, base_url: str) -> str | None:
-    """The part of ``url`` after ``base_url`` if it lies under it (same scheme, host, port), else None."""
+def _same_origin_and_under(url: str, base_url: str, *, allow_query: bool = False) -> str | None:
+    """The path of ``url`` after ``base_url`` if it lies under it (same scheme, host and port; no
+    userinfo; no ``..`` segment), else None. A query string is allowed only when ``allow_query``."""
     u, b = urlsplit(url), urlsplit(base_url)
-    if (u.scheme.lower(), u.hostname, u.port) != (b.scheme.lower(), b.hostname, b.port):
+    if (u.scheme.lower(), u.hostname, u.port) != (b.scheme.lower(), b.hostname, b.port) or u.username:
         return None
     base_path = b.path.rstrip("/") + "/"
-    if not u.path.startswith(base_path) or u.query or u.fragment:
+    if not u.path.startswith(base_path) or u.fragment or (u.query and not allow_query):
         return None
-    return u.path[len(base_path) :]
+    rest = u.path[len(base_path) :]
+    return None if ".." in rest.split("/") else rest
 
 
 def parse_reference(reference: str, base_url: str) -> ResourceRef:
     """Parse a focus reference. Raises ForeignHostError for an absolute URL outside ``base_url`` and
     NotificationError for anything that is not a resource reference."""
     ref = reference.strip()
-    if "://" in ref:
+    base = base_url.rstrip("/") + "/"
+    if ref.startswith(base) and "?" not in ref and "#" not in ref:
+        ref = ref[len(base) :]  # the common case, without a full URL parse
+    elif "://" in ref:
         relative = _same_origin_and_under(ref, base_url)
         if relative is None:
             raise ForeignHostError(detail="reference outside the facility's registered base URL")
@@ -57,4 +62,5 @@ def parse_reference(reference: str, base_url: str) -> ResourceRef:
 
 
 def is_under_base(url: str, base_url: str) -> bool:
-    return _same_origin_and_under(url, base_url) is not None or url.rstrip("/") == base_url.rstrip("/")
+    """Whether a request URL (query string allowed) may be sent to the facility with its token."""
+    return _same_origin_and_under(url, base_url, allow_query=True) is not None

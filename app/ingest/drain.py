@@ -14,9 +14,8 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -24,13 +23,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Facility
 from app.ehr.client import EHRClient
-from app.errors import EHRRateLimited, IngestError, PermanentEHRError, TransientEHRError
+from app.errors import EHRRateLimited, PermanentEHRError, TransientEHRError
 from app.fhir.references import ResourceRef
 from app.ingest import queries
+from app.ingest.fetch import SeenReferences, fetch_resources, normalize
 from app.ingest.store import Observed, StoreStats, store_versions
 from app.settings import Settings
+from app.vendors.base import VendorAdapter
+from app.vendors.registry import adapter_for
 
 log = structlog.get_logger("ingest.drain")
+
+_SEEN = SeenReferences()  # per process: referenced resources already fetched
 
 
 @dataclass(frozen=True)
@@ -78,48 +82,35 @@ def backoff(settings: Settings, attempts: int, retry_after: float | None) -> tim
     return timedelta(seconds=delay)
 
 
-def _fetch_all(
-    client: EHRClient, refs: list[ResourceRef], workers: int
-) -> dict[ResourceRef, Observed | IngestError]:
-    def one(ref: ResourceRef) -> Observed | IngestError:
-        try:
-            result = client.read(ref)
-        except IngestError as exc:
-            return exc
-        return Observed(
-            client.facility_id, ref.resource_type, ref.resource_id, result.resource, result.fetched_at
-        )
-
-    if len(refs) <= 1 or workers <= 1:
-        return {ref: one(ref) for ref in refs}
-    with ThreadPoolExecutor(max_workers=min(workers, len(refs)), thread_name_prefix="fetch") as pool:
-        return dict(zip(refs, pool.map(one, refs), strict=True))
-
-
 def process_batch(
-    session: Session, facility: Facility, client: EHRClient, rows: list[ClaimedRow], settings: Settings
+    session: Session,
+    facility: Facility,
+    client: EHRClient,
+    rows: list[ClaimedRow],
+    settings: Settings,
+    *,
+    adapter: VendorAdapter | None = None,
 ) -> DrainReport:
     """Fetch what ``rows`` point at and record the outcome of every row. Caller commits."""
+    adapter = adapter or adapter_for(facility.vendor, mrn_system=facility.mrn_system)
     report = DrainReport(claimed=len(rows))
     by_focus: dict[ResourceRef, list[ClaimedRow]] = defaultdict(list)
     no_focus: list[int] = []
     observed: list[Observed] = []
+    done_ids: list[int] = []
     for row in rows:
         if row.focus is None:
             no_focus.append(row.id)
         elif row.payload is not None:
             # A full-resource payload is the resource: no fetch needed. Its meta orders it.
+            focus = row.focus
             observed.append(
-                Observed(
-                    facility.id, row.focus.resource_type, row.focus.resource_id, row.payload, row.received_at
-                )
+                Observed(facility.id, focus.resource_type, focus.resource_id, row.payload, row.received_at)
             )
-            session.execute(queries.MARK_DONE, {"ids": [row.id], "reason": None})
-            report.done += 1
+            done_ids.append(row.id)
         else:
             by_focus[row.focus].append(row)
-    fetched = _fetch_all(client, list(by_focus), settings.fetch_concurrency)
-    done_ids: list[int] = []
+    fetched = fetch_resources(client, adapter, list(by_focus), workers=settings.fetch_concurrency)
     for ref, outcome in fetched.items():
         ids = [r.id for r in by_focus[ref]]
         if isinstance(outcome, Observed):
@@ -145,6 +136,7 @@ def process_batch(
             retry_after = outcome.retry_after if isinstance(outcome, EHRRateLimited) else None
             session.execute(queries.MARK_RETRY, {**params, "delay": backoff(settings, attempts, retry_after)})
             report.retried += len(ids)
+    observed = _with_references(client, adapter, observed, settings, report)
     stats: StoreStats = store_versions(session, observed)
     report.stale += stats.stale
     if done_ids:
@@ -155,6 +147,40 @@ def process_batch(
         session.execute(queries.MARK_DONE, {"ids": no_focus, "reason": "no_focus"})
         report.done += len(no_focus)
     return report
+
+
+def _with_references(
+    client: EHRClient,
+    adapter: VendorAdapter,
+    observed: list[Observed],
+    settings: Settings,
+    report: DrainReport,
+) -> list[Observed]:
+    """Normalize, then fetch (once per process and facility) what the resources reference and need, such as
+    Epic's separate Medication resources. A reference that cannot be read now does not hold back the
+    resource that names it: the consumer view shows the medication as unresolved until it arrives."""
+    now = datetime.now(UTC)
+    normalized, wanted = normalize(adapter, observed, now=now)
+    present = {ResourceRef(o.resource_type, o.resource_id) for o in observed}
+    missing = _SEEN.unseen(client.facility_id, (ref for ref in wanted if ref not in present))
+    if not missing:
+        return normalized
+    fetched = fetch_resources(client, adapter, missing, workers=settings.fetch_concurrency)
+    extra = [outcome for outcome in fetched.values() if isinstance(outcome, Observed)]
+    for ref, outcome in fetched.items():
+        if not isinstance(outcome, Observed):
+            report.reasons[f"reference_{outcome.reason}"] = (
+                report.reasons.get(f"reference_{outcome.reason}", 0) + 1
+            )
+            log.info(
+                "ingest.reference_unresolved",
+                facility_id=client.facility_id,
+                resource_type=ref.resource_type,
+                reason=outcome.reason,
+            )
+    _SEEN.remember(client.facility_id, (ResourceRef(o.resource_type, o.resource_id) for o in extra))
+    more, _ = normalize(adapter, extra, now=now)
+    return normalized + more
 
 
 def drain_facility(
@@ -173,6 +199,7 @@ def drain_facility(
             return total
         session.expunge(facility)
     client = client_for(facility)
+    adapter = adapter_for(facility.vendor, mrn_system=facility.mrn_system)
     while True:
         with sessions.begin() as session:
             rows = claim(session, facility_id, limit=settings.drain_batch, lease=settings.lease)
@@ -180,7 +207,7 @@ def drain_facility(
             break
         try:
             with sessions.begin() as session:
-                report = process_batch(session, facility, client, rows, settings)
+                report = process_batch(session, facility, client, rows, settings, adapter=adapter)
         except Exception:
             # Our own failure (a bug, the database going away): the batch rolled back. Put the rows back
             # on a back-off so one bad row cannot spin a worker, then let the task layer see the error.

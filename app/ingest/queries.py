@@ -55,9 +55,10 @@ FACILITIES_WITH_DUE_WORK = text(
 UPSERT_RESOURCE = text(
     """
     INSERT INTO resources AS r (facility_id, resource_type, resource_id, version_id, last_updated,
-                                content_hash, deleted, resource, fetched_at, ingested_at)
+                                content_hash, deleted, resource, fetched_at, ingested_at, normalized, issues)
     VALUES (:facility_id, :resource_type, :resource_id, :version_id, :last_updated,
-            :content_hash, :deleted, CAST(:resource AS jsonb), :fetched_at, now())
+            :content_hash, :deleted, CAST(:resource AS jsonb), :fetched_at, now(),
+            CAST(:normalized AS jsonb), CAST(:issues AS jsonb))
     ON CONFLICT (facility_id, resource_type, resource_id) DO UPDATE SET
         version_id = CASE WHEN excluded.deleted THEN r.version_id ELSE excluded.version_id END,
         last_updated = COALESCE(excluded.last_updated, CASE WHEN excluded.deleted THEN r.last_updated END),
@@ -65,7 +66,9 @@ UPSERT_RESOURCE = text(
         deleted = excluded.deleted,
         resource = CASE WHEN excluded.deleted THEN r.resource ELSE excluded.resource END,
         fetched_at = excluded.fetched_at,
-        ingested_at = now()
+        ingested_at = now(),
+        normalized = CASE WHEN excluded.deleted THEN r.normalized ELSE excluded.normalized END,
+        issues = CASE WHEN excluded.deleted THEN r.issues ELSE excluded.issues END
     WHERE (r.content_hash <> excluded.content_hash OR r.deleted <> excluded.deleted
            OR r.version_id IS DISTINCT FROM excluded.version_id)
       AND (

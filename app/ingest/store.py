@@ -26,6 +26,8 @@ class Observed:
     resource_id: str
     resource: dict[str, Any] | None
     fetched_at: datetime
+    summary: dict[str, Any] | None = None  # the vendor adapter's normalized fields (views read them)
+    issues: list[str] | None = None  # lenient validation findings: paths and error types, never values
 
 
 @dataclass
@@ -56,6 +58,8 @@ def store_versions(session: Session, observed: list[Observed]) -> StoreStats:
             "deleted": deleted,
             "resource": json.dumps(item.resource) if item.resource is not None else None,
             "fetched_at": item.fetched_at,
+            "normalized": json.dumps(item.summary) if item.summary is not None else None,
+            "issues": json.dumps(item.issues) if item.issues else None,
         }
         applied = session.execute(queries.UPSERT_RESOURCE, params).first() is not None
         if applied:

@@ -1,9 +1,12 @@
 """Group commit for the receiver: concurrent requests share one transaction.
 
-Each request hands its inbox entries to ``InboxWriter.write`` and waits; a few writer loops take
-everything queued (up to ``max_batch`` entries), insert it in one statement with ON CONFLICT DO NOTHING
-on the dedup key, commit, and only then wake the requests. A request is answered 2xx only after its rows
-are committed; if the transaction fails every waiting request gets the error (and answers 503).
+Each request hands its intake (inbox entries and a ledger observation) to ``InboxWriter.write`` and
+waits; a few writer loops take everything queued (up to ``max_batch`` entries) and, in one transaction,
+lock the event-ledger rows of the subscriptions involved (in key order, so two loops never deadlock),
+apply the observations in arrival order (which fixes each numbered event's epoch, part of its dedup
+key), insert the inbox rows in one statement with ON CONFLICT DO NOTHING on the dedup key, write the
+ledger rows back, commit, and only then wake the requests. A request is answered 2xx only after its
+rows are committed; if the transaction fails every waiting request gets the error (and answers 503).
 """
 
 from __future__ import annotations
@@ -11,50 +14,101 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
+import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.ingest.inbox import InboxEntry
+from app.ingest.inbox import InboxEntry, Intake
+from app.ingest.ledger import LedgerState, apply
+from app.metrics import COMMIT_BATCH, COMMIT_SECONDS
 
-_COLUMNS = (
+CONNECT_TIMEOUT_S = 5
+
+_INBOX_COLUMNS = (
     "facility_id",
     "dedup_key",
     "subscription",
     "event_number",
     "focus_type",
     "focus_id",
+    "focus_identifier",
     "interaction",
     "payload",
 )
 
-_INSERT = text(
-    """
+# One statement writes the inbox rows and the ledger rows (a data-modifying CTE), so a batch costs four
+# round trips: BEGIN, lock the ledger rows, this, COMMIT.
+_INSERT_INBOX = """
     INSERT INTO inbox (facility_id, dedup_key, subscription, event_number, focus_type, focus_id,
-                       interaction, payload)
-    SELECT * FROM unnest(CAST(:facility_id AS text[]), CAST(:dedup_key AS text[]),
-                         CAST(:subscription AS text[]), CAST(:event_number AS bigint[]),
-                         CAST(:focus_type AS text[]), CAST(:focus_id AS text[]),
-                         CAST(:interaction AS text[]), CAST(:payload AS jsonb[]))
+                       focus_identifier, interaction, payload)
+    SELECT * FROM unnest(%(facility_id)s::text[], %(dedup_key)s::text[], %(subscription)s::text[],
+                         %(event_number)s::bigint[], %(focus_type)s::text[], %(focus_id)s::text[],
+                         %(focus_identifier)s::text[], %(interaction)s::text[], %(payload)s::jsonb[])
     ON CONFLICT (facility_id, dedup_key) DO NOTHING
     RETURNING facility_id, dedup_key
-    """
-)
+"""
+
+# Creates missing ledger rows and locks all of them; the no-op update is what makes RETURNING see (and
+# lock) rows that already exist.
+_LOCK_LEDGER = """
+    INSERT INTO subscription_ledger AS l (facility_id, subscription)
+    SELECT * FROM unnest(%(facility_id)s::text[], %(subscription)s::text[])
+    ON CONFLICT (facility_id, subscription) DO UPDATE SET epoch = l.epoch
+    RETURNING l.*
+"""
+
+_LEDGER_COLUMNS = {
+    "facility_id": "text",
+    "subscription": "text",
+    "epoch": "integer",
+    "highest_event": "bigint",
+    "highest_event_at": "timestamptz",
+    "epoch_started_at": "timestamptz",
+    "events_since_start": "bigint",
+    "gaps_observed": "bigint",
+    "missing": "jsonb",
+    "last_status": "text",
+    "notifications": "bigint",
+    "last_notification_at": "timestamptz",
+    "last_heartbeat_at": "timestamptz",
+    "last_handshake_at": "timestamptz",
+}
+_SET = ", ".join(f"{c} = u.{c}" for c in list(_LEDGER_COLUMNS)[2:])
+_UNNEST = ", ".join(f"%(l_{c})s::{t}[]" for c, t in _LEDGER_COLUMNS.items())
+_UPDATE_LEDGER = f"""
+    UPDATE subscription_ledger AS l SET {_SET}, updated_at = now()
+    FROM unnest({_UNNEST}) AS u({", ".join(_LEDGER_COLUMNS)})
+    WHERE l.facility_id = u.facility_id AND l.subscription = u.subscription
+"""  # noqa: S608 - column names are the constants above, values are bound parameters
+_WRITE = f"WITH ledger AS ({_UPDATE_LEDGER}), ins AS ({_INSERT_INBOX}) SELECT facility_id, dedup_key FROM ins"  # noqa: S608 - constants only
 
 
 @dataclass(frozen=True)
 class WriteResult:
     stored: int
     duplicates: int
+    gaps: int = 0
+    new_epoch: bool = False
 
 
 @dataclass
 class _Job:
+    intake: Intake | None
     entries: list[InboxEntry]
     future: asyncio.Future[WriteResult]
+
+
+@dataclass
+class _Outcome:
+    entries: list[InboxEntry]
+    gaps: int = 0
+    new_epoch: bool = False
 
 
 class InboxWriter:
@@ -64,9 +118,15 @@ class InboxWriter:
         self._loops = loops
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        # Each loop keeps one connection of its own (psycopg directly: the hot path cannot afford an ORM
+        # layer per batch); a broken one is replaced at the next batch, whose requests get the error.
+        self._conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._connections: dict[int, psycopg.AsyncConnection[Any]] = {}
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(), name=f"inbox-writer-{i}") for i in range(self._loops)]
+        self._tasks = [
+            asyncio.create_task(self._run(i), name=f"inbox-writer-{i}") for i in range(self._loops)
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -74,28 +134,44 @@ class InboxWriter:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for conn in self._connections.values():
+            await conn.close()
+        self._connections.clear()
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
                 job.future.set_exception(RuntimeError("receiver shutting down"))
 
     async def write(self, entries: list[InboxEntry]) -> WriteResult:
+        """Commit inbox entries that need no ledger (their keys are final)."""
         if not entries:
             return WriteResult(0, 0)
-        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(entries, future))
-        return await future
+        return await self._submit(_Job(None, entries, self._future()))
 
-    async def _run(self) -> None:
+    async def commit(self, intake: Intake) -> WriteResult:
+        """Commit one notification: its inbox entries and its event-ledger observation."""
+        return await self._submit(_Job(intake, intake.entries, self._future()))
+
+    @staticmethod
+    def _future() -> asyncio.Future[WriteResult]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, job: _Job) -> WriteResult:
+        await self._queue.put(job)
+        return await job.future
+
+    async def _run(self, slot: int) -> None:
         while True:
             jobs = [await self._queue.get()]
-            size = len(jobs[0].entries)
+            size = len(jobs[0].entries) + 1
             while size < self._max_batch and not self._queue.empty():
                 job = self._queue.get_nowait()
                 jobs.append(job)
-                size += len(job.entries)
+                size += len(job.entries) + 1
+            COMMIT_BATCH.observe(len(jobs))
+            started = time.perf_counter()
             try:
-                stored = await self._insert([e for job in jobs for e in job.entries])
+                outcomes, stored = await self._transaction(slot, jobs)
             except asyncio.CancelledError:
                 for job in jobs:
                     if not job.future.done():
@@ -106,25 +182,87 @@ class InboxWriter:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
-            for job in jobs:
+            COMMIT_SECONDS.observe(time.perf_counter() - started)
+            for job, outcome in zip(jobs, outcomes, strict=True):
                 mine = 0
-                for entry in job.entries:
+                for entry in outcome.entries:
                     key = (entry.facility_id, entry.dedup_key)
                     if stored[key] > 0:
                         stored[key] -= 1
                         mine += 1
                 if not job.future.done():
-                    job.future.set_result(WriteResult(mine, len(job.entries) - mine))
+                    job.future.set_result(
+                        WriteResult(mine, len(outcome.entries) - mine, outcome.gaps, outcome.new_epoch)
+                    )
 
-    async def _insert(self, entries: list[InboxEntry]) -> Counter[tuple[str, str]]:
-        params: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
+    async def _connection(self, slot: int) -> psycopg.AsyncConnection[Any]:
+        conn = self._connections.get(slot)
+        if conn is None or conn.closed or conn.broken:
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, connect_timeout=CONNECT_TIMEOUT_S, row_factory=namedtuple_row
+            )
+            self._connections[slot] = conn
+        return conn
+
+    async def _transaction(
+        self, slot: int, jobs: list[_Job]
+    ) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
+        for attempt in (1, 2):
+            conn = await self._connection(slot)
+            try:
+                async with conn.transaction(), conn.cursor() as cur:
+                    outcomes, ledger_params = await self._apply_ledger(cur, jobs)
+                    params = self._inbox_params([e for outcome in outcomes for e in outcome.entries])
+                    await cur.execute(_WRITE, {**params, **ledger_params})
+                    stored = Counter((r.facility_id, r.dedup_key) for r in await cur.fetchall())
+            except psycopg.OperationalError:
+                if not (conn.broken or conn.closed):
+                    raise
+                self._connections.pop(slot, None)
+                # A connection that died while idle (Postgres restarted): one retry on a fresh one is
+                # safe, because the inbox insert is idempotent on its dedup keys.
+                if attempt == 2:
+                    raise
+                continue
+            return outcomes, stored
+        raise AssertionError("unreachable")
+
+    async def _apply_ledger(
+        self, cur: psycopg.AsyncCursor[Any], jobs: list[_Job]
+    ) -> tuple[list[_Outcome], dict[str, list[Any]]]:
+        params: dict[str, list[Any]] = {f"l_{c}": [] for c in _LEDGER_COLUMNS}
+        keys = sorted({job.intake.observation.key for job in jobs if job.intake is not None})
+        if not keys:
+            return [_Outcome(job.entries) for job in jobs], params
+        await cur.execute(
+            _LOCK_LEDGER, {"facility_id": [k[0] for k in keys], "subscription": [k[1] for k in keys]}
+        )
+        states = {(r.facility_id, r.subscription): LedgerState.from_row(r) for r in await cur.fetchall()}
+        now = datetime.now(UTC)
+        outcomes: list[_Outcome] = []
+        for job in jobs:
+            if job.intake is None:
+                outcomes.append(_Outcome(job.entries))
+                continue
+            applied = apply(states[job.intake.observation.key], job.intake.observation, now)
+            entries = [
+                e.with_epoch(applied.epochs[e.ledger_index]) if e.ledger_index is not None else e
+                for e in job.entries
+            ]
+            outcomes.append(_Outcome(entries, applied.new_gaps, applied.new_epoch))
+        for state in states.values():
+            for column in _LEDGER_COLUMNS:
+                value = getattr(state, column)
+                params[f"l_{column}"].append(json.dumps(value) if column == "missing" else value)
+        return outcomes, params
+
+    @staticmethod
+    def _inbox_params(entries: list[InboxEntry]) -> dict[str, list[Any]]:
+        params: dict[str, list[Any]] = {c: [] for c in _INBOX_COLUMNS}
         for entry in entries:
-            row = entry.as_row()
-            for column in _COLUMNS:
-                value = row[column]
+            for column in _INBOX_COLUMNS:
+                value = getattr(entry, column)
                 params[column].append(
                     json.dumps(value) if column == "payload" and value is not None else value
                 )
-        async with self._engine.begin() as conn:
-            result = await conn.execute(_INSERT, params)
-            return Counter((r.facility_id, r.dedup_key) for r in result)
+        return params

@@ -12,7 +12,7 @@ def test_backport_id_only_bundle_yields_one_event_per_notification_event() -> No
     body = backport_id_only([(41, f"{BASE}/Observation/o1"), (42, "Patient/p1")])
     n = parse_notification(body, BASE)
     assert n.type == "event-notification"
-    assert n.subscription == f"{BASE}/Subscription/sub-1"
+    assert n.subscription == "Subscription/sub-1"  # normalized: the ledger's key for this subscription
     assert [(e.event_number, e.focus) for e in n.events] == [
         (41, ResourceRef("Observation", "o1")),
         (42, ResourceRef("Patient", "p1")),
@@ -66,7 +66,9 @@ def test_handshake_has_no_events() -> None:
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        ({"resourceType": "Patient", "id": "x"}, "not_a_bundle"),
+        ({"resourceType": "Patient"}, "not_a_bundle"),
+        ({"id": "x"}, "not_a_bundle"),
+        ({"resourceType": "Bundle", "type": "searchset", "entry": []}, "not_a_notification"),
         ({"resourceType": "Bundle", "type": "history", "entry": []}, "no_status_entry"),
         ({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient"}}]}, "no_status_entry"),
         ([1, 2], "not_a_bundle"),
@@ -96,3 +98,21 @@ def test_events_without_number_or_version_are_never_merged() -> None:
     n = parse_notification(backport_id_only([(1, "Patient/p1")]), BASE)
     event = n.events[0].__class__(None, n.events[0].focus, None, None)
     assert dedup_key(None, event, fallback="a") != dedup_key(None, event, fallback="b")
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        (f"{BASE}/Observation?_id=a,b&_count=2", True),
+        (f"{BASE}/Observation/o1", True),
+        ("https://ehr.test:8443/fhir/Observation/o1", False),  # another port
+        ("http://ehr.test/fhir/Observation/o1", False),  # another scheme
+        ("https://user@ehr.test/fhir/Observation/o1", False),  # userinfo
+        (f"{BASE}/../admin/x", False),
+        ("https://ehr.test.evil.example/fhir/Observation/o1", False),
+    ],
+)
+def test_request_urls_must_stay_under_the_registered_base(url: str, allowed: bool) -> None:
+    from app.fhir.references import is_under_base
+
+    assert is_under_base(url, BASE) is allowed

@@ -1,0 +1,97 @@
+"""Where access tokens live between requests: in Redis, shared by every worker process of a facility,
+so N processes do not each ask the token endpoint (athena allows 50 token requests a minute, Medplum 160).
+
+Keys: ``{prefix}token:{facility_id}:{fingerprint}`` (the fingerprint changes when the facility's auth
+config does), expiring with the token; ``…:lock`` while one process renews. Token values never reach a
+log line.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    value: str
+    expires_at: float  # wall-clock epoch seconds at which we stop using it (renewal margin applied)
+
+
+class TokenCache(Protocol):
+    def get(self, key: str) -> CachedToken | None: ...
+    def put(self, key: str, token: CachedToken) -> None: ...
+    def discard(self, key: str, value: str) -> None: ...
+    def renewal_lock(self, key: str, ttl_s: float) -> bool: ...
+    def release_lock(self, key: str) -> None: ...
+
+
+class MemoryTokenCache:
+    """One process only (tests, the CLI)."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, CachedToken] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> CachedToken | None:
+        token = self._tokens.get(key)
+        return token if token is not None and token.expires_at > time.time() else None
+
+    def put(self, key: str, token: CachedToken) -> None:
+        self._tokens[key] = token
+
+    def discard(self, key: str, value: str) -> None:
+        if (token := self._tokens.get(key)) is not None and token.value == value:
+            del self._tokens[key]
+
+    def renewal_lock(self, key: str, ttl_s: float) -> bool:
+        return self._lock.acquire(blocking=False)
+
+    def release_lock(self, key: str) -> None:
+        if self._lock.locked():
+            self._lock.release()
+
+
+# Delete the token only if it is still the one that was rejected (another process may have renewed it).
+_DISCARD = """
+local raw = redis.call('GET', KEYS[1])
+if raw and cjson.decode(raw)['value'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisTokenCache:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._discard = client.register_script(_DISCARD)
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}token:{key}"
+
+    def get(self, key: str) -> CachedToken | None:
+        raw = self._redis.get(self._key(key))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        token = CachedToken(str(data["value"]), float(data["expires_at"]))
+        return token if token.expires_at > time.time() else None
+
+    def put(self, key: str, token: CachedToken) -> None:
+        ttl_ms = max(1, int((token.expires_at - time.time()) * 1000))
+        payload = json.dumps({"value": token.value, "expires_at": token.expires_at})
+        self._redis.set(self._key(key), payload, px=ttl_ms)
+
+    def discard(self, key: str, value: str) -> None:
+        self._discard(keys=[self._key(key)], args=[value])
+
+    def renewal_lock(self, key: str, ttl_s: float) -> bool:
+        return bool(self._redis.set(f"{self._key(key)}:lock", "1", nx=True, px=int(ttl_s * 1000)))
+
+    def release_lock(self, key: str) -> None:
+        self._redis.delete(f"{self._key(key)}:lock")

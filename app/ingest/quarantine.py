@@ -1,0 +1,72 @@
+"""Quarantine: JSON bodies from authenticated senders that are no recognizable notification.
+
+Kept, never silently dropped: an operator can list and count them (``ehr-ingest quarantine list``).
+The same body delivered again (a sender retrying) increments ``deliveries`` instead of adding a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
+
+from app.db.models import QuarantinedNotification
+
+_UPSERT = text(
+    """
+    INSERT INTO quarantine (facility_id, reason, detail, method, path, content_type, body_sha256, body)
+    VALUES (:facility_id, :reason, :detail, :method, :path, :content_type, :body_sha256, CAST(:body AS jsonb))
+    ON CONFLICT (facility_id, body_sha256)
+    DO UPDATE SET deliveries = quarantine.deliveries + 1, last_received_at = now()
+    RETURNING id
+    """
+)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    facility_id: str
+    reason: str
+    detail: str
+    method: str
+    path: str
+    content_type: str | None
+    raw: bytes
+    body: Any
+
+
+async def quarantine(engine: AsyncEngine, item: Quarantined) -> int:
+    """Store ``item`` (committed when this returns) and return its quarantine id."""
+    params = {
+        "facility_id": item.facility_id,
+        "reason": item.reason,
+        "detail": item.detail[:500],
+        "method": item.method[:8],
+        "path": item.path[:1000],
+        "content_type": (item.content_type or "")[:128] or None,
+        "body_sha256": hashlib.sha256(item.raw).hexdigest(),
+        "body": json.dumps(item.body),
+    }
+    async with engine.begin() as conn:
+        return int((await conn.execute(_UPSERT, params)).scalar_one())
+
+
+def list_quarantined(
+    session: Session, *, facility_id: str | None = None, limit: int = 50
+) -> list[QuarantinedNotification]:
+    query = select(QuarantinedNotification).order_by(QuarantinedNotification.id.desc()).limit(limit)
+    if facility_id is not None:
+        query = query.where(QuarantinedNotification.facility_id == facility_id)
+    return list(session.scalars(query).all())
+
+
+def count_quarantined(session: Session, *, facility_id: str | None = None) -> int:
+    query = select(func.count()).select_from(QuarantinedNotification)
+    if facility_id is not None:
+        query = query.where(QuarantinedNotification.facility_id == facility_id)
+    return int(session.scalar(query) or 0)

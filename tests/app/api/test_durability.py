@@ -1,0 +1,86 @@
+"""Rule 1: no 2xx without a committed row. Postgres unreachable → 503 (never 2xx); Redis unreachable → 200
+(the row is committed; the sweeper rings the doorbell later)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from app.devstack.database import create_database, drop_database
+from app.devstack.processes import free_port, wait_until
+from app.metrics import DOORBELL_FAILURES
+from tests.app.api.conftest import Facilities, bearer, running, settings_for, shared_secret
+from tests.app.api.fixtures_shapes import dumps
+from tests.conftest import BASE_DATABASE_URL
+from tests.fixtures import backport_id_only
+
+pytestmark = pytest.mark.anyio
+BODY = dumps(backport_id_only([(1, "Patient/p1")]))
+
+
+async def test_postgres_unreachable_is_503_with_retry_after(redis_prefix: str) -> None:
+    closed = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere"
+    async with running(settings_for(closed, redis_prefix)) as client:
+        for path in ("/hooks/fac-1", "/hooks/fac-1/Patient/p1"):
+            response = await client.request(
+                "POST" if path == "/hooks/fac-1" else "PUT", path, content=BODY, headers=bearer()
+            )
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "5"
+            assert response.json()["resourceType"] == "OperationOutcome"
+        assert (await client.get("/readyz")).status_code == 503
+
+
+async def test_postgres_lost_after_the_facility_was_cached_is_503_not_2xx(
+    redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The facility lookup is cached; the commit itself must fail loudly when the database goes away."""
+    monkeypatch.setenv("EHRI_TEST_HOOK_SECRET", "s3cret-current")
+    url = make_url(BASE_DATABASE_URL).set(database=f"ehri_gone_{uuid.uuid4().hex[:8]}")
+    database_url = url.render_as_string(hide_password=False)
+    await asyncio.to_thread(create_database, database_url)
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database_url)
+    try:
+        facilities = Facilities(engine, [])
+        fid = facilities.add(shared_secret())
+    finally:
+        engine.dispose()
+    try:
+        async with running(settings_for(database_url, redis_prefix)) as client:
+            ok = await client.post(f"/hooks/{fid}", content=BODY, headers=bearer())
+            assert ok.status_code == 200
+            await asyncio.to_thread(drop_database, database_url)  # terminates every connection
+            again = dumps(backport_id_only([(2, "Patient/p2")]))
+            response = await client.post(f"/hooks/{fid}", content=again, headers=bearer())
+            assert response.status_code == 503
+            assert response.json()["issue"][0]["code"] == "transient"
+    finally:
+        await asyncio.to_thread(drop_database, database_url)
+
+
+async def test_redis_unreachable_still_commits_and_answers_200(
+    api_database_url: str, redis_prefix: str, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    settings = settings_for(api_database_url, redis_prefix, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    failures_before = DOORBELL_FAILURES._value.get()
+    async with running(settings) as client:
+        started = time.perf_counter()
+        response = await client.post(f"/hooks/{fid}", content=BODY, headers=bearer())
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200
+        assert elapsed < 1.0  # the doorbell never blocks the answer
+        assert len(facilities.inbox(fid)) == 1
+        await asyncio.to_thread(
+            wait_until,
+            lambda: DOORBELL_FAILURES._value.get() > failures_before,
+            timeout=10,
+            what="the doorbell failure to be counted",
+        )
+    assert DOORBELL_FAILURES._value.get() > failures_before

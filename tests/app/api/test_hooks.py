@@ -1,0 +1,347 @@
+"""Contract tests of the receiver: every shape end to end into Postgres, dedup, the ledger, SSRF refusals,
+quarantine and every error's OperationOutcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.app.api.conftest import Facilities, bearer, shared_secret
+from tests.app.api.fixtures_shapes import (
+    backport_010,
+    backport_empty,
+    backport_full_resource,
+    backport_status,
+    dumps,
+    r4b_bundle,
+    r5_bundle,
+    subscription_status,
+)
+from tests.fixtures import BASE, backport_id_only, observation
+
+pytestmark = pytest.mark.anyio
+
+
+def _outcome(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    return body
+
+
+def _reason(response: httpx.Response) -> str:
+    return str(_outcome(response)["issue"][0]["details"]["coding"][0]["code"])
+
+
+async def _post(client: httpx.AsyncClient, fid: str, body: Any, **headers: str) -> httpx.Response:
+    return await client.post(f"/hooks/{fid}", content=dumps(body), headers={**bearer(), **headers})
+
+
+async def test_backport_id_only_bundle_commits_one_row_per_event(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    body = backport_id_only([(1, f"{BASE}/Observation/o1"), (2, "Patient/p1")])
+    response = await _post(receiver, fid, body)
+    assert response.status_code == 200
+    assert _outcome(response)["issue"][0]["severity"] == "information"
+    rows = facilities.inbox(fid)
+    assert [(r.event_number, r.focus_type, r.focus_id, r.status) for r in rows] == [
+        (1, "Observation", "o1", "pending"),
+        (2, "Patient", "p1", "pending"),
+    ]
+    assert all(r.dedup_key.endswith("|e1") for r in rows)
+
+
+async def test_a_duplicate_delivery_is_answered_200_and_stored_once(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    body = backport_id_only([(7, "Patient/p1")])
+    first, second = await _post(receiver, fid, body), await _post(receiver, fid, body)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert "1 duplicate" in _outcome(second)["issue"][0]["diagnostics"]
+    assert len(facilities.inbox(fid)) == 1
+
+
+async def test_full_resource_payload_is_kept_on_the_row(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    obs = observation("o1", "3", "2026-11-24T10:00:00Z")
+    assert (await _post(receiver, fid, backport_full_resource(1, obs))).status_code == 200
+    assert facilities.inbox(fid)[0].payload == obs
+
+
+async def test_empty_content_events_are_rows_without_focus(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    assert (await _post(receiver, fid, backport_empty([1, 2]))).status_code == 200
+    assert [(r.event_number, r.focus_type) for r in facilities.inbox(fid)] == [(1, None), (2, None)]
+
+
+@pytest.mark.parametrize("ntype", ["handshake", "heartbeat", "query-status"])
+async def test_status_only_notifications_are_200_with_no_rows_but_a_ledger_entry(
+    receiver: httpx.AsyncClient, facilities: Facilities, ntype: str
+) -> None:
+    fid = facilities.add(shared_secret())
+    assert (await _post(receiver, fid, backport_status(ntype, 0))).status_code == 200
+    assert facilities.inbox(fid) == []
+    (ledger,) = facilities.ledger(fid)
+    assert (ledger.subscription, ledger.notifications, ledger.last_status) == (
+        "Subscription/sub-1",
+        1,
+        "active",
+    )
+    assert (ledger.last_heartbeat_at is not None) is (ntype == "heartbeat")
+    assert (ledger.last_handshake_at is not None) is (ntype == "handshake")
+
+
+async def test_ledger_records_gaps_and_heartbeat_counts_in_the_same_commit(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    await _post(receiver, fid, backport_status("handshake", 0))
+    await _post(receiver, fid, backport_id_only([(1, "Patient/p1")]))
+    await _post(receiver, fid, backport_id_only([(4, "Patient/p4")]))
+    await _post(receiver, fid, backport_id_only([(3, "Patient/p3")]))
+    await _post(receiver, fid, backport_status("heartbeat", 6))
+    (ledger,) = facilities.ledger(fid)
+    assert (ledger.highest_event, ledger.epoch, ledger.gaps_observed) == (6, 1, 4)
+    assert ledger.missing == [[2, 2], [5, 6]]
+    assert ledger.last_heartbeat_at is not None
+
+
+async def test_a_restarted_counter_starts_a_new_epoch_and_is_not_taken_for_a_duplicate(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    body = backport_id_only([(1, "Patient/p1")])
+    await _post(receiver, fid, backport_status("handshake", 0))
+    await _post(receiver, fid, body)
+    await _post(receiver, fid, backport_id_only([(2, "Patient/p2")]))
+    await _post(receiver, fid, backport_status("handshake", 0))  # subscription re-created: counter restarts
+    assert (await _post(receiver, fid, body)).status_code == 200
+    rows = facilities.inbox(fid)
+    assert [r.dedup_key.rsplit("|", 1)[1] for r in rows] == ["e1", "e1", "e2"]
+    assert facilities.ledger(fid)[0].epoch == 2
+
+
+async def test_foreign_host_focus_is_refused_per_event_and_the_rest_stored(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    body = backport_id_only([(1, "https://evil.example/fhir/Patient/p1"), (2, "Patient/p2")])
+    response = await _post(receiver, fid, body)
+    assert response.status_code == 200
+    assert "1 refused" in _outcome(response)["issue"][0]["diagnostics"]
+    assert [r.focus_id for r in facilities.inbox(fid)] == ["p2"]
+
+
+async def test_backport_010(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
+    fid = facilities.add(shared_secret())
+    body = backport_010(since=3, focuses=["Patient/p1", "Patient/p2"])
+    assert (await _post(receiver, fid, body)).status_code == 200
+    assert [(r.event_number, r.focus_id, r.subscription) for r in facilities.inbox(fid)] == [
+        (2, "p1", "Subscription/old-1"),
+        (3, "p2", "Subscription/old-1"),
+    ]
+
+
+async def test_r4b_subscription_status(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
+    fid = facilities.add(shared_secret())
+    status = subscription_status([{"eventNumber": "1", "focus": {"reference": "Encounter/e1"}}], since="1")
+    assert (await _post(receiver, fid, r4b_bundle(status))).status_code == 200
+    assert [(r.event_number, r.focus_type) for r in facilities.inbox(fid)] == [(1, "Encounter")]
+
+
+async def test_r5_subscription_notification_with_full_resource(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    obs = observation("o9", "2", "2026-11-24T10:00:00Z")
+    status = subscription_status([{"eventNumber": "12", "focus": {"reference": f"{BASE}/Observation/o9"}}])
+    bundle = r5_bundle(status, [{"fullUrl": f"{BASE}/Observation/o9", "resource": obs}])
+    assert (await _post(receiver, fid, bundle)).status_code == 200
+    (row,) = facilities.inbox(fid)
+    assert (row.event_number, row.payload) == (12, obs)
+
+
+async def test_athena_events_dedup_on_event_id_not_on_their_restarting_numbers(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret(), vendor="athena")
+    first = r4b_bundle(
+        subscription_status([{"id": "A", "eventNumber": "1", "focus": {"reference": "Patient/p1"}}])
+    )
+    second = r4b_bundle(
+        subscription_status([{"id": "B", "eventNumber": "1", "focus": {"reference": "Patient/p1"}}])
+    )
+    for body in (first, second, first):
+        assert (await _post(receiver, fid, body)).status_code == 200
+    assert [r.dedup_key for r in facilities.inbox(fid)] == [
+        "eid|Subscription/r4b-1|A",
+        "eid|Subscription/r4b-1|B",
+    ]
+
+
+async def test_identifier_only_focus_is_stored_with_its_identifier(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret(), vendor="athena")
+    focus = {"type": "Patient", "identifier": {"system": "urn:athena", "value": "42"}}
+    body = r4b_bundle(subscription_status([{"id": "X", "eventNumber": "1", "focus": focus}]))
+    assert (await _post(receiver, fid, body)).status_code == 200
+    (row,) = facilities.inbox(fid)
+    assert (row.focus_type, row.focus_id, row.focus_identifier) == ("Patient", None, "urn:athena|42")
+
+
+async def test_bare_resource_post_is_stored_with_its_payload(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    obs = observation("o2", "4", "2026-11-24T10:00:00Z")
+    assert (await _post(receiver, fid, obs)).status_code == 200
+    (row,) = facilities.inbox(fid)
+    assert (row.focus_id, row.payload, row.subscription) == ("o2", obs, None)
+
+
+async def test_empty_post_without_content_type_is_accepted(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    response = await receiver.post(f"/hooks/{fid}", headers={"Authorization": "Bearer s3cret-current"})
+    assert response.status_code == 200
+    (row,) = facilities.inbox(fid)
+    assert (row.focus_type, row.event_number) == (None, None)
+
+
+async def test_hapi_put_and_delete_payload_mode(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
+    fid = facilities.add(shared_secret())
+    obs = observation("o4", "2", "2026-11-24T10:00:00Z")
+    put = await receiver.put(f"/hooks/{fid}/Observation/o4", content=dumps(obs), headers=bearer())
+    delete = await receiver.delete(
+        f"/hooks/{fid}/Observation/o4", headers={"Authorization": "Bearer s3cret-current"}
+    )
+    assert (put.status_code, delete.status_code) == (200, 200)
+    rows = facilities.inbox(fid)
+    assert [(r.focus_id, r.interaction, r.payload is not None) for r in rows] == [
+        ("o4", "update", True),
+        ("o4", "delete", False),
+    ]
+
+
+async def test_put_whose_body_is_another_resource_is_quarantined(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    obs = observation("other", "2", "2026-11-24T10:00:00Z")
+    response = await receiver.put(f"/hooks/{fid}/Observation/o4", content=dumps(obs), headers=bearer())
+    assert (response.status_code, _reason(response)) == (202, "path_mismatch")
+    assert facilities.inbox(fid) == []
+
+
+# -- quarantine, limits, errors -----------------------------------------------------------------
+
+
+async def test_unrecognizable_json_is_quarantined_once_and_counted_per_delivery(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    body = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    first, second = await _post(receiver, fid, body), await _post(receiver, fid, body)
+    assert (first.status_code, second.status_code) == (202, 202)
+    outcome = _outcome(first)["issue"][0]
+    assert (outcome["severity"], outcome["code"], _reason(first)) == (
+        "warning",
+        "processing",
+        "not_a_notification",
+    )
+    assert "quarantine #" in outcome["diagnostics"]
+    (row,) = facilities.quarantine(fid)
+    assert (row.reason, row.deliveries, row.body) == ("not_a_notification", 2, body)
+    assert facilities.inbox(fid) == []
+
+
+async def test_unknown_notification_type_is_quarantined(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    response = await _post(receiver, fid, backport_id_only([], ntype="mystery"))
+    assert (response.status_code, _reason(response)) == (202, "unknown_notification_type")
+
+
+async def test_unknown_facility_is_404(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
+    response = await _post(receiver, "no-such-facility", backport_id_only([]))
+    assert (response.status_code, _reason(response)) == (404, "unknown_facility")
+
+
+async def test_wrong_content_type_is_415(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
+    fid = facilities.add(shared_secret())
+    response = await receiver.post(
+        f"/hooks/{fid}", content=b"<xml/>", headers={**bearer(), "Content-Type": "application/xml"}
+    )
+    assert (response.status_code, _reason(response)) == (415, "content_type")
+    assert facilities.inbox(fid) == []
+
+
+async def test_body_without_content_type_is_415(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
+    fid = facilities.add(shared_secret())
+    response = await receiver.post(
+        f"/hooks/{fid}", content=b"{}", headers={"Authorization": "Bearer s3cret-current"}
+    )
+    assert response.status_code == 415
+
+
+async def test_invalid_json_is_400(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
+    fid = facilities.add(shared_secret())
+    response = await receiver.post(f"/hooks/{fid}", content=b'{"resourceType": ', headers=bearer())
+    assert (response.status_code, _reason(response)) == (400, "invalid_json")
+    assert facilities.quarantine(fid) == []
+
+
+async def test_non_utf8_body_is_400(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
+    fid = facilities.add(shared_secret())
+    response = await receiver.post(f"/hooks/{fid}", content=b"\xff\xfe{}", headers=bearer())
+    assert response.status_code == 400
+
+
+async def test_declared_oversized_body_is_413(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
+    fid = facilities.add(shared_secret())
+    big = b"{" + b" " * 1_100_000 + b"}"
+    response = await receiver.post(f"/hooks/{fid}", content=big, headers=bearer())
+    assert (response.status_code, _reason(response)) == (413, "too_large")
+
+
+async def test_streamed_oversized_body_is_413_while_reading(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    sent = 0
+
+    async def chunks() -> Any:
+        nonlocal sent
+        for _ in range(64):  # 4 MiB offered in 64 KiB chunks, no Content-Length
+            sent += 1
+            yield b" " * 65_536
+
+    response = await receiver.post(f"/hooks/{fid}", content=chunks(), headers=bearer())
+    assert (response.status_code, _reason(response)) == (413, "too_large")
+    assert sent < 64  # the receiver stopped reading well before the end
+
+
+async def test_metrics_count_notifications_by_facility_shape_type_and_outcome(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    await _post(receiver, fid, backport_id_only([(1, "Patient/p1")]))
+    text = (await receiver.get("/metrics")).text
+    expected = (
+        f'ehri_notifications_total{{facility="{fid}",outcome="accepted",'
+        f'shape="backport",type="event-notification"}} 1.0'
+    )
+    assert expected in text
+    assert "ehri_ack_seconds_bucket" in text

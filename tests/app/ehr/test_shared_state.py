@@ -1,0 +1,174 @@
+"""Token cache and politeness shared across processes through real Redis (private key space)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import sessionmaker
+
+from app.ehr.auth import SmartBackendAuth
+from app.ehr.politeness import RedisPoliteness
+from app.ehr.token_cache import RedisTokenCache
+from app.ehr.token_events import database_sink
+from app.errors import EHRAuthRejected, EHRRateLimited, EHRUnavailable
+from app.facilities.schemas import AuthConfig, LimitsConfig
+from tests.conftest import REDIS_URL
+from tests.ehr_mocks import BASE, TOKEN_URL, keypair
+
+
+@pytest.fixture
+def rds() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+def _auth(
+    transport: httpx.MockTransport, cache: RedisTokenCache, method: str = "private_key_jwt", **kw: object
+) -> SmartBackendAuth:
+    config = AuthConfig.model_validate(
+        {
+            "method": method,
+            "client_id": "c 1",
+            "token_url": TOKEN_URL,
+            "private_key": {"env": "X"},
+            "client_secret": {"env": "X"},
+        }
+    )
+    secret = keypair()[0] if method == "private_key_jwt" else "s3cr:et"
+    return SmartBackendAuth(
+        facility_id="fac-1",
+        base_url=BASE,
+        config=config,
+        private_key=secret,
+        http=httpx.Client(transport=transport),
+        cache=cache,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def _token_endpoint(requests: list[httpx.Request], expires_in: int = 300) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json={"access_token": f"tok-{len(requests)}", "expires_in": expires_in})
+
+    return httpx.MockTransport(handler)
+
+
+def test_processes_share_one_token_through_redis(rds: redis.Redis, redis_prefix: str) -> None:
+    requests: list[httpx.Request] = []
+    transport = _token_endpoint(requests)
+    workers = [_auth(transport, RedisTokenCache(rds, redis_prefix)) for _ in range(4)]
+    tokens: list[str] = []
+    threads = [threading.Thread(target=lambda a=a: tokens.append(a.token())) for a in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(requests) == 1
+    assert set(tokens) == {"tok-1"}
+
+
+def test_rejected_token_is_discarded_for_everyone_and_renewed_once(
+    rds: redis.Redis, redis_prefix: str
+) -> None:
+    requests: list[httpx.Request] = []
+    transport = _token_endpoint(requests)
+    a, b = (_auth(transport, RedisTokenCache(rds, redis_prefix)) for _ in range(2))
+    first = a.token()
+    a.invalidate(first)
+    b.invalidate(first)  # the second process learns the same thing: must not drop the renewed token
+    assert b.token() == a.token() == "tok-2"
+    assert len(requests) == 2
+
+
+def test_token_lifecycle_is_recorded_apart_from_errors(
+    rds: redis.Redis, redis_prefix: str, engine: Engine
+) -> None:
+    requests: list[httpx.Request] = []
+    sink = database_sink(sessionmaker(engine))
+    auth = _auth(_token_endpoint(requests), RedisTokenCache(rds, redis_prefix), events=sink)
+    marker = "fac-1"
+    with engine.begin() as conn:
+        before = conn.execute(text("SELECT coalesce(max(id), 0) FROM token_events")).scalar_one()
+    auth.invalidate(auth.token())
+    auth.token()
+    with engine.begin() as conn:
+        events = (
+            conn.execute(
+                text("SELECT event FROM token_events WHERE id > :b AND facility_id = :f ORDER BY id"),
+                {"b": before, "f": marker},
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(text("DELETE FROM token_events WHERE id > :b"), {"b": before})
+    assert events == ["issued", "expired_early", "renewed"]
+
+
+def test_client_secret_basic_is_form_encoded_then_base64(rds: redis.Redis, redis_prefix: str) -> None:
+    requests: list[httpx.Request] = []
+    _auth(_token_endpoint(requests), RedisTokenCache(rds, redis_prefix), method="client_secret_basic").token()
+    assert (
+        requests[0].headers["authorization"]
+        == "Basic " + __import__("base64").b64encode(b"c+1:s3cr%3Aet".replace(b"+", b"%20")).decode()
+    )
+    assert b"client_assertion" not in requests[0].content
+
+
+def test_client_secret_post_sends_credentials_in_the_form(rds: redis.Redis, redis_prefix: str) -> None:
+    requests: list[httpx.Request] = []
+    _auth(_token_endpoint(requests), RedisTokenCache(rds, redis_prefix), method="client_secret_post").token()
+    form = dict(httpx.QueryParams(requests[0].content.decode()))
+    assert (form["client_id"], form["client_secret"]) == ("c 1", "s3cr:et")
+
+
+def test_bare_400_from_the_token_endpoint_is_transient_but_invalid_client_is_not(
+    rds: redis.Redis, redis_prefix: str
+) -> None:
+    bare = httpx.MockTransport(lambda _: httpx.Response(400, text="Bad Request"))
+    with pytest.raises(EHRUnavailable):
+        _auth(bare, RedisTokenCache(rds, redis_prefix)).token()
+    refused = httpx.MockTransport(lambda _: httpx.Response(400, json={"error": "invalid_client"}))
+    with pytest.raises(EHRAuthRejected):
+        _auth(refused, RedisTokenCache(rds, redis_prefix)).token()
+
+
+def _polite(rds: redis.Redis, prefix: str, **limits: float) -> RedisPoliteness:
+    return RedisPoliteness(rds, prefix, "fac-1", LimitsConfig.model_validate(limits), max_wait_s=0.3)
+
+
+def test_rate_limit_is_shared_between_processes(rds: redis.Redis, redis_prefix: str) -> None:
+    a = _polite(rds, redis_prefix, requests_per_second=0.01, burst=2)
+    b = _polite(rds, redis_prefix, requests_per_second=0.01, burst=2)
+    with a.slot():
+        pass
+    with b.slot():
+        pass
+    with pytest.raises(EHRRateLimited) as info, a.slot():
+        pass
+    assert info.value.retry_after is not None
+    assert info.value.retry_after > 1
+
+
+def test_concurrency_cap_holds_across_processes(rds: redis.Redis, redis_prefix: str) -> None:
+    a = _polite(rds, redis_prefix, concurrency=1, burst=10)
+    b = _polite(rds, redis_prefix, concurrency=1, burst=10)
+    with a.slot(), pytest.raises(EHRRateLimited), b.slot():
+        pass
+    with b.slot():  # released: free again
+        pass
+
+
+def test_retry_after_pauses_the_whole_facility(rds: redis.Redis, redis_prefix: str) -> None:
+    a = _polite(rds, redis_prefix, burst=10)
+    b = _polite(rds, redis_prefix, burst=10)
+    a.pause(30)
+    with pytest.raises(EHRRateLimited) as info, b.slot():
+        pass
+    assert 25 < (info.value.retry_after or 0) <= 30
