@@ -51,14 +51,22 @@ FACILITIES_WITH_DUE_WORK = text(
 
 # DESIGN.md rule 3. A write applies when it changes something and is not older than what is stored:
 # a newer meta.lastUpdated wins; without lastUpdated on either side (Epic) or with equal ones, the later
-# fetch wins. A tombstone keeps the last known body and version for consumers.
-UPSERT_RESOURCE = text(
+# fetch wins. A tombstone keeps the last known body and version for consumers. One statement for a whole
+# batch; the caller guarantees each resource appears at most once in it.
+UPSERT_RESOURCES = text(
     """
     INSERT INTO resources AS r (facility_id, resource_type, resource_id, version_id, last_updated,
                                 content_hash, deleted, resource, fetched_at, ingested_at, normalized, issues)
-    VALUES (:facility_id, :resource_type, :resource_id, :version_id, :last_updated,
-            :content_hash, :deleted, CAST(:resource AS jsonb), :fetched_at, now(),
-            CAST(:normalized AS jsonb), CAST(:issues AS jsonb))
+    SELECT x.facility_id, x.resource_type, x.resource_id, x.version_id, x.last_updated, x.content_hash,
+           x.deleted, CAST(x.resource AS jsonb), x.fetched_at, now(), CAST(x.normalized AS jsonb),
+           CAST(x.issues AS jsonb)
+    FROM
+    unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]),
+           CAST(:version_id AS text[]), CAST(:last_updated AS timestamptz[]), CAST(:content_hash AS text[]),
+           CAST(:deleted AS boolean[]), CAST(:resource AS text[]), CAST(:fetched_at AS timestamptz[]),
+           CAST(:normalized AS text[]), CAST(:issues AS text[]))
+    AS x(facility_id, resource_type, resource_id, version_id, last_updated, content_hash, deleted, resource,
+         fetched_at, normalized, issues)
     ON CONFLICT (facility_id, resource_type, resource_id) DO UPDATE SET
         version_id = CASE WHEN excluded.deleted THEN r.version_id ELSE excluded.version_id END,
         last_updated = COALESCE(excluded.last_updated, CASE WHEN excluded.deleted THEN r.last_updated END),
@@ -78,24 +86,32 @@ UPSERT_RESOURCE = text(
              OR excluded.last_updated = r.last_updated)
             AND excluded.fetched_at > r.fetched_at)
       )
-    RETURNING 1
+    RETURNING r.resource_type, r.resource_id
     """
 )
 
-CURRENT_HASH = text(
+CURRENT_HASHES = text(
     """
-    SELECT content_hash, deleted FROM resources
-    WHERE facility_id = :facility_id AND resource_type = :resource_type AND resource_id = :resource_id
+    SELECT r.resource_type, r.resource_id, r.content_hash, r.deleted
+    FROM resources r
+    JOIN unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]))
+         AS k(facility_id, resource_type, resource_id)
+      ON r.facility_id = k.facility_id AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id
     """
 )
 
-INSERT_HISTORY = text(
+INSERT_HISTORIES = text(
     """
     INSERT INTO resource_history (facility_id, resource_type, resource_id, version_key, version_id,
                                   last_updated, content_hash, deleted, resource, fetched_at)
-    VALUES (:facility_id, :resource_type, :resource_id, :version_key, :version_id,
-            :last_updated, :content_hash, :deleted, CAST(:resource AS jsonb), :fetched_at)
-    ON CONFLICT ON CONSTRAINT uq_resource_history_version
-    DO NOTHING
+    SELECT x.facility_id, x.resource_type, x.resource_id, x.version_key, x.version_id, x.last_updated,
+           x.content_hash, x.deleted, CAST(x.resource AS jsonb), x.fetched_at
+    FROM unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]),
+                CAST(:version_id AS text[]), CAST(:last_updated AS timestamptz[]),
+                CAST(:content_hash AS text[]), CAST(:deleted AS boolean[]), CAST(:resource AS text[]),
+                CAST(:fetched_at AS timestamptz[]), CAST(:version_key AS text[]))
+         AS x(facility_id, resource_type, resource_id, version_id, last_updated, content_hash, deleted,
+              resource, fetched_at, version_key)
+    ON CONFLICT ON CONSTRAINT uq_resource_history_version DO NOTHING
     """
 )

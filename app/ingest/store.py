@@ -39,43 +39,108 @@ class StoreStats:
     by_type: dict[str, int] = field(default_factory=dict)
 
 
+_COLUMNS = (
+    "facility_id",
+    "resource_type",
+    "resource_id",
+    "version_id",
+    "last_updated",
+    "content_hash",
+    "deleted",
+    "resource",
+    "fetched_at",
+    "normalized",
+    "issues",
+)
+
+
+def _row(item: Observed) -> dict[str, Any]:
+    version_id, last_updated = None, None
+    if item.resource is not None:
+        meta = resource_meta(item.resource, expected_type=item.resource_type)
+        version_id, last_updated = meta.version_id, meta.last_updated
+    return {
+        "facility_id": item.facility_id,
+        "resource_type": item.resource_type,
+        "resource_id": item.resource_id,
+        "version_id": version_id,
+        "last_updated": last_updated,
+        "content_hash": content_hash(item.resource),
+        "deleted": item.resource is None,
+        "resource": json.dumps(item.resource) if item.resource is not None else None,
+        "fetched_at": item.fetched_at,
+        "normalized": json.dumps(item.summary) if item.summary is not None else None,
+        "issues": json.dumps(item.issues) if item.issues else None,
+    }
+
+
+def _rounds(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split rows so that no statement touches a resource twice (Postgres refuses that in one upsert);
+    versions of one resource go oldest first, so each round's guard sees the previous round's result."""
+    by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_key.setdefault((row["facility_id"], row["resource_type"], row["resource_id"]), []).append(row)
+    rounds: list[list[dict[str, Any]]] = []
+    for versions in by_key.values():
+        versions.sort(
+            key=lambda r: (
+                r["last_updated"] is not None,
+                r["last_updated"] or r["fetched_at"],
+                r["fetched_at"],
+            )
+        )
+        for index, row in enumerate(versions):
+            if index == len(rounds):
+                rounds.append([])
+            rounds[index].append(row)
+    return rounds
+
+
+def _arrays(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> dict[str, list[Any]]:
+    return {column: [row[column] for row in rows] for column in columns}
+
+
 def store_versions(session: Session, observed: list[Observed]) -> StoreStats:
+    """Apply ``observed`` with set-based statements: one upsert per round (usually one), one history
+    insert, one read to tell stale writes from repeats. Caller commits."""
     stats = StoreStats()
-    for item in observed:
-        deleted = item.resource is None
-        version_id, last_updated = None, None
-        if item.resource is not None:
-            meta = resource_meta(item.resource, expected_type=item.resource_type)
-            version_id, last_updated = meta.version_id, meta.last_updated
-        digest = content_hash(item.resource)
-        params = {
-            "facility_id": item.facility_id,
-            "resource_type": item.resource_type,
-            "resource_id": item.resource_id,
-            "version_id": version_id,
-            "last_updated": last_updated,
-            "content_hash": digest,
-            "deleted": deleted,
-            "resource": json.dumps(item.resource) if item.resource is not None else None,
-            "fetched_at": item.fetched_at,
-            "normalized": json.dumps(item.summary) if item.summary is not None else None,
-            "issues": json.dumps(item.issues) if item.issues else None,
+    if not observed:
+        return stats
+    for rows in _rounds([_row(item) for item in observed]):
+        applied = {
+            (r.resource_type, r.resource_id)
+            for r in session.execute(queries.UPSERT_RESOURCES, _arrays(rows, _COLUMNS))
         }
-        applied = session.execute(queries.UPSERT_RESOURCE, params).first() is not None
-        if applied:
-            stats.applied += 1
-            stats.tombstones += int(deleted)
-            stats.by_type[item.resource_type] = stats.by_type.get(item.resource_type, 0) + 1
-        else:
-            current = session.execute(queries.CURRENT_HASH, params).first()
-            if current is not None and current.content_hash == digest and current.deleted == deleted:
+        skipped = [row for row in rows if (row["resource_type"], row["resource_id"]) not in applied]
+        current = {}
+        if skipped:
+            current = {
+                (r.resource_type, r.resource_id): (r.content_hash, r.deleted)
+                for r in session.execute(
+                    queries.CURRENT_HASHES, _arrays(skipped, ("facility_id", "resource_type", "resource_id"))
+                )
+            }
+        history = []
+        for row in rows:
+            key = (row["resource_type"], row["resource_id"])
+            if key in applied:
+                stats.applied += 1
+                stats.tombstones += int(row["deleted"])
+                stats.by_type[row["resource_type"]] = stats.by_type.get(row["resource_type"], 0) + 1
+            elif current.get(key) == (row["content_hash"], row["deleted"]):
                 stats.unchanged += 1
             else:
                 stats.stale += 1
-        if not deleted or applied:
-            version_key = (
-                f"deleted|{item.fetched_at.isoformat()}" if deleted else (version_id or f"hash|{digest}")
-            )
-            session.execute(queries.INSERT_HISTORY, {**params, "version_key": version_key})
+            if not row["deleted"] or key in applied:
+                history.append({**row, "version_key": _version_key(row)})
+        if history:
+            session.execute(queries.INSERT_HISTORIES, _arrays(history, (*_COLUMNS[:9], "version_key")))
     session.flush()
     return stats
+
+
+def _version_key(row: dict[str, Any]) -> str:
+    """What makes a version distinct in history: versionId when the server gives one, else the content."""
+    if row["deleted"]:
+        return f"deleted|{row['fetched_at'].isoformat()}"
+    return str(row["version_id"]) if row["version_id"] is not None else f"hash|{row['content_hash']}"
