@@ -39,3 +39,37 @@ def test_work_committed_while_no_worker_runs_is_drained_by_the_sweeper(scenario:
 
     report = scenario.wait_for_ledger("fac-e2e", timeout=90)
     assert report.ok, (report.missing, report.behind, report.not_tombstoned, report.inbox)
+
+
+def test_duplicated_and_reordered_notifications_converge_without_duplicate_rows(scenario: Scenario) -> None:
+    import httpx
+    from sqlalchemy import create_engine, text
+
+    scenario.start(workers=1, concurrency=2, beat=False)
+    faults = {"duplicate_rate": 0.5, "delay_s": 0.3, "reorder": True}
+    httpx.post(f"{scenario.sim_url}/_admin/fac-e2e/faults", json=faults, timeout=10).raise_for_status()
+    scenario.make_changes("fac-e2e", 150)
+
+    report = scenario.wait_for_ledger("fac-e2e", timeout=90)
+
+    assert report.ok, (report.missing, report.behind, report.not_tombstoned, report.inbox)
+    sent = scenario.sender_counters("fac-e2e")
+    assert sent["duplicated"] > 0
+    engine = create_engine(scenario.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT count(*), count(DISTINCT event_number) FROM inbox")).one()
+            views = conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM observations),"
+                    " (SELECT count(*) FROM conditions)"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    assert rows[0] == rows[1] == sent["delivered"]  # one inbox row per event, duplicates answered, not stored
+    live = [r for r in scenario.truth("fac-e2e") if not r["deleted"]]
+    expected = tuple(
+        sum(1 for r in live if r["resourceType"] == t) for t in ("Patient", "Observation", "Condition")
+    )
+    assert tuple(views) == expected
