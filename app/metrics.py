@@ -3,6 +3,8 @@ Requests for unknown facilities are labelled ``-`` so a scanner cannot grow the 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import Counter, Histogram
 
 NOTIFICATIONS = Counter(
@@ -46,3 +48,15 @@ COMMIT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 DOORBELL_FAILURES = Counter("ehri_doorbell_failures_total", "Doorbells that could not reach Redis.")
+
+
+# Labelled children are stable objects: cached, the receiver's hot path skips prometheus' lock and
+# label validation. The label sets are bounded (facilities x shapes x types x outcomes).
+@lru_cache(maxsize=8192)
+def notifications(facility: str, shape: str, ntype: str, outcome: str) -> Counter:
+    return NOTIFICATIONS.labels(facility, shape, ntype, outcome)
+
+
+@lru_cache(maxsize=8192)
+def events(facility: str, outcome: str) -> Counter:
+    return EVENTS.labels(facility, outcome)

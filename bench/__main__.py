@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.pipeline"]
+BENCHMARKS = ["bench.pipeline", "bench.ehrsim_bench", "bench.webhook"]
 
 
 def main(argv: list[str]) -> int:

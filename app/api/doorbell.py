@@ -15,7 +15,7 @@ import contextlib
 from app.metrics import DOORBELL_FAILURES
 from app.queue import Doorbell
 
-MIN_INTERVAL_S = 0.05
+MIN_INTERVAL_S = 0.2
 
 
 class AsyncDoorbell:

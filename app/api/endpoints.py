@@ -29,7 +29,7 @@ from app.ingest.receiver import (
     unauthenticated,
     unavailable,
 )
-from app.metrics import ACK_SECONDS, NOTIFICATIONS
+from app.metrics import ACK_SECONDS, notifications
 
 router = APIRouter()
 log = structlog.get_logger("api.hooks")
@@ -82,7 +82,7 @@ async def _answer(facility_id: str, request: Request, rtype: str | None, rid: st
     finally:
         ACK_SECONDS.observe(time.perf_counter() - started)
     known = answer.outcome != "unknown_facility"
-    NOTIFICATIONS.labels(facility_id if known else "-", answer.shape, answer.type, answer.outcome).inc()
+    notifications(facility_id if known else "-", answer.shape, answer.type, answer.outcome).inc()
     return JSONResponse(answer.body, answer.status, headers=answer.headers or None, media_type=FHIR_JSON)
 
 

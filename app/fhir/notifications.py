@@ -404,8 +404,10 @@ def parse_delivery(body: Any, base_url: str, delivery: Delivery) -> Notification
         focus = parse_reference(f"{delivery.path_type}/{delivery.path_id}", base_url)
         if method == "DELETE":
             return _legacy("delete", NotificationEvent(None, focus, "delete", None), base_url)
-        if not isinstance(body, dict):
+        if body is None:
             return _legacy("put", NotificationEvent(None, focus, "update", None), base_url)
+        if not isinstance(body, dict):
+            raise NotificationError("not_a_notification", "a PUT body must be the resource")
         ref = _resource_ref(body, base_url)
         if ref.relative != focus.relative:
             raise NotificationError("path_mismatch", "the resource does not match the URL's Type/id")

@@ -13,7 +13,7 @@ Dedup keys, per source (a duplicate delivery maps to the same key and is stored 
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from app.fhir.notifications import EVENT_TYPES, LEGACY_SHAPES, Notification, dedup_key
@@ -53,8 +53,8 @@ class InboxEntry:
     ledger_index: int | None = None
 
     def as_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        return {c: row[c] for c in _COLUMNS}
+        # Not dataclasses.asdict: that deep-copies the payload, on the receiver's hot path.
+        return {c: getattr(self, c) for c in _COLUMNS}
 
     def with_epoch(self, epoch: int) -> InboxEntry:
         return replace(self, dedup_key=f"{self.dedup_key}|e{epoch}", ledger_index=None)

@@ -31,7 +31,7 @@ from app.fhir.outcomes import operation_outcome
 from app.ingest.inbox import intake_for
 from app.ingest.quarantine import Quarantined, quarantine
 from app.ingest.writer import InboxWriter, WriteResult
-from app.metrics import AUTH_FAILURES, EVENTS, LEDGER_GAPS, QUARANTINED
+from app.metrics import AUTH_FAILURES, LEDGER_GAPS, QUARANTINED, events
 
 log = structlog.get_logger("api.hooks")
 
@@ -78,6 +78,17 @@ def unauthenticated(facility: ReceiverFacility, reason: str) -> Answer:
     return error(401, "security", f"sender not authenticated ({reason}); check {header}", "unauthenticated")
 
 
+def strip_nul(value: Any) -> Any:
+    """``value`` with every NUL character removed from its strings (keys included)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [strip_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {strip_nul(k): strip_nul(v) for k, v in value.items()}
+    return value
+
+
 @dataclass
 class Receiver:
     engine: AsyncEngine
@@ -89,20 +100,34 @@ class Receiver:
         self, facility: ReceiverFacility, delivery: Delivery, raw: bytes, *, path: str, now: float
     ) -> Answer:
         """Authenticate the signature, parse, commit; ``raw`` is the whole (size-checked) body."""
+        try:
+            return await self._receive(facility, delivery, raw, path=path, now=now)
+        except RecursionError:  # JSON nested deeper than the interpreter walks: malformed, not a 500
+            return error(400, "invalid", "body is nested too deeply", "invalid_json")
+
+    async def _receive(
+        self, facility: ReceiverFacility, delivery: Delivery, raw: bytes, *, path: str, now: float
+    ) -> Answer:
         if facility.sender is not None and facility.sender.needs_body:
             reason = facility.authenticate(delivery.headers, raw, now)
             if reason is not None:
                 return unauthenticated(facility, reason)
         body: Any = None
-        if raw.strip():
+        has_body = bool(raw.strip())
+        if has_body:
             try:
                 body = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError):
                 return error(400, "invalid", "body is not valid JSON", "invalid_json")
+            if b"\\u0000" in raw:
+                # Postgres text and jsonb cannot hold NUL: one such string would fail the whole batch.
+                body = strip_nul(body)
         try:
+            if has_body and body is None:  # JSON `null` is a body, not an empty POST
+                raise NotificationError("not_a_notification", "the body is JSON null")
             notification = parse_delivery(body, facility.base_url, delivery)
         except NotificationError as exc:
-            if body is None:
+            if not has_body:
                 return error(400, "invalid", exc.detail, exc.reason)
             return await self._quarantine(
                 facility=facility, delivery=delivery, raw=raw, body=body, exc=exc, path=path
@@ -120,14 +145,14 @@ class Receiver:
                 reason=refusal.reason,
                 event_number=refusal.event_number,
             )
-            EVENTS.labels(facility.id, refusal.reason).inc()
+            events(facility.id, refusal.reason).inc()
         try:
             async with asyncio.timeout(self.commit_timeout_s):  # no extra task, unlike wait_for
                 result: WriteResult = await self.writer.commit(intake)
         except (SQLAlchemyError, psycopg.Error, OSError, TimeoutError) as exc:
             return unavailable(facility.id, "commit", exc, shape=shape, type=ntype)
-        EVENTS.labels(facility.id, "stored").inc(result.stored)
-        EVENTS.labels(facility.id, "duplicate").inc(result.duplicates)
+        events(facility.id, "stored").inc(result.stored)
+        events(facility.id, "duplicate").inc(result.duplicates)
         if result.gaps:
             LEDGER_GAPS.labels(facility.id).inc(result.gaps)
         if result.new_epoch:

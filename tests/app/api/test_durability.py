@@ -84,3 +84,29 @@ async def test_redis_unreachable_still_commits_and_answers_200(
             what="the doorbell failure to be counted",
         )
     assert DOORBELL_FAILURES._value.get() > failures_before
+
+
+async def test_a_connection_killed_while_idle_is_replaced_without_failing_the_sender(
+    api_database_url: str, redis_prefix: str, facilities: Facilities
+) -> None:
+    """Postgres restarted (or a backend was killed) between batches: the writer's next transaction
+    finds its connection dead and retries once on a fresh one; the insert is idempotent."""
+    from sqlalchemy import text
+
+    fid = facilities.add(shared_secret())
+    async with running(settings_for(api_database_url, redis_prefix)) as client:
+        for number in (1, 2):  # one batch per writer loop: both hold a connection now
+            body = dumps(backport_id_only([(number, f"Patient/p{number}")]))
+            assert (await client.post(f"/hooks/{fid}", content=body, headers=bearer())).status_code == 200
+        with facilities.engine.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        facilities.engine.dispose()
+        for number in (3, 4, 5):
+            body = dumps(backport_id_only([(number, f"Patient/p{number}")]))
+            assert (await client.post(f"/hooks/{fid}", content=body, headers=bearer())).status_code == 200
+    assert len(facilities.inbox(fid)) == 5

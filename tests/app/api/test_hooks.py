@@ -3,6 +3,7 @@ quarantine and every error's OperationOutcome."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -345,3 +346,91 @@ async def test_metrics_count_notifications_by_facility_shape_type_and_outcome(
     )
     assert expected in text
     assert "ehri_ack_seconds_bucket" in text
+
+
+async def test_concurrent_duplicate_deliveries_commit_one_row(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    """FAULTS.md: the same notification replayed N times concurrently → N answers 200, one inbox row."""
+    fid = facilities.add(shared_secret())
+    body = backport_id_only([(5, "Patient/p5")])
+    responses = await asyncio.gather(*(_post(receiver, fid, body) for _ in range(20)))
+    assert {r.status_code for r in responses} == {200}
+    assert len(facilities.inbox(fid)) == 1
+    (ledger,) = facilities.ledger(fid)
+    assert (ledger.notifications, ledger.highest_event) == (20, 5)
+
+
+async def test_many_concurrent_notifications_are_batched_and_all_committed(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    bodies = [backport_id_only([(n, f"Observation/o{n}")]) for n in range(1, 101)]
+    responses = await asyncio.gather(*(_post(receiver, fid, b) for b in bodies))
+    assert {r.status_code for r in responses} == {200}
+    assert sorted(r.event_number for r in facilities.inbox(fid)) == list(range(1, 101))
+    (ledger,) = facilities.ledger(fid)
+    assert (ledger.highest_event, ledger.missing, ledger.epoch) == (100, [], 1)
+
+
+@pytest.mark.parametrize("raw", [b"null", b"[1, 2]", b'"text"', b"{}"])
+async def test_json_that_is_no_notification_is_quarantined_never_taken_for_an_empty_post(
+    receiver: httpx.AsyncClient, facilities: Facilities, raw: bytes
+) -> None:
+    fid = facilities.add(shared_secret())
+    response = await receiver.post(f"/hooks/{fid}", content=raw, headers=bearer())
+    assert response.status_code == 202
+    assert facilities.inbox(fid) == []
+    assert len(facilities.quarantine(fid)) == 1
+
+
+async def test_put_with_a_non_resource_body_is_quarantined(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    response = await receiver.put(f"/hooks/{fid}/Patient/p1", content=b"[1]", headers=bearer())
+    assert response.status_code == 202
+    assert facilities.inbox(fid) == []
+
+
+async def test_malformed_payload_mode_path_is_400(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    response = await receiver.delete(
+        f"/hooks/{fid}/patient/p1", headers={"Authorization": "Bearer s3cret-current"}
+    )
+    assert (response.status_code, _reason(response)) == (400, "bad_reference")
+
+
+async def test_nul_characters_cannot_poison_a_batch(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    """Postgres text/jsonb refuse NUL; the receiver strips it rather than failing every co-batched request."""
+    fid = facilities.add(shared_secret())
+    obs = observation("o1", "3", "2026-11-24T10:00:00Z")
+    obs["note"] = [{"text": "bad\u0000byte"}]
+    body = backport_full_resource(1, obs)
+    body["entry"][0]["resource"]["parameter"][0] = {"name": "subscription", "valueString": "Sub\u0000x"}
+    response = await _post(receiver, fid, body)
+    assert response.status_code == 200
+    (row,) = facilities.inbox(fid)
+    assert (row.payload["note"][0]["text"], row.subscription) == ("badbyte", "Subx")
+
+
+async def test_absurdly_nested_json_is_400_not_500(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    response = await receiver.post(f"/hooks/{fid}", content=b"[" * 200_000 + b"]" * 200_000, headers=bearer())
+    assert (response.status_code, _reason(response)) == (400, "invalid_json")
+
+
+async def test_deep_but_parseable_json_with_nul_is_never_a_500(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    depth = 950
+    raw = b'{"a":' * depth + b'"x\\u0000"' + b"}" * depth
+    response = await receiver.post(f"/hooks/{fid}", content=raw, headers=bearer())
+    assert response.status_code in (202, 400)
