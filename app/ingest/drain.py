@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Facility
 from app.ehr.client import EHRClient
-from app.errors import EHRRateLimited, PermanentEHRError, TransientEHRError
+from app.errors import EHRRateLimited, EHRUnavailable, IngestError, PermanentEHRError
 from app.fhir.references import ResourceRef
 from app.ingest import queries
 from app.ingest.fetch import SeenReferences, fetch_resources, normalize
@@ -45,6 +45,8 @@ class ClaimedRow:
     payload: dict[str, Any] | None
     attempts: int
     received_at: datetime
+    focus_type: str | None = None
+    focus_identifier: str | None = None  # "system|value": an identifier-only focus (athena)
 
 
 @dataclass
@@ -68,6 +70,8 @@ def claim(session: Session, facility_id: str, *, limit: int, lease: timedelta) -
             payload=r.payload,
             attempts=r.attempts,
             received_at=r.received_at,
+            focus_type=r.focus_type,
+            focus_identifier=r.focus_identifier,
         )
         for r in rows
     ]
@@ -94,48 +98,39 @@ def process_batch(
     """Fetch what ``rows`` point at and record the outcome of every row. Caller commits."""
     adapter = adapter or adapter_for(facility.vendor, mrn_system=facility.mrn_system)
     report = DrainReport(claimed=len(rows))
-    by_focus: dict[ResourceRef, list[ClaimedRow]] = defaultdict(list)
-    no_focus: list[int] = []
-    observed: list[Observed] = []
-    done_ids: list[int] = []
-    for row in rows:
-        if row.focus is None:
-            no_focus.append(row.id)
-        elif row.payload is not None:
-            # A full-resource payload is the resource: no fetch needed. Its meta orders it.
-            focus = row.focus
-            observed.append(
-                Observed(facility.id, focus.resource_type, focus.resource_id, row.payload, row.received_at)
-            )
-            done_ids.append(row.id)
-        else:
-            by_focus[row.focus].append(row)
+    work = _sort(facility.id, rows)
+    by_focus, by_identifier, no_focus = work.by_focus, work.by_identifier, work.no_focus
+    observed, done_ids = work.observed, work.done_ids
     fetched = fetch_resources(client, adapter, list(by_focus), workers=settings.fetch_concurrency)
     for ref, outcome in fetched.items():
-        ids = [r.id for r in by_focus[ref]]
         if isinstance(outcome, Observed):
             observed.append(outcome)
-            done_ids.extend(ids)
-            continue
-        report.reasons[outcome.reason] = report.reasons.get(outcome.reason, 0) + len(ids)
-        attempts = max(r.attempts for r in by_focus[ref])
-        params = {"ids": ids, "reason": outcome.reason, "detail": outcome.detail[:500]}
-        if isinstance(outcome, PermanentEHRError) or attempts >= settings.max_attempts:
-            session.execute(queries.MARK_DEAD, params)
-            report.dead += len(ids)
-            log.warning(
-                "ingest.dead_letter",
-                facility_id=facility.id,
-                rows=len(ids),
-                reason=outcome.reason,
-                resource_type=ref.resource_type,
-                attempts=attempts,
-            )
+            done_ids.extend(r.id for r in by_focus[ref])
         else:
-            assert isinstance(outcome, TransientEHRError)
-            retry_after = outcome.retry_after if isinstance(outcome, EHRRateLimited) else None
-            session.execute(queries.MARK_RETRY, {**params, "delay": backoff(settings, attempts, retry_after)})
-            report.retried += len(ids)
+            _record_failure(
+                session,
+                by_focus[ref],
+                outcome,
+                facility_id=facility.id,
+                resource_type=ref.resource_type,
+                settings=settings,
+                report=report,
+            )
+    for (resource_type, identifier), waiting in by_identifier.items():
+        found = _search_identifier(client, adapter, resource_type, identifier)
+        if isinstance(found, list):
+            observed.extend(found)
+            done_ids.extend(r.id for r in waiting)
+        else:
+            _record_failure(
+                session,
+                waiting,
+                found,
+                facility_id=facility.id,
+                resource_type=resource_type,
+                settings=settings,
+                report=report,
+            )
     observed = _with_references(client, adapter, observed, settings, report)
     stats: StoreStats = store_versions(session, observed)
     report.stale += stats.stale
@@ -147,6 +142,87 @@ def process_batch(
         session.execute(queries.MARK_DONE, {"ids": no_focus, "reason": "no_focus"})
         report.done += len(no_focus)
     return report
+
+
+@dataclass
+class _Work:
+    by_focus: dict[ResourceRef, list[ClaimedRow]] = field(default_factory=lambda: defaultdict(list))
+    by_identifier: dict[tuple[str, str], list[ClaimedRow]] = field(default_factory=lambda: defaultdict(list))
+    no_focus: list[int] = field(default_factory=list)
+    observed: list[Observed] = field(default_factory=list)  # full-resource payloads: no fetch needed
+    done_ids: list[int] = field(default_factory=list)
+
+
+def _sort(facility_id: str, rows: list[ClaimedRow]) -> _Work:
+    work = _Work()
+    for row in rows:
+        if row.focus is None and row.focus_identifier and row.focus_type:
+            work.by_identifier[(row.focus_type, row.focus_identifier)].append(row)
+        elif row.focus is None:
+            work.no_focus.append(row.id)
+        elif row.payload is not None:
+            # A full-resource payload is the resource; its meta orders it against fetched versions.
+            focus = row.focus
+            work.observed.append(
+                Observed(facility_id, focus.resource_type, focus.resource_id, row.payload, row.received_at)
+            )
+            work.done_ids.append(row.id)
+        else:
+            work.by_focus[row.focus].append(row)
+    return work
+
+
+def _record_failure(
+    session: Session,
+    rows: list[ClaimedRow],
+    error: IngestError,
+    *,
+    facility_id: str,
+    resource_type: str,
+    settings: Settings,
+    report: DrainReport,
+) -> None:
+    """Back a transient failure off in Postgres; dead-letter a permanent one or an exhausted budget."""
+    ids = [r.id for r in rows]
+    report.reasons[error.reason] = report.reasons.get(error.reason, 0) + len(ids)
+    attempts = max(r.attempts for r in rows)
+    params = {"ids": ids, "reason": error.reason, "detail": error.detail[:500]}
+    if isinstance(error, PermanentEHRError) or attempts >= settings.max_attempts:
+        session.execute(queries.MARK_DEAD, params)
+        report.dead += len(ids)
+        log.warning(
+            "ingest.dead_letter",
+            facility_id=facility_id,
+            rows=len(ids),
+            reason=error.reason,
+            resource_type=resource_type,
+            attempts=attempts,
+        )
+        return
+    retry_after = error.retry_after if isinstance(error, EHRRateLimited) else None
+    session.execute(queries.MARK_RETRY, {**params, "delay": backoff(settings, attempts, retry_after)})
+    report.retried += len(ids)
+
+
+def _search_identifier(
+    client: EHRClient, adapter: VendorAdapter, resource_type: str, identifier: str
+) -> list[Observed] | IngestError:
+    """Resolve an identifier-only focus by search. Nothing found may be an index not yet updated: a
+    transient error, so the row backs off and, if it never resolves, ends visible in dead letters."""
+    try:
+        bundles = client.search(resource_type, {"identifier": identifier})
+    except IngestError as exc:
+        return exc
+    fetched_at = datetime.now(UTC)
+    found = [
+        Observed(client.facility_id, resource_type, str(resource["id"]), resource, fetched_at)
+        for bundle in bundles
+        for resource in adapter.search_entries(bundle)
+        if resource.get("resourceType") == resource_type and isinstance(resource.get("id"), str)
+    ]
+    if not found:
+        return EHRUnavailable("identifier_not_found", f"no {resource_type} with the focus identifier yet")
+    return found
 
 
 def _with_references(

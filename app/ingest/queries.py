@@ -18,7 +18,8 @@ CLAIM = text(
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING i.id, i.focus_type, i.focus_id, i.interaction, i.payload, i.attempts, i.received_at
+    RETURNING i.id, i.focus_type, i.focus_id, i.focus_identifier, i.interaction, i.payload, i.attempts,
+              i.received_at
     """
 )
 

@@ -124,3 +124,40 @@ def test_duplicate_rows_for_one_resource_fetch_it_once(db: Session, settings: Se
     report = process_batch(db, facility, make_client(httpx.MockTransport(handler)), rows, settings)
     assert report.done == 2
     assert seen == ["/fhir/Observation/o1"]
+
+
+def test_identifier_only_focus_is_resolved_by_search_and_never_dropped(
+    db: Session, settings: Settings
+) -> None:
+    """athena may name a proprietary resource by identifier only: search it, or keep the row retrying."""
+    facility = make_facility(db)
+    for key, value in (("found", "urn:athena:doc|123"), ("missing", "urn:athena:doc|999")):
+        db.execute(
+            text(
+                "INSERT INTO inbox (facility_id, dedup_key, focus_type, focus_identifier)"
+                " VALUES ('fac-1', :k, 'Observation', :v)"
+            ),
+            {"k": key, "v": value},
+        )
+    searches: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 300})
+        identifier = request.url.params["identifier"]
+        searches.append(identifier)
+        entries = []
+        if identifier.endswith("|123"):
+            entries = [
+                {"resource": observation("doc-1", "1", "2026-11-24T10:00:00Z"), "search": {"mode": "match"}}
+            ]
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": entries})
+
+    rows = claim(db, "fac-1", limit=10, lease=LEASE)
+    process_batch(db, facility, make_client(httpx.MockTransport(handler)), rows, settings)
+    assert sorted(searches) == ["urn:athena:doc|123", "urn:athena:doc|999"]
+    status = dict(
+        db.execute(text("SELECT dedup_key, status || ':' || coalesce(reason, '-') FROM inbox")).all()
+    )
+    assert status == {"found": "done:-", "missing": "pending:identifier_not_found"}
+    assert db.execute(text("SELECT resource_id FROM resources")).scalar_one() == "doc-1"
