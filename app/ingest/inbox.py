@@ -21,7 +21,8 @@ from app.ingest.ledger import LedgerObservation, NumberedEvent
 
 EventIdentity = Literal["number", "event-id"]
 
-_COLUMNS = (
+# The inbox columns a receiver writes; the group-commit writer builds its INSERT from this list.
+INBOX_COLUMNS = (
     "facility_id",
     "dedup_key",
     "subscription",
@@ -54,7 +55,7 @@ class InboxEntry:
 
     def as_row(self) -> dict[str, Any]:
         # Not dataclasses.asdict: that deep-copies the payload, on the receiver's hot path.
-        return {c: getattr(self, c) for c in _COLUMNS}
+        return {c: getattr(self, c) for c in INBOX_COLUMNS}
 
     def with_epoch(self, epoch: int) -> InboxEntry:
         return replace(self, dedup_key=f"{self.dedup_key}|e{epoch}", ledger_index=None)

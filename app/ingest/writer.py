@@ -24,7 +24,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.ingest.inbox import InboxEntry, Intake
+from app.ingest.inbox import INBOX_COLUMNS, InboxEntry, Intake
 from app.ingest.ledger import LedgerState, apply
 from app.metrics import COMMIT_BATCH, COMMIT_SECONDS
 
@@ -34,18 +34,7 @@ CONNECT_TIMEOUT_S = 5
 # One statement writes the inbox rows and the ledger rows (a data-modifying CTE), so a batch costs four
 # round trips: BEGIN, lock the ledger rows, this, COMMIT. Rows travel as one JSON document each
 # (``jsonb_to_recordset``): far cheaper to build than per-column arrays adapted element by element.
-_INBOX_TYPES = {
-    "facility_id": "text",
-    "dedup_key": "text",
-    "subscription": "text",
-    "event_number": "bigint",
-    "focus_type": "text",
-    "focus_id": "text",
-    "focus_identifier": "text",
-    "interaction": "text",
-    "payload": "jsonb",
-}
-_INBOX_COLUMNS = tuple(_INBOX_TYPES)
+_INBOX_TYPES = {c: {"event_number": "bigint", "payload": "jsonb"}.get(c, "text") for c in INBOX_COLUMNS}
 _INSERT_INBOX = f"""
     INSERT INTO inbox ({", ".join(_INBOX_TYPES)})
     SELECT * FROM jsonb_to_recordset(%(inbox)s::jsonb)
