@@ -52,7 +52,8 @@ FACILITIES_WITH_DUE_WORK = text(
 
 # DESIGN.md rule 3. A write applies when it changes something and is not older than what is stored:
 # a newer meta.lastUpdated wins; without lastUpdated on either side (Epic) or with equal ones, the later
-# fetch wins. A tombstone keeps the last known body and version for consumers. One statement for a whole
+# fetch wins; against or for a tombstone, the later observation wins. A tombstone keeps the last known
+# body and version for consumers. One statement for a whole
 # batch; the caller guarantees each resource appears at most once in it.
 UPSERT_RESOURCES = text(
     """
@@ -80,13 +81,14 @@ UPSERT_RESOURCES = text(
         issues = CASE WHEN excluded.deleted THEN r.issues ELSE excluded.issues END
     WHERE (r.content_hash <> excluded.content_hash OR r.deleted <> excluded.deleted
            OR r.version_id IS DISTINCT FROM excluded.version_id)
-      AND (
-        (excluded.last_updated IS NOT NULL AND r.last_updated IS NOT NULL
-         AND excluded.last_updated > r.last_updated)
-        OR ((excluded.last_updated IS NULL OR r.last_updated IS NULL
-             OR excluded.last_updated = r.last_updated)
-            AND excluded.fetched_at > r.fetched_at)
-      )
+      AND CASE
+        -- A deletion is a fact about the moment it was observed: only a later observation overrides it
+        -- (a re-creation), and it overrides only what was observed before it.
+        WHEN r.deleted OR excluded.deleted THEN excluded.fetched_at > r.fetched_at
+        WHEN excluded.last_updated IS NOT NULL AND r.last_updated IS NOT NULL
+             AND excluded.last_updated <> r.last_updated THEN excluded.last_updated > r.last_updated
+        ELSE excluded.fetched_at > r.fetched_at
+      END
     RETURNING r.resource_type, r.resource_id
     """
 )

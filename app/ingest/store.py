@@ -82,17 +82,15 @@ def _rounds(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         by_key.setdefault((row["facility_id"], row["resource_type"], row["resource_id"]), []).append(row)
     rounds: list[list[dict[str, Any]]] = []
     for versions in by_key.values():
-        versions.sort(
-            key=lambda r: (
-                r["last_updated"] is not None,
-                r["last_updated"] or r["fetched_at"],
-                r["fetched_at"],
-            )
-        )
+        # In the order they were observed; the guard still refuses an older lastUpdated seen later.
+        versions.sort(key=lambda r: r["fetched_at"])
         for index, row in enumerate(versions):
             if index == len(rounds):
                 rounds.append([])
             rounds[index].append(row)
+    # The same key order in every transaction: two workers upserting overlapping batches cannot deadlock.
+    for batch in rounds:
+        batch.sort(key=lambda r: (r["facility_id"], r["resource_type"], r["resource_id"]))
     return rounds
 
 

@@ -82,3 +82,26 @@ def test_every_distinct_version_is_in_history_once(db: Session) -> None:
     store_versions(db, [_obs("2", 20, value=2, fetched=3), _obs("1", 10, value=1, fetched=4)])
     count = db.scalar(select(func.count()).select_from(ResourceVersion))
     assert count == 2
+
+
+def test_version_fetched_before_a_deletion_cannot_resurrect_it_even_with_newer_last_updated(
+    db: Session,
+) -> None:
+    """Worker B reads v3 at t=1, worker A sees the 404 at t=2 and commits first; B commits last."""
+    make_facility(db)
+    store_versions(db, [_obs("2", 20, fetched=0)])
+    store_versions(db, [Observed("fac-1", "Observation", "o1", None, T0 + timedelta(seconds=2))])
+    stats = store_versions(db, [_obs("3", 30, value=99, fetched=1)])
+    assert stats.stale == 1
+    assert _current(db).deleted is True
+
+
+def test_update_then_delete_in_one_batch_ends_deleted(db: Session) -> None:
+    """HAPI payload mode: PUT v3 then DELETE arrive together; the later observation is the deletion."""
+    make_facility(db)
+    store_versions(db, [_obs("2", 20, fetched=0)])
+    store_versions(
+        db,
+        [_obs("3", 30, fetched=1), Observed("fac-1", "Observation", "o1", None, T0 + timedelta(seconds=2))],
+    )
+    assert _current(db).deleted is True
