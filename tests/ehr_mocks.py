@@ -26,7 +26,11 @@ def keypair() -> tuple[str, str]:
 
 
 def make_client(
-    transport: httpx.MockTransport, *, attempts: int = 4, token_url: str | None = TOKEN_URL
+    transport: httpx.MockTransport,
+    *,
+    attempts: int = 4,
+    token_url: str | None = TOKEN_URL,
+    facility_id: str = "fac-1",
 ) -> EHRClient:
     http = httpx.Client(transport=transport, follow_redirects=False)
     config = AuthConfig.model_validate(
@@ -37,8 +41,8 @@ def make_client(
         }
     )
     auth = SmartBackendAuth(
-        facility_id="fac-1", base_url=BASE, config=config, private_key=keypair()[0], http=http
+        facility_id=facility_id, base_url=BASE, config=config, private_key=keypair()[0], http=http
     )
     return EHRClient(
-        facility_id="fac-1", base_url=BASE, auth=auth, http=http, attempts=attempts, max_delay_s=5
+        facility_id=facility_id, base_url=BASE, auth=auth, http=http, attempts=attempts, max_delay_s=5
     )

@@ -141,7 +141,7 @@ class EHRClient:
                     response = self._http.get(
                         url, headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
                     )
-            except httpx.TransportError as exc:
+            except httpx.HTTPError as exc:  # transport errors, and bodies that fail to decode
                 raise EHRTransportError(detail=type(exc).__name__) from exc
             if response.is_redirect:
                 url = urljoin(url, response.headers.get("location", ""))

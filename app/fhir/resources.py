@@ -18,7 +18,7 @@ def content_hash(resource: dict[str, Any] | None) -> str:
         return hashlib.sha256(b"<deleted>").hexdigest()
     body = {k: v for k, v in resource.items() if k != "meta"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_instant(value: str) -> datetime:

@@ -160,8 +160,9 @@ def _sort(facility_id: str, rows: list[ClaimedRow]) -> _Work:
             work.by_identifier[(row.focus_type, row.focus_identifier)].append(row)
         elif row.focus is None:
             work.no_focus.append(row.id)
-        elif row.payload is not None:
+        elif row.payload is not None and _payload_matches(row.payload, row.focus):
             # A full-resource payload is the resource; its meta orders it against fetched versions.
+            # One that does not match its focus is ignored: the resource is fetched instead.
             focus = row.focus
             work.observed.append(
                 Observed(facility_id, focus.resource_type, focus.resource_id, row.payload, row.received_at)
@@ -170,6 +171,10 @@ def _sort(facility_id: str, rows: list[ClaimedRow]) -> _Work:
         else:
             work.by_focus[row.focus].append(row)
     return work
+
+
+def _payload_matches(payload: dict[str, Any], focus: ResourceRef) -> bool:
+    return payload.get("resourceType") == focus.resource_type and payload.get("id") == focus.resource_id
 
 
 def _record_failure(
@@ -284,11 +289,17 @@ def drain_facility(
         try:
             with sessions.begin() as session:
                 report = process_batch(session, facility, client, rows, settings, adapter=adapter)
-        except Exception:
-            # Our own failure (a bug, the database going away): the batch rolled back. Put the rows back
-            # on a back-off so one bad row cannot spin a worker, then let the task layer see the error.
-            _release_after_failure(sessions, rows, settings)
-            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded on its rows, none escapes
+            if len(rows) == 1:
+                # Our own failure (a bug, the database going away): back the row off so it cannot spin a
+                # worker, and let the task layer see the error, described without its message: a
+                # database error's text can quote the data it refused.
+                _release_after_failure(sessions, rows, settings)
+                raise IngestError("internal_error", str(_describe(exc))) from None
+            # One poison row must not hold back (and finally dead-letter) the good rows claimed with it:
+            # redo the batch one row per transaction, so only the failing rows are backed off.
+            log.warning("ingest.batch_failed_isolating", facility_id=facility_id, rows=len(rows))
+            report = _one_by_one(sessions, facility, client, rows, settings, adapter=adapter)
         _accumulate(total, report)
         log.info(
             "ingest.batch",
@@ -303,6 +314,37 @@ def drain_facility(
             total.more = True
             break
     return total
+
+
+def _one_by_one(
+    sessions: sessionmaker[Session],
+    facility: Facility,
+    client: EHRClient,
+    rows: list[ClaimedRow],
+    settings: Settings,
+    *,
+    adapter: VendorAdapter,
+) -> DrainReport:
+    total = DrainReport()
+    for row in rows:
+        try:
+            with sessions.begin() as session:
+                _accumulate(total, process_batch(session, facility, client, [row], settings, adapter=adapter))
+        except Exception as exc:  # noqa: BLE001 - recorded on the row; the other rows go on
+            log.warning("ingest.row_failed", facility_id=facility.id, inbox_id=row.id, **_describe(exc))
+            _release_after_failure(sessions, [row], settings)
+            total.claimed += 1
+            total.retried += 1
+    return total
+
+
+def _describe(exc: BaseException) -> dict[str, str]:
+    """An error as ids and codes only (DESIGN.md rule 6): its type and, for Postgres, its SQLSTATE."""
+    described = {"error": type(exc).__name__}
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if sqlstate:
+        described["sqlstate"] = str(sqlstate)
+    return described
 
 
 def _release_after_failure(
@@ -328,8 +370,8 @@ def _release_after_failure(
                         "delay": backoff(settings, attempts, None),
                     },
                 )
-    except Exception:
-        log.exception("ingest.release_failed", rows=len(rows))
+    except Exception as exc:  # noqa: BLE001 - the lease still guarantees the rows come back
+        log.warning("ingest.release_failed", rows=len(rows), **_describe(exc))
 
 
 def _accumulate(total: DrainReport, report: DrainReport) -> None:

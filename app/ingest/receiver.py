@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import NotificationError
 from app.facilities.webhooks import ReceiverFacility
+from app.fhir import pgsafe
 from app.fhir.notifications import Delivery, Notification, parse_delivery
 from app.fhir.outcomes import operation_outcome
 from app.ingest.inbox import intake_for
@@ -78,17 +79,6 @@ def unauthenticated(facility: ReceiverFacility, reason: str) -> Answer:
     return error(401, "security", f"sender not authenticated ({reason}); check {header}", "unauthenticated")
 
 
-def strip_nul(value: Any) -> Any:
-    """``value`` with every NUL character removed from its strings (keys included)."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, list):
-        return [strip_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {strip_nul(k): strip_nul(v) for k, v in value.items()}
-    return value
-
-
 @dataclass
 class Receiver:
     engine: AsyncEngine
@@ -119,9 +109,9 @@ class Receiver:
                 body = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError):
                 return error(400, "invalid", "body is not valid JSON", "invalid_json")
-            if b"\\u0000" in raw:
-                # Postgres text and jsonb cannot hold NUL: one such string would fail the whole batch.
-                body = strip_nul(body)
+            if pgsafe.needs_cleaning(raw):
+                # Postgres cannot hold NUL or a lone surrogate: one such string would fail the whole batch.
+                body = pgsafe.clean(body)
         try:
             if has_body and body is None:  # JSON `null` is a body, not an empty POST
                 raise NotificationError("not_a_notification", "the body is JSON null")

@@ -6,13 +6,13 @@ Concurrent writers converge: the guard lives in the upsert's WHERE clause, not i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.fhir import pgsafe
 from app.fhir.resources import content_hash, resource_meta
 from app.ingest import queries
 
@@ -67,10 +67,10 @@ def _row(item: Observed) -> dict[str, Any]:
         "last_updated": last_updated,
         "content_hash": content_hash(item.resource),
         "deleted": item.resource is None,
-        "resource": json.dumps(item.resource) if item.resource is not None else None,
+        "resource": pgsafe.dumps(item.resource) if item.resource is not None else None,
         "fetched_at": item.fetched_at,
-        "normalized": json.dumps(item.summary) if item.summary is not None else None,
-        "issues": json.dumps(item.issues) if item.issues else None,
+        "normalized": pgsafe.dumps(item.summary) if item.summary is not None else None,
+        "issues": pgsafe.dumps(item.issues) if item.issues else None,
     }
 
 

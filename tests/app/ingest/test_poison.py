@@ -1,0 +1,103 @@
+"""One bad resource must not hold back, or finally dead-letter, the good rows claimed with it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.fhir import pgsafe
+from app.ingest.drain import drain_facility
+from app.ingest.store import Observed, store_versions
+from app.settings import Settings
+from tests.conftest import make_facility
+from tests.ehr_mocks import make_client
+from tests.fixtures import observation
+
+
+@pytest.fixture
+def committed_facility(engine: Engine) -> Iterator[str]:
+    facility_id = f"poison-{uuid.uuid4().hex[:6]}"
+    with Session(engine) as session, session.begin():
+        make_facility(session, facility_id)
+        for rid in ("good1", "bad", "good2"):
+            session.execute(
+                text(
+                    "INSERT INTO inbox (facility_id, dedup_key, focus_type, focus_id)"
+                    " VALUES (:f, :k, 'Observation', :i)"
+                ),
+                {"f": facility_id, "k": rid, "i": rid},
+            )
+    yield facility_id
+    with engine.begin() as conn:
+        for table in ("inbox", "change_feed", "resource_history", "resources"):
+            conn.execute(text(f"DELETE FROM {table} WHERE facility_id = :f"), {"f": facility_id})
+        conn.execute(text("DELETE FROM facilities WHERE id = :f"), {"f": facility_id})
+
+
+def test_a_row_the_database_refuses_is_isolated_and_the_others_are_stored(
+    engine: Engine, committed_facility: str
+) -> None:
+    def body(rid: str) -> dict[str, object]:
+        resource = observation(rid, "1", "2026-11-24T10:00:00Z")
+        if rid == "bad":
+            resource["meta"]["versionId"] = "v" * 200  # longer than any real versionId: the column refuses it
+        return resource
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 300})
+        if "_id" in request.url.params:  # the generic adapter reads the batch with one search
+            entries = [
+                {"resource": body(i), "search": {"mode": "match"}}
+                for i in request.url.params["_id"].split(",")
+            ]
+            return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": entries})
+        return httpx.Response(200, json=body(request.url.path.rsplit("/", 1)[-1]))
+
+    client = make_client(httpx.MockTransport(handler), facility_id=committed_facility)
+    report = drain_facility(
+        sessionmaker(engine), lambda _: client, committed_facility, Settings(drain_batch=10)
+    )
+    with engine.connect() as conn:
+        status = dict(
+            conn.execute(
+                text(
+                    "SELECT focus_id, status || ':' || coalesce(reason, '-') FROM inbox"
+                    " WHERE facility_id = :f"
+                ),
+                {"f": committed_facility},
+            ).all()
+        )
+    assert status == {"good1": "done:-", "good2": "done:-", "bad": "pending:internal_error"}
+    assert report.done == 2
+
+
+def test_nul_and_lone_surrogates_are_stored_replaced_not_refused(db: Session) -> None:
+    make_facility(db)
+    body = observation("o1", "1", "2026-11-24T10:00:00Z")
+    body["note"] = [{"text": "a\u0000b\ud800c"}]
+    stats = store_versions(
+        db,
+        [
+            Observed(
+                "fac-1",
+                "Observation",
+                "o1",
+                body,
+                __import__("datetime").datetime.now(__import__("datetime").UTC),
+            )
+        ],
+    )
+    assert stats.applied == 1
+    stored = db.execute(text("SELECT resource FROM resources")).scalar_one()
+    assert stored["note"][0]["text"] == "a\ufffdb\ufffdc"
+
+
+def test_escaped_backslash_before_u0000_text_is_not_mistaken_for_nul() -> None:
+    assert pgsafe.needs_cleaning(b'{"a": "\\\\u0000"}') is False
+    assert pgsafe.needs_cleaning(b'{"a": "\\u0000"}') is True
