@@ -415,7 +415,7 @@ async def test_nul_characters_cannot_poison_a_batch(
     response = await _post(receiver, fid, body)
     assert response.status_code == 200
     (row,) = facilities.inbox(fid)
-    assert (row.payload["note"][0]["text"], row.subscription) == ("badbyte", "Subx")
+    assert (row.payload["note"][0]["text"], row.subscription) == ("bad\ufffdbyte", "Sub\ufffdx")
 
 
 async def test_absurdly_nested_json_is_400_not_500(
