@@ -212,10 +212,19 @@ def _event(
     except (ForeignHostError, NotificationError) as exc:
         return replace(base, refused=exc.reason)
     entry = entries.get(focus.relative, {})
+    interaction = _interaction(entry)
+    return replace(base, focus=focus, interaction=interaction, resource=_payload(entry, focus, interaction))
+
+
+def _payload(entry: dict[str, Any], focus: ResourceRef, interaction: str | None) -> dict[str, Any] | None:
+    """The entry's resource when it is the focus's current state: never for a deletion (a body beside a
+    DELETE is the old version; storing it would make the deleted resource live)."""
     resource = entry.get("resource")
-    if not isinstance(resource, dict) or resource.get("resourceType") != focus.resource_type:
-        resource = None
-    return replace(base, focus=focus, interaction=_interaction(entry), resource=resource)
+    if interaction == "delete" or not isinstance(resource, dict):
+        return None
+    if resource.get("resourceType") != focus.resource_type or resource.get("id") != focus.resource_id:
+        return None
+    return resource
 
 
 def _entry_event(number: int | None, entry: dict[str, Any], base_url: str) -> NotificationEvent:
@@ -223,13 +232,9 @@ def _entry_event(number: int | None, entry: dict[str, Any], base_url: str) -> No
     for candidate in _entry_candidates(entry):
         event = _event(number, candidate, {}, base_url)
         if event.focus is not None or event.refused == "foreign_host":
-            resource = entry.get("resource")
-            if isinstance(resource, dict) and event.focus is not None:
-                if resource.get("resourceType") != event.focus.resource_type:
-                    resource = None
-            else:
-                resource = None
-            return replace(event, interaction=_interaction(entry), resource=resource)
+            interaction = _interaction(entry)
+            resource = _payload(entry, event.focus, interaction) if event.focus is not None else None
+            return replace(event, interaction=interaction, resource=resource)
     return NotificationEvent(number, None, None, None)
 
 

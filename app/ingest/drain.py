@@ -138,9 +138,14 @@ def process_batch(
         session.execute(queries.MARK_DONE, {"ids": done_ids, "reason": None})
         report.done += len(done_ids)
     if no_focus:
-        # An `empty` notification names nothing to fetch; the reconciler's poll covers it.
-        session.execute(queries.MARK_DONE, {"ids": no_focus, "reason": "no_focus"})
-        report.done += len(no_focus)
+        # An `empty` notification (HAPI's payload-less POST, backport `empty`) names nothing to fetch: only
+        # a backfill of the facility can find what changed. Until the reconciler polls, these rows are
+        # dead letters with that reason (visible, countable, replayable), never quietly done.
+        detail = "the notification names no resource; backfill this facility since the row's received_at"
+        session.execute(queries.MARK_DEAD, {"ids": no_focus, "reason": "needs_backfill", "detail": detail})
+        report.dead += len(no_focus)
+        report.reasons["needs_backfill"] = report.reasons.get("needs_backfill", 0) + len(no_focus)
+        log.warning("ingest.needs_backfill", facility_id=facility.id, rows=len(no_focus))
     return report
 
 

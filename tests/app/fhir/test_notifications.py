@@ -116,3 +116,16 @@ def test_request_urls_must_stay_under_the_registered_base(url: str, allowed: boo
     from app.fhir.references import is_under_base
 
     assert is_under_base(url, BASE) is allowed
+
+
+def test_a_body_beside_a_delete_is_never_taken_as_the_current_resource() -> None:
+    body = backport_id_only([(5, "Observation/o1")], methods={"Observation/o1": "DELETE"})
+    body["entry"][1]["resource"] = {"resourceType": "Observation", "id": "o1", "status": "final"}
+    event = parse_notification(body, BASE).events[0]
+    assert (event.interaction, event.resource) == ("delete", None)
+
+
+def test_a_payload_for_another_id_is_not_used_as_the_focus() -> None:
+    body = backport_id_only([(6, "Observation/o1")])
+    body["entry"][1]["resource"] = {"resourceType": "Observation", "id": "o2", "status": "final"}
+    assert parse_notification(body, BASE).events[0].resource is None

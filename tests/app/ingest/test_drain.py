@@ -161,3 +161,15 @@ def test_identifier_only_focus_is_resolved_by_search_and_never_dropped(
     )
     assert status == {"found": "done:-", "missing": "pending:identifier_not_found"}
     assert db.execute(text("SELECT resource_id FROM resources")).scalar_one() == "doc-1"
+
+
+def test_an_event_naming_no_resource_is_a_visible_dead_letter_not_done(
+    db: Session, settings: Settings
+) -> None:
+    """HAPI's payload-less POST: only a backfill can tell what changed, so the row must not look handled."""
+    facility = make_facility(db)
+    db.execute(text("INSERT INTO inbox (facility_id, dedup_key) VALUES ('fac-1', 'empty-1')"))
+    rows = claim(db, "fac-1", limit=10, lease=LEASE)
+    report = process_batch(db, facility, make_client(_ehr({})), rows, settings)
+    assert report.dead == 1
+    assert db.execute(text("SELECT status, reason FROM inbox")).one() == ("dead", "needs_backfill")
