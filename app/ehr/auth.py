@@ -14,7 +14,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import jwt
@@ -83,6 +83,13 @@ class SmartBackendAuth:
                 endpoint = None
             if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
                 raise EHRAuthRejected("smart_config_invalid", "smart-configuration has no token_endpoint")
+            if not _trusted_token_endpoint(endpoint, self._base_url):
+                # Our credentials (a signed assertion or a client secret) go to this URL: a discovered one
+                # must be on the facility's own host, over https unless the base URL itself is http.
+                raise EHRAuthRejected(
+                    "token_endpoint_untrusted",
+                    "discovered token_endpoint is on another host or downgrades to http; set auth.token_url",
+                )
             self._token_url = endpoint
         return self._token_url
 
@@ -181,6 +188,12 @@ class SmartBackendAuth:
         if not isinstance(value, str) or not isinstance(expires_in, int | float) or expires_in <= 0:
             raise EHRAuthRejected("token_response_invalid", "token response has no usable access_token")
         return value, float(expires_in)
+
+
+def _trusted_token_endpoint(endpoint: str, base_url: str) -> bool:
+    e, b = urlsplit(endpoint), urlsplit(base_url)
+    same_host = (e.hostname, e.port) == (b.hostname, b.port)
+    return same_host and e.scheme in ("https", b.scheme)
 
 
 def _oauth_error(response: httpx.Response) -> str | None:

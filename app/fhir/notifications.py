@@ -85,13 +85,21 @@ class Delivery:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+_MAX_EVENT_NUMBER = 2**63 - 1  # FHIR integer64, and Postgres bigint
+
+
 def _as_int(value: Any) -> int | None:
+    """A non-negative event counter, or None. Out-of-range or non-ASCII digits ("²") are no number:
+    the event is kept without one rather than failing the request or the shared commit."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 19):
+            return None
+        value = int(text)
+    if isinstance(value, int) and 0 <= value <= _MAX_EVENT_NUMBER:
+        return value
     return None
 
 

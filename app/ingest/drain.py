@@ -284,7 +284,12 @@ def drain_facility(
             log.warning("ingest.drain.unknown_facility", facility_id=facility_id)
             return total
         session.expunge(facility)
-    client = client_for(facility)
+    try:
+        client = client_for(facility)
+    except IngestError as exc:
+        # A facility we cannot talk to at all (a secret that cannot be read, a bad key): its rows back
+        # off and end in dead letters with the reason, rather than waiting unseen forever.
+        return _fail_due_rows(sessions, facility, exc, settings)
     adapter = adapter_for(facility.vendor, mrn_system=facility.mrn_system)
     while True:
         with sessions.begin() as session:
@@ -341,6 +346,28 @@ def _one_by_one(
             total.claimed += 1
             total.retried += 1
     return total
+
+
+def _fail_due_rows(
+    sessions: sessionmaker[Session], facility: Facility, error: IngestError, settings: Settings
+) -> DrainReport:
+    report = DrainReport()
+    log.error("ingest.facility_unusable", facility_id=facility.id, reason=error.reason)
+    with sessions.begin() as session:
+        rows = claim(session, facility.id, limit=settings.drain_batch, lease=settings.lease)
+        if rows:
+            report.claimed = len(rows)
+            _record_failure(
+                session,
+                rows,
+                error,
+                facility_id=facility.id,
+                resource_type="-",
+                settings=settings,
+                report=report,
+            )
+    report.more = len(rows) == settings.drain_batch
+    return report
 
 
 def _describe(exc: BaseException) -> dict[str, str]:

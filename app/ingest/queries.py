@@ -44,9 +44,11 @@ MARK_DEAD = text(
     """
 )
 
+# Disabled facilities keep their rows (nothing accepted is dropped) until they are enabled again.
 FACILITIES_WITH_DUE_WORK = text(
     """
-    SELECT DISTINCT facility_id FROM inbox WHERE status = 'pending' AND next_attempt_at <= now()
+    SELECT DISTINCT i.facility_id FROM inbox i JOIN facilities f ON f.id = i.facility_id AND f.enabled
+    WHERE i.status = 'pending' AND i.next_attempt_at <= now()
     """
 )
 

@@ -406,7 +406,7 @@ async def test_malformed_payload_mode_path_is_400(
 async def test_nul_characters_cannot_poison_a_batch(
     receiver: httpx.AsyncClient, facilities: Facilities
 ) -> None:
-    """Postgres text/jsonb refuse NUL; the receiver replaces it rather than failing every co-batched request."""
+    """Postgres text/jsonb refuse NUL; the receiver replaces it rather than failing co-batched requests."""
     fid = facilities.add(shared_secret())
     obs = observation("o1", "3", "2026-11-24T10:00:00Z")
     obs["note"] = [{"text": "bad\u0000byte"}]

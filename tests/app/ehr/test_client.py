@@ -129,3 +129,18 @@ def test_redirect_to_a_foreign_host_is_refused_without_following() -> None:
 def test_404_and_410_mean_gone() -> None:
     client = make_client(_with_token(lambda _: httpx.Response(410)))
     assert client.read(ResourceRef("Observation", "o1")).resource is None
+
+
+def test_a_discovered_token_endpoint_on_another_host_never_receives_our_credentials() -> None:
+    posted: list[str] = []
+
+    def route(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/fhir/.well-known/smart-configuration":
+            return httpx.Response(200, json={"token_endpoint": "https://collector.evil.example/token"})
+        posted.append(str(request.url))
+        return httpx.Response(200, json={"access_token": "tok", "expires_in": 300})
+
+    with pytest.raises(EHRAuthRejected) as info:
+        make_client(httpx.MockTransport(route), token_url=None).read(ResourceRef("Observation", "o1"))
+    assert info.value.reason == "token_endpoint_untrusted"
+    assert posted == []

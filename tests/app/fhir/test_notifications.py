@@ -129,3 +129,13 @@ def test_a_payload_for_another_id_is_not_used_as_the_focus() -> None:
     body = backport_id_only([(6, "Observation/o1")])
     body["entry"][1]["resource"] = {"resourceType": "Observation", "id": "o2", "status": "final"}
     assert parse_notification(body, BASE).events[0].resource is None
+
+
+@pytest.mark.parametrize("number", ["9223372036854775808", "²", "1" * 5000, "-3"])
+def test_event_numbers_outside_integer64_are_kept_as_events_without_a_number(number: str) -> None:
+    event = parse_notification(backport_id_only([(0, "Patient/p1")]), BASE).events[0]
+    body = backport_id_only([(0, "Patient/p1")])
+    body["entry"][0]["resource"]["parameter"][4]["part"][0] = {"name": "event-number", "valueString": number}
+    parsed = parse_notification(body, BASE).events[0]
+    assert parsed.event_number is None
+    assert parsed.focus == event.focus

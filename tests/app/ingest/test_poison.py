@@ -101,3 +101,30 @@ def test_nul_and_lone_surrogates_are_stored_replaced_not_refused(db: Session) ->
 def test_escaped_backslash_before_u0000_text_is_not_mistaken_for_nul() -> None:
     assert pgsafe.needs_cleaning(b'{"a": "\\\\u0000"}') is False
     assert pgsafe.needs_cleaning(b'{"a": "\\u0000"}') is True
+
+
+def test_a_facility_whose_secret_cannot_be_read_backs_off_then_dead_letters(
+    engine: Engine, committed_facility: str
+) -> None:
+    from app.errors import ConfigurationError
+
+    def unusable(_: object) -> object:
+        raise ConfigurationError("secret_missing", "environment variable X is not set")
+
+    settings = Settings(max_attempts=2)
+    sessions = sessionmaker(engine)
+    for _ in range(settings.max_attempts):
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE inbox SET next_attempt_at = now() WHERE facility_id = :f AND status = 'pending'"
+                ),
+                {"f": committed_facility},
+            )
+        drain_facility(sessions, unusable, committed_facility, settings)  # type: ignore[arg-type]
+    with engine.connect() as conn:
+        states = conn.execute(
+            text("SELECT DISTINCT status, reason FROM inbox WHERE facility_id = :f"),
+            {"f": committed_facility},
+        ).all()
+    assert [tuple(s) for s in states] == [("dead", "secret_missing")]
