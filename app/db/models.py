@@ -30,7 +30,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -104,6 +104,7 @@ class InboxRow(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
     done_at: Mapped[datetime | None]
+    claim_token: Mapped[str | None] = mapped_column(UUID(as_uuid=False))  # the current claim's owner
 
 
 class Resource(Base):

@@ -30,7 +30,7 @@ from typing import Any
 
 from app.errors import ForeignHostError, NotificationError
 from app.fhir.references import ResourceRef, parse_reference
-from app.fhir.resources import content_hash
+from app.fhir.resources import payload_hash
 
 NOTIFICATION_TYPES = {"handshake", "heartbeat", "event-notification", "query-status", "query-event"}
 EVENT_TYPES = ("event-notification", "query-event")
@@ -473,5 +473,6 @@ def dedup_key(
     if focus is not None and focus.version is not None:
         return f"ver|{sub}|{target}/_history/{focus.version}|{action}"
     if event.resource is not None and action != "delete":
-        return f"hash|{sub}|{target}|{content_hash(event.resource)}|{action}"
+        # With meta: two versions with the same clinical content (a revert A→B→A) are distinct events.
+        return f"hash|{sub}|{target}|{payload_hash(event.resource)}|{action}"
     return f"once|{target}|{fallback if isinstance(fallback, str) else fallback()}"

@@ -21,6 +21,12 @@ def content_hash(resource: dict[str, Any] | None) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def payload_hash(resource: dict[str, Any]) -> str:
+    """A hash of the whole resource, meta included: what tells two deliveries of a payload apart."""
+    canonical = json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def parse_instant(value: str) -> datetime:
     """FHIR instant/dateTime to an aware datetime (UTC when the value has no zone, as FHIR requires)."""
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class ClaimedRow:
     received_at: datetime
     focus_type: str | None = None
     focus_identifier: str | None = None  # "system|value": an identifier-only focus (athena)
+    claim_token: str | None = None
 
 
 @dataclass
@@ -58,10 +60,14 @@ class DrainReport:
     stale: int = 0
     more: bool = False
     reasons: dict[str, int] = field(default_factory=dict)
+    referenced: list[ResourceRef] = field(default_factory=list)  # referenced resources fetched and stored
 
 
 def claim(session: Session, facility_id: str, *, limit: int, lease: timedelta) -> list[ClaimedRow]:
-    rows = session.execute(queries.CLAIM, {"facility_id": facility_id, "limit": limit, "lease": lease}).all()
+    token = str(uuid.uuid4())
+    rows = session.execute(
+        queries.CLAIM, {"facility_id": facility_id, "limit": limit, "lease": lease, "token": token}
+    ).all()
     return [
         ClaimedRow(
             id=r.id,
@@ -72,6 +78,7 @@ def claim(session: Session, facility_id: str, *, limit: int, lease: timedelta) -
             received_at=r.received_at,
             focus_type=r.focus_type,
             focus_identifier=r.focus_identifier,
+            claim_token=str(r.claim_token),
         )
         for r in rows
     ]
@@ -98,6 +105,7 @@ def process_batch(
     """Fetch what ``rows`` point at and record the outcome of every row. Caller commits."""
     adapter = adapter or adapter_for(facility.vendor, mrn_system=facility.mrn_system)
     report = DrainReport(claimed=len(rows))
+    token = rows[0].claim_token if rows else None  # one claim, one token
     work = _sort(facility.id, rows)
     by_focus, by_identifier, no_focus = work.by_focus, work.by_identifier, work.no_focus
     observed, done_ids = work.observed, work.done_ids
@@ -135,14 +143,15 @@ def process_batch(
     stats: StoreStats = store_versions(session, observed)
     report.stale += stats.stale
     if done_ids:
-        session.execute(queries.MARK_DONE, {"ids": done_ids, "reason": None})
+        session.execute(queries.MARK_DONE, {"ids": done_ids, "reason": None, "token": token})
         report.done += len(done_ids)
     if no_focus:
         # An `empty` notification (HAPI's payload-less POST, backport `empty`) names nothing to fetch: only
         # a backfill of the facility can find what changed. Until the reconciler polls, these rows are
         # dead letters with that reason (visible, countable, replayable), never quietly done.
         detail = "the notification names no resource; backfill this facility since the row's received_at"
-        session.execute(queries.MARK_DEAD, {"ids": no_focus, "reason": "needs_backfill", "detail": detail})
+        params = {"ids": no_focus, "reason": "needs_backfill", "detail": detail, "token": token}
+        session.execute(queries.MARK_DEAD, params)
         report.dead += len(no_focus)
         report.reasons["needs_backfill"] = report.reasons.get("needs_backfill", 0) + len(no_focus)
         log.warning("ingest.needs_backfill", facility_id=facility.id, rows=len(no_focus))
@@ -196,7 +205,7 @@ def _record_failure(
     ids = [r.id for r in rows]
     report.reasons[error.reason] = report.reasons.get(error.reason, 0) + len(ids)
     attempts = max(r.attempts for r in rows)
-    params = {"ids": ids, "reason": error.reason, "detail": error.detail[:500]}
+    params = {"ids": ids, "reason": error.reason, "detail": error.detail[:500], "token": rows[0].claim_token}
     if isinstance(error, PermanentEHRError) or attempts >= settings.max_attempts:
         session.execute(queries.MARK_DEAD, params)
         report.dead += len(ids)
@@ -264,7 +273,8 @@ def _with_references(
                 resource_type=ref.resource_type,
                 reason=outcome.reason,
             )
-    _SEEN.remember(client.facility_id, (ResourceRef(o.resource_type, o.resource_id) for o in extra))
+    # Remembered by drain_facility once the batch has committed: a rolled-back fetch must be fetched again.
+    report.referenced.extend(ResourceRef(o.resource_type, o.resource_id) for o in extra)
     more, _ = normalize(adapter, extra, now=now)
     return normalized + more
 
@@ -310,6 +320,7 @@ def drain_facility(
             # redo the batch one row per transaction, so only the failing rows are backed off.
             log.warning("ingest.batch_failed_isolating", facility_id=facility_id, rows=len(rows))
             report = _one_by_one(sessions, facility, client, rows, settings, adapter=adapter)
+        _SEEN.remember(facility_id, report.referenced)
         _accumulate(total, report)
         log.info(
             "ingest.batch",
@@ -339,7 +350,8 @@ def _one_by_one(
     for row in rows:
         try:
             with sessions.begin() as session:
-                _accumulate(total, process_batch(session, facility, client, [row], settings, adapter=adapter))
+                report = process_batch(session, facility, client, [row], settings, adapter=adapter)
+            _accumulate(total, report)
         except Exception as exc:  # noqa: BLE001 - recorded on the row; the other rows go on
             log.warning("ingest.row_failed", facility_id=facility.id, inbox_id=row.id, **_describe(exc))
             _release_after_failure(sessions, [row], settings)
@@ -389,7 +401,13 @@ def _release_after_failure(
             detail = "unexpected error while processing the batch; see worker logs"
             if exhausted:
                 session.execute(
-                    queries.MARK_DEAD, {"ids": exhausted, "reason": "internal_error", "detail": detail}
+                    queries.MARK_DEAD,
+                    {
+                        "ids": exhausted,
+                        "reason": "internal_error",
+                        "detail": detail,
+                        "token": rows[0].claim_token,
+                    },
                 )
             if retry:
                 attempts = max(r.attempts for r in rows)
@@ -399,6 +417,7 @@ def _release_after_failure(
                         "ids": retry,
                         "reason": "internal_error",
                         "detail": detail,
+                        "token": rows[0].claim_token,
                         "delay": backoff(settings, attempts, None),
                     },
                 )
@@ -414,3 +433,4 @@ def _accumulate(total: DrainReport, report: DrainReport) -> None:
     total.stale += report.stale
     for reason, n in report.reasons.items():
         total.reasons[reason] = total.reasons.get(reason, 0) + n
+    total.referenced.extend(report.referenced)

@@ -6,11 +6,13 @@ from sqlalchemy import text
 
 # A claimed row is hidden by pushing next_attempt_at to the end of its lease: the partial index on
 # (facility_id, next_attempt_at) WHERE status = 'pending' is then the whole queue scan, and a worker
-# that dies simply lets the lease run out.
+# that dies simply lets the lease run out. Each claim writes a fresh token; outcomes (MARK_*) apply only
+# under the current token, so a worker whose lease ran out mid-batch cannot overwrite the new owner's.
 CLAIM = text(
     """
     UPDATE inbox AS i
-    SET lease_until = now() + :lease, next_attempt_at = now() + :lease, attempts = i.attempts + 1
+    SET lease_until = now() + :lease, next_attempt_at = now() + :lease, attempts = i.attempts + 1,
+        claim_token = CAST(:token AS uuid)
     WHERE i.id IN (
         SELECT id FROM inbox
         WHERE facility_id = :facility_id AND status = 'pending' AND next_attempt_at <= now()
@@ -19,28 +21,28 @@ CLAIM = text(
         FOR UPDATE SKIP LOCKED
     )
     RETURNING i.id, i.focus_type, i.focus_id, i.focus_identifier, i.interaction, i.payload, i.attempts,
-              i.received_at
+              i.received_at, i.claim_token
     """
 )
 
 MARK_DONE = text(
     """
     UPDATE inbox SET status = 'done', done_at = now(), lease_until = NULL, reason = :reason, detail = NULL
-    WHERE id = ANY(:ids) AND status = 'pending'
+    WHERE id = ANY(:ids) AND status = 'pending' AND claim_token = CAST(:token AS uuid)
     """
 )
 
 MARK_RETRY = text(
     """
     UPDATE inbox SET lease_until = NULL, next_attempt_at = now() + :delay, reason = :reason, detail = :detail
-    WHERE id = ANY(:ids) AND status = 'pending'
+    WHERE id = ANY(:ids) AND status = 'pending' AND claim_token = CAST(:token AS uuid)
     """
 )
 
 MARK_DEAD = text(
     """
     UPDATE inbox SET status = 'dead', done_at = now(), lease_until = NULL, reason = :reason, detail = :detail
-    WHERE id = ANY(:ids) AND status = 'pending'
+    WHERE id = ANY(:ids) AND status = 'pending' AND claim_token = CAST(:token AS uuid)
     """
 )
 

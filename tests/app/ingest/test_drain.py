@@ -173,3 +173,18 @@ def test_an_event_naming_no_resource_is_a_visible_dead_letter_not_done(
     report = process_batch(db, facility, make_client(_ehr({})), rows, settings)
     assert report.dead == 1
     assert db.execute(text("SELECT status, reason FROM inbox")).one() == ("dead", "needs_backfill")
+
+
+def test_a_worker_whose_lease_ran_out_cannot_record_outcomes_over_the_new_owner(
+    db: Session, settings: Settings
+) -> None:
+    facility = make_facility(db)
+    _inbox(db, "forbidden")
+    client = make_client(_ehr({"/fhir/Observation/forbidden": httpx.Response(403)}))
+    stale = claim(db, "fac-1", limit=10, lease=LEASE)
+    db.execute(text("UPDATE inbox SET next_attempt_at = now() - interval '1 second'"))  # the lease ran out
+    current = claim(db, "fac-1", limit=10, lease=LEASE)
+    process_batch(db, facility, client, stale, settings)  # the first worker finally finishes
+    assert _status(db)["forbidden"][0] == "pending"  # its outcome did not land: the row is not its own
+    process_batch(db, facility, client, current, settings)
+    assert _status(db)["forbidden"] == ("dead", "ehr_http_403", 2)
