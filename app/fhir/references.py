@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from app.errors import ForeignHostError, NotificationError
 
@@ -40,7 +40,7 @@ def _same_origin_and_under(url: str, base_url: str, *, allow_query: bool = False
     if not u.path.startswith(base_path) or u.fragment or (u.query and not allow_query):
         return None
     rest = u.path[len(base_path) :]
-    return None if ".." in rest.split("/") else rest
+    return None if ".." in unquote(rest).split("/") else rest  # also %2e%2e, decoded by servers
 
 
 def parse_reference(reference: str, base_url: str) -> ResourceRef:

@@ -109,6 +109,7 @@ def test_events_without_number_or_version_are_never_merged() -> None:
         ("http://ehr.test/fhir/Observation/o1", False),  # another scheme
         ("https://user@ehr.test/fhir/Observation/o1", False),  # userinfo
         (f"{BASE}/../admin/x", False),
+        (f"{BASE}/%2e%2e/admin/x", False),
         ("https://ehr.test.evil.example/fhir/Observation/o1", False),
     ],
 )
