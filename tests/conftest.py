@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,19 +28,36 @@ def run_id() -> str:
     return f"ehri_test_{uuid.uuid4().hex[:8]}"
 
 
+@contextmanager
+def migrated_database(name: str) -> Iterator[str]:
+    """A fresh database migrated to head, dropped afterwards; yields its URL."""
+    url = make_url(BASE_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
+    create_database(url)
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@contextmanager
+def engine_for(url: str) -> Iterator[Engine]:
+    engine = create_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def database_url(run_id: str) -> Iterator[str]:
-    url = make_url(BASE_DATABASE_URL).set(database=run_id).render_as_string(hide_password=False)
-    create_database(url)
-    yield url
-    drop_database(url)
+    with migrated_database(run_id) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
-    yield engine
-    engine.dispose()
+    with engine_for(database_url) as engine:
+        yield engine
 
 
 @pytest.fixture

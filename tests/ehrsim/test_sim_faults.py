@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from ehrsim.server import create_app
+from tests.ehrsim.simclient import settle as _settle
 
 pytestmark = pytest.mark.anyio
 FAULTS = "/_admin/general/faults"
@@ -23,21 +24,6 @@ def _app(make_config, recorder, clock=None, faults: dict | None = None, **webhoo
     )
     kwargs = {"clock": clock} if clock is not None else {}
     return create_app(config, webhook_transport=httpx.MockTransport(recorder), **kwargs)
-
-
-async def _counters(client: httpx.AsyncClient) -> dict[str, int]:
-    counters: dict[str, int] = (await client.get("/_admin/general/notifications")).json()
-    return counters
-
-
-async def _settle(client: httpx.AsyncClient, wait, changes: int) -> dict[str, int]:
-    await client.post("/_admin/general/activity", json={"changes": changes})
-
-    async def settled() -> bool:
-        return (await _counters(client))["pending"] == 0
-
-    await wait(settled)
-    return await _counters(client)
 
 
 async def _dropped(client: httpx.AsyncClient) -> list[dict]:

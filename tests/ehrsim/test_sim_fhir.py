@@ -5,6 +5,8 @@ import re
 import httpx
 import pytest
 
+from tests.ehrsim.simclient import follow_pages
+
 pytestmark = pytest.mark.anyio
 INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
@@ -20,18 +22,9 @@ async def _live(client: httpx.AsyncClient, resource_type: str) -> list[dict]:
 
 
 async def _all_pages(client: httpx.AsyncClient, url: str) -> tuple[list[str], list[dict]]:
-    """Follow ``next`` links verbatim; the ids in order, and every bundle."""
-    ids: list[str] = []
-    bundles: list[dict] = []
-    next_url: str | None = url
-    while next_url is not None:
-        response = await client.get(next_url)
-        assert response.status_code == 200, response.text
-        bundle = response.json()
-        bundles.append(bundle)
-        ids += [e["resource"]["id"] for e in bundle.get("entry", [])]
-        next_url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
-    return ids, bundles
+    """The ids in order, and every bundle."""
+    bundles = await follow_pages(client, url)
+    return [e["resource"]["id"] for b in bundles for e in b.get("entry", [])], bundles
 
 
 async def test_metadata_is_an_r4_capability_statement_without_auth(sim: httpx.AsyncClient) -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from ehrsim.server import create_app
+from tests.ehrsim.simclient import settle as _settle
 
 pytestmark = pytest.mark.anyio
 HOOK = "http://receiver.test/hooks/general"
@@ -24,21 +25,6 @@ def _app(make_config, recorder, *, profile: str = "generic", time_scale: float =
     return create_app(
         config, public_base_url="http://ehr.test", webhook_transport=httpx.MockTransport(recorder)
     )
-
-
-async def _counters(client: httpx.AsyncClient) -> dict[str, int]:
-    counters: dict[str, int] = (await client.get("/_admin/general/notifications")).json()
-    return counters
-
-
-async def _settle(client: httpx.AsyncClient, wait, changes: int) -> dict[str, int]:
-    await client.post("/_admin/general/activity", json={"changes": changes})
-
-    async def settled() -> bool:
-        return (await _counters(client))["pending"] == 0
-
-    await wait(settled)
-    return await _counters(client)
 
 
 def _params(bundle: dict) -> dict[str, dict]:

@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ehrsim.server import create_app
+from tests.ehrsim.simclient import follow_pages
 
 pytestmark = pytest.mark.anyio
 TOKEN_URL = "/general/oauth2/token"
@@ -42,17 +43,9 @@ def open_sim(make_config, clock, assertion, form, run) -> Callable[..., Any]:
 
 
 async def _pages(client: httpx.AsyncClient, url: str) -> tuple[list[dict], list[dict]]:
-    """Follow ``next`` links verbatim: every match, and every bundle."""
-    matches: list[dict] = []
-    bundles: list[dict] = []
-    next_url: str | None = url
-    while next_url is not None:
-        response = await client.get(next_url)
-        assert response.status_code == 200, response.text
-        bundle = response.json()
-        bundles.append(bundle)
-        matches += [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
-        next_url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+    """Every match, and every bundle."""
+    bundles = await follow_pages(client, url)
+    matches = [e["resource"] for b in bundles for e in b.get("entry", []) if e["search"]["mode"] == "match"]
     return matches, bundles
 
 

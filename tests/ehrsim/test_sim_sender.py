@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from ehrsim.server import create_app
+from tests.ehrsim.simclient import notification_counters
 
 pytestmark = pytest.mark.anyio
 STATUS_PROFILE = (
@@ -36,7 +37,7 @@ CORE = ("queued", "attempted", "delivered", "dropped", "pending")
 
 async def _counters(client: httpx.AsyncClient) -> dict[str, int]:
     """The counters every consumer relies on (the endpoint reports more)."""
-    counters: dict[str, int] = (await client.get("/_admin/general/notifications")).json()
+    counters = await notification_counters(client)
     return {k: counters[k] for k in CORE}
 
 

@@ -18,13 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text
 
 from app.api.main import create_app
-from app.devstack.database import create_database, drop_database
 from app.settings import Settings
-from tests.conftest import BASE_DATABASE_URL, REDIS_URL
+from tests.conftest import REDIS_URL, engine_for, migrated_database
 from tests.fixtures import BASE
 
 SECRET = "s3cret-current"
@@ -87,17 +85,14 @@ class Facilities:
 
 @pytest.fixture(scope="session")
 def api_database_url(run_id: str) -> Iterator[str]:
-    url = make_url(BASE_DATABASE_URL).set(database=f"{run_id}_api").render_as_string(hide_password=False)
-    create_database(url)
-    yield url
-    drop_database(url)
+    with migrated_database(f"{run_id}_api") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def api_engine(api_database_url: str) -> Iterator[Engine]:
-    engine = create_engine(api_database_url)
-    yield engine
-    engine.dispose()
+    with engine_for(api_database_url) as engine:
+        yield engine
 
 
 @pytest.fixture
