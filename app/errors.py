@@ -1,36 +1,77 @@
-"""The error tree. Transient versus permanent is a class distinction; every error carries a short
-``reason`` slug used in logs, metrics and the dead-letter list, and a ``detail`` for humans that never
+"""The error tree. One class per condition; its ``reason`` slug is a class constant, used in logs, metrics,
+the dead-letter list and (later) alert keys, so the slugs are exact and listed here and nowhere else
+(``reasons()``; README's dead-letter reasons are checked against it). ``detail`` is for humans and never
 contains patient data.
 
+How the drain treats a failure is a class distinction:
+
+- **transient** (``TransientEHRError``): retried briefly inside the HTTP client (tenacity), then backed
+  off in Postgres (``next_attempt_at``) up to ``max_attempts``, then dead-lettered.
+- **deferred** (``ConfigurationError``, ``InternalError``): never retried in-process (retrying cannot
+  help until a human or a restart changes something); backed off in Postgres with the same bounded
+  budget, then dead-lettered, so a secret mounted late heals by itself and nothing spins.
+- **permanent** (``PermanentEHRError``, ``ForeignHostError``, ``NeedsBackfill``): dead-lettered at once with
+  the reason; ``ehr-ingest dead-letters replay`` once the cause is fixed.
+
+::
+
     IngestError
-    ├── ConfigurationError          facility or process misconfigured: fix the config, then replay
-    ├── NotificationError           a notification we cannot accept (receiver answers 4xx)
-    └── EHRError                    talking to a facility's EHR failed
-        ├── TransientEHRError       retried: bounded tenacity retries, then back-off in Postgres
-        │   ├── EHRTransportError   connect/read timeouts, resets, DNS
-        │   ├── EHRRateLimited      429 (carries Retry-After)
-        │   ├── EHRUnavailable      502 / 503 / 504
-        │   └── EHRTokenExpired     401 invalid_token after one re-authentication
-        └── PermanentEHRError       recorded with its reason and dead-lettered, never retried in a loop
-            ├── EHRAuthRejected     the token endpoint refused our credentials (revoked, wrong key)
-            ├── EHRRejected         400 / 403 / 422 and other 4xx refusals
-            ├── ForeignHostError    a URL outside the facility's registered base (SSRF guard)
-            └── UnparseableResource the EHR answered something that is not the FHIR resource we asked for
+    ├── ConfigurationError                  configuration            deferred
+    │   ├── SecretMissing                   secret_missing
+    │   ├── SecretInvalid                   secret_invalid
+    │   ├── ConfigUnreadable                config_unreadable
+    │   └── ConfigInvalid                   config_invalid
+    ├── InternalError                       internal_error           deferred (a bug, the database gone)
+    ├── NotificationError                   (receiver's own reasons) answered 4xx / quarantined
+    ├── ForeignHostError                    foreign_host             permanent (SSRF guard: no connection)
+    ├── NeedsBackfill                       needs_backfill           permanent until the reconciler polls
+    └── EHRError
+        ├── TransientEHRError
+        │   ├── EHRTransportError           ehr_transport            connect/read timeouts, resets, DNS
+        │   ├── EHRUnavailable              ehr_unavailable          502 / 503 / 504 (Retry-After kept)
+        │   ├── EHRServerError              ehr_server_error         500 the vendor's adapter calls transient
+        │   ├── EHRRateLimited              ehr_rate_limited         429, or 503 with Retry-After
+        │   │   └── TokenEndpointThrottled  token_rate_limited
+        │   ├── PolitenessThrottled         politeness_wait          our own limit (not the EHR's)
+        │   │   ├── FacilityPaused          facility_paused          a Retry-After longer than we hold
+        │   │   └── ConcurrencyCapped       concurrency_cap          no request slot free
+        │   ├── EHRTokenExpired             ehr_token_expired        401 after one re-authentication
+        │   ├── TokenEndpointUnavailable    token_unavailable        token endpoint 5xx
+        │   ├── TokenEndpointFlaky          token_flaky_400          Epic's occasional bare 400
+        │   ├── SmartConfigUnavailable      smart_config_unavailable
+        │   └── IdentifierNotFound          identifier_not_found     search found nothing (index lag)
+        └── PermanentEHRError
+            ├── EHRAuthRejected             ehr_auth_rejected        revoked credentials, wrong key
+            │   ├── SmartConfigInvalid      smart_config_invalid
+            │   ├── TokenEndpointUntrusted  token_endpoint_untrusted
+            │   └── TokenResponseInvalid    token_response_invalid
+            ├── EHRRejected                 ehr_http_4xx             another 4xx (the status is in detail)
+            │   ├── EHRBadRequest           ehr_http_400
+            │   ├── EHRForbidden            ehr_http_403
+            │   └── EHRUnprocessable        ehr_http_422
+            ├── EHRServerErrorPermanent     ehr_server_error_permanent  500 the adapter calls permanent
+            ├── PagingLoop                  paging_loop
+            ├── TooManyRedirects            too_many_redirects
+            └── UnparseableResource         unparseable_resource     not the FHIR resource we asked for
 
 404 and 410 are not errors: they are deletions, stored as tombstones.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class IngestError(Exception):
     """Base of every error this package raises on purpose."""
 
     reason: str = "error"
+    #: dead-lettered at once; otherwise backed off in Postgres up to the attempt budget
+    permanent: ClassVar[bool] = False
+    #: seconds the EHR (or our own limit) asked us to wait, when known
+    retry_after: float | None = None
 
-    def __init__(self, reason: str | None = None, detail: str = "") -> None:
-        if reason is not None:
-            self.reason = reason
+    def __init__(self, detail: str = "") -> None:
         self.detail = detail
         super().__init__(f"{self.reason}: {detail}" if detail else self.reason)
 
@@ -39,8 +80,50 @@ class ConfigurationError(IngestError):
     reason = "configuration"
 
 
+class SecretMissing(ConfigurationError):
+    reason = "secret_missing"
+
+
+class SecretInvalid(ConfigurationError):
+    reason = "secret_invalid"
+
+
+class ConfigUnreadable(ConfigurationError):
+    reason = "config_unreadable"
+
+
+class ConfigInvalid(ConfigurationError):
+    reason = "config_invalid"
+
+
+class InternalError(IngestError):
+    reason = "internal_error"
+
+
 class NotificationError(IngestError):
+    """A notification we cannot accept. Its reasons are the receiver's vocabulary (answers and the
+    quarantine), not dead-letter reasons, so each raise names one."""
+
     reason = "bad_notification"
+    permanent = True
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(detail)
+
+
+class ForeignHostError(IngestError):
+    """A URL outside the facility's registered base: refused before any connection (DESIGN rule 5)."""
+
+    reason = "foreign_host"
+    permanent = True
+
+
+class NeedsBackfill(IngestError):
+    """A notification that names no resource: only a backfill of the facility can find what changed."""
+
+    reason = "needs_backfill"
+    permanent = True
 
 
 class EHRError(IngestError):
@@ -55,37 +138,170 @@ class EHRTransportError(TransientEHRError):
     reason = "ehr_transport"
 
 
-class EHRRateLimited(TransientEHRError):
-    reason = "ehr_rate_limited"
+class EHRUnavailable(TransientEHRError):
+    reason = "ehr_unavailable"
 
-    def __init__(self, reason: str | None = None, detail: str = "", retry_after: float | None = None) -> None:
-        super().__init__(reason, detail)
+    def __init__(self, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(detail)
         self.retry_after = retry_after
 
 
-class EHRUnavailable(TransientEHRError):
-    reason = "ehr_unavailable"
+class EHRServerError(TransientEHRError):
+    reason = "ehr_server_error"
+
+
+class EHRRateLimited(TransientEHRError):
+    """The EHR asked us to slow down; ``retry_after`` in seconds when it said how long."""
+
+    reason = "ehr_rate_limited"
+
+    def __init__(self, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class TokenEndpointThrottled(EHRRateLimited):
+    reason = "token_rate_limited"
+
+
+class PolitenessThrottled(TransientEHRError):
+    """Our own per-facility limit made the request wait longer than a worker holds it."""
+
+    reason = "politeness_wait"
+
+    def __init__(self, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class FacilityPaused(PolitenessThrottled):
+    reason = "facility_paused"
+
+
+class ConcurrencyCapped(PolitenessThrottled):
+    reason = "concurrency_cap"
 
 
 class EHRTokenExpired(TransientEHRError):
     reason = "ehr_token_expired"
 
 
+class TokenEndpointUnavailable(TransientEHRError):
+    reason = "token_unavailable"
+
+
+class TokenEndpointFlaky(TransientEHRError):
+    reason = "token_flaky_400"
+
+
+class SmartConfigUnavailable(TransientEHRError):
+    reason = "smart_config_unavailable"
+
+
+class IdentifierNotFound(TransientEHRError):
+    """An identifier-only focus found nothing yet: the EHR's search index may lag its writes."""
+
+    reason = "identifier_not_found"
+
+
 class PermanentEHRError(EHRError):
     reason = "ehr_permanent"
+    permanent = True
 
 
 class EHRAuthRejected(PermanentEHRError):
     reason = "ehr_auth_rejected"
 
 
+class SmartConfigInvalid(EHRAuthRejected):
+    reason = "smart_config_invalid"
+
+
+class TokenEndpointUntrusted(EHRAuthRejected):
+    reason = "token_endpoint_untrusted"
+
+
+class TokenResponseInvalid(EHRAuthRejected):
+    reason = "token_response_invalid"
+
+
 class EHRRejected(PermanentEHRError):
-    reason = "ehr_rejected"
+    """A 4xx refusal; ``status`` is the HTTP status."""
+
+    reason = "ehr_http_4xx"
+
+    def __init__(self, detail: str = "", status: int | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
 
 
-class ForeignHostError(PermanentEHRError):
-    reason = "foreign_host"
+class EHRBadRequest(EHRRejected):
+    reason = "ehr_http_400"
+
+
+class EHRForbidden(EHRRejected):
+    reason = "ehr_http_403"
+
+
+class EHRUnprocessable(EHRRejected):
+    reason = "ehr_http_422"
+
+
+class EHRServerErrorPermanent(PermanentEHRError):
+    reason = "ehr_server_error_permanent"
+
+
+class PagingLoop(PermanentEHRError):
+    reason = "paging_loop"
+
+
+class TooManyRedirects(PermanentEHRError):
+    reason = "too_many_redirects"
 
 
 class UnparseableResource(PermanentEHRError):
     reason = "unparseable_resource"
+
+
+_REJECTED_BY_STATUS: dict[int, type[EHRRejected]] = {
+    400: EHRBadRequest,
+    403: EHRForbidden,
+    422: EHRUnprocessable,
+}
+
+
+def rejected(status: int) -> EHRRejected:
+    """The error for a 4xx answer that is neither a deletion nor an authentication retry."""
+    return _REJECTED_BY_STATUS.get(status, EHRRejected)(f"{status} from EHR", status=status)
+
+
+def _tree(cls: type[IngestError]) -> list[type[IngestError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_tree(sub))
+    return found
+
+
+#: Reason slugs of abstract branches: never raised, so never seen on a row.
+_ABSTRACT = frozenset({"error", "ehr_error", "ehr_transient", "ehr_permanent", "bad_notification"})
+
+
+def reasons() -> dict[str, type[IngestError]]:
+    """Every reason slug a failure can carry (on an inbox row, in a log line or a metric), with its
+    class. Raises if two classes share a slug: alerts key on them."""
+    found: dict[str, type[IngestError]] = {}
+    for cls in _tree(IngestError):
+        slug = cls.__dict__.get("reason")
+        if not isinstance(slug, str) or slug in _ABSTRACT:
+            continue
+        if slug in found and found[slug] is not cls:
+            raise AssertionError(f"reason {slug} is used by {found[slug].__name__} and {cls.__name__}")
+        found[slug] = cls
+    return found
+
+
+def handling(cls: type[IngestError]) -> str:
+    """``transient``, ``deferred`` or ``permanent``: what the drain does with a row that failed so."""
+    if cls.permanent:
+        return "permanent"
+    return "transient" if issubclass(cls, TransientEHRError) else "deferred"

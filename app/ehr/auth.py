@@ -22,7 +22,17 @@ import jwt
 from app.ehr import token_events
 from app.ehr.token_cache import CachedToken, MemoryTokenCache, TokenCache
 from app.ehr.token_events import TokenEventSink
-from app.errors import EHRAuthRejected, EHRRateLimited, EHRTransportError, EHRUnavailable
+from app.errors import (
+    EHRAuthRejected,
+    EHRTransportError,
+    SmartConfigInvalid,
+    SmartConfigUnavailable,
+    TokenEndpointFlaky,
+    TokenEndpointThrottled,
+    TokenEndpointUnavailable,
+    TokenEndpointUntrusted,
+    TokenResponseInvalid,
+)
 from app.facilities.schemas import AuthConfig
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -74,20 +84,17 @@ class SmartBackendAuth:
             except httpx.TransportError as exc:
                 raise EHRTransportError(detail=f"smart-configuration: {type(exc).__name__}") from exc
             if response.status_code != 200:
-                raise EHRUnavailable(
-                    "smart_config_unavailable", f"smart-configuration: {response.status_code}"
-                )
+                raise SmartConfigUnavailable(f"smart-configuration: {response.status_code}")
             try:
                 endpoint = response.json().get("token_endpoint")
             except ValueError:
                 endpoint = None
             if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
-                raise EHRAuthRejected("smart_config_invalid", "smart-configuration has no token_endpoint")
+                raise SmartConfigInvalid("smart-configuration has no token_endpoint")
             if not _trusted_token_endpoint(endpoint, self._base_url):
                 # Our credentials (a signed assertion or a client secret) go to this URL: a discovered one
                 # must be on the facility's own host, over https unless the base URL itself is http.
-                raise EHRAuthRejected(
-                    "token_endpoint_untrusted",
+                raise TokenEndpointUntrusted(
                     "discovered token_endpoint is on another host or downgrades to http; set auth.token_url",
                 )
             self._token_url = endpoint
@@ -170,23 +177,23 @@ class SmartBackendAuth:
             raise EHRTransportError(detail=f"token endpoint: {type(exc).__name__}") from exc
         status = response.status_code
         if status == 429:
-            raise EHRRateLimited("token_rate_limited", "token endpoint throttled")
+            raise TokenEndpointThrottled("token endpoint throttled")
         if status >= 500:
-            raise EHRUnavailable(detail=f"token endpoint answered {status}")
+            raise TokenEndpointUnavailable(f"token endpoint answered {status}")
         error = _oauth_error(response)
         if status == 400 and error is None:
             # Epic's token endpoint occasionally answers a bare 400: transient, retried with back-off.
-            raise EHRUnavailable("token_flaky_400", "token endpoint answered a bare 400")
+            raise TokenEndpointFlaky("token endpoint answered a bare 400")
         if status != 200:
             self._events(self._facility_id, token_events.REJECTED, detail=f"{status} {error or '-'}")
-            raise EHRAuthRejected(detail=f"token endpoint answered {status} {error or '-'}")
+            raise EHRAuthRejected(f"token endpoint answered {status} {error or '-'}")
         try:
             payload = response.json()
         except ValueError as exc:
-            raise EHRAuthRejected("token_response_invalid", "token response is not JSON") from exc
+            raise TokenResponseInvalid("token response is not JSON") from exc
         value, expires_in = payload.get("access_token"), payload.get("expires_in", 300)
         if not isinstance(value, str) or not isinstance(expires_in, int | float) or expires_in <= 0:
-            raise EHRAuthRejected("token_response_invalid", "token response has no usable access_token")
+            raise TokenResponseInvalid("token response has no usable access_token")
         return value, float(expires_in)
 
 

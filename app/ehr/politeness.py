@@ -18,7 +18,7 @@ from typing import Protocol
 import redis
 import structlog
 
-from app.errors import EHRRateLimited
+from app.errors import ConcurrencyCapped, FacilityPaused
 from app.facilities.schemas import LimitsConfig
 
 log = structlog.get_logger("ehr.politeness")
@@ -135,9 +135,7 @@ class RedisPoliteness:
                 break
             if time.monotonic() + wait_ms / 1000 > deadline:
                 # A long facility-wide pause: hand the work back to the Postgres back-off.
-                raise EHRRateLimited(
-                    "facility_paused", "facility paused by Retry-After", retry_after=wait_ms / 1000
-                )
+                raise FacilityPaused("facility paused by Retry-After", retry_after=wait_ms / 1000)
             time.sleep(min(wait_ms / 1000, 1.0))
         ttl_ms = int(SLOT_TTL_S * 1000)
         while time.monotonic() < deadline:
@@ -148,7 +146,7 @@ class RedisPoliteness:
             ):
                 return True
             time.sleep(0.01)
-        raise EHRRateLimited("concurrency_cap", "no request slot free for the facility", retry_after=5.0)
+        raise ConcurrencyCapped("no request slot free for the facility", retry_after=5.0)
 
     def pause(self, seconds: float) -> None:
         """The EHR asked us to back off (429/503 with Retry-After): every process of the facility waits."""

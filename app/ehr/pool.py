@@ -18,6 +18,7 @@ from app.ehr.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
 from app.ehr.token_events import TokenEventSink
 from app.facilities.schemas import AuthConfig, LimitsConfig
 from app.facilities.secrets import resolve_secret
+from app.vendors.registry import adapter_for
 
 
 class EHRClientPool:
@@ -87,6 +88,7 @@ class EHRClientPool:
             auth=auth,
             http=http,
             politeness=self._politeness(facility),
+            server_error=adapter_for(facility.vendor, mrn_system=facility.mrn_system).server_error,
         )
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from app.errors import ConfigurationError
+from app.errors import SecretMissing
 from app.facilities.schemas import SecretRef
 
 
@@ -13,12 +13,10 @@ def resolve_secret(ref: SecretRef) -> str:
     if ref.env is not None:
         value = os.environ.get(ref.env)
         if value is None:
-            raise ConfigurationError("secret_missing", f"environment variable {ref.env} is not set")
+            raise SecretMissing(f"environment variable {ref.env} is not set")
         return value
     assert ref.file is not None
     try:
         return Path(ref.file).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigurationError(
-            "secret_missing", f"cannot read secret file {ref.file}: {exc.strerror}"
-        ) from exc
+        raise SecretMissing(f"cannot read secret file {ref.file}: {exc.strerror}") from exc

@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.errors import ConfigurationError
+from app.errors import SecretInvalid, SecretMissing
 from app.facilities.schemas import WebhookConfig, WebhookMethod
 from app.facilities.secrets import resolve_secret
 
@@ -31,7 +31,7 @@ def _standard_webhooks_key(secret: str) -> bytes:
         try:
             return base64.b64decode(secret[len(WHSEC_PREFIX) :], validate=True)
         except binascii.Error as exc:
-            raise ConfigurationError("secret_invalid", "whsec_ secret is not base64") from exc
+            raise SecretInvalid("whsec_ secret is not base64") from exc
     return secret.encode()
 
 
@@ -103,7 +103,7 @@ def sender_check(webhook: WebhookConfig) -> SenderCheck:
     for ref in refs:
         secret = resolve_secret(ref).strip()
         if not secret:
-            raise ConfigurationError("secret_missing", f"webhook secret {ref.describe()} is empty")
+            raise SecretMissing(f"webhook secret {ref.describe()} is empty")
         secrets.append(secret)
     if webhook.method == "shared-secret":
         keys = tuple((f"{webhook.scheme} {s}" if webhook.scheme else s).encode() for s in secrets)

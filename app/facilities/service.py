@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.db.models import Facility
-from app.errors import ConfigurationError
+from app.errors import ConfigInvalid, ConfigUnreadable
 from app.facilities.schemas import FacilitiesFile, FacilityConfig
 
 
@@ -21,13 +21,13 @@ def load_facilities_file(path: Path) -> FacilitiesFile:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigurationError("config_unreadable", f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigUnreadable(f"cannot read {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigurationError("config_invalid", f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigInvalid(f"{path} is not valid YAML: {exc}") from exc
     try:
         return FacilitiesFile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigurationError("config_invalid", f"{path}: {exc}") from exc
+        raise ConfigInvalid(f"{path}: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
+from app.errors import EHRServerError, EHRServerErrorPermanent, IngestError
 from app.fhir.normalize import Normalized, SummaryOptions, normalize_resource, pair_blood_pressure
 from app.fhir.normalize.names import ISO21090_PREFERRED
 
@@ -39,6 +40,11 @@ class VendorAdapter(Protocol):
 
     def pair_blood_pressure(self, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Blood pressure readings (``app.fhir.normalize.blood_pressure``) from panels and split halves."""
+        ...
+
+    def server_error(self, status: int, body: Any) -> IngestError:
+        """The error for a 5xx other than 502/503/504, from its status and parsed body (an
+        OperationOutcome, anything else, or None): transient (retried, then backed off) or permanent."""
         ...
 
 
@@ -96,3 +102,31 @@ class DefaultAdapter:
 
     def pair_blood_pressure(self, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return pair_blood_pressure(observations)
+
+    #: Whether an OperationOutcome can make a 500 permanent (a vendor known to answer 500 for refusals).
+    server_error_outcome_is_final: bool = False
+
+    def server_error(self, status: int, body: Any) -> IngestError:
+        codes = outcome_issue_codes(body)
+        if self.server_error_outcome_is_final and codes and not codes & TRANSIENT_ISSUE_CODES:
+            return EHRServerErrorPermanent(f"{status} from EHR, issue {'/'.join(sorted(codes))}")
+        return EHRServerError(f"{status} from EHR")
+
+
+#: OperationOutcome issue codes (FHIR R4 IssueType) that say trying again may work.
+TRANSIENT_ISSUE_CODES = frozenset(
+    {"transient", "lock-error", "no-store", "exception", "timeout", "throttled"}
+)
+
+
+def outcome_issue_codes(body: Any) -> frozenset[str]:
+    """The issue codes of an OperationOutcome body (empty for anything else); codes are FHIR vocabulary,
+    never patient data, so they may be logged."""
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return frozenset()
+    issues = body.get("issue")
+    return frozenset(
+        str(i["code"])[:32]
+        for i in (issues if isinstance(issues, list) else [])
+        if isinstance(i, dict) and isinstance(i.get("code"), str)
+    )

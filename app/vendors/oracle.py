@@ -5,6 +5,8 @@
 - Blood pressure as a panel only when Millennium paired the readings, else split systolic/diastolic
   Observations; ``use=usual`` names with a given name only; ``medicationCodeableConcept`` with RxNorm plus
   a tenant synonym, or a contained ``#id`` Medication: all handled by the default adapter.
+- Millennium answers 500 for some permanent errors (§5): a 500 whose OperationOutcome names only
+  non-transient issue codes (``not-supported``, ``invalid``…) is permanent; any other 500 is transient.
 """
 
 from __future__ import annotations
@@ -15,3 +17,4 @@ from app.vendors.base import DefaultAdapter
 class OracleAdapter(DefaultAdapter):
     vendor = "oracle"
     batch_read = False
+    server_error_outcome_is_final = True

@@ -15,7 +15,7 @@ from app.ehr.auth import SmartBackendAuth
 from app.ehr.politeness import RedisPoliteness
 from app.ehr.token_cache import RedisTokenCache
 from app.ehr.token_events import database_sink
-from app.errors import EHRAuthRejected, EHRRateLimited, EHRUnavailable
+from app.errors import EHRAuthRejected, PolitenessThrottled, TokenEndpointFlaky
 from app.facilities.schemas import AuthConfig, LimitsConfig
 from tests.conftest import REDIS_URL
 from tests.ehr_mocks import BASE, TOKEN_URL, keypair
@@ -132,7 +132,7 @@ def test_bare_400_from_the_token_endpoint_is_transient_but_invalid_client_is_not
     rds: redis.Redis, redis_prefix: str
 ) -> None:
     bare = httpx.MockTransport(lambda _: httpx.Response(400, text="Bad Request"))
-    with pytest.raises(EHRUnavailable):
+    with pytest.raises(TokenEndpointFlaky):
         _auth(bare, RedisTokenCache(rds, redis_prefix)).token()
     refused = httpx.MockTransport(lambda _: httpx.Response(400, json={"error": "invalid_client"}))
     with pytest.raises(EHRAuthRejected):
@@ -150,7 +150,7 @@ def test_rate_limit_is_shared_between_processes(rds: redis.Redis, redis_prefix: 
         pass
     with b.slot():
         pass
-    with pytest.raises(EHRRateLimited) as info, a.slot():
+    with pytest.raises(PolitenessThrottled) as info, a.slot():
         pass
     assert info.value.retry_after is not None
     assert info.value.retry_after > 1
@@ -159,7 +159,7 @@ def test_rate_limit_is_shared_between_processes(rds: redis.Redis, redis_prefix: 
 def test_concurrency_cap_holds_across_processes(rds: redis.Redis, redis_prefix: str) -> None:
     a = _polite(rds, redis_prefix, concurrency=1, burst=10)
     b = _polite(rds, redis_prefix, concurrency=1, burst=10)
-    with a.slot(), pytest.raises(EHRRateLimited), b.slot():
+    with a.slot(), pytest.raises(PolitenessThrottled), b.slot():
         pass
     with b.slot():  # released: free again
         pass
@@ -169,6 +169,6 @@ def test_retry_after_pauses_the_whole_facility(rds: redis.Redis, redis_prefix: s
     a = _polite(rds, redis_prefix, burst=10)
     b = _polite(rds, redis_prefix, burst=10)
     a.pause(30)
-    with pytest.raises(EHRRateLimited) as info, b.slot():
+    with pytest.raises(PolitenessThrottled) as info, b.slot():
         pass
     assert 25 < (info.value.retry_after or 0) <= 30
