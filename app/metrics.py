@@ -60,3 +60,39 @@ def notifications(facility: str, shape: str, ntype: str, outcome: str) -> Counte
 @lru_cache(maxsize=8192)
 def events(facility: str, outcome: str) -> Counter:
     return EVENTS.labels(facility, outcome)
+
+
+# -- worker side ---------------------------------------------------------------------------------------
+EHR_REQUEST_SECONDS = Histogram(
+    "ehri_ehr_request_seconds",
+    "EHR requests by facility and HTTP status (or transport_error), with their latency.",
+    ["facility", "status"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DRAIN_SECONDS = Histogram(
+    "ehri_drain_seconds",
+    "Duration of one drain of a facility's inbox (every batch of one task).",
+    ["facility"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+BATCH_SECONDS = Histogram(
+    "ehri_drain_batch_seconds",
+    "Duration of one claimed batch: fetch, store and the rows' outcomes, committed.",
+    ["facility"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+INBOX_ROWS = Counter(
+    "ehri_inbox_rows_total",
+    "Inbox rows whose outcome the drain committed, by facility, outcome (done, retried, dead) and reason.",
+    ["facility", "outcome", "reason"],
+)
+STALE_WRITES = Counter(
+    "ehri_stale_writes_total",
+    "Versions observed older than the stored one: counted, never applied (DESIGN.md rule 3).",
+    ["facility"],
+)
+
+
+@lru_cache(maxsize=4096)
+def ehr_request(facility: str, status: str) -> Histogram:
+    return EHR_REQUEST_SECONDS.labels(facility, status)

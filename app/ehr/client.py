@@ -10,6 +10,8 @@ inside the base URL.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,21 +33,34 @@ from app.ehr.politeness import Politeness, Unlimited
 from app.ehr.retry_after import parse_retry_after
 from app.errors import (
     EHRRateLimited,
-    EHRRejected,
+    EHRServerError,
     EHRTokenExpired,
     EHRTransportError,
     EHRUnavailable,
     ForeignHostError,
+    IngestError,
+    PagingLoop,
+    TooManyRedirects,
     TransientEHRError,
     UnparseableResource,
+    rejected,
 )
 from app.fhir.references import ResourceRef, is_under_base
 from app.fhir.resources import resource_meta
+from app.metrics import ehr_request
 
 log = structlog.get_logger("ehr.client")
 
 RETRY_AFTER_CAP_S = 10.0
 MAX_REDIRECTS = 3
+
+
+#: How a vendor's 500 is classified: from the status and the parsed body (an OperationOutcome or None).
+ServerErrorPolicy = Callable[[int, Any], IngestError]
+
+
+def transient_server_error(status: int, _body: Any) -> IngestError:
+    return EHRServerError(f"{status} from EHR")
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,7 @@ class EHRClient:
         politeness: Politeness | None = None,
         attempts: int = 4,
         max_delay_s: float = 30.0,
+        server_error: ServerErrorPolicy = transient_server_error,
     ) -> None:
         self.facility_id = facility_id
         self.base_url = base_url.rstrip("/")
@@ -74,6 +90,7 @@ class EHRClient:
         self._politeness = politeness or Unlimited()
         self._attempts = attempts
         self._max_delay_s = max_delay_s
+        self._server_error = server_error
 
     def close(self) -> None:
         self._http.close()
@@ -86,7 +103,7 @@ class EHRClient:
         body = _json(response, f"{ref.resource_type} read")
         resource_meta(body, expected_type=ref.resource_type)
         if body.get("id") != ref.resource_id:
-            raise UnparseableResource(detail=f"{ref.resource_type} read returned another id")
+            raise UnparseableResource(f"{ref.resource_type} read returned another id")
         return FetchResult(ref, body, fetched_at)
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
@@ -97,7 +114,7 @@ class EHRClient:
         for _ in range(10_000):  # a bound against a server that links a page to itself forever
             bundle = _json(self._get_with_retries(url, gone_ok=False), f"{resource_type} search")
             if bundle.get("resourceType") != "Bundle":
-                raise UnparseableResource(detail=f"{resource_type} search did not return a Bundle")
+                raise UnparseableResource(f"{resource_type} search did not return a Bundle")
             bundles.append(bundle)
             next_url = next(
                 (link.get("url") for link in bundle.get("link", []) if link.get("relation") == "next"), None
@@ -105,7 +122,7 @@ class EHRClient:
             if not isinstance(next_url, str) or not next_url:
                 return bundles
             url = urljoin(url, next_url)
-        raise EHRRejected("paging_loop", "search paging did not end")
+        raise PagingLoop("search paging did not end")
 
     # -- transport ---------------------------------------------------------------------------------
 
@@ -129,25 +146,32 @@ class EHRClient:
             self._auth.invalidate(token)
             response = self._get_authorized(url, self._auth.token())
             if response.status_code == 401:
-                raise EHRTokenExpired(detail="401 after re-authentication")
+                raise EHRTokenExpired("401 after re-authentication")
         return self._classify(response, gone_ok=gone_ok)
 
     def _get_authorized(self, url: str, token: str) -> httpx.Response:
         for _ in range(MAX_REDIRECTS + 1):
             if not is_under_base(url, self.base_url):
-                raise ForeignHostError(detail="refusing a URL outside the facility's base URL")
+                raise ForeignHostError("refusing a URL outside the facility's base URL")
             try:
                 with self._politeness.slot():
-                    response = self._http.get(
-                        url, headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
-                    )
+                    started = time.perf_counter()
+                    try:
+                        response = self._http.get(
+                            url,
+                            headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
+                        )
+                    finally:
+                        elapsed = time.perf_counter() - started
             except httpx.HTTPError as exc:  # transport errors, and bodies that fail to decode
-                raise EHRTransportError(detail=type(exc).__name__) from exc
+                ehr_request(self.facility_id, "transport_error").observe(elapsed)
+                raise EHRTransportError(type(exc).__name__) from exc
+            ehr_request(self.facility_id, str(response.status_code)).observe(elapsed)
             if response.is_redirect:
                 url = urljoin(url, response.headers.get("location", ""))
                 continue
             return response
-        raise EHRRejected("too_many_redirects", f"more than {MAX_REDIRECTS} redirects")
+        raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
 
     def _classify(self, response: httpx.Response, *, gone_ok: bool) -> httpx.Response:
         status = response.status_code
@@ -157,34 +181,37 @@ class EHRClient:
         if retry_after is not None and status in (429, 503):
             self._politeness.pause(retry_after)
         if status == 429:
-            raise EHRRateLimited(detail="429 from EHR", retry_after=retry_after)
+            raise EHRRateLimited("429 from EHR", retry_after=retry_after)
         if status in (502, 503, 504):
-            raise (
-                EHRUnavailable(detail=f"{status} from EHR")
-                if retry_after is None
-                else EHRRateLimited("ehr_unavailable", f"{status} from EHR", retry_after=retry_after)
-            )
+            raise EHRUnavailable(f"{status} from EHR", retry_after=retry_after)
         if status >= 500:
-            # Some vendors (Oracle) answer 500 for permanent errors: a few tries here and a few back-offs
-            # in Postgres, then the row is dead-lettered with this reason rather than retried forever.
-            raise EHRUnavailable("ehr_server_error", f"{status} from EHR")
-        raise EHRRejected(f"ehr_http_{status}", f"{status} from EHR")
+            # Whether a 500 is worth retrying is the vendor's call (Oracle answers 500 for some permanent
+            # errors): its adapter reads the status and the OperationOutcome, if any.
+            raise self._server_error(status, _json_or_none(response))
+        raise rejected(status)
 
 
 def _json(response: httpx.Response, what: str) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError as exc:
-        raise UnparseableResource(detail=f"{what} returned non-JSON") from exc
+        raise UnparseableResource(f"{what} returned non-JSON") from exc
     if not isinstance(body, dict):
-        raise UnparseableResource(detail=f"{what} returned JSON that is not an object")
+        raise UnparseableResource(f"{what} returned JSON that is not an object")
     return body
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _worth_retrying_now(exc: BaseException) -> bool:
     """Transient errors are retried here, unless the EHR asked for a longer pause than we hold a worker
     for: that goes straight back to the Postgres back-off."""
-    if isinstance(exc, EHRRateLimited) and exc.retry_after is not None:
+    if isinstance(exc, TransientEHRError) and exc.retry_after is not None:
         return exc.retry_after <= RETRY_AFTER_CAP_S
     return isinstance(exc, TransientEHRError)
 
@@ -193,6 +220,6 @@ def _wait_honouring_retry_after(state: RetryCallState) -> float:
     backoff = wait_exponential_jitter(multiplier=0.5, max=8.0)(state)
     outcome = state.outcome
     exc = outcome.exception() if outcome is not None else None
-    if isinstance(exc, EHRRateLimited) and exc.retry_after is not None:
+    if isinstance(exc, IngestError) and exc.retry_after is not None:
         return max(backoff, min(exc.retry_after, RETRY_AFTER_CAP_S))
     return backoff

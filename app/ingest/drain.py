@@ -1,11 +1,23 @@
-"""Draining a facility's inbox: claim a batch, fetch concurrently, store in one transaction.
+"""Draining a facility's inbox: claim a batch, run it through the pipeline, record every row's outcome.
 
 Contract: idempotent and safe to run concurrently for the same facility (rows are claimed with
 FOR UPDATE SKIP LOCKED under a lease; the store is version-guarded). A worker that dies mid-batch
 leaves its rows pending; they become claimable again when the lease runs out. Retry policy: the EHR
 client retries transient failures briefly; what still fails is backed off in Postgres
 (``next_attempt_at``, exponential, honouring Retry-After) up to ``max_attempts``, then dead-lettered.
-Permanent failures are dead-lettered at once with their reason.
+Permanent failures are dead-lettered at once with their reason (``app.errors``).
+
+Why the drain owns its transactions instead of the task (STYLE.md's "the transaction belongs to the
+boundary"): each step needs a different one.
+
+1. The claim commits on its own, at once: the lease and the claim token must be visible to every other
+   worker before we spend seconds on the EHR, or two workers would fetch the same rows.
+2. The EHR is read with no transaction open: a batch's reads can take many seconds, and an idle
+   transaction holds a connection and a snapshot that slow the whole inbox down.
+3. The store and the rows' outcomes commit together, or not at all: a row is never ``done`` without its
+   resource, nor a resource stored while its row still looks pending.
+4. A batch that fails to store is split into one transaction per row, so one poison row cannot hold back
+   (and finally dead-letter) the good rows claimed with it.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -24,18 +36,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Facility
 from app.ehr.client import EHRClient
-from app.errors import EHRRateLimited, EHRUnavailable, IngestError, PermanentEHRError
+from app.errors import IngestError, InternalError, NeedsBackfill
 from app.fhir.references import ResourceRef
 from app.ingest import queries
-from app.ingest.fetch import SeenReferences, fetch_resources, normalize
-from app.ingest.store import Observed, StoreStats, store_versions
+from app.ingest.pipeline.observed import Observed
+from app.ingest.pipeline.references import ReferenceCache
+from app.ingest.pipeline.service import Fetched, IdentifierKey, Pipeline, Work
+from app.metrics import BATCH_SECONDS, DRAIN_SECONDS, INBOX_ROWS, STALE_WRITES
 from app.settings import Settings
-from app.vendors.base import VendorAdapter
 from app.vendors.registry import adapter_for
 
 log = structlog.get_logger("ingest.drain")
-
-_SEEN = SeenReferences()  # per process: referenced resources already fetched
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,14 @@ class DrainReport:
     stale: int = 0
     more: bool = False
     reasons: dict[str, int] = field(default_factory=dict)
-    referenced: list[ResourceRef] = field(default_factory=list)  # referenced resources fetched and stored
+    rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (outcome, reason or "-") -> rows
+
+    def count(self, outcome: str, reason: str | None, n: int) -> None:
+        key = (outcome, reason or "-")
+        self.rows[key] = self.rows.get(key, 0) + n
+        setattr(self, outcome, getattr(self, outcome) + n)
+        if reason is not None:
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
 
 
 def claim(session: Session, facility_id: str, *, limit: int, lease: timedelta) -> list[ClaimedRow]:
@@ -93,6 +111,14 @@ def backoff(settings: Settings, attempts: int, retry_after: float | None) -> tim
     return timedelta(seconds=delay)
 
 
+def pipeline_for(
+    facility: Facility, client: EHRClient, settings: Settings, references: ReferenceCache | None = None
+) -> Pipeline:
+    """The facility's pipeline: its adapter built once, the caller's reference cache (or a fresh one)."""
+    adapter = adapter_for(facility.vendor, mrn_system=facility.mrn_system)
+    return Pipeline(client, adapter, references or ReferenceCache(), concurrency=settings.fetch_concurrency)
+
+
 def process_batch(
     session: Session,
     facility: Facility,
@@ -100,95 +126,138 @@ def process_batch(
     rows: list[ClaimedRow],
     settings: Settings,
     *,
-    adapter: VendorAdapter | None = None,
+    pipeline: Pipeline | None = None,
 ) -> DrainReport:
-    """Fetch what ``rows`` point at and record the outcome of every row. Caller commits."""
-    adapter = adapter or adapter_for(facility.vendor, mrn_system=facility.mrn_system)
-    report = DrainReport(claimed=len(rows))
-    token = rows[0].claim_token if rows else None  # one claim, one token
-    work = _sort(facility.id, rows)
-    by_focus, by_identifier, no_focus = work.by_focus, work.by_identifier, work.no_focus
-    observed, done_ids = work.observed, work.done_ids
-    fetched = fetch_resources(client, adapter, list(by_focus), workers=settings.fetch_concurrency)
-    for ref, outcome in fetched.items():
+    """Fetch what ``rows`` point at, store it and record the outcome of every row. Caller commits."""
+    pipeline = pipeline or pipeline_for(facility, client, settings)
+    plan = _plan(facility.id, rows)
+    fetched = pipeline.fetch(plan.work())
+    return _record(session, pipeline, plan, fetched, settings)
+
+
+@dataclass
+class _Plan:
+    """Claimed rows sorted by what the pipeline must do for them; one focus may stand for many rows."""
+
+    facility_id: str
+    by_focus: dict[ResourceRef, list[ClaimedRow]] = field(default_factory=lambda: defaultdict(list))
+    by_identifier: dict[IdentifierKey, list[ClaimedRow]] = field(default_factory=lambda: defaultdict(list))
+    payloads: list[tuple[ClaimedRow, Observed]] = field(default_factory=list)
+    no_focus: list[ClaimedRow] = field(default_factory=list)
+
+    def work(self) -> Work:
+        return Work(
+            reads=list(self.by_focus),
+            identifiers=list(self.by_identifier),
+            payloads=[observed for _, observed in self.payloads],
+        )
+
+    def rows(self) -> list[ClaimedRow]:
+        found = [r for rows in (*self.by_focus.values(), *self.by_identifier.values()) for r in rows]
+        return found + [r for r, _ in self.payloads] + self.no_focus
+
+
+def _plan(facility_id: str, rows: list[ClaimedRow]) -> _Plan:
+    plan = _Plan(facility_id)
+    for row in rows:
+        if row.focus is None and row.focus_identifier and row.focus_type:
+            plan.by_identifier[(row.focus_type, row.focus_identifier)].append(row)
+        elif row.focus is None:
+            plan.no_focus.append(row)
+        elif row.payload is not None and _payload_matches(row.payload, row.focus):
+            # A full-resource payload is the resource; its meta orders it against fetched versions.
+            # One that does not match its focus is ignored: the resource is fetched instead.
+            focus = row.focus
+            observed = Observed(
+                facility_id, focus.resource_type, focus.resource_id, row.payload, row.received_at
+            )
+            plan.payloads.append((row, observed))
+        else:
+            plan.by_focus[row.focus].append(row)
+    return plan
+
+
+def _payload_matches(payload: dict[str, Any], focus: ResourceRef) -> bool:
+    return payload.get("resourceType") == focus.resource_type and payload.get("id") == focus.resource_id
+
+
+def _record(
+    session: Session,
+    pipeline: Pipeline,
+    plan: _Plan,
+    fetched: Fetched,
+    settings: Settings,
+    *,
+    with_references: bool = True,
+) -> DrainReport:
+    """Store what ``fetched`` holds for ``plan``'s rows and mark each row: done, backed off or dead."""
+    report = DrainReport(claimed=len(plan.rows()))
+    items: list[Observed] = []
+    done: list[ClaimedRow] = []
+    for ref, waiting in plan.by_focus.items():
+        outcome = fetched.reads[ref]
         if isinstance(outcome, Observed):
-            observed.append(outcome)
-            done_ids.extend(r.id for r in by_focus[ref])
+            items.append(outcome)
+            done += waiting
         else:
             _record_failure(
                 session,
-                by_focus[ref],
+                waiting,
                 outcome,
-                facility_id=facility.id,
+                facility_id=plan.facility_id,
                 resource_type=ref.resource_type,
                 settings=settings,
                 report=report,
             )
-    for (resource_type, identifier), waiting in by_identifier.items():
-        found = _search_identifier(client, adapter, resource_type, identifier)
+    for key, waiting in plan.by_identifier.items():
+        found = fetched.identifiers[key]
         if isinstance(found, list):
-            observed.extend(found)
-            done_ids.extend(r.id for r in waiting)
+            items += found
+            done += waiting
         else:
             _record_failure(
                 session,
                 waiting,
                 found,
-                facility_id=facility.id,
-                resource_type=resource_type,
+                facility_id=plan.facility_id,
+                resource_type=key[0],
                 settings=settings,
                 report=report,
             )
-    observed = _with_references(client, adapter, observed, settings, report)
-    stats: StoreStats = store_versions(session, observed)
-    report.stale += stats.stale
-    if done_ids:
-        session.execute(queries.MARK_DONE, {"ids": done_ids, "reason": None, "token": token})
-        report.done += len(done_ids)
-    if no_focus:
+    for (row, _), normalized in zip(plan.payloads, fetched.payloads, strict=True):
+        items.append(normalized)
+        done.append(row)
+    if with_references:
+        items += fetched.references
+        for reason, n in fetched.unresolved.items():
+            report.reasons[reason] = report.reasons.get(reason, 0) + n
+    report.stale += pipeline.store(session, items).stale
+    if done:
+        session.execute(
+            queries.MARK_DONE, {"ids": [r.id for r in done], "reason": None, "token": _token(done)}
+        )
+        report.count("done", None, len(done))
+    if plan.no_focus:
         # An `empty` notification (HAPI's payload-less POST, backport `empty`) names nothing to fetch: only
         # a backfill of the facility can find what changed. Until the reconciler polls, these rows are
         # dead letters with that reason (visible, countable, replayable), never quietly done.
-        detail = "the notification names no resource; backfill this facility since the row's received_at"
-        params = {"ids": no_focus, "reason": "needs_backfill", "detail": detail, "token": token}
-        session.execute(queries.MARK_DEAD, params)
-        report.dead += len(no_focus)
-        report.reasons["needs_backfill"] = report.reasons.get("needs_backfill", 0) + len(no_focus)
-        log.warning("ingest.needs_backfill", facility_id=facility.id, rows=len(no_focus))
+        error = NeedsBackfill(
+            "the notification names no resource; backfill this facility since the row's received_at"
+        )
+        _record_failure(
+            session,
+            plan.no_focus,
+            error,
+            facility_id=plan.facility_id,
+            resource_type="-",
+            settings=settings,
+            report=report,
+        )
     return report
 
 
-@dataclass
-class _Work:
-    by_focus: dict[ResourceRef, list[ClaimedRow]] = field(default_factory=lambda: defaultdict(list))
-    by_identifier: dict[tuple[str, str], list[ClaimedRow]] = field(default_factory=lambda: defaultdict(list))
-    no_focus: list[int] = field(default_factory=list)
-    observed: list[Observed] = field(default_factory=list)  # full-resource payloads: no fetch needed
-    done_ids: list[int] = field(default_factory=list)
-
-
-def _sort(facility_id: str, rows: list[ClaimedRow]) -> _Work:
-    work = _Work()
-    for row in rows:
-        if row.focus is None and row.focus_identifier and row.focus_type:
-            work.by_identifier[(row.focus_type, row.focus_identifier)].append(row)
-        elif row.focus is None:
-            work.no_focus.append(row.id)
-        elif row.payload is not None and _payload_matches(row.payload, row.focus):
-            # A full-resource payload is the resource; its meta orders it against fetched versions.
-            # One that does not match its focus is ignored: the resource is fetched instead.
-            focus = row.focus
-            work.observed.append(
-                Observed(facility_id, focus.resource_type, focus.resource_id, row.payload, row.received_at)
-            )
-            work.done_ids.append(row.id)
-        else:
-            work.by_focus[row.focus].append(row)
-    return work
-
-
-def _payload_matches(payload: dict[str, Any], focus: ResourceRef) -> bool:
-    return payload.get("resourceType") == focus.resource_type and payload.get("id") == focus.resource_id
+def _token(rows: list[ClaimedRow]) -> str | None:
+    return rows[0].claim_token if rows else None  # one claim, one token
 
 
 def _record_failure(
@@ -201,14 +270,13 @@ def _record_failure(
     settings: Settings,
     report: DrainReport,
 ) -> None:
-    """Back a transient failure off in Postgres; dead-letter a permanent one or an exhausted budget."""
+    """Back a failure off in Postgres; dead-letter a permanent one or an exhausted budget."""
     ids = [r.id for r in rows]
-    report.reasons[error.reason] = report.reasons.get(error.reason, 0) + len(ids)
     attempts = max(r.attempts for r in rows)
-    params = {"ids": ids, "reason": error.reason, "detail": error.detail[:500], "token": rows[0].claim_token}
-    if isinstance(error, PermanentEHRError) or attempts >= settings.max_attempts:
+    params = {"ids": ids, "reason": error.reason, "detail": error.detail[:500], "token": _token(rows)}
+    if error.permanent or attempts >= settings.max_attempts:
         session.execute(queries.MARK_DEAD, params)
-        report.dead += len(ids)
+        report.count("dead", error.reason, len(ids))
         log.warning(
             "ingest.dead_letter",
             facility_id=facility_id,
@@ -218,65 +286,8 @@ def _record_failure(
             attempts=attempts,
         )
         return
-    retry_after = error.retry_after if isinstance(error, EHRRateLimited) else None
-    session.execute(queries.MARK_RETRY, {**params, "delay": backoff(settings, attempts, retry_after)})
-    report.retried += len(ids)
-
-
-def _search_identifier(
-    client: EHRClient, adapter: VendorAdapter, resource_type: str, identifier: str
-) -> list[Observed] | IngestError:
-    """Resolve an identifier-only focus by search. Nothing found may be an index not yet updated: a
-    transient error, so the row backs off and, if it never resolves, ends visible in dead letters."""
-    try:
-        bundles = client.search(resource_type, {"identifier": identifier})
-    except IngestError as exc:
-        return exc
-    fetched_at = datetime.now(UTC)
-    found = [
-        Observed(client.facility_id, resource_type, str(resource["id"]), resource, fetched_at)
-        for bundle in bundles
-        for resource in adapter.search_entries(bundle)
-        if resource.get("resourceType") == resource_type and isinstance(resource.get("id"), str)
-    ]
-    if not found:
-        return EHRUnavailable("identifier_not_found", f"no {resource_type} with the focus identifier yet")
-    return found
-
-
-def _with_references(
-    client: EHRClient,
-    adapter: VendorAdapter,
-    observed: list[Observed],
-    settings: Settings,
-    report: DrainReport,
-) -> list[Observed]:
-    """Normalize, then fetch (once per process and facility) what the resources reference and need, such as
-    Epic's separate Medication resources. A reference that cannot be read now does not hold back the
-    resource that names it: the consumer view shows the medication as unresolved until it arrives."""
-    now = datetime.now(UTC)
-    normalized, wanted = normalize(adapter, observed, now=now)
-    present = {ResourceRef(o.resource_type, o.resource_id) for o in observed}
-    missing = _SEEN.unseen(client.facility_id, (ref for ref in wanted if ref not in present))
-    if not missing:
-        return normalized
-    fetched = fetch_resources(client, adapter, missing, workers=settings.fetch_concurrency)
-    extra = [outcome for outcome in fetched.values() if isinstance(outcome, Observed)]
-    for ref, outcome in fetched.items():
-        if not isinstance(outcome, Observed):
-            report.reasons[f"reference_{outcome.reason}"] = (
-                report.reasons.get(f"reference_{outcome.reason}", 0) + 1
-            )
-            log.info(
-                "ingest.reference_unresolved",
-                facility_id=client.facility_id,
-                resource_type=ref.resource_type,
-                reason=outcome.reason,
-            )
-    # Remembered by drain_facility once the batch has committed: a rolled-back fetch must be fetched again.
-    report.referenced.extend(ResourceRef(o.resource_type, o.resource_id) for o in extra)
-    more, _ = normalize(adapter, extra, now=now)
-    return normalized + more
+    session.execute(queries.MARK_RETRY, {**params, "delay": backoff(settings, attempts, error.retry_after)})
+    report.count("retried", error.reason, len(ids))
 
 
 def drain_facility(
@@ -284,8 +295,25 @@ def drain_facility(
     client_for: Callable[[Facility], EHRClient],
     facility_id: str,
     settings: Settings,
+    *,
+    references: ReferenceCache | None = None,
 ) -> DrainReport:
-    """Drain until the facility has no due rows or the time budget is spent (then ``more`` is True)."""
+    """Drain until the facility has no due rows or the time budget is spent (then ``more`` is True).
+    ``references`` is the process's cache of referenced resources (a fresh one when not given)."""
+    started = time.perf_counter()
+    try:
+        return _drain(sessions, client_for, facility_id, settings, references)
+    finally:
+        DRAIN_SECONDS.labels(facility_id).observe(time.perf_counter() - started)
+
+
+def _drain(
+    sessions: sessionmaker[Session],
+    client_for: Callable[[Facility], EHRClient],
+    facility_id: str,
+    settings: Settings,
+    references: ReferenceCache | None,
+) -> DrainReport:
     total = DrainReport()
     deadline = time.monotonic() + settings.drain_time_budget.total_seconds()
     with sessions() as session:
@@ -300,27 +328,16 @@ def drain_facility(
         # A facility we cannot talk to at all (a secret that cannot be read, a bad key): its rows back
         # off and end in dead letters with the reason, rather than waiting unseen forever.
         return _fail_due_rows(sessions, facility, exc, settings)
-    adapter = adapter_for(facility.vendor, mrn_system=facility.mrn_system)
+    pipeline = pipeline_for(facility, client, settings, references)
     while True:
         with sessions.begin() as session:
             rows = claim(session, facility_id, limit=settings.drain_batch, lease=settings.lease)
         if not rows:
             break
-        try:
-            with sessions.begin() as session:
-                report = process_batch(session, facility, client, rows, settings, adapter=adapter)
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded on its rows, none escapes
-            if len(rows) == 1:
-                # Our own failure (a bug, the database going away): back the row off so it cannot spin a
-                # worker, and let the task layer see the error, described without its message: a
-                # database error's text can quote the data it refused.
-                _release_after_failure(sessions, rows, settings)
-                raise IngestError("internal_error", str(_describe(exc))) from None
-            # One poison row must not hold back (and finally dead-letter) the good rows claimed with it:
-            # redo the batch one row per transaction, so only the failing rows are backed off.
-            log.warning("ingest.batch_failed_isolating", facility_id=facility_id, rows=len(rows))
-            report = _one_by_one(sessions, facility, client, rows, settings, adapter=adapter)
-        _SEEN.remember(facility_id, report.referenced)
+        batch_started = time.perf_counter()
+        report = _drain_batch(sessions, pipeline, _plan(facility_id, rows), settings)
+        BATCH_SECONDS.labels(facility_id).observe(time.perf_counter() - batch_started)
+        _observe(facility_id, report)
         _accumulate(total, report)
         log.info(
             "ingest.batch",
@@ -337,27 +354,72 @@ def drain_facility(
     return total
 
 
+def _drain_batch(
+    sessions: sessionmaker[Session], pipeline: Pipeline, plan: _Plan, settings: Settings
+) -> DrainReport:
+    fetched: Fetched | None = None
+    try:
+        fetched = pipeline.fetch(plan.work())  # no transaction open while the EHR answers
+        with sessions.begin() as session:
+            report = _record(session, pipeline, plan, fetched, settings)
+        pipeline.committed(fetched)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded on its rows, none escapes
+        rows = plan.rows()
+        if len(rows) == 1:
+            # Our own failure (a bug, the database going away): back the row off so it cannot spin a
+            # worker, and let the task layer see the error, described without its message: a
+            # database error's text can quote the data it refused.
+            _release_after_failure(sessions, rows, settings)
+            raise InternalError(str(_describe(exc))) from None
+        # One poison row must not hold back (and finally dead-letter) the good rows claimed with it:
+        # redo the batch one row per transaction, so only the failing rows are backed off.
+        log.warning("ingest.batch_failed_isolating", facility_id=plan.facility_id, rows=len(rows))
+        report = _one_by_one(sessions, pipeline, plan, fetched, settings)
+    return report
+
+
 def _one_by_one(
     sessions: sessionmaker[Session],
-    facility: Facility,
-    client: EHRClient,
-    rows: list[ClaimedRow],
+    pipeline: Pipeline,
+    plan: _Plan,
+    fetched: Fetched | None,
     settings: Settings,
-    *,
-    adapter: VendorAdapter,
 ) -> DrainReport:
+    """Each row in its own transaction, with what was already fetched (read again only if the fetch
+    itself failed)."""
     total = DrainReport()
-    for row in rows:
+    if fetched is not None and fetched.references:
         try:
             with sessions.begin() as session:
-                report = process_batch(session, facility, client, [row], settings, adapter=adapter)
+                pipeline.store(session, fetched.references)
+            pipeline.committed(fetched)
+        except Exception as exc:  # noqa: BLE001 - unstored references are read again next time
+            log.warning("ingest.references_failed", facility_id=plan.facility_id, **_describe(exc))
+    for row in plan.rows():
+        alone = _plan(plan.facility_id, [row])
+        try:
+            part = _slice(fetched, plan, alone) if fetched is not None else pipeline.fetch(alone.work())
+            with sessions.begin() as session:
+                report = _record(session, pipeline, alone, part, settings, with_references=fetched is None)
+            if fetched is None:
+                pipeline.committed(part)
             _accumulate(total, report)
         except Exception as exc:  # noqa: BLE001 - recorded on the row; the other rows go on
-            log.warning("ingest.row_failed", facility_id=facility.id, inbox_id=row.id, **_describe(exc))
+            log.warning("ingest.row_failed", facility_id=plan.facility_id, inbox_id=row.id, **_describe(exc))
             _release_after_failure(sessions, [row], settings)
             total.claimed += 1
-            total.retried += 1
+            total.count("retried", InternalError.reason, 1)
     return total
+
+
+def _slice(fetched: Fetched, plan: _Plan, part: _Plan) -> Fetched:
+    """What ``fetched`` (for ``plan``) holds for the rows of ``part``."""
+    normalized = {row.id: n for (row, _), n in zip(plan.payloads, fetched.payloads, strict=True)}
+    return Fetched(
+        reads={ref: fetched.reads[ref] for ref in part.by_focus},
+        identifiers={key: fetched.identifiers[key] for key in part.by_identifier},
+        payloads=[normalized[row.id] for row, _ in part.payloads],
+    )
 
 
 def _fail_due_rows(
@@ -378,8 +440,17 @@ def _fail_due_rows(
                 settings=settings,
                 report=report,
             )
+    _observe(facility.id, report)
     report.more = len(rows) == settings.drain_batch
     return report
+
+
+def _observe(facility_id: str, report: DrainReport) -> None:
+    """Metrics of a committed batch: label values are ids and reason slugs only."""
+    for (outcome, reason), n in report.rows.items():
+        INBOX_ROWS.labels(facility_id, outcome, reason).inc(n)
+    if report.stale:
+        STALE_WRITES.labels(facility_id).inc(report.stale)
 
 
 def _describe(exc: BaseException) -> dict[str, str]:
@@ -404,7 +475,7 @@ def _release_after_failure(
                     queries.MARK_DEAD,
                     {
                         "ids": exhausted,
-                        "reason": "internal_error",
+                        "reason": InternalError.reason,
                         "detail": detail,
                         "token": rows[0].claim_token,
                     },
@@ -415,7 +486,7 @@ def _release_after_failure(
                     queries.MARK_RETRY,
                     {
                         "ids": retry,
-                        "reason": "internal_error",
+                        "reason": InternalError.reason,
                         "detail": detail,
                         "token": rows[0].claim_token,
                         "delay": backoff(settings, attempts, None),
@@ -433,4 +504,5 @@ def _accumulate(total: DrainReport, report: DrainReport) -> None:
     total.stale += report.stale
     for reason, n in report.reasons.items():
         total.reasons[reason] = total.reasons.get(reason, 0) + n
-    total.referenced.extend(report.referenced)
+    for key, n in report.rows.items():
+        total.rows[key] = total.rows.get(key, 0) + n

@@ -1,34 +1,27 @@
-"""Fetching what a batch of inbox rows points at, the way the facility's vendor allows.
+"""The fetch stage: reading what a batch points at, the way the facility's vendor allows.
 
 - Where the adapter allows it, ids of one type are read with one search (``Type?_id=a,b,c``); an id the
   search does not return is read on its own, so that a 404/410 becomes a tombstone and anything else an
   error for that row alone. A server refusing the batched search falls back to single reads.
 - Single reads run concurrently on a small thread pool (httpx clients are thread-safe); the facility's
   shared politeness limits still apply to every request.
-- Resources are normalized by the vendor adapter (pure); references it asks for (an Epic
-  ``medicationReference``) are fetched too unless this process already saw them for the facility.
+- An identifier-only focus (``system|value``) is resolved by a search; nothing found yet is transient.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
 
 from app.ehr.client import EHRClient
-from app.errors import IngestError, PermanentEHRError
+from app.errors import IdentifierNotFound, IngestError, PermanentEHRError
 from app.fhir.references import ResourceRef
-from app.ingest.store import Observed
+from app.ingest.pipeline.observed import Observed, Outcome
 from app.vendors.base import VendorAdapter
 
 log = structlog.get_logger("ingest.fetch")
-
-Outcome = Observed | IngestError
 
 
 def fetch_resources(
@@ -98,39 +91,22 @@ def _read_each(client: EHRClient, refs: list[ResourceRef], workers: int) -> dict
         return dict(zip(refs, pool.map(one, refs), strict=True))
 
 
-class SeenReferences:
-    """Referenced resources this process already fetched, per facility (bounded LRU). A miss costs one
-    read; a stale hit is harmless because a changed Medication is announced like any other resource."""
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self._seen: OrderedDict[tuple[str, ResourceRef], None] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def unseen(self, facility_id: str, refs: Iterable[ResourceRef]) -> list[ResourceRef]:
-        with self._lock:
-            return [ref for ref in dict.fromkeys(refs) if (facility_id, ref) not in self._seen]
-
-    def remember(self, facility_id: str, refs: Iterable[ResourceRef]) -> None:
-        with self._lock:
-            for ref in refs:
-                self._seen[(facility_id, ref)] = None
-                self._seen.move_to_end((facility_id, ref))
-            while len(self._seen) > self._capacity:
-                self._seen.popitem(last=False)
-
-
-def normalize(
-    adapter: VendorAdapter, observed: list[Observed], *, now: datetime
-) -> tuple[list[Observed], list[ResourceRef]]:
-    """Attach the adapter's summary and validation issues; return the references still to fetch."""
-    out: list[Observed] = []
-    wanted: list[ResourceRef] = []
-    for item in observed:
-        if item.resource is None:
-            out.append(item)
-            continue
-        result = adapter.normalize(item.resource, now=now)
-        out.append(replace(item, summary=result.summary, issues=result.issues))
-        wanted.extend(ResourceRef(t, i) for t, i in result.references)
-    return out, wanted
+def search_identifier(
+    client: EHRClient, adapter: VendorAdapter, resource_type: str, identifier: str
+) -> list[Observed] | IngestError:
+    """Resolve an identifier-only focus by search. Nothing found may be an index not yet updated: a
+    transient error, so the caller backs off and, if it never resolves, the failure ends visible."""
+    try:
+        bundles = client.search(resource_type, {"identifier": identifier})
+    except IngestError as exc:
+        return exc
+    fetched_at = datetime.now(UTC)
+    found = [
+        Observed(client.facility_id, resource_type, str(resource["id"]), resource, fetched_at)
+        for bundle in bundles
+        for resource in adapter.search_entries(bundle)
+        if resource.get("resourceType") == resource_type and isinstance(resource.get("id"), str)
+    ]
+    if not found:
+        return IdentifierNotFound(f"no {resource_type} with the focus identifier yet")
+    return found

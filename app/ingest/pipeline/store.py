@@ -1,13 +1,12 @@
 """Version-guarded writes of fetched resources into the ledger (DESIGN.md rules 2 and 3).
 
-Every write goes through ``store_versions``: the webhook path and, later, the reconciler's backfill.
+Every write goes through ``store_versions``, the last stage of the one pipeline (``app.ingest.pipeline``).
 Concurrent writers converge: the guard lives in the upsert's WHERE clause, not in Python.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -15,19 +14,7 @@ from sqlalchemy.orm import Session
 from app.fhir import pgsafe
 from app.fhir.resources import content_hash, resource_meta
 from app.ingest import queries
-
-
-@dataclass(frozen=True)
-class Observed:
-    """A resource as observed at ``fetched_at``; ``resource is None`` means it is gone (tombstone)."""
-
-    facility_id: str
-    resource_type: str
-    resource_id: str
-    resource: dict[str, Any] | None
-    fetched_at: datetime
-    summary: dict[str, Any] | None = None  # the vendor adapter's normalized fields (views read them)
-    issues: list[str] | None = None  # lenient validation findings: paths and error types, never values
+from app.ingest.pipeline.observed import Observed
 
 
 @dataclass

@@ -13,7 +13,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from app.ingest.store import Observed, store_versions
+from app.ingest.pipeline.observed import Observed
+from app.ingest.pipeline.store import store_versions
 from tests.conftest import make_facility
 from tests.fixtures import observation
 

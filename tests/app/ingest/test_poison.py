@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.fhir import pgsafe
 from app.ingest.drain import drain_facility
-from app.ingest.store import Observed, store_versions
+from app.ingest.pipeline.observed import Observed
+from app.ingest.pipeline.store import store_versions
 from app.settings import Settings
 from tests.conftest import make_facility
 from tests.ehr_mocks import make_client
@@ -106,10 +107,10 @@ def test_escaped_backslash_before_u0000_text_is_not_mistaken_for_nul() -> None:
 def test_a_facility_whose_secret_cannot_be_read_backs_off_then_dead_letters(
     engine: Engine, committed_facility: str
 ) -> None:
-    from app.errors import ConfigurationError
+    from app.errors import SecretMissing
 
     def unusable(_: object) -> object:
-        raise ConfigurationError("secret_missing", "environment variable X is not set")
+        raise SecretMissing("environment variable X is not set")
 
     settings = Settings(max_attempts=2)
     sessions = sessionmaker(engine)

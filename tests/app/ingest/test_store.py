@@ -8,7 +8,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Resource, ResourceVersion
-from app.ingest.store import Observed, store_versions
+from app.ingest.pipeline.observed import Observed
+from app.ingest.pipeline.store import store_versions
 from tests.conftest import make_facility
 from tests.fixtures import observation
 
