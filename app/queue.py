@@ -3,6 +3,10 @@
 Messages carry a facility id, never a payload; Postgres holds the work. Both the receiver (which only
 sends) and the workers (which also consume) build their Celery app here, so the receiver never imports
 the workers package.
+
+Two queues: drains go to ``settings.queue``, beat's periodic tasks to ``settings.periodic_queue``, so a
+sweep is never queued behind a backlog of drains. A worker started without ``-Q`` consumes both; a
+deployment may run a small worker with ``-Q periodic`` of its own.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any
 
 import structlog
 from celery import Celery
+from kombu.entity import Queue
 
 from app.settings import Settings
 
@@ -20,9 +25,12 @@ DRAIN_TASK = "ingest.drain_facility"
 SWEEP_TASK = "reconcile.sweep_inbox"
 
 
-def make_celery(settings: Settings) -> Celery:
+def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] | None = None) -> Celery:
+    """The Celery app; ``beat_schedule`` is the periodic work (``reconciler.schedule``), applied here as
+    configuration rather than as a side effect of importing a tasks module."""
     app = Celery("ehr_ingest", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
+        beat_schedule=beat_schedule or {},
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
@@ -32,7 +40,8 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,  # ...and redelivered if the worker process died under it
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
-        task_routes={DRAIN_TASK: {"queue": settings.queue}, SWEEP_TASK: {"queue": settings.queue}},
+        task_queues=[_queue(settings.queue), _queue(settings.periodic_queue)],
+        task_routes={DRAIN_TASK: {"queue": settings.queue}, SWEEP_TASK: {"queue": settings.periodic_queue}},
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             # Longer than any task (drain budget + lease), so Redis does not redeliver a running task.
@@ -50,6 +59,16 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def _queue(name: str) -> Queue:
+    return Queue(name)  # type: ignore[no-untyped-call]  # kombu ships no annotations
+
+
+def enqueue_drain(celery: Celery, queue: str, facility_id: str, *, retry: bool = True) -> None:
+    """The one way a drain is asked for: by the receiver's doorbell, a drain handing on the rest of its
+    work, and the sweeper. Raises the broker's error; callers decide whether that matters."""
+    celery.send_task(DRAIN_TASK, args=[facility_id], queue=queue, retry=retry)
+
+
 class Doorbell:
     """Tells workers that a facility has work. Failure to ring is logged, not raised: the sweeper rings
     again from Postgres."""
@@ -60,7 +79,7 @@ class Doorbell:
 
     def ring(self, facility_id: str) -> bool:
         try:
-            self._celery.send_task(DRAIN_TASK, args=[facility_id], queue=self._queue, retry=False)
+            enqueue_drain(self._celery, self._queue, facility_id, retry=False)
         except Exception as exc:  # noqa: BLE001 - any broker failure means "the sweeper will do it"
             log.warning("queue.doorbell_failed", facility_id=facility_id, error=type(exc).__name__)
             return False

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
         default="ehri:", description="Prefix of every Redis key we create (Celery queues included)."
     )
     queue: str = Field(default="ingest", description="Celery queue the drain tasks go to.")
+    periodic_queue: str = Field(
+        default="periodic",
+        description="Celery queue of beat's periodic tasks: a sweep never waits behind queued drains.",
+    )
 
     log_format: Literal["json", "console"] = "console"
     log_level: str = "INFO"

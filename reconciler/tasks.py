@@ -5,14 +5,10 @@ from __future__ import annotations
 import structlog
 
 from app.ingest.sweep import facilities_with_due_work
-from app.queue import DRAIN_TASK, SWEEP_TASK
-from app.settings import get_settings
-from reconciler.schedule import beat_schedule
+from app.queue import SWEEP_TASK, enqueue_drain
 from workers.celery_app import celery_app, runtime
 
 log = structlog.get_logger("reconciler")
-
-celery_app.conf.beat_schedule = beat_schedule(get_settings())
 
 
 @celery_app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
@@ -23,7 +19,7 @@ def sweep_inbox() -> int:
     with rt.sessions() as session:
         due = facilities_with_due_work(session)
     for facility_id in due:
-        celery_app.send_task(DRAIN_TASK, args=[facility_id], queue=rt.settings.queue)
+        enqueue_drain(celery_app, rt.settings.queue, facility_id)
     if due:
         log.info("reconcile.swept", facilities=len(due))
     return len(due)

@@ -1,7 +1,7 @@
 """The Celery application used by ``celery -A workers.celery_app worker|beat``.
 
-Per-process resources (database engine, EHR clients) are created after the prefork fork, in
-``worker_process_init``, or lazily on first use in a process that never forked (solo pool, tests).
+Per-process resources (database engine, EHR clients, the reference cache) are created after the prefork
+fork, in ``worker_process_init``, or lazily on first use in a process that never forked (solo pool, tests).
 """
 
 from __future__ import annotations
@@ -16,20 +16,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.ehr.pool import EHRClientPool
+from app.ingest.pipeline.references import ReferenceCache
 from app.logging import configure_logging
 from app.queue import make_celery
 from app.settings import Settings, get_settings
+from reconciler.schedule import beat_schedule
 
-celery_app = make_celery(get_settings())
+celery_app = make_celery(get_settings(), beat_schedule=beat_schedule(get_settings()))
 celery_app.conf.include = ["workers.tasks", "reconciler.tasks"]
 
 
 @dataclass
 class Runtime:
+    """What one worker process owns: nothing here is shared across processes except through Redis."""
+
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     clients: EHRClientPool
+    references: ReferenceCache
 
 
 _runtime: Runtime | None = None
@@ -51,6 +56,7 @@ def runtime() -> Runtime:
                     timeout_s=settings.http_timeout.total_seconds(),
                     max_connections=settings.fetch_concurrency,
                 ),
+                references=ReferenceCache(),
             )
         return _runtime
 

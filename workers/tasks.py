@@ -6,7 +6,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from app.ingest.drain import drain_facility as drain
-from app.queue import DRAIN_TASK
+from app.queue import DRAIN_TASK, enqueue_drain
 from workers.celery_app import celery_app, runtime
 
 log = structlog.get_logger("workers.tasks")
@@ -23,9 +23,9 @@ def drain_facility(self: object, facility_id: str) -> dict[str, int]:
     rt = runtime()
     task_id = getattr(getattr(self, "request", None), "id", None)
     with bound_contextvars(facility_id=facility_id, task_id=task_id):
-        report = drain(rt.sessions, rt.clients.get, facility_id, rt.settings)
+        report = drain(rt.sessions, rt.clients.get, facility_id, rt.settings, references=rt.references)
         if report.more:
-            celery_app.send_task(DRAIN_TASK, args=[facility_id], queue=rt.settings.queue)
+            enqueue_drain(celery_app, rt.settings.queue, facility_id)
         if report.claimed:
             log.info(
                 "ingest.drained",

@@ -128,8 +128,8 @@ class Stack:
             "worker",
             "--loglevel",
             "WARNING",
-            "-Q",
-            self.env.get("EHRI_QUEUE", "ingest"),
+            "-Q",  # both queues, as a worker without -Q would consume (app.queue)
+            f"{self.env.get('EHRI_QUEUE', 'ingest')},{self.env.get('EHRI_PERIODIC_QUEUE', 'periodic')}",
             "--concurrency",
             str(concurrency),
             "--pool",
