@@ -198,7 +198,7 @@ def sim(
 @cli.command("demo")
 def demo(changes: int = 200) -> None:
     """Run the end-to-end demo on this machine and print what reached Postgres."""
-    from app.devstack.demo import run_demo
+    from devstack.demo import run_demo
 
     sys.exit(run_demo(changes=changes))
 
