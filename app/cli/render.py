@@ -20,23 +20,31 @@ EXIT_FAILED = 1  # the command ran; its result is a failure (the demo lost a cha
 EXIT_USAGE = 2  # bad arguments or configuration: the same convention as click's usage errors
 EXIT_UNAVAILABLE = 3  # no connection to Postgres: nothing changed, run it again later
 
-# Consoles resolve sys.stdout / sys.stderr when they print, not when they are created, so output
-# redirected after import (tests, pipes) still lands where it should.
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+# A console per print, not per process: each one reads the width (COLUMNS, the terminal) when it is
+# used, so a wider COLUMNS for a pipe or a test applies, and redirected streams are honoured.
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
 
 
 def line(message: str) -> None:
     """One line of plain text on stdout (never interpreted as markup)."""
-    out.print(Text(message), soft_wrap=True)
+    _out().print(Text(message), soft_wrap=True)
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, title: str | None = None) -> None:
-    """A table on stdout; cells are plain text."""
-    grid = Table(*columns, title=title)
+    """A table on stdout; cells are plain text and wrap rather than being cut short with an ellipsis
+    (an id or a reason slug copied from a narrow terminal or a pipe must be whole)."""
+    grid = Table(title=title)
+    for column in columns:
+        grid.add_column(column, overflow="fold")
     for row in rows:
         grid.add_row(*(Text(cell) for cell in row))
-    out.print(grid)
+    _out().print(grid)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -44,5 +52,5 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
     Multi-line messages (YAML marks, pydantic's validation report) are folded into one line so that the
     error stays one greppable line in a terminal, a cron mail or a CI log."""
-    err.print(Text.assemble(("error", "bold red"), " ", " ".join(message.split())), soft_wrap=True)
+    _err().print(Text.assemble(("error", "bold red"), " ", " ".join(message.split())), soft_wrap=True)
     raise typer.Exit(code)
