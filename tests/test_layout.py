@@ -117,3 +117,30 @@ def test_importing_the_worker_app_does_not_load_fastapi() -> None:
 def test_importing_the_cli_loads_no_dev_package_edge_or_fastapi() -> None:
     watched = (*DEV_ONLY, *EDGES, "fastapi", "starlette", "uvicorn")
     assert _loaded_after("app.cli.main", watched) == []
+
+
+def _dockerfile_stages() -> dict[str, tuple[str, list[str]]]:
+    """Stage name -> (the stage it is built FROM, the sources its COPY lines name)."""
+    stages: dict[str, tuple[str, list[str]]] = {}
+    current = ""
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        words = raw.split()
+        if words[:1] == ["FROM"]:
+            current = words[3] if len(words) > 3 else words[1]
+            stages[current] = (words[1], [])
+        elif words[:1] == ["COPY"] and current:
+            stages[current][1].extend(w.rstrip("/") for w in words[1:-1] if not w.startswith("--"))
+    return stages
+
+
+def test_the_production_image_ships_no_dev_package_tests_or_bench() -> None:
+    stages = _dockerfile_stages()
+    assert list(stages)[-1] == "production", "the default build target must be the production image"
+    copied: list[str] = []
+    stage = "production"
+    while stage in stages:
+        parent, sources = stages[stage]
+        copied += sources
+        stage = parent
+    assert {"app", "workers", "reconciler", "migrations"} <= set(copied)
+    assert set(copied) & {*DEV_ONLY, "tests", "bench", "."} == set()
