@@ -30,8 +30,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.devstack.processes import Stack, free_port, http_ok, wait_until
 from bench.results import Figure, write
+from devstack.processes import Stack, free_port, http_ok, wait_until
 
 FACILITY = "bench"
 READ_SECONDS = float(os.environ.get("BENCH_EHRSIM_READ_SECONDS", "5"))

@@ -29,11 +29,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.db.engine import make_engine
-from app.devstack.processes import Stack, wait_until
-from app.devstack.scenario import Scenario, scenario_for
 from app.ehr.auth import SmartBackendAuth
 from app.facilities.schemas import AuthConfig
 from bench.results import Figure, write
+from devstack.processes import Stack, wait_until
+from devstack.scenario import Scenario, scenario_for
 
 CHANGES = int(os.environ.get("BENCH_PIPELINE_CHANGES", "15000"))
 # ehrsim's sender posts one event per notification (~650/s here), slower than the pipeline: the measured

@@ -33,9 +33,9 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from app.devstack.database import clear_redis_prefix, create_database, drop_database
-from app.devstack.processes import Stack, free_port, http_ok, wait_until
 from bench.results import Figure, write
+from devstack.database import clear_redis_prefix, create_database, drop_database
+from devstack.processes import Stack, free_port, http_ok, wait_until
 
 BASE_DB = os.environ.get("EHRI_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("EHRI_REDIS_URL", "redis://127.0.0.1:6379/0")

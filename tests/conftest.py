@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from app.db.models import Facility
-from app.devstack.database import clear_redis_prefix, create_database, drop_database
+from devstack.database import clear_redis_prefix, create_database, drop_database
 
 BASE_DATABASE_URL = os.environ.get(
     "EHRI_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

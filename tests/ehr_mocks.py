@@ -7,10 +7,10 @@ from pathlib import Path
 
 import httpx
 
-from app.devstack.keys import write_keypair
 from app.ehr.auth import SmartBackendAuth
 from app.ehr.client import EHRClient
 from app.facilities.schemas import AuthConfig
+from devstack.keys import write_keypair
 
 BASE = "https://ehr.test/fhir"
 TOKEN_URL = "https://ehr.test/oauth2/token"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from app.devstack.scenario import Scenario, scenario_for
+from devstack.scenario import Scenario, scenario_for
 from tests.conftest import BASE_DATABASE_URL, REDIS_URL
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.devstack.scenario import Scenario
+from devstack.scenario import Scenario
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +25,11 @@ def test_every_change_reaches_current_resources_at_its_latest_version(scenario: 
 
 def test_work_committed_while_no_worker_runs_is_drained_by_the_sweeper(scenario: Scenario) -> None:
     """Redis is only the doorbell: wipe every queued message, and beat's sweeper re-enqueues from Postgres."""
-    from app.devstack.database import clear_redis_prefix
+    from devstack.database import clear_redis_prefix
 
     stack = scenario.start(workers=0, beat=False)
     scenario.make_changes("fac-e2e", 50)
-    from app.devstack.processes import wait_until
+    from devstack.processes import wait_until
 
     wait_until(lambda: scenario.sender_counters("fac-e2e")["pending"] == 0, timeout=60, what="notifications")
     assert scenario.ledger("fac-e2e").inbox.get("pending", 0) > 0

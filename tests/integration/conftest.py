@@ -11,12 +11,12 @@ import httpx
 import pytest
 import yaml
 
-from app.devstack.keys import write_keypair
-from app.devstack.processes import Stack, free_port
 from app.ehr.auth import SmartBackendAuth
 from app.ehr.client import EHRClient
 from app.ehr.token_cache import MemoryTokenCache
 from app.facilities.schemas import AuthConfig
+from devstack.keys import write_keypair
+from devstack.processes import Stack, free_port
 
 PROFILES = ["epic", "oracle", "athena", "meditech", "medplum", "hapi", "generic"]
 

@@ -10,9 +10,9 @@ import uuid
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.devstack.database import create_database, drop_database
-from app.devstack.processes import free_port, wait_until
 from app.metrics import DOORBELL_FAILURES
+from devstack.database import create_database, drop_database
+from devstack.processes import free_port, wait_until
 from tests.app.api.conftest import Facilities, bearer, running, settings_for, shared_secret
 from tests.app.api.fixtures_shapes import dumps
 from tests.conftest import BASE_DATABASE_URL

@@ -8,9 +8,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from app.devstack.processes import ROOT
-from app.devstack.scenario import scenario_for
 from app.settings import get_settings
+from devstack.processes import ROOT
+from devstack.scenario import scenario_for
 
 FACILITIES = ["general-hospital", "valley-clinic"]
 

@@ -16,11 +16,11 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from app.db.engine import make_engine, make_sessionmaker
-from app.devstack.database import clear_redis_prefix, create_database, drop_database
-from app.devstack.keys import write_keypair
-from app.devstack.ledger import LedgerReport, check_ledger
-from app.devstack.processes import Stack, free_port, wait_until
 from app.facilities.service import apply_facilities, load_facilities_file
+from devstack.database import clear_redis_prefix, create_database, drop_database
+from devstack.keys import write_keypair
+from devstack.ledger import LedgerReport, check_ledger
+from devstack.processes import Stack, free_port, wait_until
 
 
 @dataclass

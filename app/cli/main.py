@@ -1,0 +1,29 @@
+"""The ``ehr-ingest`` console script: the typer app assembled from one module per noun.
+
+Exit codes and the import rules are in ``app.cli``'s docstring.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli import db, dead_letters, dev, facilities, quarantine, serve
+
+# No locals in tracebacks: a bug's traceback must not print settings, secrets or a resource body.
+cli = typer.Typer(
+    help="FHIR subscription ingestion: operator commands. Exit codes: 0 done, 1 failed result, "
+    "2 usage or configuration error, 3 no connection to Postgres.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+cli.add_typer(facilities.cli, name="facilities")
+cli.add_typer(db.cli, name="db")
+cli.add_typer(dead_letters.cli, name="dead-letters")
+cli.add_typer(quarantine.cli, name="quarantine")
+cli.command("serve")(serve.serve)
+cli.command("sim")(dev.sim)
+cli.command("demo")(dev.demo)
+
+
+def main() -> None:
+    cli()
