@@ -75,7 +75,7 @@ def test_every_profile_is_read_normalized_and_stored_at_ground_truth(
             current = client.read(ResourceRef(item["resourceType"], item["id"])).resource
             assert row.content_hash == content_hash(current)
         assert row.normalized is not None
-    status = dict(
+    status: dict[str, int] = dict(
         db.execute(
             text("SELECT status, count(*) FROM inbox WHERE facility_id = :f GROUP BY 1"), {"f": profile}
         ).all()

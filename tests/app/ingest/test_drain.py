@@ -86,7 +86,7 @@ def test_batch_stores_found_resources_tombstones_gone_ones_and_dead_letters_reje
         "gone": ("done", None, 1),
         "forbidden": ("dead", "ehr_http_403", 1),
     }
-    deleted = dict(db.execute(text("SELECT resource_id, deleted FROM resources")).all())
+    deleted: dict[str, bool] = dict(db.execute(text("SELECT resource_id, deleted FROM resources")).all())
     assert deleted == {"ok": False, "gone": True}
 
 
@@ -156,7 +156,7 @@ def test_identifier_only_focus_is_resolved_by_search_and_never_dropped(
     rows = claim(db, "fac-1", limit=10, lease=LEASE)
     process_batch(db, facility, make_client(httpx.MockTransport(handler)), rows, settings)
     assert sorted(searches) == ["urn:athena:doc|123", "urn:athena:doc|999"]
-    status = dict(
+    status: dict[str, str] = dict(
         db.execute(text("SELECT dedup_key, status || ':' || coalesce(reason, '-') FROM inbox")).all()
     )
     assert status == {"found": "done:-", "missing": "pending:identifier_not_found"}

@@ -64,7 +64,7 @@ def test_a_row_the_database_refuses_is_isolated_and_the_others_are_stored(
         sessionmaker(engine), lambda _: client, committed_facility, Settings(drain_batch=10)
     )
     with engine.connect() as conn:
-        status = dict(
+        status: dict[str, str] = dict(
             conn.execute(
                 text(
                     "SELECT focus_id, status || ':' || coalesce(reason, '-') FROM inbox"
