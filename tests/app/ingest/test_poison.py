@@ -10,6 +10,8 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.models import Facility
+from app.ehr.client import EHRClient
 from app.fhir import pgsafe
 from app.ingest.drain import drain_facility
 from app.ingest.store import Observed, store_versions
@@ -108,7 +110,7 @@ def test_a_facility_whose_secret_cannot_be_read_backs_off_then_dead_letters(
 ) -> None:
     from app.errors import ConfigurationError
 
-    def unusable(_: object) -> object:
+    def unusable(_: Facility) -> EHRClient:
         raise ConfigurationError("secret_missing", "environment variable X is not set")
 
     settings = Settings(max_attempts=2)
@@ -121,7 +123,7 @@ def test_a_facility_whose_secret_cannot_be_read_backs_off_then_dead_letters(
                 ),
                 {"f": committed_facility},
             )
-        drain_facility(sessions, unusable, committed_facility, settings)  # type: ignore[arg-type]
+        drain_facility(sessions, unusable, committed_facility, settings)
     with engine.connect() as conn:
         states = conn.execute(
             text("SELECT DISTINCT status, reason FROM inbox WHERE facility_id = :f"),
