@@ -185,12 +185,16 @@ def _wrk(url: str, script: Path, *, threads: int, connections: int, seconds: int
         argv, capture_output=True, text=True, check=True, timeout=seconds + 30, env=env
     ).stdout
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
-    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    requests_line = re.search(r"(\d+) requests in", out)
+    rate_line = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert requests_line is not None, f"unexpected wrk output: {out}"
+    assert rate_line is not None, f"unexpected wrk output: {out}"
+    requests = int(requests_line[1])
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return WrkResult(
         requests=requests,
-        rate=float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+        rate=float(rate_line[1]),
         p50_ms=_ms(percentiles["50"]),
         p99_ms=_ms(percentiles["99"]),
         non_2xx=int(non_2xx[1]) if non_2xx else 0,

@@ -13,7 +13,12 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +37,14 @@ FAC = "general"
 CLIENT_ID = "ingest"
 ORIGIN = "http://testserver"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+# The types of the fixtures below, for the tests' parameters.
+MakeConfig = Callable[..., SimConfig]
+Form = Callable[..., dict[str, str]]
+Run = Callable[[Starlette], AbstractAsyncContextManager[httpx.AsyncClient]]
+OpenSim = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+Wait = Callable[..., Awaitable[None]]
+Serve = Callable[[Starlette], AbstractContextManager[str]]
 
 
 @pytest.fixture
@@ -69,7 +82,7 @@ def other_private_key() -> rsa.RSAPrivateKey:
 
 
 @pytest.fixture
-def make_config(private_key: rsa.RSAPrivateKey) -> Callable[..., SimConfig]:
+def make_config(private_key: rsa.RSAPrivateKey) -> MakeConfig:
     """A one-facility config; keyword arguments override facility fields."""
 
     def make(**facility: Any) -> SimConfig:
@@ -136,7 +149,7 @@ def token_form(client_assertion: str, scope: str = "system/*.read") -> dict[str,
 
 
 @pytest.fixture
-def form() -> Callable[..., dict[str, str]]:
+def form() -> Form:
     return token_form
 
 
@@ -152,12 +165,12 @@ async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def run() -> Callable[[Starlette], AbstractAsyncContextManager[httpx.AsyncClient]]:
+def run() -> Run:
     return running
 
 
 @pytest.fixture
-async def sim(make_config: Callable[..., SimConfig], clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
+async def sim(make_config: MakeConfig, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
     """The simulator (one facility, 5 patients, no webhook) on the fake clock."""
     async with running(create_app(make_config(), clock=clock)) as client:
         yield client
@@ -186,7 +199,7 @@ async def eventually(predicate: Callable[[], Awaitable[bool]], within_s: float =
 
 
 @pytest.fixture
-def wait() -> Callable[..., Awaitable[None]]:
+def wait() -> Wait:
     return eventually
 
 
@@ -231,5 +244,5 @@ def serve(app: Starlette) -> Iterator[str]:
 
 
 @pytest.fixture
-def server() -> Callable[[Starlette], Any]:
+def server() -> Serve:
     return serve

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import httpx
 import pytest
 
 from ehrsim.server import create_app
 
+if TYPE_CHECKING:
+    from tests.ehrsim.conftest import FakeClock, MakeConfig, Run
+
 pytestmark = pytest.mark.anyio
 
 
-async def _truth(client: httpx.AsyncClient) -> dict[tuple[str, str], dict]:
+async def _truth(client: httpx.AsyncClient) -> dict[tuple[str, str], dict[str, Any]]:
     resources = (await client.get("/_admin/general/truth")).json()["resources"]
     return {(r["resourceType"], r["id"]): r for r in resources}
 
@@ -44,7 +49,7 @@ async def test_patients_are_never_deleted(authed: httpx.AsyncClient) -> None:
     assert not any(r["deleted"] for r in truth if r["resourceType"] == "Patient")
 
 
-async def test_same_seed_gives_the_same_history(make_config, clock, run) -> None:
+async def test_same_seed_gives_the_same_history(make_config: MakeConfig, clock: FakeClock, run: Run) -> None:
     histories = []
     for _ in range(2):
         async with run(create_app(make_config(seed=7), clock=clock)) as client:

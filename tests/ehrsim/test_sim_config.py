@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 import pytest
@@ -8,8 +9,11 @@ import pytest
 from ehrsim.config import SimConfig, load_config
 from ehrsim.instants import date_range, format_instant
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
-def test_yaml_config_resolves_key_files_next_to_it(tmp_path: Path, private_key) -> None:
+
+def test_yaml_config_resolves_key_files_next_to_it(tmp_path: Path, private_key: rsa.RSAPrivateKey) -> None:
     from cryptography.hazmat.primitives import serialization
 
     pem = private_key.public_key().public_bytes(
@@ -50,7 +54,7 @@ facilities:
         [{"id": "a", "clients": [{"client_id": "c"}]}],
     ],
 )
-def test_invalid_configs_are_rejected(facilities: list[dict]) -> None:
+def test_invalid_configs_are_rejected(facilities: list[dict[str, Any]]) -> None:
     with pytest.raises(pydantic.ValidationError):
         SimConfig.model_validate({"facilities": facilities})
 
@@ -118,6 +122,6 @@ facilities:
         {"id": "a", "webhook": {"url": "http://x", "style": "carrier-pigeon"}},
     ],
 )
-def test_invalid_profile_fault_and_client_settings_are_rejected(facility: dict) -> None:
+def test_invalid_profile_fault_and_client_settings_are_rejected(facility: dict[str, Any]) -> None:
     with pytest.raises(pydantic.ValidationError):
         SimConfig.model_validate({"facilities": [facility]})

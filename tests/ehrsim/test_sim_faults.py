@@ -6,28 +6,41 @@ from __future__ import annotations
 import json
 import time
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from ehrsim.server import create_app
 from tests.ehrsim.simclient import settle as _settle
+
+if TYPE_CHECKING:
+    from tests.ehrsim.conftest import Assertions, FakeClock, Form, MakeConfig, Recorder, Run, Wait
 
 pytestmark = pytest.mark.anyio
 FAULTS = "/_admin/general/faults"
 
 
-def _app(make_config, recorder, clock=None, faults: dict | None = None, **webhook: object):
+def _app(
+    make_config: MakeConfig,
+    recorder: Recorder,
+    clock: FakeClock | None = None,
+    faults: dict[str, Any] | None = None,
+    **webhook: object,
+) -> Starlette:
     config = make_config(
         webhook={"url": "http://receiver.test/hook", "backoff_initial_s": 0.001, **webhook},
         faults=faults or {},
     )
-    kwargs = {"clock": clock} if clock is not None else {}
+    kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
     return create_app(config, webhook_transport=httpx.MockTransport(recorder), **kwargs)
 
 
-async def _dropped(client: httpx.AsyncClient) -> list[dict]:
-    events: list[dict] = (await client.get("/_admin/general/notifications/dropped")).json()["events"]
+async def _dropped(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = (await client.get("/_admin/general/notifications/dropped")).json()[
+        "events"
+    ]
     return events
 
 
@@ -37,7 +50,9 @@ def _number(request: httpx.Request) -> int:
     return int(params["events-since-subscription-start"]["valueString"])
 
 
-async def test_drop_rate_drops_and_records_notifications(make_config, recorder, run, wait) -> None:
+async def test_drop_rate_drops_and_records_notifications(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder)) as client:
         await client.post(FAULTS, json={"drop_rate": 1.0})
         counters = await _settle(client, wait, 5)
@@ -51,13 +66,17 @@ async def test_drop_rate_drops_and_records_notifications(make_config, recorder, 
     assert state["faults"]["drop_rate"] == 1.0
 
 
-async def test_faults_can_be_set_in_the_config(make_config, recorder, run, wait) -> None:
+async def test_faults_can_be_set_in_the_config(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, faults={"drop_rate": 1.0})) as client:
         counters = await _settle(client, wait, 3)
     assert counters["dropped"] == 3
 
 
-async def test_duplicate_rate_delivers_twice(make_config, recorder, run, wait) -> None:
+async def test_duplicate_rate_delivers_twice(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, faults={"duplicate_rate": 1.0})) as client:
         counters = await _settle(client, wait, 4)
 
@@ -70,7 +89,9 @@ async def test_duplicate_rate_delivers_twice(make_config, recorder, run, wait) -
     assert sorted(_number(r) for r in recorder.requests) == [1, 1, 2, 2, 3, 3, 4, 4]
 
 
-async def test_delay_with_reorder_loses_the_order(make_config, recorder, run, wait) -> None:
+async def test_delay_with_reorder_loses_the_order(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, faults={"delay_s": 0.05, "reorder": True})) as client:
         counters = await _settle(client, wait, 30)
     numbers = [_number(r) for r in recorder.requests]
@@ -79,7 +100,9 @@ async def test_delay_with_reorder_loses_the_order(make_config, recorder, run, wa
     assert numbers != sorted(numbers)
 
 
-async def test_stopped_feed_sends_nothing_and_numbers_continue(make_config, recorder, run, wait) -> None:
+async def test_stopped_feed_sends_nothing_and_numbers_continue(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, heartbeat_s=0.01)) as client:
         await client.post(FAULTS, json={"feed_stopped": True})
         recorder.requests.clear()
@@ -93,7 +116,9 @@ async def test_stopped_feed_sends_nothing_and_numbers_continue(make_config, reco
     assert [_number(r) for r in events] == [4]  # the receiver can see the gap
 
 
-async def test_restart_counters_starts_a_new_epoch(make_config, recorder, run, wait) -> None:
+async def test_restart_counters_starts_a_new_epoch(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder)) as client:
         await _settle(client, wait, 3)
         await client.post(FAULTS, json={"actions": ["restart-counters"]})
@@ -127,14 +152,18 @@ async def test_throttle_answers_429_with_retry_after_seconds(authed: httpx.Async
     assert statuses == [429, 429, 200]
 
 
-async def test_throttle_can_give_retry_after_as_an_http_date(authed: httpx.AsyncClient, clock) -> None:
+async def test_throttle_can_give_retry_after_as_an_http_date(
+    authed: httpx.AsyncClient, clock: FakeClock
+) -> None:
     await authed.post(FAULTS, json={"throttle": {"requests": 1, "retry_after_s": 30, "http_date": True}})
     response = await authed.get("/general/fhir/Patient/pat-1")
     assert response.status_code == 429
     assert parsedate_to_datetime(response.headers["retry-after"]).timestamp() == int(clock() + 30)
 
 
-async def test_throttle_also_hits_the_token_endpoint(sim: httpx.AsyncClient, assertion, form) -> None:
+async def test_throttle_also_hits_the_token_endpoint(
+    sim: httpx.AsyncClient, assertion: Assertions, form: Form
+) -> None:
     await sim.post(FAULTS, json={"throttle": {"requests": 1, "retry_after_s": 3}})
     response = await sim.post("/general/oauth2/token", data=form(assertion()))
     assert response.status_code == 429
@@ -166,7 +195,7 @@ async def test_broken_resource_always_answers_500(authed: httpx.AsyncClient) -> 
 
 @pytest.mark.parametrize("status", ["error", "off"])
 async def test_subscription_forced_off_or_error_stops_delivery(
-    make_config, recorder, run, wait, status
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait, status: str
 ) -> None:
     async with run(_app(make_config, recorder)) as client:
         await client.post(FAULTS, json={"actions": [f"subscription-{status}"]})
@@ -193,7 +222,9 @@ async def test_invalid_fault_update_is_refused(sim: httpx.AsyncClient) -> None:
     assert (await sim.post(FAULTS, json={"actions": ["explode"]})).status_code == 400
 
 
-async def test_medplum_throttle_carries_a_ratelimit_header(make_config, clock, assertion, form, run) -> None:
+async def test_medplum_throttle_carries_a_ratelimit_header(
+    make_config: MakeConfig, clock: FakeClock, assertion: Assertions, form: Form, run: Run
+) -> None:
     async with run(create_app(make_config(profile="medplum"), clock=clock)) as client:
         token = (await client.post("/general/oauth2/token", data=form(assertion()))).json()["access_token"]
         await client.post(FAULTS, json={"throttle": {"requests": 1, "retry_after_s": 4}})

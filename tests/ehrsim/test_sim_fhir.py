@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import pytest
@@ -11,17 +12,17 @@ pytestmark = pytest.mark.anyio
 INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
 
-async def _truth(client: httpx.AsyncClient) -> list[dict]:
-    resources: list[dict] = (await client.get("/_admin/general/truth")).json()["resources"]
+async def _truth(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    resources: list[dict[str, Any]] = (await client.get("/_admin/general/truth")).json()["resources"]
     return resources
 
 
-async def _live(client: httpx.AsyncClient, resource_type: str) -> list[dict]:
+async def _live(client: httpx.AsyncClient, resource_type: str) -> list[dict[str, Any]]:
     resources = [r for r in await _truth(client) if r["resourceType"] == resource_type and not r["deleted"]]
     return sorted(resources, key=lambda r: r["lastUpdated"])
 
 
-async def _all_pages(client: httpx.AsyncClient, url: str) -> tuple[list[str], list[dict]]:
+async def _all_pages(client: httpx.AsyncClient, url: str) -> tuple[list[str], list[dict[str, Any]]]:
     """The ids in order, and every bundle."""
     bundles = await follow_pages(client, url)
     return [e["resource"]["id"] for b in bundles for e in b.get("entry", [])], bundles

@@ -5,18 +5,30 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from ehrsim.server import create_app
 from tests.ehrsim.simclient import settle as _settle
+
+if TYPE_CHECKING:
+    from tests.ehrsim.conftest import MakeConfig, Recorder, Run, Wait
 
 pytestmark = pytest.mark.anyio
 HOOK = "http://receiver.test/hooks/general"
 
 
-def _app(make_config, recorder, *, profile: str = "generic", time_scale: float = 1.0, **webhook: object):
+def _app(
+    make_config: MakeConfig,
+    recorder: Recorder,
+    *,
+    profile: str = "generic",
+    time_scale: float = 1.0,
+    **webhook: object,
+) -> Starlette:
     config = make_config(
         profile=profile,
         time_scale=time_scale,
@@ -27,11 +39,13 @@ def _app(make_config, recorder, *, profile: str = "generic", time_scale: float =
     )
 
 
-def _params(bundle: dict) -> dict[str, dict]:
+def _params(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in bundle["entry"][0]["resource"]["parameter"]}
 
 
-async def test_backport_full_resource_payload_carries_the_resource(make_config, recorder, run, wait) -> None:
+async def test_backport_full_resource_payload_carries_the_resource(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, payload="full-resource")) as client:
         await _settle(client, wait, 20)
         truth = {
@@ -48,7 +62,9 @@ async def test_backport_full_resource_payload_carries_the_resource(make_config, 
         assert entry["fullUrl"].endswith(f"/{resource['resourceType']}/{resource['id']}")
 
 
-async def test_backport_empty_payload_has_no_focus_and_no_entries(make_config, recorder, run, wait) -> None:
+async def test_backport_empty_payload_has_no_focus_and_no_entries(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, payload="empty")) as client:
         await _settle(client, wait, 5)
     for request in recorder.requests:
@@ -58,11 +74,15 @@ async def test_backport_empty_payload_has_no_focus_and_no_entries(make_config, r
         assert parts == {"event-number", "timestamp"}
 
 
-async def test_handshake_activates_a_requested_subscription(make_config, recorder, run, wait) -> None:
+async def test_handshake_activates_a_requested_subscription(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, handshake=True)) as client:
 
         async def active() -> bool:
-            subs = (await client.get("/_admin/general/subscriptions")).json()["subscriptions"]
+            subs: list[dict[str, str]] = (await client.get("/_admin/general/subscriptions")).json()[
+                "subscriptions"
+            ]
             return subs[0]["status"] == "active"
 
         await wait(active)
@@ -74,12 +94,16 @@ async def test_handshake_activates_a_requested_subscription(make_config, recorde
     assert counters["delivered"] == 2
 
 
-async def test_failed_handshake_puts_the_subscription_in_error(make_config, recorder, run, wait) -> None:
+async def test_failed_handshake_puts_the_subscription_in_error(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     recorder.status = 500
     async with run(_app(make_config, recorder, handshake=True)) as client:
 
         async def errored() -> bool:
-            subs = (await client.get("/_admin/general/subscriptions")).json()["subscriptions"]
+            subs: list[dict[str, str]] = (await client.get("/_admin/general/subscriptions")).json()[
+                "subscriptions"
+            ]
             return subs[0]["status"] == "error"
 
         await wait(errored)
@@ -89,7 +113,9 @@ async def test_failed_handshake_puts_the_subscription_in_error(make_config, reco
     assert dropped[0]["reason"] == "subscription-error"
 
 
-async def test_heartbeats_report_the_event_counter(make_config, recorder, run, wait) -> None:
+async def test_heartbeats_report_the_event_counter(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, heartbeat_s=0.02)) as client:
         await _settle(client, wait, 3)
 
@@ -108,7 +134,9 @@ async def test_heartbeats_report_the_event_counter(make_config, recorder, run, w
     assert "notification-event" not in beat
 
 
-async def test_athena_r4b_is_signed_with_bundle_relative_numbers(make_config, recorder, run, wait) -> None:
+async def test_athena_r4b_is_signed_with_bundle_relative_numbers(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, profile="athena", secret="hush")) as client:
         await _settle(client, wait, 4)
     ids = set()
@@ -127,7 +155,9 @@ async def test_athena_r4b_is_signed_with_bundle_relative_numbers(make_config, re
     assert len(ids) == 4  # notificationEvent.id is the dedup key
 
 
-async def test_r5_subscription_notification_numbers_events(make_config, recorder, run, wait) -> None:
+async def test_r5_subscription_notification_numbers_events(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, style="r5")) as client:
         await _settle(client, wait, 3)
     numbers = []
@@ -141,7 +171,9 @@ async def test_r5_subscription_notification_numbers_events(make_config, recorder
     assert sorted(numbers) == [1, 2, 3]
 
 
-async def test_medplum_posts_the_bare_resource_signed(make_config, recorder, run, wait) -> None:
+async def test_medplum_posts_the_bare_resource_signed(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, profile="medplum", secret="hush")) as client:
         await _settle(client, wait, 100)
     interactions = set()
@@ -165,7 +197,9 @@ async def test_medplum_posts_the_bare_resource_signed(make_config, recorder, run
     assert interactions == {"create", "update", "delete"}
 
 
-async def test_medplum_drops_after_five_attempts(make_config, recorder, run, wait) -> None:
+async def test_medplum_drops_after_five_attempts(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     recorder.status = 500
     async with run(
         _app(make_config, recorder, profile="medplum", time_scale=0.001, backoff_initial_s=None)
@@ -175,14 +209,18 @@ async def test_medplum_drops_after_five_attempts(make_config, recorder, run, wai
     assert counters["dropped"] == 1
 
 
-async def test_hapi_empty_payload_is_an_empty_post(make_config, recorder, run, wait) -> None:
+async def test_hapi_empty_payload_is_an_empty_post(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, profile="hapi")) as client:
         await _settle(client, wait, 10)
     assert recorder.requests
     assert all(r.method == "POST" and r.content == b"" and str(r.url) == HOOK for r in recorder.requests)
 
 
-async def test_hapi_payload_puts_and_deletes_on_the_resource_url(make_config, recorder, run, wait) -> None:
+async def test_hapi_payload_puts_and_deletes_on_the_resource_url(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(_app(make_config, recorder, profile="hapi", payload="full-resource")) as client:
         counters = await _settle(client, wait, 100)
     methods = {r.method for r in recorder.requests}
@@ -195,7 +233,9 @@ async def test_hapi_payload_puts_and_deletes_on_the_resource_url(make_config, re
     assert counters["delivered"] == 100
 
 
-async def test_hapi_deletes_go_unnotified_without_opt_in(make_config, recorder, run, wait) -> None:
+async def test_hapi_deletes_go_unnotified_without_opt_in(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     async with run(
         _app(make_config, recorder, profile="hapi", payload="full-resource", hapi_deletes=False)
     ) as client:
@@ -205,7 +245,9 @@ async def test_hapi_deletes_go_unnotified_without_opt_in(make_config, recorder, 
     assert counters["delivered"] + counters["skipped"] == 100
 
 
-async def test_hapi_gives_up_after_its_retry_window(make_config, recorder, run, wait) -> None:
+async def test_hapi_gives_up_after_its_retry_window(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     recorder.status = 503
     async with run(
         _app(make_config, recorder, profile="hapi", time_scale=0.001, backoff_initial_s=None)
@@ -217,7 +259,9 @@ async def test_hapi_gives_up_after_its_retry_window(make_config, recorder, run, 
     assert "retry window" in dropped[0]["reason"]
 
 
-async def test_athena_keeps_retrying_beyond_a_few_attempts(make_config, recorder, run, wait) -> None:
+async def test_athena_keeps_retrying_beyond_a_few_attempts(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     recorder.statuses = [500] * 7
     async with run(
         _app(make_config, recorder, profile="athena", time_scale=0.0001, backoff_initial_s=None)
@@ -227,7 +271,9 @@ async def test_athena_keeps_retrying_beyond_a_few_attempts(make_config, recorder
     assert counters["attempted"] == 8
 
 
-async def test_athena_dead_letters_after_its_hour(make_config, recorder, run, wait) -> None:
+async def test_athena_dead_letters_after_its_hour(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     recorder.status = 500
     async with run(
         _app(make_config, recorder, profile="athena", time_scale=0.0001, backoff_initial_s=None)
@@ -238,7 +284,9 @@ async def test_athena_dead_letters_after_its_hour(make_config, recorder, run, wa
     assert "retry window" in dropped[0]["reason"]
 
 
-async def test_repeated_drops_put_the_subscription_in_error(make_config, recorder, run, wait) -> None:
+async def test_repeated_drops_put_the_subscription_in_error(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     recorder.status = 500
     async with run(_app(make_config, recorder, max_attempts=1)) as client:
         counters = await _settle(client, wait, 12)
@@ -250,7 +298,9 @@ async def test_repeated_drops_put_the_subscription_in_error(make_config, recorde
     assert {d["reason"] for d in dropped} >= {"http_500", "subscription-error"}
 
 
-async def test_athena_counts_a_slow_receiver_as_a_failure(make_config, run, wait) -> None:
+async def test_athena_counts_a_slow_receiver_as_a_failure(
+    make_config: MakeConfig, run: Run, wait: Wait
+) -> None:
     import asyncio
 
     answered: list[int] = []

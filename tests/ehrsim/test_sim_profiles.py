@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -17,13 +17,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ehrsim.server import create_app
 from tests.ehrsim.simclient import follow_pages
 
+if TYPE_CHECKING:
+    from tests.ehrsim.conftest import Assertions, FakeClock, Form, MakeConfig, OpenSim, Run
+
 pytestmark = pytest.mark.anyio
 TOKEN_URL = "/general/oauth2/token"
 FHIR = "/general/fhir"
 
 
 @pytest.fixture
-def open_sim(make_config, clock, assertion, form, run) -> Callable[..., Any]:
+def open_sim(
+    make_config: MakeConfig, clock: FakeClock, assertion: Assertions, form: Form, run: Run
+) -> OpenSim:
     """``async with open_sim("epic", patients=10) as client``: a logged-in client of one facility."""
 
     @asynccontextmanager
@@ -42,7 +47,7 @@ def open_sim(make_config, clock, assertion, form, run) -> Callable[..., Any]:
     return open_
 
 
-async def _pages(client: httpx.AsyncClient, url: str) -> tuple[list[dict], list[dict]]:
+async def _pages(client: httpx.AsyncClient, url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every match, and every bundle."""
     bundles = await follow_pages(client, url)
     matches = [e["resource"] for b in bundles for e in b.get("entry", []) if e["search"]["mode"] == "match"]
@@ -61,7 +66,7 @@ def _code(response: httpx.Response) -> str:
 # -- Epic ------------------------------------------------------------------------------------------------
 
 
-async def test_epic_resources_have_no_meta(open_sim) -> None:
+async def test_epic_resources_have_no_meta(open_sim: OpenSim) -> None:
     async with open_sim("epic") as client:
         response = await client.get(f"{FHIR}/Patient/pat-1")
     assert response.status_code == 200
@@ -69,7 +74,7 @@ async def test_epic_resources_have_no_meta(open_sim) -> None:
     assert "etag" not in response.headers
 
 
-async def test_epic_identifier_values_are_padded(open_sim) -> None:
+async def test_epic_identifier_values_are_padded(open_sim: OpenSim) -> None:
     async with open_sim("epic") as client:
         patient = (await client.get(f"{FHIR}/Patient/pat-1")).json()
     value = patient["identifier"][0]["value"]
@@ -77,7 +82,7 @@ async def test_epic_identifier_values_are_padded(open_sim) -> None:
     assert value.strip() == "M0000001"
 
 
-async def test_epic_official_and_usual_names_are_identical(open_sim) -> None:
+async def test_epic_official_and_usual_names_are_identical(open_sim: OpenSim) -> None:
     async with open_sim("epic") as client:
         names = (await client.get(f"{FHIR}/Patient/pat-1")).json()["name"]
     assert [n["use"] for n in names] == ["official", "usual"]
@@ -86,21 +91,21 @@ async def test_epic_official_and_usual_names_are_identical(open_sim) -> None:
     }
 
 
-async def test_epic_clinical_search_without_patient_is_4111(open_sim) -> None:
+async def test_epic_clinical_search_without_patient_is_4111(open_sim: OpenSim) -> None:
     async with open_sim("epic") as client:
         response = await client.get(f"{FHIR}/Observation")
     assert response.status_code == 400
     assert _code(response) == "4111"
 
 
-async def test_epic_search_with_two_patients_is_4112(open_sim) -> None:
+async def test_epic_search_with_two_patients_is_4112(open_sim: OpenSim) -> None:
     async with open_sim("epic") as client:
         response = await client.get(f"{FHIR}/Observation?patient=pat-1,pat-2")
     assert response.status_code == 400
     assert _code(response) == "4112"
 
 
-async def test_epic_bundles_carry_outcome_entries(open_sim) -> None:
+async def test_epic_bundles_carry_outcome_entries(open_sim: OpenSim) -> None:
     async with open_sim("epic") as client:
         found = (await client.get(f"{FHIR}/Observation?patient=pat-1")).json()
         empty = (await client.get(f"{FHIR}/Observation?patient=nobody")).json()
@@ -112,7 +117,7 @@ async def test_epic_bundles_carry_outcome_entries(open_sim) -> None:
     assert empty["entry"][0]["resource"]["issue"][0]["details"]["coding"][0]["code"] == "4101"
 
 
-async def test_epic_paging_session_expires_with_4113(open_sim, clock) -> None:
+async def test_epic_paging_session_expires_with_4113(open_sim: OpenSim, clock: FakeClock) -> None:
     async with open_sim("epic", patients=3, token_lifetime_s=3600) as client:
         first = (await client.get(f"{FHIR}/Observation?patient=pat-1&_count=1")).json()
         next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
@@ -123,7 +128,7 @@ async def test_epic_paging_session_expires_with_4113(open_sim, clock) -> None:
     assert _code(response) == "4113"
 
 
-async def test_epic_last_updated_only_on_document_reference(open_sim) -> None:
+async def test_epic_last_updated_only_on_document_reference(open_sim: OpenSim) -> None:
     async with open_sim("epic") as client:
         observation = await client.get(f"{FHIR}/Observation?patient=pat-1&_lastUpdated=ge2020-01-01")
         document = await client.get(f"{FHIR}/DocumentReference?patient=pat-1&_lastUpdated=ge2020-01-01")
@@ -131,14 +136,16 @@ async def test_epic_last_updated_only_on_document_reference(open_sim) -> None:
     assert document.status_code == 200
 
 
-async def test_epic_token_endpoint_sometimes_answers_a_bare_400(open_sim, assertion, form) -> None:
+async def test_epic_token_endpoint_sometimes_answers_a_bare_400(
+    open_sim: OpenSim, assertion: Assertions, form: Form
+) -> None:
     async with open_sim("epic", login=False, profile_overrides={"token_flaky_400_rate": 1.0}) as client:
         response = await client.post(TOKEN_URL, data=form(assertion()))
     assert response.status_code == 400
     assert response.content == b""
 
 
-async def test_epic_medication_requests_reference_a_medication(open_sim) -> None:
+async def test_epic_medication_requests_reference_a_medication(open_sim: OpenSim) -> None:
     async with open_sim("epic", patients=20) as client:
         requests = [
             r
@@ -155,7 +162,7 @@ async def test_epic_medication_requests_reference_a_medication(open_sim) -> None
 # -- Oracle Health ------------------------------------------------------------------------------------------
 
 
-async def test_oracle_last_updated_requires_patient(open_sim) -> None:
+async def test_oracle_last_updated_requires_patient(open_sim: OpenSim) -> None:
     async with open_sim("oracle") as client:
         alone = await client.get(f"{FHIR}/Observation?_lastUpdated=ge2020-01-01")
         scoped = await client.get(f"{FHIR}/Observation?patient=pat-1&_lastUpdated=ge2020-01-01")
@@ -165,7 +172,7 @@ async def test_oracle_last_updated_requires_patient(open_sim) -> None:
     assert scoped.json()["total"] > 0
 
 
-async def test_oracle_pages_with_an_opaque_page_context(open_sim) -> None:
+async def test_oracle_pages_with_an_opaque_page_context(open_sim: OpenSim) -> None:
     async with open_sim("oracle", patients=10) as client:
         matches, bundles = await _pages(client, f"{FHIR}/Observation?_count=3")
         live = await _live(client, "Observation")
@@ -173,13 +180,13 @@ async def test_oracle_pages_with_an_opaque_page_context(open_sim) -> None:
     assert {m["id"] for m in matches} == live
 
 
-async def test_oracle_observation_count_is_capped_at_200(open_sim) -> None:
+async def test_oracle_observation_count_is_capped_at_200(open_sim: OpenSim) -> None:
     async with open_sim("oracle", patients=80) as client:
         bundle = (await client.get(f"{FHIR}/Observation?_count=500")).json()
     assert len(bundle["entry"]) == 200
 
 
-async def test_oracle_returns_unpaired_blood_pressure_readings(open_sim) -> None:
+async def test_oracle_returns_unpaired_blood_pressure_readings(open_sim: OpenSim) -> None:
     async with open_sim("oracle", patients=40) as client:
         observations, _ = await _pages(client, f"{FHIR}/Observation?_count=200")
     codes = [o["code"]["coding"][0]["code"] for o in observations]
@@ -198,7 +205,7 @@ async def test_oracle_returns_unpaired_blood_pressure_readings(open_sim) -> None
         assert partners
 
 
-async def test_oracle_usual_name_has_the_given_name_only(open_sim) -> None:
+async def test_oracle_usual_name_has_the_given_name_only(open_sim: OpenSim) -> None:
     async with open_sim("oracle") as client:
         names = (await client.get(f"{FHIR}/Patient/pat-1")).json()["name"]
     usual = next(n for n in names if n["use"] == "usual")
@@ -206,7 +213,7 @@ async def test_oracle_usual_name_has_the_given_name_only(open_sim) -> None:
     assert usual["given"]
 
 
-async def test_oracle_medications_are_codeable_concepts_or_contained(open_sim) -> None:
+async def test_oracle_medications_are_codeable_concepts_or_contained(open_sim: OpenSim) -> None:
     async with open_sim("oracle", patients=30) as client:
         requests, _ = await _pages(client, f"{FHIR}/MedicationRequest?_count=200")
     shapes = {
@@ -224,7 +231,7 @@ async def test_oracle_medications_are_codeable_concepts_or_contained(open_sim) -
 
 
 async def test_oracle_tokens_last_570_seconds_then_get_invalid_token(
-    open_sim, clock, assertion, form
+    open_sim: OpenSim, clock: FakeClock, assertion: Assertions, form: Form
 ) -> None:
     async with open_sim("oracle", login=False, token_lifetime_s=None) as client:
         answer = (await client.post(TOKEN_URL, data=form(assertion()))).json()
@@ -249,7 +256,7 @@ def _basic(client_id: str, secret: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
 
 
-async def test_oracle_accepts_a_client_secret_with_basic_auth(open_sim) -> None:
+async def test_oracle_accepts_a_client_secret_with_basic_auth(open_sim: OpenSim) -> None:
     async with open_sim("oracle", login=False, clients=SECRET_CLIENT) as client:
         good = await client.post(
             TOKEN_URL, data={"grant_type": "client_credentials"}, headers=_basic("backend", "s3cret")
@@ -267,7 +274,7 @@ async def test_oracle_accepts_a_client_secret_with_basic_auth(open_sim) -> None:
     assert post.status_code == 401  # Oracle: Basic only
 
 
-async def test_medplum_accepts_a_client_secret_in_the_form(open_sim) -> None:
+async def test_medplum_accepts_a_client_secret_in_the_form(open_sim: OpenSim) -> None:
     async with open_sim("medplum", login=False, clients=SECRET_CLIENT, token_lifetime_s=None) as client:
         response = await client.post(
             TOKEN_URL,
@@ -277,7 +284,7 @@ async def test_medplum_accepts_a_client_secret_in_the_form(open_sim) -> None:
     assert response.json()["expires_in"] == 3600
 
 
-async def test_generic_refuses_client_secrets(open_sim) -> None:
+async def test_generic_refuses_client_secrets(open_sim: OpenSim) -> None:
     async with open_sim("generic", login=False, clients=SECRET_CLIENT) as client:
         response = await client.post(
             TOKEN_URL, data={"grant_type": "client_credentials"}, headers=_basic("backend", "s3cret")
@@ -288,7 +295,7 @@ async def test_generic_refuses_client_secrets(open_sim) -> None:
 # -- athenahealth -----------------------------------------------------------------------------------------
 
 
-async def test_athena_last_updated_has_day_precision(open_sim) -> None:
+async def test_athena_last_updated_has_day_precision(open_sim: OpenSim) -> None:
     async with open_sim("athena") as client:
         instant = await client.get(
             f"{FHIR}/Observation?patient=a-1.pat-1&_lastUpdated=ge2020-01-01T00:00:00Z"
@@ -300,14 +307,14 @@ async def test_athena_last_updated_has_day_precision(open_sim) -> None:
     assert alone.status_code == 400  # patient-scoped
 
 
-async def test_athena_ids_are_practice_scoped(open_sim) -> None:
+async def test_athena_ids_are_practice_scoped(open_sim: OpenSim) -> None:
     async with open_sim("athena") as client:
         response = await client.get(f"{FHIR}/Patient/a-1.pat-1")
     assert response.status_code == 200
     assert response.json()["id"] == "a-1.pat-1"
 
 
-async def test_athena_pages_with_a_cursor(open_sim) -> None:
+async def test_athena_pages_with_a_cursor(open_sim: OpenSim) -> None:
     async with open_sim("athena", patients=8) as client:
         matches, bundles = await _pages(client, f"{FHIR}/Condition?_count=2")
         live = await _live(client, "Condition")
@@ -315,14 +322,16 @@ async def test_athena_pages_with_a_cursor(open_sim) -> None:
     assert {m["id"] for m in matches} == live
 
 
-async def test_athena_token_endpoint_is_rate_limited(open_sim, assertion, form) -> None:
+async def test_athena_token_endpoint_is_rate_limited(
+    open_sim: OpenSim, assertion: Assertions, form: Form
+) -> None:
     async with open_sim("athena", login=False, profile_overrides={"token_requests_per_min": 2}) as client:
         statuses = [(await client.post(TOKEN_URL, data=form(assertion()))) for _ in range(3)]
     assert [r.status_code for r in statuses] == [200, 200, 429]
     assert int(statuses[2].headers["retry-after"]) > 0
 
 
-async def test_athena_patients_have_nicknames(open_sim) -> None:
+async def test_athena_patients_have_nicknames(open_sim: OpenSim) -> None:
     async with open_sim("athena", patients=30) as client:
         patients, _ = await _pages(client, f"{FHIR}/Patient?_count=100")
     assert any(n["use"] == "nickname" for p in patients for n in p["name"])
@@ -331,14 +340,14 @@ async def test_athena_patients_have_nicknames(open_sim) -> None:
 # -- MEDITECH ---------------------------------------------------------------------------------------------
 
 
-async def test_meditech_has_no_last_updated(open_sim) -> None:
+async def test_meditech_has_no_last_updated(open_sim: OpenSim) -> None:
     async with open_sim("meditech") as client:
         response = await client.get(f"{FHIR}/Observation?patient=pat-1&_lastUpdated=ge2020-01-01")
     assert response.status_code == 400
     assert response.json()["issue"][0]["code"] == "not-supported"
 
 
-async def test_meditech_pages_with_continue(open_sim) -> None:
+async def test_meditech_pages_with_continue(open_sim: OpenSim) -> None:
     async with open_sim("meditech", patients=8) as client:
         matches, bundles = await _pages(client, f"{FHIR}/Observation?_count=4")
         live = await _live(client, "Observation")
@@ -346,7 +355,7 @@ async def test_meditech_pages_with_continue(open_sim) -> None:
     assert {m["id"] for m in matches} == live
 
 
-async def test_meditech_group_export_is_asynchronous(open_sim) -> None:
+async def test_meditech_group_export_is_asynchronous(open_sim: OpenSim) -> None:
     async with open_sim("meditech", patients=6) as client:
         kickoff = await client.get(
             f"{FHIR}/Group/all/$export?_type=Patient,Observation", headers={"Prefer": "respond-async"}
@@ -375,7 +384,7 @@ async def test_meditech_group_export_is_asynchronous(open_sim) -> None:
     assert {line.split('"id":"')[1].split('"')[0] for line in lines} == live
 
 
-async def test_meditech_runs_one_export_at_a_time(open_sim) -> None:
+async def test_meditech_runs_one_export_at_a_time(open_sim: OpenSim) -> None:
     async with open_sim("meditech") as client:
         prefer = {"Prefer": "respond-async"}
         first = await client.get(f"{FHIR}/Patient/$export", headers=prefer)
@@ -389,7 +398,7 @@ async def test_meditech_runs_one_export_at_a_time(open_sim) -> None:
     assert third.status_code == 202
 
 
-async def test_export_since_limits_the_output_to_later_changes(open_sim, clock) -> None:
+async def test_export_since_limits_the_output_to_later_changes(open_sim: OpenSim, clock: FakeClock) -> None:
     async with open_sim("generic") as client:
         clock.advance(10)
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now - 5))
@@ -401,7 +410,7 @@ async def test_export_since_limits_the_output_to_later_changes(open_sim, clock) 
     assert 0 < sum(o["count"] for o in outputs) <= 20  # the seeded chart predates _since
 
 
-async def test_export_requires_prefer_respond_async(open_sim) -> None:
+async def test_export_requires_prefer_respond_async(open_sim: OpenSim) -> None:
     async with open_sim("meditech") as client:
         response = await client.get(f"{FHIR}/Patient/$export")
     assert response.status_code == 400
@@ -410,7 +419,7 @@ async def test_export_requires_prefer_respond_async(open_sim) -> None:
 # -- HAPI and Medplum -----------------------------------------------------------------------------------
 
 
-async def test_hapi_next_links_use_getpages_without_a_type(open_sim) -> None:
+async def test_hapi_next_links_use_getpages_without_a_type(open_sim: OpenSim) -> None:
     async with open_sim("hapi", patients=8) as client:
         matches, bundles = await _pages(client, f"{FHIR}/Observation?_count=3&_lastUpdated=ge2020-01-01")
         live = await _live(client, "Observation")
@@ -419,7 +428,7 @@ async def test_hapi_next_links_use_getpages_without_a_type(open_sim) -> None:
     assert {m["id"] for m in matches} == live
 
 
-async def test_medplum_version_ids_are_uuids(open_sim) -> None:
+async def test_medplum_version_ids_are_uuids(open_sim: OpenSim) -> None:
     async with open_sim("medplum") as client:
         resource = (await client.get(f"{FHIR}/Patient/pat-1")).json()
         truth = (await client.get("/_admin/general/truth")).json()["resources"]
@@ -434,7 +443,9 @@ async def test_medplum_version_ids_are_uuids(open_sim) -> None:
 # -- auth with a JWKS URL ----------------------------------------------------------------------------------
 
 
-async def test_es384_assertion_verified_against_a_jwks_url(make_config, clock, run) -> None:
+async def test_es384_assertion_verified_against_a_jwks_url(
+    make_config: MakeConfig, clock: FakeClock, run: Run
+) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     jwk = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True) | {"kid": "k-2026", "use": "sig"}
     fetched: list[str] = []
@@ -476,7 +487,7 @@ async def test_es384_assertion_verified_against_a_jwks_url(make_config, clock, r
 # -- data realism -------------------------------------------------------------------------------------------
 
 
-async def test_labs_come_with_and_without_ucum_codes(open_sim) -> None:
+async def test_labs_come_with_and_without_ucum_codes(open_sim: OpenSim) -> None:
     async with open_sim("athena", patients=60) as client:
         observations, _ = await _pages(client, f"{FHIR}/Observation?_count=500")
     labs = [o for o in observations if o["category"][0]["coding"][0]["code"] == "laboratory"]
@@ -484,7 +495,7 @@ async def test_labs_come_with_and_without_ucum_codes(open_sim) -> None:
     assert any("code" not in o["valueQuantity"] and o["valueQuantity"]["unit"] for o in labs)
 
 
-async def test_rich_profiles_have_encounters_allergies_and_documents(open_sim) -> None:
+async def test_rich_profiles_have_encounters_allergies_and_documents(open_sim: OpenSim) -> None:
     async with open_sim("hapi", patients=20) as client:
         counts = {
             t: len(await _live(client, t)) for t in ("Encounter", "AllergyIntolerance", "DocumentReference")
@@ -495,12 +506,12 @@ async def test_rich_profiles_have_encounters_allergies_and_documents(open_sim) -
 # -- CapabilityStatement and SMART configuration ----------------------------------------------------------
 
 
-def _params_of(statement: dict, resource_type: str) -> dict[str, dict]:
+def _params_of(statement: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
     resource = next(r for r in statement["rest"][0]["resource"] if r["type"] == resource_type)
     return {p["name"]: p for p in resource.get("searchParam", [])}
 
 
-async def test_capability_statements_tell_the_truth(open_sim) -> None:
+async def test_capability_statements_tell_the_truth(open_sim: OpenSim) -> None:
     statements = {}
     for profile in ("epic", "oracle", "athena", "meditech", "medplum", "hapi"):
         async with open_sim(profile, login=False) as client:
@@ -519,7 +530,7 @@ async def test_capability_statements_tell_the_truth(open_sim) -> None:
     assert "Group" not in types["epic"]
 
 
-async def test_smart_configuration_lists_the_profiles_auth_methods(open_sim) -> None:
+async def test_smart_configuration_lists_the_profiles_auth_methods(open_sim: OpenSim) -> None:
     async with open_sim("oracle", login=False) as client:
         oracle = (await client.get(f"{FHIR}/.well-known/smart-configuration")).json()
     async with open_sim("generic", login=False) as client:

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from ehrsim.server import create_app
 from tests.ehrsim.simclient import notification_counters
+
+if TYPE_CHECKING:
+    from tests.ehrsim.conftest import MakeConfig, Recorder, Run, Wait
 
 pytestmark = pytest.mark.anyio
 STATUS_PROFILE = (
@@ -24,7 +29,7 @@ def _webhook(**overrides: object) -> dict[str, object]:
     }
 
 
-def _app(make_config, recorder, **webhook: object):
+def _app(make_config: MakeConfig, recorder: Recorder, **webhook: object) -> Starlette:
     return create_app(
         make_config(webhook=_webhook(**webhook)),
         public_base_url="http://ehr.test",
@@ -41,12 +46,12 @@ async def _counters(client: httpx.AsyncClient) -> dict[str, int]:
     return {k: counters[k] for k in CORE}
 
 
-def _params(bundle: dict) -> dict[str, dict]:
+def _params(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in bundle["entry"][0]["resource"]["parameter"]}
 
 
 async def test_every_change_is_delivered_with_consecutive_event_numbers(
-    make_config, recorder, run, wait
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
 ) -> None:
     async with run(_app(make_config, recorder)) as client:
         await client.post("/_admin/general/activity", json={"changes": 30})
@@ -94,7 +99,9 @@ async def test_every_change_is_delivered_with_consecutive_event_numbers(
     assert len(deletes) == sum(r["deleted"] for r in truth)
 
 
-async def test_a_failing_attempt_is_retried(make_config, recorder, run, wait) -> None:
+async def test_a_failing_attempt_is_retried(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     recorder.statuses = [503, 500]
     async with run(_app(make_config, recorder, max_attempts=3)) as client:
         await client.post("/_admin/general/activity", json={"changes": 1})
@@ -107,7 +114,9 @@ async def test_a_failing_attempt_is_retried(make_config, recorder, run, wait) ->
     assert len({r.content for r in recorder.requests}) == 1  # the same notification each time
 
 
-async def test_notifications_are_dropped_after_max_attempts(make_config, recorder, run, wait) -> None:
+async def test_notifications_are_dropped_after_max_attempts(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
     recorder.status = 500
     async with run(_app(make_config, recorder, max_attempts=3)) as client:
         await client.post("/_admin/general/activity", json={"changes": 4})
@@ -122,7 +131,9 @@ async def test_notifications_are_dropped_after_max_attempts(make_config, recorde
     assert sorted(dropped["event_numbers"]) == [1, 2, 3, 4]
 
 
-async def test_transport_errors_count_as_failed_attempts(make_config, run, wait) -> None:
+async def test_transport_errors_count_as_failed_attempts(
+    make_config: MakeConfig, run: Run, wait: Wait
+) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -15,9 +16,16 @@ from starlette.routing import Route
 
 from ehrsim.server import create_app
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
-def test_token_search_and_notifications_over_real_http(make_config, private_key, server) -> None:
-    received: list[dict] = []
+    from tests.ehrsim.conftest import MakeConfig, Serve
+
+
+def test_token_search_and_notifications_over_real_http(
+    make_config: MakeConfig, private_key: rsa.RSAPrivateKey, server: Serve
+) -> None:
+    received: list[dict[str, Any]] = []
 
     async def hook(request: Request) -> Response:
         received.append(json.loads(await request.body()))

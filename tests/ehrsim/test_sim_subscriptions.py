@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from ehrsim.server import create_app
+
+if TYPE_CHECKING:
+    from tests.ehrsim.conftest import Assertions, FakeClock, Form, MakeConfig, OpenSim, Recorder, Run, Wait
 
 pytestmark = pytest.mark.anyio
 FHIR = "/general/fhir"
@@ -20,7 +23,7 @@ ENDPOINT = "http://receiver.test/hooks/api"
 
 def subscription(
     *, payload: str = "id-only", heartbeat: int | None = None, criteria: str | None = None
-) -> dict:
+) -> dict[str, Any]:
     channel: dict[str, Any] = {
         "type": "rest-hook",
         "endpoint": ENDPOINT,
@@ -47,7 +50,15 @@ def subscription(
 
 
 @pytest.fixture
-def open_sim(make_config, clock, assertion, *, form, run, recorder) -> Callable[..., Any]:
+def open_sim(
+    make_config: MakeConfig,
+    clock: FakeClock,
+    assertion: Assertions,
+    *,
+    form: Form,
+    run: Run,
+    recorder: Recorder,
+) -> OpenSim:
     """A client allowed to manage subscriptions; notifications go to ``recorder``."""
 
     @asynccontextmanager
@@ -76,7 +87,9 @@ async def _status_of(client: httpx.AsyncClient, id_: str) -> str:
     return status
 
 
-async def test_created_subscription_is_activated_by_a_handshake(open_sim, recorder, wait) -> None:
+async def test_created_subscription_is_activated_by_a_handshake(
+    open_sim: OpenSim, recorder: Recorder, wait: Wait
+) -> None:
     async with open_sim() as client:
         created = await client.post(f"{FHIR}/Subscription", json=subscription())
         assert created.status_code == 201
@@ -94,7 +107,9 @@ async def test_created_subscription_is_activated_by_a_handshake(open_sim, record
     assert b'"handshake"' in handshake.content
 
 
-async def test_created_subscription_receives_matching_events_only(open_sim, recorder, wait) -> None:
+async def test_created_subscription_receives_matching_events_only(
+    open_sim: OpenSim, recorder: Recorder, wait: Wait
+) -> None:
     async with open_sim() as client:
         id_ = (await client.post(f"{FHIR}/Subscription", json=subscription(criteria="Observation?"))).json()[
             "id"
@@ -107,7 +122,8 @@ async def test_created_subscription_receives_matching_events_only(open_sim, reco
         await client.post("/_admin/general/activity", json={"changes": 30})
 
         async def settled() -> bool:
-            return (await client.get("/_admin/general/notifications")).json()["pending"] == 0
+            counters: dict[str, int] = (await client.get("/_admin/general/notifications")).json()
+            return counters["pending"] == 0
 
         await wait(settled)
     events = [json.loads(r.content) for r in recorder.requests[1:]]
@@ -115,7 +131,7 @@ async def test_created_subscription_receives_matching_events_only(open_sim, reco
     assert all(e["entry"][1]["request"]["url"].startswith("Observation/") for e in events)
 
 
-async def test_server_raises_a_too_short_heartbeat_period(open_sim) -> None:
+async def test_server_raises_a_too_short_heartbeat_period(open_sim: OpenSim) -> None:
     async with open_sim() as client:
         created = (await client.post(f"{FHIR}/Subscription", json=subscription(heartbeat=0))).json()
         raised = (await client.post(f"{FHIR}/Subscription", json=subscription(heartbeat=1))).json()
@@ -124,7 +140,7 @@ async def test_server_raises_a_too_short_heartbeat_period(open_sim) -> None:
     assert raised["channel"]["extension"][0]["valueUnsignedInt"] == 1
 
 
-async def test_athena_server_changes_the_payload_to_id_only(open_sim) -> None:
+async def test_athena_server_changes_the_payload_to_id_only(open_sim: OpenSim) -> None:
     async with open_sim("athena") as client:
         created = (
             await client.post(f"{FHIR}/Subscription", json=subscription(payload="full-resource"))
@@ -132,7 +148,9 @@ async def test_athena_server_changes_the_payload_to_id_only(open_sim) -> None:
     assert created["channel"]["_payload"]["extension"][0]["valueCode"] == "id-only"
 
 
-async def test_update_back_to_requested_reactivates_an_errored_subscription(open_sim, wait) -> None:
+async def test_update_back_to_requested_reactivates_an_errored_subscription(
+    open_sim: OpenSim, wait: Wait
+) -> None:
     async with open_sim() as client:
         id_ = (await client.post(f"{FHIR}/Subscription", json=subscription())).json()["id"]
         await client.post("/_admin/general/faults", json={"actions": ["subscription-error"]})
@@ -147,7 +165,7 @@ async def test_update_back_to_requested_reactivates_an_errored_subscription(open
         await wait(active)
 
 
-async def test_deleted_subscription_is_gone(open_sim) -> None:
+async def test_deleted_subscription_is_gone(open_sim: OpenSim) -> None:
     async with open_sim() as client:
         id_ = (await client.post(f"{FHIR}/Subscription", json=subscription())).json()["id"]
         assert (await client.delete(f"{FHIR}/Subscription/{id_}")).status_code == 204
@@ -155,7 +173,7 @@ async def test_deleted_subscription_is_gone(open_sim) -> None:
         assert (await client.get(f"{FHIR}/Subscription")).json()["total"] == 0
 
 
-async def test_invalid_subscription_is_refused(open_sim) -> None:
+async def test_invalid_subscription_is_refused(open_sim: OpenSim) -> None:
     async with open_sim() as client:
         bad = subscription()
         bad["channel"]["endpoint"] = "ftp://nope"
@@ -168,13 +186,13 @@ async def test_subscriptions_need_write_scope(sim: httpx.AsyncClient, authed: ht
     assert response.status_code == 403
 
 
-async def test_epic_has_no_subscriptions(open_sim) -> None:
+async def test_epic_has_no_subscriptions(open_sim: OpenSim) -> None:
     async with open_sim("epic", profile_overrides={"token_flaky_400_rate": 0}) as client:
         response = await client.post(f"{FHIR}/Subscription", json=subscription())
     assert response.status_code == 404
 
 
-async def test_status_operation_reports_the_event_counter(open_sim, wait) -> None:
+async def test_status_operation_reports_the_event_counter(open_sim: OpenSim, wait: Wait) -> None:
     async with open_sim() as client:
         id_ = (await client.post(f"{FHIR}/Subscription", json=subscription())).json()["id"]
 
@@ -190,7 +208,7 @@ async def test_status_operation_reports_the_event_counter(open_sim, wait) -> Non
     assert params["events-since-subscription-start"]["valueString"] == "4"
 
 
-async def test_events_operation_returns_only_retained_events(open_sim, wait) -> None:
+async def test_events_operation_returns_only_retained_events(open_sim: OpenSim, wait: Wait) -> None:
     async with open_sim(profile_overrides={"events_retention": 3}) as client:
         id_ = (await client.post(f"{FHIR}/Subscription", json=subscription())).json()["id"]
 
@@ -218,7 +236,7 @@ async def test_events_operation_returns_only_retained_events(open_sim, wait) -> 
         assert tuple(entry["request"]["url"].split("/")) in truth
 
 
-async def test_athena_allows_one_subscription_per_topic(open_sim) -> None:
+async def test_athena_allows_one_subscription_per_topic(open_sim: OpenSim) -> None:
     async with open_sim("athena") as client:
         first = await client.post(f"{FHIR}/Subscription", json=subscription())
         second = await client.post(f"{FHIR}/Subscription", json=subscription())
@@ -226,7 +244,7 @@ async def test_athena_allows_one_subscription_per_topic(open_sim) -> None:
     assert second.status_code == 409
 
 
-async def test_subscription_turns_off_at_its_end(open_sim, clock, wait) -> None:
+async def test_subscription_turns_off_at_its_end(open_sim: OpenSim, clock: FakeClock, wait: Wait) -> None:
     async with open_sim() as client:
         resource = subscription() | {"end": "2026-09-20T00:00:00Z"}  # the fake clock starts 2026-09-21
         id_ = (await client.post(f"{FHIR}/Subscription", json=resource)).json()["id"]
@@ -237,7 +255,9 @@ async def test_subscription_turns_off_at_its_end(open_sim, clock, wait) -> None:
     assert dropped[0]["reason"] == "subscription-off"
 
 
-async def test_configured_subscription_can_be_reactivated_through_the_api(open_sim, recorder, wait) -> None:
+async def test_configured_subscription_can_be_reactivated_through_the_api(
+    open_sim: OpenSim, recorder: Recorder, wait: Wait
+) -> None:
     webhook = {"url": ENDPOINT, "subscription_id": "sub-config", "max_attempts": 7}
     async with open_sim(webhook=webhook) as client:
         await client.post("/_admin/general/faults", json={"actions": ["subscription-off"]})
@@ -253,7 +273,8 @@ async def test_configured_subscription_can_be_reactivated_through_the_api(open_s
         await client.post("/_admin/general/activity", json={"changes": 2})
 
         async def delivered() -> bool:
-            return (await client.get("/_admin/general/notifications")).json()["delivered"] == 2
+            counters: dict[str, int] = (await client.get("/_admin/general/notifications")).json()
+            return counters["delivered"] == 2
 
         await wait(delivered)
     numbers = [json.loads(r.content) for r in recorder.requests if b"event-notification" in r.content]

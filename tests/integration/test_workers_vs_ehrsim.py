@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.db.models import Facility
+from app.ehr.client import EHRClient
 from app.fhir.resources import content_hash
 from app.ingest.dead_letters import replay_dead_letters
 from app.ingest.drain import claim, process_batch
@@ -38,9 +39,9 @@ def _enqueue(db: Session, facility_id: str, refs: list[tuple[str, str]]) -> None
         )
 
 
-def _drain_all(db: Session, facility: Facility, client: object, settings: Settings) -> None:
+def _drain_all(db: Session, facility: Facility, client: EHRClient, settings: Settings) -> None:
     while rows := claim(db, facility.id, limit=100, lease=LEASE):
-        process_batch(db, facility, client, rows, settings)  # type: ignore[arg-type]
+        process_batch(db, facility, client, rows, settings)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -75,7 +76,7 @@ def test_every_profile_is_read_normalized_and_stored_at_ground_truth(
             current = client.read(ResourceRef(item["resourceType"], item["id"])).resource
             assert row.content_hash == content_hash(current)
         assert row.normalized is not None
-    status = dict(
+    status: dict[str, int] = dict(
         db.execute(
             text("SELECT status, count(*) FROM inbox WHERE facility_id = :f GROUP BY 1"), {"f": profile}
         ).all()

@@ -4,6 +4,7 @@ quarantine and every error's OperationOutcome."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -323,7 +324,7 @@ async def test_streamed_oversized_body_is_413_while_reading(
     fid = facilities.add(shared_secret())
     sent = 0
 
-    async def chunks() -> Any:
+    async def chunks() -> AsyncIterator[bytes]:
         nonlocal sent
         for _ in range(64):  # 4 MiB offered in 64 KiB chunks, no Content-Length
             sent += 1

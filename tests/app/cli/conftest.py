@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import Result
+from typer.testing import Result
 from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from app.ehr.auth import SmartBackendAuth
 from app.ehr.politeness import RedisPoliteness
 from app.ehr.token_cache import RedisTokenCache
-from app.ehr.token_events import database_sink
+from app.ehr.token_events import TokenEventSink, database_sink, log_only
 from app.errors import EHRAuthRejected, PolitenessThrottled, TokenEndpointFlaky
 from app.facilities.schemas import AuthConfig, LimitsConfig
 from tests.conftest import REDIS_URL
@@ -29,7 +29,10 @@ def rds() -> Iterator[redis.Redis]:
 
 
 def _auth(
-    transport: httpx.MockTransport, cache: RedisTokenCache, method: str = "private_key_jwt", **kw: object
+    transport: httpx.MockTransport,
+    cache: RedisTokenCache,
+    method: str = "private_key_jwt",
+    events: TokenEventSink = log_only,
 ) -> SmartBackendAuth:
     config = AuthConfig.model_validate(
         {
@@ -48,8 +51,8 @@ def _auth(
         private_key=secret,
         http=httpx.Client(transport=transport),
         cache=cache,
-        **kw,
-    )  # type: ignore[arg-type]
+        events=events,
+    )
 
 
 def _token_endpoint(requests: list[httpx.Request], expires_in: int = 300) -> httpx.MockTransport:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from app.errors import NotificationError
-from app.fhir.notifications import dedup_key, parse_notification
+from app.fhir.notifications import Notification, dedup_key, parse_notification
 from app.fhir.references import ResourceRef
 from tests.fixtures import BASE, backport_id_only
 
@@ -89,7 +89,10 @@ def test_dedup_key_is_stable_for_the_same_event_and_differs_across_events() -> N
     a = parse_notification(backport_id_only([(9, "Patient/p1")]), BASE)
     b = parse_notification(backport_id_only([(9, "Patient/p1")]), BASE)
     c = parse_notification(backport_id_only([(10, "Patient/p1")]), BASE)
-    key = lambda n: dedup_key(n.subscription, n.events[0], fallback="x")  # noqa: E731
+
+    def key(n: Notification) -> str:
+        return dedup_key(n.subscription, n.events[0], fallback="x")
+
     assert key(a) == key(b)
     assert key(a) != key(c)
 

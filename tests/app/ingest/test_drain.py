@@ -60,6 +60,22 @@ def settings() -> Settings:
     return Settings(max_attempts=3, retry_base=timedelta(seconds=1))
 
 
+CLOCK_TOLERANCE_S = 0.01
+
+
+def _next_attempt_offsets(db: Session) -> tuple[float, float]:
+    """How far the row's next attempt lies after the transaction's start (``now()``, before the drain ran)
+    and after the wall clock (``clock_timestamp()``, after it ran): the back-off the drain chose lies
+    between the two."""
+    since_start, since_wall = db.execute(
+        text(
+            "SELECT extract(epoch FROM next_attempt_at - now()),"
+            " extract(epoch FROM next_attempt_at - clock_timestamp()) FROM inbox"
+        )
+    ).one()
+    return float(since_start), float(since_wall)
+
+
 def test_batch_stores_found_resources_tombstones_gone_ones_and_dead_letters_rejections(
     db: Session, settings: Settings
 ) -> None:
@@ -86,7 +102,7 @@ def test_batch_stores_found_resources_tombstones_gone_ones_and_dead_letters_reje
         "gone": ("done", None, 1),
         "forbidden": ("dead", "ehr_http_403", 1),
     }
-    deleted = dict(db.execute(text("SELECT resource_id, deleted FROM resources")).all())
+    deleted: dict[str, bool] = dict(db.execute(text("SELECT resource_id, deleted FROM resources")).all())
     assert deleted == {"ok": False, "gone": True}
 
 
@@ -104,8 +120,34 @@ def test_transient_failure_backs_off_in_postgres_then_dead_letters_after_max_att
         status, reason, attempts = _status(db)["flaky"]
         assert (reason, attempts) == ("ehr_unavailable", attempt)
         assert status == ("dead" if attempt == settings.max_attempts else "pending")
-    due_later = db.scalar(text("SELECT next_attempt_at > now() FROM inbox"))
-    assert due_later is not None
+        if status == "pending":  # exponential, full jitter in [0.5, 1] of the step
+            step = settings.retry_base.total_seconds() * 2 ** (attempt - 1)
+            since_start, since_wall = _next_attempt_offsets(db)
+            assert since_start >= 0.5 * step - CLOCK_TOLERANCE_S
+            assert since_wall <= step + CLOCK_TOLERANCE_S
+
+
+def test_backoff_is_capped_at_retry_cap(db: Session) -> None:
+    settings = Settings(retry_base=timedelta(seconds=120), retry_cap=timedelta(seconds=60))
+    facility = make_facility(db)
+    _inbox(db, "flaky")
+    client = make_client(_ehr({"/fhir/Observation/flaky": httpx.Response(503)}), attempts=1)
+    process_batch(db, facility, client, claim(db, "fac-1", limit=10, lease=LEASE), settings)
+    since_start, since_wall = _next_attempt_offsets(db)
+    assert since_start >= 0.5 * 60 - CLOCK_TOLERANCE_S  # the jitter applies to the capped step
+    assert since_wall <= 60 + CLOCK_TOLERANCE_S
+
+
+def test_backoff_is_never_sooner_than_retry_after(db: Session, settings: Settings) -> None:
+    facility = make_facility(db)
+    _inbox(db, "busy")
+    busy = httpx.Response(429, headers={"Retry-After": "30"})
+    client = make_client(_ehr({"/fhir/Observation/busy": busy}), attempts=1)
+    process_batch(db, facility, client, claim(db, "fac-1", limit=10, lease=LEASE), settings)
+    since_start, since_wall = _next_attempt_offsets(db)
+    assert _status(db)["busy"][0] == "pending"
+    assert since_start >= 30 - CLOCK_TOLERANCE_S  # the 1 s step alone would retry within a second
+    assert since_wall <= 30 + CLOCK_TOLERANCE_S
 
 
 def test_duplicate_rows_for_one_resource_fetch_it_once(db: Session, settings: Settings) -> None:
@@ -156,7 +198,7 @@ def test_identifier_only_focus_is_resolved_by_search_and_never_dropped(
     rows = claim(db, "fac-1", limit=10, lease=LEASE)
     process_batch(db, facility, make_client(httpx.MockTransport(handler)), rows, settings)
     assert sorted(searches) == ["urn:athena:doc|123", "urn:athena:doc|999"]
-    status = dict(
+    status: dict[str, str] = dict(
         db.execute(text("SELECT dedup_key, status || ':' || coalesce(reason, '-') FROM inbox")).all()
     )
     assert status == {"found": "done:-", "missing": "pending:identifier_not_found"}

@@ -159,7 +159,7 @@ def test_generic_server_is_read_in_one_batched_search_and_missing_ids_read_alone
     seen = _drain(db, "generic", resources, [*resources, "Observation/gone"])
     assert len([s for s in seen if "_id=" in s]) == 1
     assert "Observation/gone" in seen
-    rows = dict(db.execute(text("SELECT resource_id, deleted FROM current_resources")).all())
+    rows: dict[str, bool] = dict(db.execute(text("SELECT resource_id, deleted FROM current_resources")).all())
     assert rows == {**{f"o{i}": False for i in range(5)}, "gone": True}
 
 

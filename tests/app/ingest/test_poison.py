@@ -10,6 +10,8 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.models import Facility
+from app.ehr.client import EHRClient
 from app.fhir import pgsafe
 from app.ingest.drain import drain_facility
 from app.ingest.pipeline.observed import Observed
@@ -65,7 +67,7 @@ def test_a_row_the_database_refuses_is_isolated_and_the_others_are_stored(
         sessionmaker(engine), lambda _: client, committed_facility, Settings(drain_batch=10)
     )
     with engine.connect() as conn:
-        status = dict(
+        status: dict[str, str] = dict(
             conn.execute(
                 text(
                     "SELECT focus_id, status || ':' || coalesce(reason, '-') FROM inbox"
@@ -109,7 +111,7 @@ def test_a_facility_whose_secret_cannot_be_read_backs_off_then_dead_letters(
 ) -> None:
     from app.errors import SecretMissing
 
-    def unusable(_: object) -> object:
+    def unusable(_: Facility) -> EHRClient:
         raise SecretMissing("environment variable X is not set")
 
     settings = Settings(max_attempts=2)
@@ -122,7 +124,7 @@ def test_a_facility_whose_secret_cannot_be_read_backs_off_then_dead_letters(
                 ),
                 {"f": committed_facility},
             )
-        drain_facility(sessions, unusable, committed_facility, settings)  # type: ignore[arg-type]
+        drain_facility(sessions, unusable, committed_facility, settings)
     with engine.connect() as conn:
         states = conn.execute(
             text("SELECT DISTINCT status, reason FROM inbox WHERE facility_id = :f"),

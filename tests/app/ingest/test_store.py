@@ -53,7 +53,9 @@ def test_without_meta_the_later_fetch_wins(db: Session) -> None:
     store_versions(db, [first])
     stats = store_versions(db, [late_old])
     assert stats.stale == 1
-    assert _current(db).resource["valueQuantity"]["value"] == 60  # type: ignore[index]
+    current = _current(db).resource
+    assert current is not None
+    assert current["valueQuantity"]["value"] == 60
 
 
 def test_tombstone_keeps_last_body_and_a_stale_fetch_cannot_resurrect(db: Session) -> None:
