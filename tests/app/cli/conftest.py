@@ -11,9 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import Result
 from sqlalchemy import Engine, text
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from app.cli.main import cli
 from app.settings import get_settings
