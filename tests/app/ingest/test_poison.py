@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,9 +52,12 @@ def test_a_row_the_database_refuses_is_isolated_and_the_others_are_stored(
             resource["meta"]["versionId"] = "v" * 200  # longer than any real versionId: the column refuses it
         return resource
 
+    reads: list[str] = []
+
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/token"):
             return httpx.Response(200, json={"access_token": "t", "expires_in": 300})
+        reads.append(str(request.url))
         if "_id" in request.url.params:  # the generic adapter reads the batch with one search
             entries = [
                 {"resource": body(i), "search": {"mode": "match"}}
@@ -62,6 +66,15 @@ def test_a_row_the_database_refuses_is_isolated_and_the_others_are_stored(
             return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": entries})
         return httpx.Response(200, json=body(request.url.path.rsplit("/", 1)[-1]))
 
+    def rows(outcome: str, reason: str) -> float:
+        labels = {"facility": committed_facility, "outcome": outcome, "reason": reason}
+        return REGISTRY.get_sample_value("ehri_inbox_rows_total", labels) or 0.0
+
+    def requests(status: str) -> float:
+        labels = {"facility": committed_facility, "status": status}
+        return REGISTRY.get_sample_value("ehri_ehr_request_seconds_count", labels) or 0.0
+
+    before = (rows("done", "-"), rows("retried", "internal_error"), requests("200"))
     client = make_client(httpx.MockTransport(handler), facility_id=committed_facility)
     report = drain_facility(
         sessionmaker(engine), lambda _: client, committed_facility, Settings(drain_batch=10)
@@ -78,6 +91,9 @@ def test_a_row_the_database_refuses_is_isolated_and_the_others_are_stored(
         )
     assert status == {"good1": "done:-", "good2": "done:-", "bad": "pending:internal_error"}
     assert report.done == 2
+    assert len(reads) == 1  # isolating the poison row stored what was fetched: no second read
+    after = (rows("done", "-"), rows("retried", "internal_error"), requests("200"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
 
 
 def test_nul_and_lone_surrogates_are_stored_replaced_not_refused(db: Session) -> None:

@@ -1,0 +1,64 @@
+"""The reason slugs are exact and listed once: the error tree is the source, README's table its copy."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from app.errors import (
+    EHRServerError,
+    EHRServerErrorPermanent,
+    IngestError,
+    TransientEHRError,
+    handling,
+    reasons,
+)
+from app.vendors.registry import adapter_for
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_every_reason_slug_belongs_to_one_class() -> None:
+    found = reasons()
+    assert len(found) == len(set(found.values()))
+    assert all(issubclass(cls, IngestError) for cls in found.values())
+
+
+def test_readme_lists_exactly_the_reasons_of_the_error_tree_with_their_handling() -> None:
+    text = README.read_text(encoding="utf-8")
+    table = text.split("<!-- reasons:start -->")[1].split("<!-- reasons:end -->")[0]
+    listed = {m[0]: m[1] for m in re.findall(r"^\| `([a-z0-9_]+)` \| (\w+) \|", table, flags=re.M)}
+    expected = {slug: handling(cls) for slug, cls in reasons().items() if slug != "configuration"}
+    assert listed == expected
+
+
+def test_transient_and_permanent_are_class_distinctions() -> None:
+    for cls in reasons().values():
+        assert not (cls.permanent and issubclass(cls, TransientEHRError)), cls.__name__
+
+
+@pytest.mark.parametrize(
+    ("vendor", "body", "expected"),
+    [
+        (
+            "generic",
+            {"resourceType": "OperationOutcome", "issue": [{"code": "not-supported"}]},
+            EHRServerError,
+        ),
+        (
+            "oracle",
+            {"resourceType": "OperationOutcome", "issue": [{"code": "not-supported"}]},
+            EHRServerErrorPermanent,
+        ),
+        ("oracle", {"resourceType": "OperationOutcome", "issue": [{"code": "exception"}]}, EHRServerError),
+        ("oracle", None, EHRServerError),
+    ],
+)
+def test_a_plain_500_is_classified_by_the_vendors_adapter(
+    vendor: str, body: dict[str, object] | None, expected: type[IngestError]
+) -> None:
+    error = adapter_for(vendor).server_error(500, body)
+    assert type(error) is expected
+    assert error.permanent is (expected is EHRServerErrorPermanent)
