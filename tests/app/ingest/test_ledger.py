@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from app.fhir.notifications import Delivery, Timestamp, parse_delivery, parse_notification
 from app.ingest.inbox import intake_for
 from app.ingest.ledger import LedgerObservation, LedgerState, NumberedEvent, apply
+from app.ingest.writer import with_epoch
+from app.vendors import adapter_for
 from tests.app.api.fixtures_shapes import athena_event, medplum_resource, r4b_bundle, subscription_status
 from tests.fixtures import BASE, backport_id_only
 
@@ -94,7 +96,7 @@ def test_numbered_events_are_keyed_by_subscription_and_number_and_await_their_ep
     entry = intake_for("f", n).entries[0]
     assert entry.dedup_key.startswith("evt|Subscription/sub-1|9|")
     assert entry.ledger_index == 0
-    assert entry.with_epoch(2).dedup_key.endswith("|e2")
+    assert with_epoch(entry, 2).dedup_key.endswith("|e2")
 
 
 def test_athena_events_are_keyed_by_event_id_and_skip_the_numbers() -> None:
@@ -108,7 +110,9 @@ def test_athena_events_are_keyed_by_event_id_and_skip_the_numbers() -> None:
 
 def test_medplum_is_keyed_by_subscription_type_id_and_version() -> None:
     resource = medplum_resource()
-    n = parse_delivery(resource, BASE, Delivery(headers={"x-medplum-subscription": "mp"}))
+    headers = {"x-medplum-subscription": "mp"}
+    announced = Delivery(headers=headers, announcement=adapter_for("medplum").announcement(headers))
+    n = parse_delivery(resource, BASE, announced)
     key = intake_for("f", n).entries[0].dedup_key
     assert key == f"ver|Subscription/mp|Observation/o-mp/_history/{resource['meta']['versionId']}|-"
 
