@@ -130,3 +130,22 @@ def test_deletes_and_empty_posts_are_never_merged() -> None:
     keys = {intake_for("f", parse_delivery(None, BASE, delete)).entries[0].dedup_key for _ in range(2)}
     empties = {intake_for("f", parse_delivery(None, BASE, Delivery())).entries[0].dedup_key for _ in range(2)}
     assert (len(keys), len(empties)) == (2, 2)
+
+
+def test_ledger_state_is_the_ledger_table_but_its_bookkeeping_timestamps() -> None:
+    """LedgerState's fields are the ledger's columns for every reader and writer (LEDGER_COLUMNS); the
+    model adds only created_at/updated_at. A column added on one side only fails here."""
+    from app.db.models import SubscriptionLedger
+    from app.ingest.ledger import LEDGER_COLUMNS
+
+    table = {c.name for c in SubscriptionLedger.__table__.columns}
+    assert table - set(LEDGER_COLUMNS) == {"created_at", "updated_at"}
+    assert set(LEDGER_COLUMNS) <= table
+
+
+def test_inbox_entry_fields_are_inbox_columns() -> None:
+    from app.db.models import InboxRow
+    from app.ingest.inbox import INBOX_COLUMNS
+
+    assert set(INBOX_COLUMNS) <= {c.name for c in InboxRow.__table__.columns}
+    assert "ledger_index" not in INBOX_COLUMNS
