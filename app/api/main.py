@@ -35,8 +35,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.writer = writer
         app.state.doorbell = doorbell
-        app.state.facilities = FacilityDirectory(engine)
-        app.state.receiver = Receiver(engine, writer, doorbell.ring)
+        app.state.receiver = Receiver(
+            engine,
+            writer,
+            doorbell.ring,
+            facilities=FacilityDirectory(engine),
+            max_body_bytes=settings.max_body_bytes,
+        )
         # Everything loaded so far lives as long as the process: move it out of the collector's sight,
         # or each full collection walks it all and stalls every request (measured: ~60 ms pauses).
         gc.collect()

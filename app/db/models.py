@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -41,9 +43,12 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-INBOX_PENDING = "pending"
-INBOX_DONE = "done"
-INBOX_DEAD = "dead"
+# An inbox row's life: pending (claimable once next_attempt_at is due) → done | dead. SQL everywhere
+# names the statuses through these constants.
+InboxStatus = Literal["pending", "done", "dead"]
+INBOX_PENDING: InboxStatus = "pending"
+INBOX_DONE: InboxStatus = "done"
+INBOX_DEAD: InboxStatus = "dead"
 
 
 class Base(DeclarativeBase):
@@ -79,9 +84,9 @@ class InboxRow(Base):
             "ix_inbox_claimable",
             "facility_id",
             "next_attempt_at",
-            postgresql_where=text("status = 'pending'"),
+            postgresql_where=text(f"status = '{INBOX_PENDING}'"),
         ),
-        Index("ix_inbox_dead", "facility_id", "reason", postgresql_where=text("status = 'dead'")),
+        Index("ix_inbox_dead", "facility_id", "reason", postgresql_where=text(f"status = '{INBOX_DEAD}'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -97,7 +102,7 @@ class InboxRow(Base):
     # create | update | delete | None (unknown: fetch tells)
     interaction: Mapped[str | None] = mapped_column(String(16))
     payload: Mapped[dict[str, Any] | None]
-    status: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"))
+    status: Mapped[str] = mapped_column(String(16), server_default=text(f"'{INBOX_PENDING}'"))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     lease_until: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -218,3 +223,12 @@ class QuarantinedNotification(Base):
     deliveries: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     received_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+def sql_types(model: type[Base], columns: Iterable[str]) -> dict[str, str]:
+    """Each column's Postgres type as SQL text (``BIGINT``, ``JSONB``, ``VARCHAR(16)``…), from the
+    model: what statements that spell out a record type (``jsonb_to_recordset … AS r(col type, …)``)
+    need, so that they never restate the schema."""
+    table = model.__table__
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return {c: table.columns[c].type.compile(dialect=dialect) for c in columns}

@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.errors import SecretInvalid, SecretMissing
 from app.facilities.schemas import WebhookConfig, WebhookMethod
@@ -41,11 +41,12 @@ class SenderCheck:
     header: str  # lower-case
     keys: tuple[bytes, ...]  # the expected header values (shared-secret) or the HMAC keys
     tolerance_s: int = 300
+    # Signatures cover the raw body: the check runs after reading it (bounded), before parsing. A field,
+    # not a property: read on every request, decided once when the facility is loaded.
+    needs_body: bool = field(init=False)
 
-    @property
-    def needs_body(self) -> bool:
-        """Signatures cover the raw body: the check runs after reading it (bounded), before parsing."""
-        return self.method != "shared-secret"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "needs_body", self.method != "shared-secret")
 
     def check(self, headers: Mapping[str, str], body: bytes, now: float) -> str | None:  # noqa: PLR0911 - a reason per failure
         if self.method == "shared-secret":

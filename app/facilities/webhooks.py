@@ -1,13 +1,17 @@
 """What the receiver needs to know of a facility, cached briefly per process.
 
-Secrets are resolved from their references when the facility is (re)loaded, kept in memory only.
+Secrets are resolved from their references when the facility is (re)loaded, kept in memory only. The
+cache is bounded twice over: known facilities and unknown ids live in separate LRUs of a few thousand
+entries each, so a flood of random ids in URLs neither grows the process nor evicts real facilities;
+every entry expires after ``ttl_s``, so a facility added (or changed) later is seen within seconds.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,11 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.models import Facility
 from app.facilities.schemas import WebhookConfig
 from app.facilities.senders import SenderCheck, sender_check
-from app.ingest.inbox import EventIdentity
+from app.fhir.notifications import EventIdentity
+from app.vendors import VendorAdapter, adapter_for
 
-# Vendors whose event numbers are useless for identity (athena restarts them at 1 in every bundle):
-# their events are told apart by notificationEvent.id. A facility's webhook.event_identity overrides.
-_EVENT_IDENTITY_BY_VENDOR: dict[str, EventIdentity] = {"athena": "event-id"}
+DEFAULT_TTL_S = 5.0
+DEFAULT_MAX_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -29,51 +33,94 @@ class ReceiverFacility:
     base_url: str
     webhook: WebhookConfig | None
     sender: SenderCheck | None  # None: no webhook configured, every sender is refused
+    adapter: VendorAdapter  # the vendor's quirks on the receiving side (announcing headers)
     event_identity: EventIdentity = "number"
 
-    def authenticate(self, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
-        """None when the sender is authentic, else the reason it is not."""
-        if self.sender is None:
-            return "webhook_not_configured"
-        return self.sender.check(headers, body, now)
 
-    def sender_is_authentic(self, header_value: str | None) -> bool:
-        """The shared-secret check alone (header value as given)."""
-        if self.sender is None or self.sender.method != "shared-secret" or header_value is None:
-            return False
-        return self.sender.check({self.sender.header: header_value}, b"", 0.0) is None
-
-
-def receiver_facility(row: Facility) -> ReceiverFacility:
+def receiver_facility(row: Facility | Any) -> ReceiverFacility:
+    """From a ``facilities`` row (the model, or a Core row with its columns). Raises ConfigurationError
+    when a webhook secret cannot be resolved."""
     webhook = WebhookConfig.model_validate(row.webhook) if row.webhook else None
-    identity = (webhook.event_identity if webhook else None) or _EVENT_IDENTITY_BY_VENDOR.get(
-        row.vendor, "number"
-    )
+    adapter = adapter_for(row.vendor, mrn_system=row.mrn_system)
     return ReceiverFacility(
         id=row.id,
         vendor=row.vendor,
         base_url=row.base_url,
         webhook=webhook,
         sender=sender_check(webhook) if webhook else None,
-        event_identity=identity,
+        adapter=adapter,
+        # The facility's own setting wins over its vendor's rule.
+        event_identity=(webhook.event_identity if webhook else None) or adapter.event_identity,
     )
 
 
-class FacilityDirectory:
-    """Facility lookups for the receiver with a short TTL, so config changes apply within seconds."""
+V = TypeVar("V")
 
-    def __init__(self, engine: AsyncEngine, *, ttl_s: float = 5.0) -> None:
-        self._engine = engine
+
+class _Expiring(Generic[V]):
+    """An LRU of at most ``max_entries`` values, each valid for ``ttl_s`` after it was stored."""
+
+    def __init__(self, *, ttl_s: float, max_entries: int) -> None:
         self._ttl = ttl_s
-        self._cache: dict[str, tuple[float, ReceiverFacility | None]] = {}
+        self._max = max_entries
+        self._items: OrderedDict[str, tuple[float, V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str, now: float) -> tuple[bool, V | None]:
+        item = self._items.get(key)
+        if item is None:
+            return False, None
+        if now - item[0] >= self._ttl:
+            del self._items[key]
+            return False, None
+        self._items.move_to_end(key)
+        return True, item[1]
+
+    def put(self, key: str, value: V, now: float) -> None:
+        self._items[key] = (now, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self._max:
+            self._items.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._items.pop(key, None)
+
+
+class FacilityDirectory:
+    """Facility lookups for the receiver with a short TTL, so config changes apply within seconds.
+
+    ``get`` answers None for an unknown or disabled facility. It raises what the database raises
+    (SQLAlchemyError, OSError) and ConfigurationError for a facility whose secrets cannot be resolved;
+    neither is cached, so the next request tries again.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, *, ttl_s: float = DEFAULT_TTL_S, max_entries: int = DEFAULT_MAX_ENTRIES
+    ) -> None:
+        self._engine = engine
+        self._known: _Expiring[ReceiverFacility] = _Expiring(ttl_s=ttl_s, max_entries=max_entries)
+        self._unknown: _Expiring[None] = _Expiring(ttl_s=ttl_s, max_entries=max_entries)
+
+    def __len__(self) -> int:
+        """Cached entries, known and unknown."""
+        return len(self._known) + len(self._unknown)
 
     async def get(self, facility_id: str) -> ReceiverFacility | None:
         now = time.monotonic()
-        cached = self._cache.get(facility_id)
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
+        hit, facility = self._known.get(facility_id, now)
+        if hit:
+            return facility
+        if self._unknown.get(facility_id, now)[0]:
+            return None
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(Facility).where(Facility.id == facility_id))).first()
-        facility = receiver_facility(row) if row is not None and row.enabled else None  # type: ignore[arg-type]
-        self._cache[facility_id] = (now, facility)
-        return facility
+        found = receiver_facility(row) if row is not None and row.enabled else None
+        if found is None:
+            self._known.discard(facility_id)
+            self._unknown.put(facility_id, None, now)
+        else:
+            self._unknown.discard(facility_id)
+            self._known.put(facility_id, found, now)
+        return found

@@ -1,19 +1,22 @@
 """Parsing subscription notifications into events, tolerantly (EHR-FACTS.md §2).
 
-Shapes (``Notification.shape``):
+Shapes (``Notification.shape``, the ``NotificationShape`` literal):
 
 - ``backport``: R4 Subscriptions Backport IG ≥ 1.1, a ``history`` Bundle whose first entry is a
   ``Parameters`` status with ``notification-event`` parts.
 - ``backport-0.1``: backport 0.1.0, a ``Parameters`` status without ``notification-event`` parts; the
   events are the Bundle's other entries, numbered from ``events-since-subscription-start`` and
   ``events-in-notification``.
-- ``r4b``: a ``history`` Bundle whose first entry is a ``SubscriptionStatus`` (R4B, backport 1.0, athena).
+- ``r4b``: a ``history`` Bundle whose first entry is a ``SubscriptionStatus`` (R4B, backport 1.0).
 - ``r5``: a ``subscription-notification`` Bundle with a ``SubscriptionStatus``.
-- ``medplum``: the bare resource with ``X-Medplum-*`` headers; a delete is ``{}`` with
-  ``X-Medplum-Deleted-Resource: Type/id``.
+- a header-announced bare resource (``Delivery.announcement``): the resource alone, while headers name
+  the subscription, the interaction and, for a delete (body ``{}``), the deleted ``Type/id``. Which
+  headers, and the shape's name (named after the server that introduced it), are the facility's vendor
+  adapter's to say; this module only reads the ``Announcement`` the adapter made of them.
 - ``resource``: a bare resource POSTed by a legacy R4 rest-hook.
-- ``empty``: an empty POST (HAPI without payload): something changed, nothing says what.
-- ``put`` / ``delete``: HAPI's payload mode, ``PUT|DELETE {endpoint}/{Type}/{id}``.
+- ``empty``: an empty POST (a criteria subscription without payload): something changed, nothing says
+  what.
+- ``put`` / ``delete``: payload mode, ``PUT|DELETE {endpoint}/{Type}/{id}``.
 
 Tolerated: numbers as strings, integers or unsignedInt; ``subscription`` as a reference or a string;
 parameters in any order; timestamps as instant, dateTime or date; focus absolute, relative, with
@@ -23,20 +26,37 @@ parameters in any order; timestamps as instant, dateTime or date; focus absolute
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from app.errors import ForeignHostError, NotificationError
 from app.fhir.references import ResourceRef, parse_reference
-from app.fhir.resources import payload_hash
 
-NOTIFICATION_TYPES = {"handshake", "heartbeat", "event-notification", "query-status", "query-event"}
-EVENT_TYPES = ("event-notification", "query-event")
-LEGACY_SHAPES = ("medplum", "resource", "empty", "put", "delete")
+NotificationType = Literal["handshake", "heartbeat", "event-notification", "query-status", "query-event"]
+# "medplum" is the header-announced bare resource, named after the server whose format it is (data only:
+# the facility's adapter decides when a delivery has this shape).
+NotificationShape = Literal[
+    "backport", "backport-0.1", "r4b", "r5", "medplum", "resource", "empty", "put", "delete"
+]
+Interaction = Literal["create", "update", "delete"]
+# How a sender's events are told apart: by event number (the IGs' rule), or by notificationEvent.id for
+# senders whose numbers restart in every bundle. Decided per facility by its vendor adapter.
+EventIdentity = Literal["number", "event-id"]
 
-_INTERACTIONS = {"DELETE": "delete", "POST": "create", "PUT": "update", "PATCH": "update"}
+NOTIFICATION_TYPES: dict[str, NotificationType] = {t: t for t in get_args(NotificationType)}
+INTERACTIONS: dict[str, Interaction] = {i: i for i in get_args(Interaction)}
+EVENT_TYPES: tuple[NotificationType, ...] = ("event-notification", "query-event")
+# Shapes without event numbers: one event per delivery, keyed by version or content (app.ingest.inbox).
+LEGACY_SHAPES: tuple[NotificationShape, ...] = ("medplum", "resource", "empty", "put", "delete")
+
+_INTERACTIONS: dict[str, Interaction] = {
+    "DELETE": "delete",
+    "POST": "create",
+    "PUT": "update",
+    "PATCH": "update",
+}
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 
@@ -53,10 +73,10 @@ class Timestamp:
 class NotificationEvent:
     event_number: int | None
     focus: ResourceRef | None
-    interaction: str | None  # create | update | delete | None
+    interaction: Interaction | None  # None: unknown, the fetch tells
     resource: dict[str, Any] | None  # full-resource payload, when the sender included it
     refused: str | None = None  # reason slug when this event must not be stored (e.g. foreign_host)
-    event_id: str | None = None  # SubscriptionStatus.notificationEvent.id (athena's dedup key)
+    event_id: str | None = None  # SubscriptionStatus.notificationEvent.id (``event-id`` identity)
     timestamp: Timestamp | None = None
     focus_identifier: str | None = None  # "system|value" when the focus is identifier-only
     focus_type_hint: str | None = None  # Reference.type of an identifier-only focus
@@ -64,25 +84,37 @@ class NotificationEvent:
 
 @dataclass(frozen=True)
 class Notification:
-    type: str
+    type: NotificationType
     subscription: str | None
     events_since_start: int | None
     events: list[NotificationEvent] = field(default_factory=list)
-    shape: str = "backport"
+    shape: NotificationShape = "backport"
     topic: str | None = None
     status: str | None = None  # requested | active | error | off
     timestamp: Timestamp | None = None  # Bundle.timestamp
 
 
 @dataclass(frozen=True)
+class Announcement:
+    """What a sender's headers say about a bare-resource delivery, as the facility's vendor adapter read
+    them: the subscription (as sent), the interaction, and for a delete the deleted ``Type/id``."""
+
+    shape: NotificationShape
+    subscription: str | None = None
+    interaction: Interaction | None = None
+    deleted: str | None = None
+
+
+@dataclass(frozen=True)
 class Delivery:
-    """What arrived besides the JSON body: the HTTP method, the path's ``Type/id`` (HAPI payload mode)
-    and the headers, lower-cased."""
+    """What arrived besides the JSON body: the HTTP method, the path's ``Type/id`` (payload mode), the
+    headers (lower-cased) and, when the facility's adapter recognized announcing headers, what they say."""
 
     method: str = "POST"
     path_type: str | None = None
     path_id: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    announcement: Announcement | None = None
 
 
 _MAX_EVENT_NUMBER = 2**63 - 1  # FHIR integer64, and Postgres bigint
@@ -194,7 +226,7 @@ def _entry_candidates(entry: dict[str, Any]) -> list[str]:
     return candidates
 
 
-def _interaction(entry: dict[str, Any]) -> str | None:
+def _interaction(entry: dict[str, Any]) -> Interaction | None:
     request = entry.get("request")
     if not isinstance(request, dict):
         return None
@@ -224,7 +256,9 @@ def _event(
     return replace(base, focus=focus, interaction=interaction, resource=_payload(entry, focus, interaction))
 
 
-def _payload(entry: dict[str, Any], focus: ResourceRef, interaction: str | None) -> dict[str, Any] | None:
+def _payload(
+    entry: dict[str, Any], focus: ResourceRef, interaction: Interaction | None
+) -> dict[str, Any] | None:
     """The entry's resource when it is the focus's current state: never for a deletion (a body beside a
     DELETE is the old version; storing it would make the deleted resource live)."""
     resource = entry.get("resource")
@@ -302,7 +336,7 @@ def _parse_parameters(status: dict[str, Any], bundle: dict[str, Any], base_url: 
 
 
 def _parse_subscription_status(
-    status: dict[str, Any], bundle: dict[str, Any], base_url: str, shape: str
+    status: dict[str, Any], bundle: dict[str, Any], base_url: str, shape: NotificationShape
 ) -> Notification:
     entries = _entries_by_url(bundle, base_url)
     events = []
@@ -340,9 +374,10 @@ def _notification(
     events: list[NotificationEvent],
     **extra: Any,
 ) -> Notification:
-    if not isinstance(ntype, str) or ntype not in NOTIFICATION_TYPES:
+    known = NOTIFICATION_TYPES.get(ntype) if isinstance(ntype, str) else None
+    if known is None:
         raise NotificationError("unknown_notification_type", "status has no recognizable notification type")
-    return Notification(ntype, subscription, since, events, **extra)
+    return Notification(known, subscription, since, events, **extra)
 
 
 def _parse_bundle(body: dict[str, Any], base_url: str) -> Notification:
@@ -355,7 +390,7 @@ def _parse_bundle(body: dict[str, Any], base_url: str) -> Notification:
     if status.get("resourceType") == "Parameters":
         return _parse_parameters(status, body, base_url)
     if status.get("resourceType") == "SubscriptionStatus":
-        shape = "r5" if body.get("type") == "subscription-notification" else "r4b"
+        shape: NotificationShape = "r5" if body.get("type") == "subscription-notification" else "r4b"
         return _parse_subscription_status(status, body, base_url, shape)
     raise NotificationError("no_status_entry", "first entry is neither Parameters nor SubscriptionStatus")
 
@@ -373,38 +408,31 @@ def _resource_ref(resource: dict[str, Any], base_url: str) -> ResourceRef:
 
 
 def _legacy(
-    shape: str, event: NotificationEvent, base_url: str, subscription: str | None = None
+    shape: NotificationShape, event: NotificationEvent, base_url: str, subscription: str | None = None
 ) -> Notification:
     return Notification(
         "event-notification", normalize_subscription(subscription, base_url), None, [event], shape=shape
     )
 
 
-def _parse_medplum(body: Any, base_url: str, delivery: Delivery) -> Notification:
-    headers = delivery.headers
-    subscription = headers.get("x-medplum-subscription")
+def _parse_announced(body: Any, base_url: str, announced: Announcement) -> Notification:
+    """A bare resource whose headers announced it; a delete is ``{}`` plus the deleted ``Type/id``."""
+    subscription = announced.subscription
     if subscription and "/" not in subscription:
         subscription = f"Subscription/{subscription}"
-    interaction = (headers.get("x-medplum-interaction") or "").lower() or None
-    deleted = headers.get("x-medplum-deleted-resource")
-    if deleted:
+    shape = announced.shape
+    if announced.deleted:
         try:
-            focus = parse_reference(deleted, base_url)
+            focus = parse_reference(announced.deleted, base_url)
         except (ForeignHostError, NotificationError) as exc:
-            return _legacy(
-                "medplum", NotificationEvent(None, None, "delete", None, refused=exc.reason), base_url
-            )
-        return _legacy("medplum", NotificationEvent(None, focus, "delete", None), base_url, subscription)
+            return _legacy(shape, NotificationEvent(None, None, "delete", None, refused=exc.reason), base_url)
+        return _legacy(shape, NotificationEvent(None, focus, "delete", None), base_url, subscription)
     if not isinstance(body, dict) or not body:
-        raise NotificationError("not_a_notification", "Medplum notification without a resource")
-    try:
-        focus = _resource_ref(body, base_url)
-    except NotificationError:
-        raise
-    if interaction not in ("create", "update", "delete"):
-        interaction = None
+        raise NotificationError("not_a_notification", "announced notification without a resource")
+    focus = _resource_ref(body, base_url)
+    interaction = announced.interaction
     payload = None if interaction == "delete" else body
-    return _legacy("medplum", NotificationEvent(None, focus, interaction, payload), base_url, subscription)
+    return _legacy(shape, NotificationEvent(None, focus, interaction, payload), base_url, subscription)
 
 
 def parse_delivery(body: Any, base_url: str, delivery: Delivery) -> Notification:
@@ -425,8 +453,8 @@ def parse_delivery(body: Any, base_url: str, delivery: Delivery) -> Notification
         if ref.relative != focus.relative:
             raise NotificationError("path_mismatch", "the resource does not match the URL's Type/id")
         return _legacy("put", NotificationEvent(None, ref, "update", body), base_url)
-    if any(h.startswith("x-medplum-") for h in delivery.headers):
-        return _parse_medplum(body, base_url, delivery)
+    if delivery.announcement is not None:
+        return _parse_announced(body, base_url, delivery.announcement)
     if body is None:
         return _legacy("empty", NotificationEvent(None, None, None, None), base_url)
     return parse_notification(body, base_url)
@@ -451,28 +479,3 @@ def parse_notification(body: Any, base_url: str) -> Notification:
     except NotificationError:
         raise NotificationError("not_a_bundle", "expected a FHIR Bundle or a resource with an id") from None
     return _legacy("resource", NotificationEvent(None, focus, None, body), base_url)
-
-
-def dedup_key(
-    subscription: str | None, event: NotificationEvent, *, fallback: str | Callable[[], str]
-) -> str:
-    """What makes two deliveries the same event, when the event number is not used (see
-    ``app.ingest.inbox``): the focus version, else the payload's content hash. With neither two
-    deliveries cannot be told apart, so ``fallback`` (a unique value, or a function making one) keeps
-    both: fetching twice is harmless, dropping an update is not. A delete without a version is never
-    merged either (a resource deleted, re-created and deleted again needs both deletes)."""
-    focus = event.focus
-    target = focus.relative if focus else (event.focus_identifier or "-")
-    action = event.interaction or "-"
-    sub = subscription or "-"
-    if event.event_number is not None:
-        # An event id, when sent, keeps two events apart even if a sender reuses numbers (athena-style
-        # numbering from a facility not configured as athena).
-        suffix = f"|{event.event_id}" if event.event_id else ""
-        return f"evt|{sub}|{event.event_number}|{target}|{action}{suffix}"
-    if focus is not None and focus.version is not None:
-        return f"ver|{sub}|{target}/_history/{focus.version}|{action}"
-    if event.resource is not None and action != "delete":
-        # With meta: two versions with the same clinical content (a revert A→B→A) are distinct events.
-        return f"hash|{sub}|{target}|{payload_hash(event.resource)}|{action}"
-    return f"once|{target}|{fallback if isinstance(fallback, str) else fallback()}"

@@ -12,33 +12,38 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from app.db.models import INBOX_DEAD, INBOX_PENDING
+
+# Statuses are interpolated from app.db.models' constants (never user input), hence the S608 noqas.
+
 _LIST = text(
-    """
+    f"""
     SELECT id, facility_id, focus_type, focus_id, reason, detail, attempts, received_at, done_at
     FROM inbox
-    WHERE status = 'dead'
+    WHERE status = '{INBOX_DEAD}'
       AND (CAST(:facility AS text) IS NULL OR facility_id = :facility)
       AND (CAST(:reason AS text) IS NULL OR reason = :reason)
     ORDER BY done_at DESC NULLS LAST, id DESC
     LIMIT :limit
-    """
+    """  # noqa: S608
 )
 
 _REPLAY = text(
-    """
+    f"""
     UPDATE inbox
-    SET status = 'pending', attempts = 0, next_attempt_at = now(), lease_until = NULL, done_at = NULL,
+    SET status = '{INBOX_PENDING}', attempts = 0, next_attempt_at = now(), lease_until = NULL, done_at = NULL,
         detail = 'replayed after: ' || coalesce(reason, '-'), reason = NULL
-    WHERE status = 'dead'
+    WHERE status = '{INBOX_DEAD}'
       AND (CAST(:facility AS text) IS NULL OR facility_id = :facility)
       AND (CAST(:reason AS text) IS NULL OR reason = :reason)
       AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))
     RETURNING facility_id
-    """
+    """  # noqa: S608
 )
 
 _COUNTS = text(
-    "SELECT facility_id, reason, count(*) AS n FROM inbox WHERE status = 'dead' GROUP BY 1, 2 ORDER BY 1, 2"
+    f"SELECT facility_id, reason, count(*) AS n FROM inbox WHERE status = '{INBOX_DEAD}' "  # noqa: S608
+    "GROUP BY 1, 2 ORDER BY 1, 2"
 )
 
 

@@ -3,9 +3,12 @@
 Dedup keys, per source (a duplicate delivery maps to the same key and is stored once):
 
 - numbered events (backport, R4B, R5): subscription + event number + focus + action, suffixed with the
-  subscription's epoch by the writer (``with_epoch``), which learns it from the event ledger;
-- senders whose numbers restart in every bundle (athena): subscription + ``notificationEvent.id``;
-- Medplum and HAPI's payload mode: subscription + Type/id + ``meta.versionId``, else the body's hash;
+  subscription's epoch by the writer (``app.ingest.writer.with_epoch``), which learns it from the event
+  ledger;
+- facilities whose adapter says their sender's numbers restart in every bundle (``event_identity`` =
+  ``event-id``): subscription + ``notificationEvent.id``;
+- shapes without event numbers (``LEGACY_SHAPES``: header-announced resources, payload mode):
+  subscription + Type/id + ``meta.versionId``, else the body's hash;
 - nothing to tell two deliveries apart (an empty POST, a delete without version): a unique key, so both
   are kept; fetching twice is harmless, dropping a change is not.
 """
@@ -13,26 +16,20 @@ Dedup keys, per source (a duplicate delivery maps to the same key and is stored 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
-from app.fhir.notifications import EVENT_TYPES, LEGACY_SHAPES, Notification, dedup_key
-from app.ingest.ledger import LedgerObservation, NumberedEvent
-
-EventIdentity = Literal["number", "event-id"]
-
-# The inbox columns a receiver writes; the group-commit writer builds its INSERT from this list.
-INBOX_COLUMNS = (
-    "facility_id",
-    "dedup_key",
-    "subscription",
-    "event_number",
-    "focus_type",
-    "focus_id",
-    "focus_identifier",
-    "interaction",
-    "payload",
+from app.fhir.notifications import (
+    EVENT_TYPES,
+    LEGACY_SHAPES,
+    EventIdentity,
+    Interaction,
+    Notification,
+    NotificationEvent,
 )
+from app.fhir.resources import payload_hash
+from app.ingest.ledger import LedgerObservation, NumberedEvent
 
 
 def _unique() -> str:
@@ -41,24 +38,25 @@ def _unique() -> str:
 
 @dataclass(frozen=True)
 class InboxEntry:
+    """One inbox row as the receiver writes it: every field but ``ledger_index`` is a column of
+    ``inbox`` (``INBOX_COLUMNS``); the database fills the rest (status, attempts, timestamps)."""
+
     facility_id: str
     dedup_key: str
     subscription: str | None
     event_number: int | None
     focus_type: str | None
     focus_id: str | None
-    interaction: str | None
+    interaction: Interaction | None
     payload: dict[str, Any] | None
     focus_identifier: str | None = None
     # Index into the notification's LedgerObservation.numbers: the key gets that event's epoch.
     ledger_index: int | None = None
 
-    def as_row(self) -> dict[str, Any]:
-        # Not dataclasses.asdict: that deep-copies the payload, on the receiver's hot path.
-        return {c: getattr(self, c) for c in INBOX_COLUMNS}
 
-    def with_epoch(self, epoch: int) -> InboxEntry:
-        return replace(self, dedup_key=f"{self.dedup_key}|e{epoch}", ledger_index=None)
+# The inbox columns a receiver writes, from InboxEntry itself; the group-commit writer builds its INSERT
+# from this list and takes each column's SQL type from the model (app.db.models.InboxRow).
+INBOX_COLUMNS = tuple(f.name for f in fields(InboxEntry) if f.name != "ledger_index")
 
 
 @dataclass(frozen=True)
@@ -76,18 +74,37 @@ class Intake:
     observation: LedgerObservation
 
 
-def entries_for(
-    facility_id: str, notification: Notification, *, event_identity: EventIdentity = "number"
-) -> tuple[list[InboxEntry], list[Refusal]]:
-    """One inbox entry per storable event; refused events (foreign host, bad focus) are returned apart so
-    the caller can count and log them. Handshakes and heartbeats carry no events and give no entries."""
-    intake = intake_for(facility_id, notification, event_identity=event_identity)
-    return intake.entries, intake.refused
+def dedup_key(
+    subscription: str | None, event: NotificationEvent, *, fallback: str | Callable[[], str]
+) -> str:
+    """What makes two deliveries the same event, when the event number is not used (see the module
+    docstring): the focus version, else the payload's content hash. With neither two deliveries cannot
+    be told apart, so ``fallback`` (a unique value, or a function making one) keeps both: fetching twice
+    is harmless, dropping an update is not. A delete without a version is never merged either (a
+    resource deleted, re-created and deleted again needs both deletes)."""
+    focus = event.focus
+    target = focus.relative if focus else (event.focus_identifier or "-")
+    action = event.interaction or "-"
+    sub = subscription or "-"
+    if event.event_number is not None:
+        # An event id, when sent, keeps two events apart even if a sender reuses numbers (numbers that
+        # restart per bundle, from a facility whose identity was left at ``number``).
+        suffix = f"|{event.event_id}" if event.event_id else ""
+        return f"evt|{sub}|{event.event_number}|{target}|{action}{suffix}"
+    if focus is not None and focus.version is not None:
+        return f"ver|{sub}|{target}/_history/{focus.version}|{action}"
+    if event.resource is not None and action != "delete":
+        # With meta: two versions with the same clinical content (a revert A→B→A) are distinct events.
+        return f"hash|{sub}|{target}|{payload_hash(event.resource)}|{action}"
+    return f"once|{target}|{fallback if isinstance(fallback, str) else fallback()}"
 
 
 def intake_for(
     facility_id: str, notification: Notification, *, event_identity: EventIdentity = "number"
 ) -> Intake:
+    """One inbox entry per storable event, and the ledger observation of the notification. Refused
+    events (foreign host, bad focus) are returned apart, so the caller can count and log them.
+    Handshakes and heartbeats carry no events and give no entries."""
     entries: list[InboxEntry] = []
     refused: list[Refusal] = []
     numbers: list[NumberedEvent] = []

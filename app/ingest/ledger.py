@@ -14,11 +14,11 @@ gaps stay listed in ``missing`` until their events arrive (the reconciler recove
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from app.fhir.notifications import Timestamp
+from app.fhir.notifications import NotificationType, Timestamp
 
 MAX_MISSING_RANGES = 100
 
@@ -32,11 +32,12 @@ class NumberedEvent:
 @dataclass(frozen=True)
 class LedgerObservation:
     """One notification as the ledger sees it. ``numbers`` is empty when the sender's event numbers
-    are meaningless (athena restarts them in every bundle) or absent (legacy shapes)."""
+    are meaningless (the facility's identity is ``event-id``: they restart in every bundle) or absent
+    (legacy shapes)."""
 
     facility_id: str
     subscription: str  # "" for shapes that name no subscription
-    type: str
+    type: NotificationType
     status: str | None = None
     events_since_start: int | None = None
     numbers: list[NumberedEvent] = field(default_factory=list)
@@ -48,6 +49,10 @@ class LedgerObservation:
 
 @dataclass
 class LedgerState:
+    """One ``subscription_ledger`` row as ``apply`` works on it. These fields are the ledger's columns
+    (``LEDGER_COLUMNS``) for every reader and writer; the table (``app.db.models.SubscriptionLedger``)
+    adds only its bookkeeping timestamps, and gives the SQL types (a test holds the two together)."""
+
     facility_id: str
     subscription: str
     epoch: int = 1
@@ -65,22 +70,14 @@ class LedgerState:
 
     @classmethod
     def from_row(cls, row: Any) -> LedgerState:
-        return cls(
-            facility_id=row.facility_id,
-            subscription=row.subscription,
-            epoch=row.epoch,
-            highest_event=row.highest_event,
-            highest_event_at=row.highest_event_at,
-            epoch_started_at=row.epoch_started_at,
-            events_since_start=row.events_since_start,
-            gaps_observed=row.gaps_observed,
-            missing=[list(r) for r in (row.missing or [])],
-            last_status=row.last_status,
-            notifications=row.notifications,
-            last_notification_at=row.last_notification_at,
-            last_heartbeat_at=row.last_heartbeat_at,
-            last_handshake_at=row.last_handshake_at,
-        )
+        """From any row with the ``LEDGER_COLUMNS`` as attributes."""
+        state = cls(**{column: getattr(row, column) for column in LEDGER_COLUMNS})
+        state.missing = [list(r) for r in (state.missing or [])]  # a fresh list: apply mutates it
+        return state
+
+
+LEDGER_COLUMNS = tuple(f.name for f in fields(LedgerState))
+LEDGER_KEY = ("facility_id", "subscription")
 
 
 @dataclass(frozen=True)

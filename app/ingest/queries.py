@@ -4,60 +4,66 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from app.db.models import INBOX_DEAD, INBOX_DONE, INBOX_PENDING
+
+# The statuses are interpolated from app.db.models' constants (never user input), hence the S608 noqas.
+
 # A claimed row is hidden by pushing next_attempt_at to the end of its lease: the partial index on
-# (facility_id, next_attempt_at) WHERE status = 'pending' is then the whole queue scan, and a worker
+# (facility_id, next_attempt_at) WHERE status = INBOX_PENDING is then the whole queue scan, and a worker
 # that dies simply lets the lease run out. Each claim writes a fresh token; outcomes (MARK_*) apply only
 # under the current token, so a worker whose lease ran out mid-batch cannot overwrite the new owner's.
 CLAIM = text(
-    """
+    f"""
     UPDATE inbox AS i
     SET lease_until = now() + :lease, next_attempt_at = now() + :lease, attempts = i.attempts + 1,
         claim_token = CAST(:token AS uuid)
     WHERE i.id IN (
         SELECT id FROM inbox
-        WHERE facility_id = :facility_id AND status = 'pending' AND next_attempt_at <= now()
+        WHERE facility_id = :facility_id AND status = '{INBOX_PENDING}' AND next_attempt_at <= now()
         ORDER BY next_attempt_at, id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
     RETURNING i.id, i.focus_type, i.focus_id, i.focus_identifier, i.interaction, i.payload, i.attempts,
               i.received_at, i.claim_token
-    """
+    """  # noqa: S608
 )
 
 MARK_DONE = text(
-    """
-    UPDATE inbox SET status = 'done', done_at = now(), lease_until = NULL, reason = :reason, detail = NULL
-    WHERE id = ANY(:ids) AND status = 'pending' AND claim_token = CAST(:token AS uuid)
-    """
+    f"""
+    UPDATE inbox
+    SET status = '{INBOX_DONE}', done_at = now(), lease_until = NULL, reason = :reason, detail = NULL
+    WHERE id = ANY(:ids) AND status = '{INBOX_PENDING}' AND claim_token = CAST(:token AS uuid)
+    """  # noqa: S608
 )
 
 MARK_RETRY = text(
-    """
+    f"""
     UPDATE inbox SET lease_until = NULL, next_attempt_at = now() + :delay, reason = :reason, detail = :detail
-    WHERE id = ANY(:ids) AND status = 'pending' AND claim_token = CAST(:token AS uuid)
-    """
+    WHERE id = ANY(:ids) AND status = '{INBOX_PENDING}' AND claim_token = CAST(:token AS uuid)
+    """  # noqa: S608
 )
 
 MARK_DEAD = text(
-    """
-    UPDATE inbox SET status = 'dead', done_at = now(), lease_until = NULL, reason = :reason, detail = :detail
-    WHERE id = ANY(:ids) AND status = 'pending' AND claim_token = CAST(:token AS uuid)
-    """
+    f"""
+    UPDATE inbox
+    SET status = '{INBOX_DEAD}', done_at = now(), lease_until = NULL, reason = :reason, detail = :detail
+    WHERE id = ANY(:ids) AND status = '{INBOX_PENDING}' AND claim_token = CAST(:token AS uuid)
+    """  # noqa: S608
 )
 
 # Disabled facilities keep their rows (nothing accepted is dropped) until they are enabled again.
 FACILITIES_WITH_DUE_WORK = text(
-    """
+    f"""
     SELECT DISTINCT i.facility_id FROM inbox i JOIN facilities f ON f.id = i.facility_id AND f.enabled
-    WHERE i.status = 'pending' AND i.next_attempt_at <= now()
-    """
+    WHERE i.status = '{INBOX_PENDING}' AND i.next_attempt_at <= now()
+    """  # noqa: S608
 )
 
 # DESIGN.md rule 3. A write applies when it changes something and is not older than what is stored:
-# a newer meta.lastUpdated wins; without lastUpdated on either side (Epic) or with equal ones, the later
-# fetch wins; against or for a tombstone, the later observation wins. A tombstone keeps the last known
-# body and version for consumers. One statement for a whole
+# a newer meta.lastUpdated wins; without lastUpdated on either side (a vendor that sends no meta) or with
+# equal ones, the later fetch wins; against or for a tombstone, the later observation wins. A tombstone
+# keeps the last known body and version for consumers. One statement for a whole
 # batch; the caller guarantees each resource appears at most once in it.
 UPSERT_RESOURCES = text(
     """

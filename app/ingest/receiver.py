@@ -1,82 +1,188 @@
-"""The receiver's use case: from an authenticated HTTP delivery to committed inbox rows and an answer.
+"""The receiver's use case: one HTTP delivery in, one typed ``Outcome`` out.
 
-Order of checks (the HTTP edge does the first four, which need the request itself):
-facility known (404) → shared secret (401, before reading the body) → content type (415) → size,
-enforced while reading (413) → body signature (401, before any parsing) → JSON (400) → notification
-shape (unrecognizable JSON is quarantined: 202) → committed (503 if Postgres cannot commit) → 200.
+``Receiver.receive`` takes the facility id from the URL, the ``Delivery`` (method, payload-mode path,
+lower-cased headers), the request path and the body as a stream of chunks. It runs these checks in this
+order and stops at the first that fails; the HTTP edge (``app.api.endpoints.respond``) maps each outcome
+to a status code, ``Retry-After`` and an OperationOutcome in one place:
 
-Every answer is an OperationOutcome. Quarantine answers **202 Accepted**: the body *is* committed (in
-the quarantine table, never dropped), retrying an unchanged body cannot help, and a 4xx would make
-some servers put the whole subscription in ``error`` and stop every later notification; the
-OperationOutcome says ``processing`` with the reason and the quarantine id so either side can find it.
+1. the facility is known and enabled: ``UnknownFacility``; ``DbUnavailable("facility")`` when the lookup
+   cannot reach Postgres, ``Misconfigured`` when its secrets cannot be resolved;
+2. a sender check that needs only headers (shared secret) passes, before the body is read:
+   ``Unauthenticated``;
+3. a declared content type is JSON: ``UnsupportedMediaType``;
+4. the body fits the size limit, checked against Content-Length and again while reading: ``TooLarge``;
+5. a non-empty body declared a content type: ``UnsupportedMediaType``;
+6. a signature over the raw body passes, before any parsing: ``Unauthenticated``;
+7. the body is JSON: ``InvalidJson``;
+8. the delivery is a notification (its vendor adapter reads any announcing headers first): a bodiless
+   delivery that is none is ``Rejected``; a JSON body that is none is kept in quarantine, ``Quarantined``
+   (``DbUnavailable("quarantine")`` when that commit fails);
+9. its events and its ledger observation are committed (group commit): ``Accepted``, or
+   ``DbUnavailable("commit")``. Only then is the doorbell rung.
+
+Quarantine is *accepted* (the edge answers 202): the body is committed, retrying it unchanged cannot
+help, and a 4xx would make some servers put the whole subscription in ``error`` and stop every later
+notification. Logs and metrics are written here, with ids and reason slugs only (never a body or a
+header's value).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import psycopg
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.errors import NotificationError
-from app.facilities.webhooks import ReceiverFacility
+from app.errors import ConfigurationError, NotificationError
+from app.facilities.webhooks import FacilityDirectory, ReceiverFacility
 from app.fhir import pgsafe
-from app.fhir.notifications import Delivery, Notification, parse_delivery
-from app.fhir.outcomes import operation_outcome
+from app.fhir.notifications import Delivery, parse_delivery
 from app.ingest.inbox import intake_for
-from app.ingest.quarantine import Quarantined, quarantine
+from app.ingest.quarantine import Quarantined as QuarantineItem
+from app.ingest.quarantine import quarantine
 from app.ingest.writer import InboxWriter, WriteResult
-from app.metrics import AUTH_FAILURES, LEDGER_GAPS, QUARANTINED, events
+from app.metrics import ACK_SECONDS, AUTH_FAILURES, LEDGER_GAPS, QUARANTINED, events, notifications
 
 log = structlog.get_logger("api.hooks")
 
 ACCEPTED_TYPES = frozenset({"application/fhir+json", "application/json"})
 COMMIT_TIMEOUT_S = 10.0
-RETRY_AFTER_S = "5"
+
+# The body as the edge hands it over: a function returning its chunks (Starlette's ``request.stream``).
+BodyStream = Callable[[], AsyncIterator[bytes]]
+
+
+# -- outcomes ---------------------------------------------------------------------------------------
+# ``slug`` is the reason code of the answer and the ``outcome`` label of the notifications counter.
 
 
 @dataclass(frozen=True)
-class Answer:
-    status: int
-    body: dict[str, Any]
-    outcome: str  # reason slug, or "accepted" / "quarantined"
-    shape: str = "-"
-    type: str = "-"
-    headers: dict[str, str] = field(default_factory=dict)
+class UnknownFacility:
+    slug: ClassVar[str] = "unknown_facility"
 
 
-def error(status: int, code: str, diagnostics: str, reason: str, **labels: str) -> Answer:
-    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else {}
-    body = operation_outcome("error", code, diagnostics, reason=reason)
-    return Answer(status, body, reason, headers=headers, **labels)
+@dataclass(frozen=True)
+class Misconfigured:
+    """The facility exists but its webhook secrets cannot be resolved: ours to fix, the sender retries."""
+
+    reason: str
+
+    @property
+    def slug(self) -> str:
+        return self.reason
 
 
-def unavailable(facility_id: str, stage: str, exc: BaseException | None = None, **labels: str) -> Answer:
-    log.warning(
-        "hooks.database_unavailable",
-        facility_id=facility_id,
-        stage=stage,
-        error=type(exc).__name__ if exc else None,
-    )
-    return error(503, "transient", "ledger unavailable; retry later", "db_unavailable", **labels)
+@dataclass(frozen=True)
+class DbUnavailable:
+    stage: str  # facility | quarantine | commit
+    slug: ClassVar[str] = "db_unavailable"
+
+
+@dataclass(frozen=True)
+class Unauthenticated:
+    reason: str  # SenderCheck's slug: missing_credentials, bad_signature…
+    header: str  # the header the sender must fix (its name, never its value)
+    slug: ClassVar[str] = "unauthenticated"
+
+
+@dataclass(frozen=True)
+class UnsupportedMediaType:
+    missing: bool  # True: a body without any content type; False: a content type that is not JSON
+    slug: ClassVar[str] = "content_type"
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    limit: int
+    slug: ClassVar[str] = "too_large"
+
+
+@dataclass(frozen=True)
+class InvalidJson:
+    detail: str
+    slug: ClassVar[str] = "invalid_json"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A bodiless delivery that is no notification (e.g. a malformed payload-mode path)."""
+
+    reason: str
+    detail: str
+
+    @property
+    def slug(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    quarantine_id: int
+    reason: str
+    detail: str
+    slug: ClassVar[str] = "quarantined"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    type: str  # the notification type, e.g. event-notification
+    stored: int
+    duplicates: int
+    refused: int
+    slug: ClassVar[str] = "accepted"
+
+
+Outcome = (
+    UnknownFacility
+    | Misconfigured
+    | DbUnavailable
+    | Unauthenticated
+    | UnsupportedMediaType
+    | TooLarge
+    | InvalidJson
+    | Rejected
+    | Quarantined
+    | Accepted
+)
+
+
+class BodyTooLarge(Exception):
+    """The body exceeds the limit (raised while reading, before the rest is read)."""
 
 
 def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def unauthenticated(facility: ReceiverFacility, reason: str) -> Answer:
-    # The reason and the header name only: never the header's value or the body.
-    header = facility.sender.header if facility.sender else "-"
-    log.warning("hooks.unauthenticated", facility_id=facility.id, reason=reason, header=header)
-    AUTH_FAILURES.labels(facility.id, reason).inc()
-    return error(401, "security", f"sender not authenticated ({reason}); check {header}", "unauthenticated")
+async def read_limited(stream: BodyStream, declared: str | None, limit: int) -> bytes:
+    """The whole body, or BodyTooLarge as soon as the declared length or the bytes read exceed
+    ``limit`` (a sender streaming gigabytes is cut off at the limit)."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class _Labels:
+    """The notifications counter's labels, filled in as the checks learn them."""
+
+    facility: str = "-"
+    shape: str = "-"
+    type: str = "-"
 
 
 @dataclass
@@ -84,48 +190,87 @@ class Receiver:
     engine: AsyncEngine
     writer: InboxWriter
     ring: Callable[[str], None]
+    facilities: FacilityDirectory
+    max_body_bytes: int
     commit_timeout_s: float = COMMIT_TIMEOUT_S
 
-    async def receive(
-        self, facility: ReceiverFacility, delivery: Delivery, raw: bytes, *, path: str, now: float
-    ) -> Answer:
-        """Authenticate the signature, parse, commit; ``raw`` is the whole (size-checked) body."""
+    async def receive(self, facility_id: str, delivery: Delivery, body: BodyStream, *, path: str) -> Outcome:
+        """Run the checks of the module docstring on one delivery. Never raises for anything a sender
+        can cause or for Postgres being unavailable: each is an outcome."""
+        started = time.perf_counter()
+        labels = _Labels()
         try:
-            return await self._receive(facility, delivery, raw, path=path, now=now)
-        except RecursionError:  # JSON nested deeper than the interpreter walks: malformed, not a 500
-            return error(400, "invalid", "body is nested too deeply", "invalid_json")
+            outcome = await self._receive(facility_id, delivery, body, path, labels)
+        finally:
+            ACK_SECONDS.observe(time.perf_counter() - started)
+        notifications(labels.facility, labels.shape, labels.type, outcome.slug).inc()
+        return outcome
 
-    async def _receive(
-        self, facility: ReceiverFacility, delivery: Delivery, raw: bytes, *, path: str, now: float
-    ) -> Answer:
-        if facility.sender is not None and facility.sender.needs_body:
-            reason = facility.authenticate(delivery.headers, raw, now)
-            if reason is not None:
-                return unauthenticated(facility, reason)
+    async def _receive(  # noqa: PLR0911 - one return per documented check
+        self, facility_id: str, delivery: Delivery, stream: BodyStream, path: str, labels: _Labels
+    ) -> Outcome:
+        try:
+            facility = await self.facilities.get(facility_id)
+        except (SQLAlchemyError, OSError) as exc:
+            return _unavailable(facility_id, "facility", exc)
+        except ConfigurationError as exc:
+            log.error("hooks.misconfigured", facility_id=facility_id, reason=exc.reason, detail=exc.detail)
+            return Misconfigured(exc.reason)
+        if facility is None:
+            return UnknownFacility()
+        labels.facility = facility.id
+        headers = delivery.headers
+        now = time.time()
+        sender = facility.sender
+        # Header-only checks run before the body is read; signatures (step 6) need the raw bytes.
+        if (sender is None or not sender.needs_body) and (
+            refusal := _authenticate(facility, b"", now, headers)
+        ) is not None:
+            return refusal
+        content_type = media_type(headers.get("content-type"))
+        if content_type and content_type not in ACCEPTED_TYPES:
+            return UnsupportedMediaType(missing=False)
+        try:
+            raw = await read_limited(stream, headers.get("content-length"), self.max_body_bytes)
+        except BodyTooLarge:
+            return TooLarge(self.max_body_bytes)
+        if raw.strip() and not content_type:
+            return UnsupportedMediaType(missing=True)
+        if (
+            sender is not None
+            and sender.needs_body
+            and (refusal := _authenticate(facility, raw, now, headers)) is not None
+        ):
+            return refusal
+        try:
+            return await self._parse_and_commit(facility, delivery, raw, path, labels)
+        except RecursionError:  # JSON nested deeper than the interpreter walks: malformed, not a 500
+            return InvalidJson("body is nested too deeply")
+
+    async def _parse_and_commit(
+        self, facility: ReceiverFacility, delivery: Delivery, raw: bytes, path: str, labels: _Labels
+    ) -> Outcome:
         body: Any = None
         has_body = bool(raw.strip())
         if has_body:
             try:
                 body = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError):
-                return error(400, "invalid", "body is not valid JSON", "invalid_json")
+                return InvalidJson("body is not valid JSON")
             if pgsafe.needs_cleaning(raw):
                 # Postgres cannot hold NUL or a lone surrogate: one such string would fail the whole batch.
                 body = pgsafe.clean(body)
+        announced = replace(delivery, announcement=facility.adapter.announcement(delivery.headers))
         try:
             if has_body and body is None:  # JSON `null` is a body, not an empty POST
                 raise NotificationError("not_a_notification", "the body is JSON null")
-            notification = parse_delivery(body, facility.base_url, delivery)
+            notification = parse_delivery(body, facility.base_url, announced)
         except NotificationError as exc:
             if not has_body:
-                return error(400, "invalid", exc.detail, exc.reason)
-            return await self._quarantine(
-                facility=facility, delivery=delivery, raw=raw, body=body, exc=exc, path=path
-            )
-        return await self._commit(facility, notification)
-
-    async def _commit(self, facility: ReceiverFacility, notification: Notification) -> Answer:
-        shape, ntype = notification.shape, notification.type
+                return Rejected(exc.reason, exc.detail)
+            labels.shape = "unrecognized"
+            return await self._quarantine(facility, delivery, raw, body, exc, path)
+        labels.shape, labels.type = notification.shape, notification.type
         intake = intake_for(facility.id, notification, event_identity=facility.event_identity)
         for refusal in intake.refused:
             # No outbound connection is ever made for these; the event number lets on-call find it.
@@ -140,7 +285,7 @@ class Receiver:
             async with asyncio.timeout(self.commit_timeout_s):  # no extra task, unlike wait_for
                 result: WriteResult = await self.writer.commit(intake)
         except (SQLAlchemyError, psycopg.Error, OSError, TimeoutError) as exc:
-            return unavailable(facility.id, "commit", exc, shape=shape, type=ntype)
+            return _unavailable(facility.id, "commit", exc)
         events(facility.id, "stored").inc(result.stored)
         events(facility.id, "duplicate").inc(result.duplicates)
         if result.gaps:
@@ -153,24 +298,18 @@ class Receiver:
             )
         if result.stored:
             self.ring(facility.id)
-        message = (
-            f"{notification.type}: {result.stored} stored, {result.duplicates} duplicate, "
-            f"{len(intake.refused)} refused"
-        )
-        body = operation_outcome("information", "informational", message)
-        return Answer(200, body, "accepted", shape=shape, type=ntype)
+        return Accepted(notification.type, result.stored, result.duplicates, len(intake.refused))
 
-    async def _quarantine(
+    async def _quarantine(  # noqa: PLR0917 - the request's parts, all needed for the row
         self,
-        *,
         facility: ReceiverFacility,
         delivery: Delivery,
         raw: bytes,
         body: Any,
         exc: NotificationError,
         path: str,
-    ) -> Answer:
-        item = Quarantined(
+    ) -> Outcome:
+        item = QuarantineItem(
             facility_id=facility.id,
             reason=exc.reason,
             detail=exc.detail,
@@ -183,9 +322,26 @@ class Receiver:
         try:
             qid = await asyncio.wait_for(quarantine(self.engine, item), self.commit_timeout_s)
         except (SQLAlchemyError, OSError, TimeoutError) as db_exc:
-            return unavailable(facility.id, "quarantine", db_exc)
+            return _unavailable(facility.id, "quarantine", db_exc)
         log.warning("hooks.quarantined", facility_id=facility.id, reason=exc.reason, quarantine_id=qid)
         QUARANTINED.labels(facility.id, exc.reason).inc()
-        diagnostics = f"not a recognizable notification ({exc.detail}); kept as quarantine #{qid}"
-        body_out = operation_outcome("warning", "processing", diagnostics, reason=exc.reason)
-        return Answer(202, body_out, "quarantined", shape="unrecognized")
+        return Quarantined(qid, exc.reason, exc.detail)
+
+
+def _authenticate(
+    facility: ReceiverFacility, body: bytes, now: float, headers: Mapping[str, str]
+) -> Unauthenticated | None:
+    """None when the sender is authentic, else the outcome; ``body`` is empty for header-only checks."""
+    sender = facility.sender
+    reason = "webhook_not_configured" if sender is None else sender.check(headers, body, now)
+    if reason is None:
+        return None
+    header = sender.header if sender is not None else "-"
+    log.warning("hooks.unauthenticated", facility_id=facility.id, reason=reason, header=header)
+    AUTH_FAILURES.labels(facility.id, reason).inc()
+    return Unauthenticated(reason, header)
+
+
+def _unavailable(facility_id: str, stage: str, exc: BaseException) -> DbUnavailable:
+    log.warning("hooks.database_unavailable", facility_id=facility_id, stage=stage, error=type(exc).__name__)
+    return DbUnavailable(stage)

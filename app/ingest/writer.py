@@ -16,7 +16,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,8 +24,9 @@ import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.models import InboxRow, SubscriptionLedger, sql_types
 from app.ingest.inbox import INBOX_COLUMNS, InboxEntry, Intake
-from app.ingest.ledger import LedgerState, apply
+from app.ingest.ledger import LEDGER_COLUMNS, LEDGER_KEY, LedgerState, apply
 from app.metrics import COMMIT_BATCH, COMMIT_SECONDS
 
 CONNECT_TIMEOUT_S = 5
@@ -34,7 +35,8 @@ CONNECT_TIMEOUT_S = 5
 # One statement writes the inbox rows and the ledger rows (a data-modifying CTE), so a batch costs four
 # round trips: BEGIN, lock the ledger rows, this, COMMIT. Rows travel as one JSON document each
 # (``jsonb_to_recordset``): far cheaper to build than per-column arrays adapted element by element.
-_INBOX_TYPES = {c: {"event_number": "bigint", "payload": "jsonb"}.get(c, "text") for c in INBOX_COLUMNS}
+# Column names come from InboxEntry and LedgerState, their SQL types from the models: nothing restated.
+_INBOX_TYPES = sql_types(InboxRow, INBOX_COLUMNS)
 _INSERT_INBOX = f"""
     INSERT INTO inbox ({", ".join(_INBOX_TYPES)})
     SELECT * FROM jsonb_to_recordset(%(inbox)s::jsonb)
@@ -52,29 +54,31 @@ _LOCK_LEDGER = """
     RETURNING l.*
 """
 
-_LEDGER_TYPES = {
-    "facility_id": "text",
-    "subscription": "text",
-    "epoch": "integer",
-    "highest_event": "bigint",
-    "highest_event_at": "timestamptz",
-    "epoch_started_at": "timestamptz",
-    "events_since_start": "bigint",
-    "gaps_observed": "bigint",
-    "missing": "jsonb",
-    "last_status": "text",
-    "notifications": "bigint",
-    "last_notification_at": "timestamptz",
-    "last_heartbeat_at": "timestamptz",
-    "last_handshake_at": "timestamptz",
-}
+_LEDGER_TYPES = sql_types(SubscriptionLedger, LEDGER_COLUMNS)
+_LEDGER_SET = [c for c in LEDGER_COLUMNS if c not in LEDGER_KEY]
 _UPDATE_LEDGER = f"""
     UPDATE subscription_ledger AS l
-    SET {", ".join(f"{c} = u.{c}" for c in list(_LEDGER_TYPES)[2:])}, updated_at = now()
+    SET {", ".join(f"{c} = u.{c}" for c in _LEDGER_SET)}, updated_at = now()
     FROM jsonb_to_recordset(%(ledger)s::jsonb) AS u({", ".join(f"{c} {t}" for c, t in _LEDGER_TYPES.items())})
-    WHERE l.facility_id = u.facility_id AND l.subscription = u.subscription
+    WHERE {" AND ".join(f"l.{c} = u.{c}" for c in LEDGER_KEY)}
 """  # noqa: S608 - column names are the constants above, values are a bound parameter
 _WRITE = f"WITH ledger AS ({_UPDATE_LEDGER}), ins AS ({_INSERT_INBOX}) SELECT facility_id, dedup_key FROM ins"  # noqa: S608 - constants only
+
+
+def with_epoch(entry: InboxEntry, epoch: int) -> InboxEntry:
+    """The entry with its final dedup key: a numbered event's key names the epoch it belongs to, so a
+    counter that restarted (a new epoch) is never taken for a duplicate of the old numbers."""
+    return replace(entry, dedup_key=f"{entry.dedup_key}|e{epoch}", ledger_index=None)
+
+
+def _inbox_row(entry: InboxEntry) -> dict[str, Any]:
+    # Not dataclasses.asdict: that deep-copies the payload, on the receiver's hot path.
+    return {c: getattr(entry, c) for c in INBOX_COLUMNS}
+
+
+def _ledger_row(state: LedgerState) -> dict[str, Any]:
+    values = ((c, getattr(state, c)) for c in LEDGER_COLUMNS)
+    return {c: v.isoformat() if isinstance(v, datetime) else v for c, v in values}
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,7 @@ class InboxWriter:
             try:
                 async with conn.transaction(), conn.cursor() as cur:
                     outcomes, ledger_rows = await self._apply_ledger(cur, jobs)
-                    inbox_rows = [e.as_row() for outcome in outcomes for e in outcome.entries]
+                    inbox_rows = [_inbox_row(e) for outcome in outcomes for e in outcome.entries]
                     await cur.execute(
                         _WRITE, {"inbox": json.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
                     )
@@ -235,12 +239,8 @@ class InboxWriter:
                 continue
             applied = apply(states[job.intake.observation.key], job.intake.observation, now)
             entries = [
-                e.with_epoch(applied.epochs[e.ledger_index]) if e.ledger_index is not None else e
+                with_epoch(e, applied.epochs[e.ledger_index]) if e.ledger_index is not None else e
                 for e in job.entries
             ]
             outcomes.append(_Outcome(entries, applied.new_gaps, applied.new_epoch))
-        rows = []
-        for state in states.values():
-            row = {column: getattr(state, column) for column in _LEDGER_TYPES}
-            rows.append({k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()})
-        return outcomes, rows
+        return outcomes, [_ledger_row(state) for state in states.values()]

@@ -3,13 +3,17 @@
 - Whether ``_id=a,b,c`` is accepted is unverified: off by default (``batch_read=True`` per facility once
   checked).
 - Preferred names as ``nickname``; ids such as ``a-1.E-123``: handled by the default adapter.
+- Event numbers restart at 1 in every notification bundle (EHR-FACTS §1): useless for identity and gap
+  detection, so events are told apart by ``notificationEvent.id``.
 """
 
 from __future__ import annotations
 
+from app.fhir.notifications import EventIdentity
 from app.vendors.base import DefaultAdapter
 
 
 class AthenaAdapter(DefaultAdapter):
     vendor = "athena"
     batch_read = False
+    event_identity: EventIdentity = "event-id"

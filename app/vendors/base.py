@@ -8,17 +8,32 @@ data attributes, or overrides a method for a quirk that would be wrong elsewhere
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
 from app.errors import EHRServerError, EHRServerErrorPermanent, IngestError
 from app.fhir.normalize import Normalized, SummaryOptions, normalize_resource, pair_blood_pressure
 from app.fhir.normalize.names import ISO21090_PREFERRED
+from app.fhir.notifications import Announcement, EventIdentity
 
 
 class VendorAdapter(Protocol):
     @property
     def vendor(self) -> str: ...
+
+    @property
+    def event_identity(self) -> EventIdentity:
+        """How this vendor's notification events are told apart: ``number`` (the IGs' event numbers) or
+        ``event-id`` (``notificationEvent.id``, for senders whose numbers are useless for identity). A
+        facility's ``webhook.event_identity`` overrides it."""
+        ...
+
+    def announcement(self, headers: Mapping[str, str]) -> Announcement | None:
+        """What this vendor's own notification headers (lower-cased names) say about a bare-resource
+        delivery, or None when the delivery carries none: then the body alone tells its shape. Never
+        raises on a malformed header value (it is ignored)."""
+        ...
 
     def normalize(self, resource: dict[str, Any], *, now: datetime) -> Normalized:
         """The resource to store, its view summary, validation issues and references to fetch. Pure and
@@ -56,6 +71,7 @@ class DefaultAdapter:
     """
 
     vendor: str = "generic"
+    event_identity: EventIdentity = "number"
     batch_read: bool = True
     # Bounded by URL length: 100 ids of up to 64 characters stay under the 8 KB most servers accept.
     batch_max: int = 100
@@ -75,6 +91,9 @@ class DefaultAdapter:
         self.options = SummaryOptions(
             mrn_system=mrn_system, preferred_name_extensions=self.preferred_name_extensions
         )
+
+    def announcement(self, headers: Mapping[str, str]) -> Announcement | None:
+        return None
 
     def normalize(self, resource: dict[str, Any], *, now: datetime) -> Normalized:
         return normalize_resource(resource, now=now, options=self.options)

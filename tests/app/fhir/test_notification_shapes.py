@@ -9,6 +9,7 @@ import pytest
 from app.errors import NotificationError
 from app.fhir.notifications import Delivery, parse_delivery, parse_notification, parse_timestamp
 from app.fhir.references import ResourceRef
+from app.vendors import adapter_for
 from tests.app.api.fixtures_shapes import (
     athena_event,
     backport_010,
@@ -22,6 +23,11 @@ from tests.app.api.fixtures_shapes import (
     subscription_status,
 )
 from tests.fixtures import BASE, backport_id_only, observation
+
+
+def _medplum(headers: dict[str, str]) -> Delivery:
+    """A delivery as the receiver builds it for a Medplum facility: its adapter reads the headers."""
+    return Delivery(headers=headers, announcement=adapter_for("medplum").announcement(headers))
 
 
 @pytest.mark.parametrize(
@@ -176,7 +182,7 @@ def test_bare_resource_is_a_legacy_notification_with_its_payload() -> None:
 def test_medplum_update_carries_version_uuid_and_payload() -> None:
     resource = medplum_resource()
     headers = {"x-medplum-subscription": "mp-sub-1", "x-medplum-interaction": "update"}
-    n = parse_delivery(resource, BASE, Delivery(headers=headers))
+    n = parse_delivery(resource, BASE, _medplum(headers))
     assert (n.shape, n.subscription) == ("medplum", "Subscription/mp-sub-1")
     event = n.events[0]
     assert event.focus == ResourceRef("Observation", "o-mp", resource["meta"]["versionId"])
@@ -185,7 +191,7 @@ def test_medplum_update_carries_version_uuid_and_payload() -> None:
 
 def test_medplum_delete_is_an_empty_object_with_the_deleted_resource_header() -> None:
     headers = {"x-medplum-interaction": "delete", "x-medplum-deleted-resource": "Observation/o-mp"}
-    event = parse_delivery({}, BASE, Delivery(headers=headers)).events[0]
+    event = parse_delivery({}, BASE, _medplum(headers)).events[0]
     assert (event.focus, event.interaction, event.resource) == (
         ResourceRef("Observation", "o-mp"),
         "delete",
@@ -195,7 +201,7 @@ def test_medplum_delete_is_an_empty_object_with_the_deleted_resource_header() ->
 
 def test_medplum_empty_object_without_delete_header_is_not_a_notification() -> None:
     with pytest.raises(NotificationError):
-        parse_delivery({}, BASE, Delivery(headers={"x-medplum-subscription": "s"}))
+        parse_delivery({}, BASE, _medplum({"x-medplum-subscription": "s"}))
 
 
 def test_empty_post_is_one_focusless_event() -> None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 
 from app.errors import NotificationError
-from app.fhir.notifications import Notification, dedup_key, parse_notification
+from app.fhir.notifications import Notification, parse_notification
 from app.fhir.references import ResourceRef
+from app.ingest.inbox import dedup_key
 from tests.fixtures import BASE, backport_id_only
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from app.fhir.notifications import Delivery, Timestamp, parse_delivery, parse_notification
+from app.fhir.notifications import Delivery, NotificationType, Timestamp, parse_delivery, parse_notification
 from app.ingest.inbox import intake_for
 from app.ingest.ledger import LedgerObservation, LedgerState, NumberedEvent, apply
+from app.ingest.writer import with_epoch
+from app.vendors import adapter_for
 from tests.app.api.fixtures_shapes import athena_event, medplum_resource, r4b_bundle, subscription_status
 from tests.fixtures import BASE, backport_id_only
 
@@ -19,7 +21,7 @@ def _events(*numbers: int, at: datetime | None = T0) -> LedgerObservation:
     return LedgerObservation("f", "Subscription/s", "event-notification", numbers=stamps)
 
 
-def _status(ntype: str, since: int) -> LedgerObservation:
+def _status(ntype: NotificationType, since: int) -> LedgerObservation:
     return LedgerObservation("f", "Subscription/s", ntype, events_since_start=since)
 
 
@@ -94,7 +96,7 @@ def test_numbered_events_are_keyed_by_subscription_and_number_and_await_their_ep
     entry = intake_for("f", n).entries[0]
     assert entry.dedup_key.startswith("evt|Subscription/sub-1|9|")
     assert entry.ledger_index == 0
-    assert entry.with_epoch(2).dedup_key.endswith("|e2")
+    assert with_epoch(entry, 2).dedup_key.endswith("|e2")
 
 
 def test_athena_events_are_keyed_by_event_id_and_skip_the_numbers() -> None:
@@ -108,7 +110,9 @@ def test_athena_events_are_keyed_by_event_id_and_skip_the_numbers() -> None:
 
 def test_medplum_is_keyed_by_subscription_type_id_and_version() -> None:
     resource = medplum_resource()
-    n = parse_delivery(resource, BASE, Delivery(headers={"x-medplum-subscription": "mp"}))
+    headers = {"x-medplum-subscription": "mp"}
+    announced = Delivery(headers=headers, announcement=adapter_for("medplum").announcement(headers))
+    n = parse_delivery(resource, BASE, announced)
     key = intake_for("f", n).entries[0].dedup_key
     assert key == f"ver|Subscription/mp|Observation/o-mp/_history/{resource['meta']['versionId']}|-"
 
@@ -126,3 +130,22 @@ def test_deletes_and_empty_posts_are_never_merged() -> None:
     keys = {intake_for("f", parse_delivery(None, BASE, delete)).entries[0].dedup_key for _ in range(2)}
     empties = {intake_for("f", parse_delivery(None, BASE, Delivery())).entries[0].dedup_key for _ in range(2)}
     assert (len(keys), len(empties)) == (2, 2)
+
+
+def test_ledger_state_is_the_ledger_table_but_its_bookkeeping_timestamps() -> None:
+    """LedgerState's fields are the ledger's columns for every reader and writer (LEDGER_COLUMNS); the
+    model adds only created_at/updated_at. A column added on one side only fails here."""
+    from app.db.models import SubscriptionLedger
+    from app.ingest.ledger import LEDGER_COLUMNS
+
+    table = {c.name for c in SubscriptionLedger.__table__.columns}
+    assert table - set(LEDGER_COLUMNS) == {"created_at", "updated_at"}
+    assert set(LEDGER_COLUMNS) <= table
+
+
+def test_inbox_entry_fields_are_inbox_columns() -> None:
+    from app.db.models import InboxRow
+    from app.ingest.inbox import INBOX_COLUMNS
+
+    assert set(INBOX_COLUMNS) <= {c.name for c in InboxRow.__table__.columns}
+    assert "ledger_index" not in INBOX_COLUMNS

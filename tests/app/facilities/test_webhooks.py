@@ -1,0 +1,86 @@
+"""The receiver's facility directory: bounded whatever ids arrive in URLs, and never blind for long to a
+facility added later."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from sqlalchemy import Engine, text
+
+from app.db.engine import make_async_engine
+from app.facilities.webhooks import FacilityDirectory, receiver_facility
+from app.vendors import adapter_for
+from tests.fixtures import BASE
+
+TTL_S = 1.0
+MAX_ENTRIES = 16
+
+
+def _add(
+    engine: Engine, facility_id: str, vendor: str = "generic", webhook: dict[str, object] | None = None
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO facilities (id, vendor, base_url, auth, webhook) "
+                "VALUES (:id, :vendor, :base, '{}'::jsonb, CAST(:webhook AS jsonb))"
+            ),
+            {"id": facility_id, "vendor": vendor, "base": BASE, "webhook": json.dumps(webhook or {})},
+        )
+
+
+def _remove(engine: Engine, *ids: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM facilities WHERE id = ANY(:ids)"), {"ids": list(ids)})
+
+
+def test_a_flood_of_random_ids_stays_bounded_and_a_later_facility_is_found(
+    engine: Engine, database_url: str
+) -> None:
+    known, late = f"known-{uuid.uuid4().hex[:8]}", f"late-{uuid.uuid4().hex[:8]}"
+    _add(engine, known)
+
+    async def scenario() -> None:
+        async_engine = make_async_engine(database_url, pool_size=2)
+        directory = FacilityDirectory(async_engine, ttl_s=TTL_S, max_entries=MAX_ENTRIES)
+        try:
+            assert await directory.get(known) is not None
+            assert await directory.get(late) is None  # asked before it exists: negatively cached
+            for _ in range(10 * MAX_ENTRIES):
+                assert await directory.get(uuid.uuid4().hex) is None
+            assert len(directory) <= 2 * MAX_ENTRIES
+            # The flood filled the unknown side only: the real facility is still answered from the
+            # cache (its row is gone now, so only the cache can answer it).
+            _remove(engine, known)
+            assert await directory.get(known) is not None
+            _add(engine, late)
+            await asyncio.sleep(TTL_S)
+            assert await directory.get(late) is not None
+            assert await directory.get(known) is None  # and a removed facility is forgotten
+        finally:
+            await async_engine.dispose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        _remove(engine, known, late)
+
+
+def test_event_identity_comes_from_the_adapter_unless_the_facility_overrides_it(engine: Engine) -> None:
+    athena, overridden = f"ath-{uuid.uuid4().hex[:8]}", f"ovr-{uuid.uuid4().hex[:8]}"
+    webhook: dict[str, object] = {"header": "Authorization", "secret": {"env": "PATH"}}
+    _add(engine, athena, "athena", webhook)
+    _add(engine, overridden, "athena", {**webhook, "event_identity": "number"})
+    try:
+        with engine.connect() as conn:
+            rows = {
+                r.id: r for r in conn.execute(text("SELECT * FROM facilities WHERE id IN (:a, :b)"),
+                                              {"a": athena, "b": overridden})
+            }  # fmt: skip
+        assert receiver_facility(rows[athena]).event_identity == "event-id"
+        assert receiver_facility(rows[overridden]).event_identity == "number"
+        assert receiver_facility(rows[athena]).adapter.vendor == adapter_for("athena").vendor
+    finally:
+        _remove(engine, athena, overridden)
