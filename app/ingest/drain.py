@@ -58,7 +58,7 @@ class ClaimedRow:
     attempts: int
     received_at: datetime
     focus_type: str | None = None
-    focus_identifier: str | None = None  # "system|value": an identifier-only focus (athena)
+    focus_identifier: str | None = None  # "system|value": a focus named by identifier only
     claim_token: str | None = None
 
 
@@ -238,7 +238,7 @@ def _record(
         )
         report.count("done", None, len(done))
     if plan.no_focus:
-        # An `empty` notification (HAPI's payload-less POST, backport `empty`) names nothing to fetch: only
+        # An `empty` notification (a payload-less POST, backport `empty`) names nothing to fetch: only
         # a backfill of the facility can find what changed. Until the reconciler polls, these rows are
         # dead letters with that reason (visible, countable, replayable), never quietly done.
         error = NeedsBackfill(

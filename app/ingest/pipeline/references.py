@@ -1,4 +1,4 @@
-"""Referenced resources (an Epic ``medicationReference``) already fetched, per facility.
+"""Referenced resources (the Medication a ``medicationReference`` points to) already fetched, per facility.
 
 One cache per process, owned by the runtime that builds the pipeline (the worker's ``Runtime``), so that
 tests and processes never share one by accident."""

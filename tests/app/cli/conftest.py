@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner, Result
 
 from app.cli.main import cli
 from app.settings import get_settings
-from tests.conftest import BASE_DATABASE_URL, REDIS_URL, engine_for, migrated_database
+from tests.conftest import BASE_DATABASE_URL, REDIS_URL, engine_for, make_facility, migrated_database
 
 # A port nothing listens on: connecting is refused at once.
 UNREACHABLE_URL = "postgresql+psycopg://postgres:s3cret-password@127.0.0.1:1/ehr_ingest"
@@ -76,3 +77,11 @@ def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def registered_facility(engine: Engine, facility_id: str) -> str:
+    """Register ``facility_id`` (committed) for a command to act on, and return it."""
+    with Session(engine) as session:
+        make_facility(session, facility_id)
+        session.commit()
+    return facility_id

@@ -2,10 +2,8 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
 
-from tests.app.cli.conftest import UNREACHABLE_URL, Invoke, assert_one_line_error
-from tests.conftest import make_facility
+from tests.app.cli.conftest import UNREACHABLE_URL, Invoke, assert_one_line_error, registered_facility
 
 
 def _dead_row(engine: Engine, facility_id: str, *, reason: str, detail: str = "") -> int:
@@ -29,10 +27,7 @@ def _status(engine: Engine, row_id: int) -> str:
 
 @pytest.fixture
 def facility(cli_engine: Engine) -> str:
-    with Session(cli_engine) as session:
-        make_facility(session, "fac-d")
-        session.commit()
-    return "fac-d"
+    return registered_facility(cli_engine, "fac-d")
 
 
 def test_list_shows_dead_rows_with_reason_and_the_summary(

@@ -4,18 +4,13 @@ import json
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
 
-from tests.app.cli.conftest import UNREACHABLE_URL, Invoke, assert_one_line_error
-from tests.conftest import make_facility
+from tests.app.cli.conftest import UNREACHABLE_URL, Invoke, assert_one_line_error, registered_facility
 
 
 @pytest.fixture
 def facility(cli_engine: Engine) -> str:
-    with Session(cli_engine) as session:
-        make_facility(session, "fac-q")
-        session.commit()
-    return "fac-q"
+    return registered_facility(cli_engine, "fac-q")
 
 
 def _quarantine(engine: Engine, facility_id: str, body: object) -> int:
