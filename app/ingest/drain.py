@@ -29,9 +29,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
+from sqlalchemy import CursorResult, TextClause
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Facility
@@ -116,7 +117,8 @@ def pipeline_for(
 ) -> Pipeline:
     """The facility's pipeline: its adapter built once, the caller's reference cache (or a fresh one)."""
     adapter = adapter_for(facility.vendor, mrn_system=facility.mrn_system)
-    return Pipeline(client, adapter, references or ReferenceCache(), concurrency=settings.fetch_concurrency)
+    cache = references if references is not None else ReferenceCache()  # an empty cache is falsy
+    return Pipeline(client, adapter, cache, concurrency=settings.fetch_concurrency)
 
 
 def process_batch(
@@ -129,7 +131,7 @@ def process_batch(
     pipeline: Pipeline | None = None,
 ) -> DrainReport:
     """Fetch what ``rows`` point at, store it and record the outcome of every row. Caller commits."""
-    pipeline = pipeline or pipeline_for(facility, client, settings)
+    pipeline = pipeline if pipeline is not None else pipeline_for(facility, client, settings)
     plan = _plan(facility.id, rows)
     fetched = pipeline.fetch(plan.work())
     return _record(session, pipeline, plan, fetched, settings)
@@ -187,8 +189,6 @@ def _record(
     plan: _Plan,
     fetched: Fetched,
     settings: Settings,
-    *,
-    with_references: bool = True,
 ) -> DrainReport:
     """Store what ``fetched`` holds for ``plan``'s rows and mark each row: done, backed off or dead."""
     report = DrainReport(claimed=len(plan.rows()))
@@ -227,16 +227,21 @@ def _record(
     for (row, _), normalized in zip(plan.payloads, fetched.payloads, strict=True):
         items.append(normalized)
         done.append(row)
-    if with_references:
-        items += fetched.references
-        for reason, n in fetched.unresolved.items():
-            report.reasons[reason] = report.reasons.get(reason, 0) + n
+    items += fetched.references
+    for reason, n in fetched.unresolved.items():
+        report.reasons[reason] = report.reasons.get(reason, 0) + n
     report.stale += pipeline.store(session, items).stale
     if done:
-        session.execute(
-            queries.MARK_DONE, {"ids": [r.id for r in done], "reason": None, "token": _token(done)}
+        _mark(
+            session,
+            queries.MARK_DONE,
+            done,
+            {"reason": None, "token": _token(done)},
+            report=report,
+            outcome="done",
+            reason=None,
+            facility_id=plan.facility_id,
         )
-        report.count("done", None, len(done))
     if plan.no_focus:
         # An `empty` notification (a payload-less POST, backport `empty`) names nothing to fetch: only
         # a backfill of the facility can find what changed. Until the reconciler polls, these rows are
@@ -270,24 +275,63 @@ def _record_failure(
     settings: Settings,
     report: DrainReport,
 ) -> None:
-    """Back a failure off in Postgres; dead-letter a permanent one or an exhausted budget."""
-    ids = [r.id for r in rows]
-    attempts = max(r.attempts for r in rows)
-    params = {"ids": ids, "reason": error.reason, "detail": error.detail[:500], "token": _token(rows)}
-    if error.permanent or attempts >= settings.max_attempts:
-        session.execute(queries.MARK_DEAD, params)
-        report.count("dead", error.reason, len(ids))
+    """Back a failure off in Postgres; dead-letter a permanent one, and each row whose own budget is spent
+    (rows that share a focus or a batch do not share attempts: a fresh row never dies of an old one's)."""
+    exhausted = [r for r in rows if error.permanent or r.attempts >= settings.max_attempts]
+    retried = [r for r in rows if r not in exhausted]
+    params = {"reason": error.reason, "detail": error.detail[:500], "token": _token(rows)}
+    if exhausted:
+        _mark(
+            session,
+            queries.MARK_DEAD,
+            exhausted,
+            params,
+            report=report,
+            outcome="dead",
+            reason=error.reason,
+            facility_id=facility_id,
+        )
         log.warning(
             "ingest.dead_letter",
             facility_id=facility_id,
-            rows=len(ids),
+            rows=len(exhausted),
             reason=error.reason,
             resource_type=resource_type,
-            attempts=attempts,
+            attempts=max(r.attempts for r in exhausted),
         )
-        return
-    session.execute(queries.MARK_RETRY, {**params, "delay": backoff(settings, attempts, error.retry_after)})
-    report.count("retried", error.reason, len(ids))
+    if retried:
+        delay = backoff(settings, max(r.attempts for r in retried), error.retry_after)
+        _mark(
+            session,
+            queries.MARK_RETRY,
+            retried,
+            {**params, "delay": delay},
+            report=report,
+            outcome="retried",
+            reason=error.reason,
+            facility_id=facility_id,
+        )
+
+
+def _mark(
+    session: Session,
+    query: TextClause,
+    rows: list[ClaimedRow],
+    params: dict[str, Any],
+    *,
+    report: DrainReport,
+    outcome: str,
+    reason: str | None,
+    facility_id: str,
+) -> None:
+    """Mark ``rows`` and count the ones the UPDATE really marked: a row whose lease ran out (and was
+    claimed again) is the new owner's to record, not ours."""
+    result = cast("CursorResult[Any]", session.execute(query, {**params, "ids": [r.id for r in rows]}))
+    report.count(outcome, reason, result.rowcount)
+    if result.rowcount < len(rows):
+        log.warning(
+            "ingest.lease_lost", facility_id=facility_id, rows=len(rows) - result.rowcount, outcome=outcome
+        )
 
 
 def drain_facility(
@@ -369,7 +413,9 @@ def _drain_batch(
             # Our own failure (a bug, the database going away): back the row off so it cannot spin a
             # worker, and let the task layer see the error, described without its message: a
             # database error's text can quote the data it refused.
-            _release_after_failure(sessions, rows, settings)
+            failed = DrainReport(claimed=1)
+            _release_after_failure(sessions, rows, settings, failed, plan.facility_id)
+            _observe(plan.facility_id, failed)
             raise InternalError(str(_describe(exc))) from None
         # One poison row must not hold back (and finally dead-letter) the good rows claimed with it:
         # redo the batch one row per transaction, so only the failing rows are backed off.
@@ -386,39 +432,54 @@ def _one_by_one(
     settings: Settings,
 ) -> DrainReport:
     """Each row in its own transaction, with what was already fetched (read again only if the fetch
-    itself failed)."""
+    itself failed). The referenced resources are stored once, apart; if that fails, every row's
+    transaction stores them, as the batch's would have, so none is left unstored."""
     total = DrainReport()
-    if fetched is not None and fetched.references:
-        try:
-            with sessions.begin() as session:
-                pipeline.store(session, fetched.references)
-            pipeline.committed(fetched)
-        except Exception as exc:  # noqa: BLE001 - unstored references are read again next time
-            log.warning("ingest.references_failed", facility_id=plan.facility_id, **_describe(exc))
+    references: list[Observed] = []
+    if fetched is not None:
+        for reason, n in fetched.unresolved.items():
+            total.reasons[reason] = total.reasons.get(reason, 0) + n
+        if fetched.references and not _store_references(sessions, pipeline, plan.facility_id, fetched):
+            references = fetched.references
     for row in plan.rows():
         alone = _plan(plan.facility_id, [row])
         try:
-            part = _slice(fetched, plan, alone) if fetched is not None else pipeline.fetch(alone.work())
-            with sessions.begin() as session:
-                report = _record(session, pipeline, alone, part, settings, with_references=fetched is None)
             if fetched is None:
-                pipeline.committed(part)
+                part = pipeline.fetch(alone.work())
+            else:
+                part = _slice(fetched, plan, alone, references)
+            with sessions.begin() as session:
+                report = _record(session, pipeline, alone, part, settings)
+            pipeline.committed(part)
             _accumulate(total, report)
         except Exception as exc:  # noqa: BLE001 - recorded on the row; the other rows go on
             log.warning("ingest.row_failed", facility_id=plan.facility_id, inbox_id=row.id, **_describe(exc))
-            _release_after_failure(sessions, [row], settings)
             total.claimed += 1
-            total.count("retried", InternalError.reason, 1)
+            _release_after_failure(sessions, [row], settings, total, plan.facility_id)
     return total
 
 
-def _slice(fetched: Fetched, plan: _Plan, part: _Plan) -> Fetched:
-    """What ``fetched`` (for ``plan``) holds for the rows of ``part``."""
+def _store_references(
+    sessions: sessionmaker[Session], pipeline: Pipeline, facility_id: str, fetched: Fetched
+) -> bool:
+    try:
+        with sessions.begin() as session:
+            pipeline.store(session, fetched.references)
+    except Exception as exc:  # noqa: BLE001 - the rows' own transactions store them instead
+        log.warning("ingest.references_failed", facility_id=facility_id, **_describe(exc))
+        return False
+    pipeline.committed(fetched)
+    return True
+
+
+def _slice(fetched: Fetched, plan: _Plan, part: _Plan, references: list[Observed]) -> Fetched:
+    """What ``fetched`` (for ``plan``) holds for the rows of ``part``, with ``references`` to store."""
     normalized = {row.id: n for (row, _), n in zip(plan.payloads, fetched.payloads, strict=True)}
     return Fetched(
         reads={ref: fetched.reads[ref] for ref in part.by_focus},
         identifiers={key: fetched.identifiers[key] for key in part.by_identifier},
         payloads=[normalized[row.id] for row, _ in part.payloads],
+        references=references,
     )
 
 
@@ -463,37 +524,32 @@ def _describe(exc: BaseException) -> dict[str, str]:
 
 
 def _release_after_failure(
-    sessions: sessionmaker[Session], rows: list[ClaimedRow], settings: Settings
+    sessions: sessionmaker[Session],
+    rows: list[ClaimedRow],
+    settings: Settings,
+    report: DrainReport,
+    facility_id: str,
 ) -> None:
-    exhausted = [r.id for r in rows if r.attempts >= settings.max_attempts]
-    retry = [r.id for r in rows if r.attempts < settings.max_attempts]
+    """Back off (or dead-letter, once its budget is spent) a row our own code failed on, in a fresh
+    transaction, and count what was really recorded."""
+    error = InternalError("unexpected error while processing the batch; see worker logs")
+    released = DrainReport()
     try:
         with sessions.begin() as session:
-            detail = "unexpected error while processing the batch; see worker logs"
-            if exhausted:
-                session.execute(
-                    queries.MARK_DEAD,
-                    {
-                        "ids": exhausted,
-                        "reason": InternalError.reason,
-                        "detail": detail,
-                        "token": rows[0].claim_token,
-                    },
-                )
-            if retry:
-                attempts = max(r.attempts for r in rows)
-                session.execute(
-                    queries.MARK_RETRY,
-                    {
-                        "ids": retry,
-                        "reason": InternalError.reason,
-                        "detail": detail,
-                        "token": rows[0].claim_token,
-                        "delay": backoff(settings, attempts, None),
-                    },
-                )
+            _record_failure(
+                session,
+                rows,
+                error,
+                facility_id=facility_id,
+                resource_type="-",
+                settings=settings,
+                report=released,
+            )
     except Exception as exc:  # noqa: BLE001 - the lease still guarantees the rows come back
-        log.warning("ingest.release_failed", rows=len(rows), **_describe(exc))
+        log.warning("ingest.release_failed", facility_id=facility_id, rows=len(rows), **_describe(exc))
+        report.count("retried", InternalError.reason, len(rows))  # after the lease
+        return
+    _accumulate(report, released)
 
 
 def _accumulate(total: DrainReport, report: DrainReport) -> None:

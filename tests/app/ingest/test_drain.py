@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.ingest.drain import claim, process_batch
+from app.ingest.drain import claim, pipeline_for, process_batch
+from app.ingest.pipeline.references import ReferenceCache
 from app.settings import Settings
 from tests.conftest import make_facility
 from tests.ehr_mocks import make_client
@@ -230,3 +231,26 @@ def test_a_worker_whose_lease_ran_out_cannot_record_outcomes_over_the_new_owner(
     assert _status(db)["forbidden"][0] == "pending"  # its outcome did not land: the row is not its own
     process_batch(db, facility, client, current, settings)
     assert _status(db)["forbidden"] == ("dead", "ehr_http_403", 2)
+
+
+def test_a_fresh_row_is_not_dead_lettered_because_a_row_sharing_its_focus_spent_its_budget(
+    db: Session, settings: Settings
+) -> None:
+    facility = make_facility(db)
+    _inbox(db, "flaky", key="old")
+    _inbox(db, "flaky", key="new")
+    spent = settings.max_attempts - 1  # the claim below spends the last attempt
+    db.execute(text("UPDATE inbox SET attempts = :n WHERE dedup_key = 'old'"), {"n": spent})
+    client = make_client(_ehr({"/fhir/Observation/flaky": httpx.Response(503)}), attempts=1)
+    rows = claim(db, "fac-1", limit=10, lease=LEASE)
+    process_batch(db, facility, client, rows, settings)
+    by_key: dict[str, str] = dict(db.execute(text("SELECT dedup_key, status FROM inbox")).all())
+    assert by_key == {"old": "dead", "new": "pending"}
+
+
+def test_the_pipeline_keeps_the_reference_cache_it_is_given_even_while_empty(
+    db: Session, settings: Settings
+) -> None:
+    cache = ReferenceCache()
+    client = make_client(_ehr({}), attempts=1)
+    assert pipeline_for(make_facility(db), client, settings, cache).references is cache

@@ -43,16 +43,14 @@ def committed_facility(engine: Engine) -> Iterator[str]:
         conn.execute(text("DELETE FROM facilities WHERE id = :f"), {"f": facility_id})
 
 
-def test_a_row_the_database_refuses_is_isolated_and_the_others_are_stored(
-    engine: Engine, committed_facility: str
-) -> None:
+def _poison_ehr(reads: list[str]) -> httpx.MockTransport:
+    """An EHR serving Observations ``good1``, ``good2`` and ``bad``; the database refuses ``bad``."""
+
     def body(rid: str) -> dict[str, object]:
         resource = observation(rid, "1", "2026-11-24T10:00:00Z")
         if rid == "bad":
             resource["meta"]["versionId"] = "v" * 200  # longer than any real versionId: the column refuses it
         return resource
-
-    reads: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/token"):
@@ -66,34 +64,73 @@ def test_a_row_the_database_refuses_is_isolated_and_the_others_are_stored(
             return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": entries})
         return httpx.Response(200, json=body(request.url.path.rsplit("/", 1)[-1]))
 
-    def rows(outcome: str, reason: str) -> float:
-        labels = {"facility": committed_facility, "outcome": outcome, "reason": reason}
-        return REGISTRY.get_sample_value("ehri_inbox_rows_total", labels) or 0.0
+    return httpx.MockTransport(handler)
 
-    def requests(status: str) -> float:
-        labels = {"facility": committed_facility, "status": status}
-        return REGISTRY.get_sample_value("ehri_ehr_request_seconds_count", labels) or 0.0
 
-    before = (rows("done", "-"), rows("retried", "internal_error"), requests("200"))
-    client = make_client(httpx.MockTransport(handler), facility_id=committed_facility)
-    report = drain_facility(
-        sessionmaker(engine), lambda _: client, committed_facility, Settings(drain_batch=10)
-    )
+def _rows_metric(facility_id: str, outcome: str, reason: str) -> float:
+    labels = {"facility": facility_id, "outcome": outcome, "reason": reason}
+    return REGISTRY.get_sample_value("ehri_inbox_rows_total", labels) or 0.0
+
+
+def _statuses(engine: Engine, facility_id: str) -> dict[str, str]:
     with engine.connect() as conn:
-        status: dict[str, str] = dict(
+        return dict(
             conn.execute(
                 text(
                     "SELECT focus_id, status || ':' || coalesce(reason, '-') FROM inbox"
                     " WHERE facility_id = :f"
                 ),
-                {"f": committed_facility},
+                {"f": facility_id},
             ).all()
         )
-    assert status == {"good1": "done:-", "good2": "done:-", "bad": "pending:internal_error"}
+
+
+def test_a_row_the_database_refuses_is_isolated_and_the_others_are_stored(
+    engine: Engine, committed_facility: str
+) -> None:
+    reads: list[str] = []
+
+    def requests(status: str) -> float:
+        labels = {"facility": committed_facility, "status": status}
+        return REGISTRY.get_sample_value("ehri_ehr_request_seconds_count", labels) or 0.0
+
+    def counters() -> tuple[float, float, float]:
+        return (
+            _rows_metric(committed_facility, "done", "-"),
+            _rows_metric(committed_facility, "retried", "internal_error"),
+            requests("200"),
+        )
+
+    before = counters()
+    client = make_client(_poison_ehr(reads), facility_id=committed_facility)
+    report = drain_facility(
+        sessionmaker(engine), lambda _: client, committed_facility, Settings(drain_batch=10)
+    )
+    assert _statuses(engine, committed_facility) == {
+        "good1": "done:-",
+        "good2": "done:-",
+        "bad": "pending:internal_error",
+    }
     assert report.done == 2
     assert len(reads) == 1  # isolating the poison row stored what was fetched: no second read
-    after = (rows("done", "-"), rows("retried", "internal_error"), requests("200"))
-    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
+    assert [a - b for a, b in zip(counters(), before, strict=True)] == [2, 1, 1]
+
+
+def test_a_poison_row_out_of_attempts_is_counted_as_the_dead_letter_it_became(
+    engine: Engine, committed_facility: str
+) -> None:
+    settings = Settings(drain_batch=10, max_attempts=3)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE inbox SET attempts = :n WHERE facility_id = :f AND focus_id = 'bad'"),
+            {"n": settings.max_attempts - 1, "f": committed_facility},
+        )
+    before = _rows_metric(committed_facility, "dead", "internal_error")
+    client = make_client(_poison_ehr([]), facility_id=committed_facility)
+    report = drain_facility(sessionmaker(engine), lambda _: client, committed_facility, settings)
+    assert _statuses(engine, committed_facility)["bad"] == "dead:internal_error"
+    assert (report.dead, report.retried, report.done) == (1, 0, 2)
+    assert _rows_metric(committed_facility, "dead", "internal_error") - before == 1
 
 
 def test_nul_and_lone_surrogates_are_stored_replaced_not_refused(db: Session) -> None:
@@ -147,3 +184,43 @@ def test_a_facility_whose_secret_cannot_be_read_backs_off_then_dead_letters(
             {"f": committed_facility},
         ).all()
     assert [tuple(s) for s in states] == [("dead", "secret_missing")]
+
+
+def test_rows_are_not_done_while_a_resource_they_reference_could_not_be_stored(
+    engine: Engine, committed_facility: str
+) -> None:
+    def request(rid: str) -> dict[str, object]:
+        return {
+            "resourceType": "MedicationRequest",
+            "id": rid,
+            "meta": {"versionId": "1", "lastUpdated": "2026-11-24T10:00:00Z"},
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": "Patient/p1"},
+            "medicationReference": {"reference": "Medication/m-bad"},
+        }
+
+    medication = {"resourceType": "Medication", "id": "m-bad", "meta": {"versionId": "v" * 200}}
+
+    def handler(http: httpx.Request) -> httpx.Response:
+        if http.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 300})
+        if http.url.path.endswith("/Medication/m-bad"):
+            return httpx.Response(200, json=medication)
+        if "_id" in http.url.params:
+            entries = [
+                {"resource": request(i), "search": {"mode": "match"}}
+                for i in http.url.params["_id"].split(",")
+            ]
+            return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": entries})
+        return httpx.Response(200, json=request(http.url.path.rsplit("/", 1)[-1]))
+
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE inbox SET focus_type = 'MedicationRequest' WHERE facility_id = :f"),
+            {"f": committed_facility},
+        )
+    client = make_client(httpx.MockTransport(handler), facility_id=committed_facility)
+    drain_facility(sessionmaker(engine), lambda _: client, committed_facility, Settings(drain_batch=10))
+    statuses = _statuses(engine, committed_facility)
+    assert set(statuses.values()) == {"pending:internal_error"}  # backed off, visible; none done without it
