@@ -30,7 +30,7 @@ How the drain treats a failure is a class distinction:
         │   ├── EHRTransportError           ehr_transport            connect/read timeouts, resets, DNS
         │   ├── EHRUnavailable              ehr_unavailable          502 / 503 / 504 (Retry-After kept)
         │   ├── EHRServerError              ehr_server_error         500 the vendor's adapter calls transient
-        │   ├── EHRRateLimited              ehr_rate_limited         429, or 503 with Retry-After
+        │   ├── EHRRateLimited              ehr_rate_limited         429 (a 503 is EHRUnavailable)
         │   │   └── TokenEndpointThrottled  token_rate_limited
         │   ├── PolitenessThrottled         politeness_wait          our own limit (not the EHR's)
         │   │   ├── FacilityPaused          facility_paused          a Retry-After longer than we hold
@@ -59,13 +59,16 @@ How the drain treats a failure is a class distinction:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 
 class IngestError(Exception):
     """Base of every error this package raises on purpose."""
 
     reason: str = "error"
+    #: a branch of the tree, never raised itself, so its slug is never seen on a row; read from each
+    #: class's own namespace (``reasons()``), so a subclass of a branch is not one unless it says so
+    abstract: ClassVar[bool] = True
     #: dead-lettered at once; otherwise backed off in Postgres up to the attempt budget
     permanent: ClassVar[bool] = False
     #: seconds the EHR (or our own limit) asked us to wait, when known
@@ -78,6 +81,7 @@ class IngestError(Exception):
 
 class ConfigurationError(IngestError):
     reason = "configuration"
+    abstract = True
 
 
 class SecretMissing(ConfigurationError):
@@ -100,14 +104,26 @@ class InternalError(IngestError):
     reason = "internal_error"
 
 
+#: Why the receiver refused (400) or quarantined (202) a body: its answers' codes and the ``reason`` of a
+#: quarantined body. Not dead-letter reasons; README lists them from here (tests/test_reasons.py).
+NotificationReason = Literal[
+    "not_a_notification",
+    "not_a_bundle",
+    "no_status_entry",
+    "unknown_notification_type",
+    "bad_reference",
+    "path_mismatch",
+]
+
+
 class NotificationError(IngestError):
-    """A notification we cannot accept. Its reasons are the receiver's vocabulary (answers and the
-    quarantine), not dead-letter reasons, so each raise names one."""
+    """A notification we cannot accept; each raise names one of the receiver's ``NotificationReason``."""
 
     reason = "bad_notification"
+    abstract = True
     permanent = True
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: NotificationReason, detail: str = "") -> None:
         self.reason = reason
         super().__init__(detail)
 
@@ -128,10 +144,12 @@ class NeedsBackfill(IngestError):
 
 class EHRError(IngestError):
     reason = "ehr_error"
+    abstract = True
 
 
 class TransientEHRError(EHRError):
     reason = "ehr_transient"
+    abstract = True
 
 
 class EHRTransportError(TransientEHRError):
@@ -168,6 +186,7 @@ class PolitenessThrottled(TransientEHRError):
     """Our own per-facility limit made the request wait longer than a worker holds it."""
 
     reason = "politeness_wait"
+    abstract = True
 
     def __init__(self, detail: str = "", retry_after: float | None = None) -> None:
         super().__init__(detail)
@@ -206,6 +225,7 @@ class IdentifierNotFound(TransientEHRError):
 
 class PermanentEHRError(EHRError):
     reason = "ehr_permanent"
+    abstract = True
     permanent = True
 
 
@@ -282,17 +302,13 @@ def _tree(cls: type[IngestError]) -> list[type[IngestError]]:
     return found
 
 
-#: Reason slugs of abstract branches: never raised, so never seen on a row.
-_ABSTRACT = frozenset({"error", "ehr_error", "ehr_transient", "ehr_permanent", "bad_notification"})
-
-
 def reasons() -> dict[str, type[IngestError]]:
     """Every reason slug a failure can carry (on an inbox row, in a log line or a metric), with its
     class. Raises if two classes share a slug: alerts key on them."""
     found: dict[str, type[IngestError]] = {}
     for cls in _tree(IngestError):
         slug = cls.__dict__.get("reason")
-        if not isinstance(slug, str) or slug in _ABSTRACT:
+        if not isinstance(slug, str) or cls.__dict__.get("abstract", False):
             continue
         if slug in found and found[slug] is not cls:
             raise AssertionError(f"reason {slug} is used by {found[slug].__name__} and {cls.__name__}")
@@ -305,3 +321,8 @@ def handling(cls: type[IngestError]) -> str:
     if cls.permanent:
         return "permanent"
     return "transient" if issubclass(cls, TransientEHRError) else "deferred"
+
+
+def notification_reasons() -> tuple[NotificationReason, ...]:
+    """Every reason the receiver can refuse or quarantine a body with."""
+    return get_args(NotificationReason)

@@ -13,6 +13,7 @@ from app.errors import (
     IngestError,
     TransientEHRError,
     handling,
+    notification_reasons,
     reasons,
 )
 from app.vendors.registry import adapter_for
@@ -30,8 +31,22 @@ def test_readme_lists_exactly_the_reasons_of_the_error_tree_with_their_handling(
     text = README.read_text(encoding="utf-8")
     table = text.split("<!-- reasons:start -->")[1].split("<!-- reasons:end -->")[0]
     listed = {m[0]: m[1] for m in re.findall(r"^\| `([a-z0-9_]+)` \| (\w+) \|", table, flags=re.M)}
-    expected = {slug: handling(cls) for slug, cls in reasons().items() if slug != "configuration"}
+    expected = {slug: handling(cls) for slug, cls in reasons().items()}
     assert listed == expected
+
+
+def test_readme_lists_exactly_the_receivers_notification_reasons() -> None:
+    text = README.read_text(encoding="utf-8")
+    listed = text.split("<!-- notification-reasons:start -->")[1].split("<!-- notification-reasons:end -->")[
+        0
+    ]
+    assert re.findall(r"`([a-z_]+)`", listed) == list(notification_reasons())
+
+
+def test_branches_of_the_tree_carry_no_reason_a_row_could_show() -> None:
+    branches = {"error", "configuration", "ehr_error", "ehr_transient", "ehr_permanent", "politeness_wait"}
+    assert branches.isdisjoint(reasons())
+    assert "bad_notification" not in reasons()
 
 
 def test_transient_and_permanent_are_class_distinctions() -> None:

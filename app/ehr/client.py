@@ -1,11 +1,11 @@
 """The EHR client of one facility: reads resources from its registered base URL only.
 
-Retry policy, the first of two tiers: transport errors, 429 and 502/503/504 are retried here a few
-times with exponential backoff and jitter, honouring ``Retry-After`` up to ``RETRY_AFTER_CAP_S`` (and
-pausing the whole facility for that long, across processes); what still fails is raised as a
-TransientEHRError for the caller to back off in Postgres. A 401 drops the token and retries the same URL
-once with a fresh one. 404 and 410 on a read are deletions, not errors. Redirects are followed only
-inside the base URL.
+Retry policy, the first of two tiers: transport errors, 429, 502/503/504, a 500 the vendor's adapter
+calls transient and our own politeness waits are retried here a few times with exponential backoff and
+jitter, honouring ``Retry-After`` up to ``RETRY_AFTER_CAP_S`` (and pausing the whole facility for that
+long, across processes); what still fails is raised as a TransientEHRError for the caller to back off in
+Postgres. A 401 drops the token and retries the same URL once with a fresh one. 404 and 410 on a read
+are deletions, not errors. Redirects are followed only inside the base URL.
 """
 
 from __future__ import annotations

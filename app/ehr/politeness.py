@@ -2,9 +2,10 @@
 requests in flight, and a facility-wide pause when the EHR says ``Retry-After``.
 
 Everything lives in Redis under ``{prefix}polite:{facility_id}:*`` and is manipulated by Lua scripts, so
-the limits hold across processes and machines. A wait longer than ``MAX_WAIT_S`` raises EHRRateLimited so
-the work goes back to the Postgres back-off instead of holding a worker. If Redis is unreachable the
-limiter fails open with a warning: politeness must not stop ingestion (the EHR's own 429s still apply).
+the limits hold across processes and machines. A wait longer than ``MAX_WAIT_S`` raises
+PolitenessThrottled (FacilityPaused, ConcurrencyCapped: our own limit, not the EHR's), so the work goes
+back to the Postgres back-off instead of holding a worker. If Redis is unreachable the limiter fails
+open with a warning: politeness must not stop ingestion (the EHR's own 429s still apply).
 """
 
 from __future__ import annotations
