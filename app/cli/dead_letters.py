@@ -67,9 +67,12 @@ def replay(
         return
     settings = get_settings()
     doorbell = Doorbell(make_celery(settings), settings.queue)
-    for facility_id, n in sorted(replayed.items()):
-        rang = doorbell.ring(facility_id)
-        render.line(
-            f"{facility_id}: {n} replayed"
-            + ("" if rang else " (Redis unreachable: the sweeper will pick them up)")
-        )
+    try:
+        for facility_id, n in sorted(replayed.items()):
+            rang = doorbell.ring(facility_id)
+            render.line(
+                f"{facility_id}: {n} replayed"
+                + ("" if rang else " (Redis unreachable: the sweeper will pick them up)")
+            )
+    finally:
+        doorbell.close()
