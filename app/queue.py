@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 from celery import Celery
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from app.settings import Settings
 
@@ -60,7 +60,10 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
 
 
 def _queue(name: str) -> Queue:
-    return Queue(name)  # type: ignore[no-untyped-call]  # kombu ships no annotations
+    """A queue bound to an exchange of its own by its own name: nothing published for one queue can be
+    routed to the other (with a shared default exchange both were bound by the key ``ingest``)."""
+    exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]  # kombu ships no annotations
+    return Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def enqueue_drain(celery: Celery, queue: str, facility_id: str, *, retry: bool = True) -> None:
