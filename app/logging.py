@@ -1,9 +1,9 @@
 """One logging setup for every process (receiver, celery worker parent and pool children, beat, CLI).
 
 structlog and the standard library share one handler on stderr and one renderer: with
-``EHRI_LOG_FORMAT=json`` every line is one JSON object (``event``, ``level``, ``logger``, ``timestamp``),
-whether it was logged by our code or by uvicorn, Celery, httpx or a Python warning; with ``console``, a
-readable key-value line. The level is ``EHRI_LOG_LEVEL`` in every process.
+``EHRI_LOG_FORMAT=json`` every line is one JSON object (``event``, ``level``, ``logger``, ``timestamp``,
+``process``), whether it was logged by our code or by uvicorn, Celery, httpx or a Python warning; with
+``console``, a readable key-value line. The level is ``EHRI_LOG_LEVEL`` in every process.
 
 No patient data (DESIGN.md rule 6). Our code logs ids, reasons and counts. Libraries that print request
 URLs (httpx, httpcore, urllib3, uvicorn's access log), SQL parameters (SQLAlchemy's echo) or task
@@ -46,6 +46,14 @@ def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     for key, value in event_dict.items():
         if isinstance(value, str):
             event_dict[key] = redact_urls(value)
+    return event_dict
+
+
+def _add_process(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Which process of a Celery worker logged the line (``MainProcess``, ``ForkPoolWorker-2``...)."""
+    record = event_dict.get("_record")
+    if record is not None:
+        event_dict["process"] = record.processName
     return event_dict
 
 
@@ -97,7 +105,7 @@ def configure_logging(settings: Settings, *, min_level: int = logging.NOTSET) ->
     handler.setFormatter(
         ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.processors.format_exc_info],
-            processors=[ProcessorFormatter.remove_processors_meta, _redact, renderer],
+            processors=[_add_process, ProcessorFormatter.remove_processors_meta, _redact, renderer],
         )
     )
     root = logging.getLogger()

@@ -71,6 +71,8 @@ def test_every_line_of_every_process_is_a_json_object_with_its_true_level(scenar
 
     assert levels("receiver", "hooks.unauthenticated") == {"warning"}
     assert levels("worker0", "ingest.drain.unknown_facility") == {"warning"}
+    (unknown,) = (r for r in by_process["worker0"] if r.get("event") == "ingest.drain.unknown_facility")
+    assert unknown["process"].startswith("ForkPoolWorker-")  # logged by a pool child, at its own level
     assert levels("worker0", "ehr.token.issued") == {"info"}
     assert levels("worker0", "ingest.drained") == {"info"}
     assert by_process["beat"], "beat logged nothing"

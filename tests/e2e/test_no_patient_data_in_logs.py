@@ -80,7 +80,7 @@ def _identifier_notification(sim_url: str, number: int, identifier: dict[str, An
 
 def test_no_identifier_name_birth_date_or_phone_reaches_any_log_line(scenario: Scenario) -> None:
     stack = scenario.start(workers=1, concurrency=2, beat=True, env={"EHRI_LOG_LEVEL": "DEBUG"})
-    scenario.make_changes(FACILITY, 80)
+    scenario.make_changes(FACILITY, 150)
     assert scenario.wait_for_ledger(FACILITY, timeout=60).ok
     patients = _patients(scenario.database_url)
     assert len(patients) >= 3, "the generator made too few patients to test with"
