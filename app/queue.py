@@ -53,6 +53,7 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
             "socket_timeout": 5,
         },
         worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,  # stdout is not a logger: lines keep their level (app.logging)
         timezone="UTC",
         enable_utc=True,
     )

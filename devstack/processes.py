@@ -127,7 +127,7 @@ class Stack:
             "workers.celery_app",
             "worker",
             "--loglevel",
-            "WARNING",
+            "INFO",  # as production runs it (docker-compose.yml); EHRI_LOG_LEVEL decides (app.logging)
             "-Q",  # both queues, as a worker without -Q would consume (app.queue)
             f"{self.env.get('EHRI_QUEUE', 'ingest')},{self.env.get('EHRI_PERIODIC_QUEUE', 'periodic')}",
             "--concurrency",
@@ -151,7 +151,7 @@ class Stack:
             "workers.celery_app",
             "beat",
             "--loglevel",
-            "WARNING",
+            "INFO",  # as production runs it (docker-compose.yml); EHRI_LOG_LEVEL decides (app.logging)
             "--schedule",
             str(self.workdir / "beat-schedule"),
         ]

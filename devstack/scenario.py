@@ -120,8 +120,11 @@ class Scenario:
         finally:
             engine.dispose()
 
-    def start(self, *, workers: int = 1, concurrency: int = 2, beat: bool = True) -> Stack:
-        self.stack = Stack(self.workdir, self.env())
+    def start(
+        self, *, workers: int = 1, concurrency: int = 2, beat: bool = True, env: dict[str, str] | None = None
+    ) -> Stack:
+        """``env``: settings to add to or override in ``env()`` for every process (``EHRI_LOG_LEVEL``...)."""
+        self.stack = Stack(self.workdir, {**self.env(), **(env or {})})
         self.stack.start_ehrsim(self.workdir / "ehrsim.yaml", self.sim_port)
         self.stack.start_receiver(self.receiver_port)
         for n in range(workers):

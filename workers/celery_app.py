@@ -2,15 +2,22 @@
 
 Per-process resources (database engine, EHR clients, the reference cache) are created after the prefork
 fork, in ``worker_process_init``, or lazily on first use in a process that never forked (solo pool, tests).
+
+Logging is ours (``app.logging``), not Celery's: ``setup_logging`` is connected, so Celery neither
+configures the root logger nor redirects stdout/stderr into a logger (which labelled every line of a pool
+child ``WARNING/ForkPoolWorker-n``). With JSON logs, the free-text banners and shutdown notices Celery
+prints are turned off or logged instead.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown
+import celery.apps.worker
+from celery.signals import celeryd_init, setup_logging, worker_process_init, worker_process_shutdown
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +31,39 @@ from reconciler.schedule import beat_schedule
 
 celery_app = make_celery(get_settings(), beat_schedule=beat_schedule(get_settings()))
 celery_app.conf.include = ["workers.tasks", "reconciler.tasks"]
+
+
+@setup_logging.connect  # type: ignore[untyped-decorator]
+def _setup_logging(**_: Any) -> None:
+    configure_logging(get_settings())
+
+
+@celeryd_init.connect  # type: ignore[untyped-decorator]
+def _setup_logging_early(**_: Any) -> None:
+    # Sent before the worker checks its privileges, whose warning would otherwise be free text.
+    configure_logging(get_settings())
+
+
+def _quiet(factory: Any) -> Any:
+    """Celery's ``app.Worker`` or ``app.Beat`` with ``quiet=True`` whatever the command line said: the
+    start-up banner is free text on stdout."""
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        return factory(*args, **{**kwargs, "quiet": True})
+
+    return build
+
+
+def _say(message: str, *_: Any) -> None:
+    """Replaces Celery's ``safe_say`` (a raw write to stdout for "worker: Warm shutdown (MainProcess)" and
+    the like) with a log line."""
+    logging.getLogger("celery.apps.worker").info(message.strip())
+
+
+if get_settings().log_format == "json":
+    celery_app.Worker = _quiet(celery_app.Worker)
+    celery_app.Beat = _quiet(celery_app.Beat)
+    celery.apps.worker.safe_say = _say
 
 
 @dataclass

@@ -22,10 +22,11 @@ from app.settings import Settings, get_settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Here, not in the lifespan: uvicorn calls the factory before it logs "Started server process".
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings)
         engine = make_async_engine(settings.database_url, pool_size=4)
         writer = InboxWriter(engine, max_batch=settings.commit_batch_max)
         doorbell = AsyncDoorbell(Doorbell(make_celery(settings), settings.queue))

@@ -6,6 +6,7 @@ Exit codes and the import rules are in ``app.cli``'s docstring.
 from __future__ import annotations
 
 import typer
+from pydantic import ValidationError
 
 from app.cli import db, dead_letters, dev, facilities, quarantine, serve
 
@@ -16,6 +17,24 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@cli.callback()
+def _configure_logging() -> None:
+    # Every command logs through the one setup (app.logging), warnings and errors only: results and
+    # errors are printed by app.cli.render. Invalid settings are left to the commands that read them.
+    import logging
+
+    from app.logging import configure_logging
+    from app.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ValidationError:
+        return
+    configure_logging(settings, min_level=logging.WARNING)
+
+
 cli.add_typer(facilities.cli, name="facilities")
 cli.add_typer(db.cli, name="db")
 cli.add_typer(dead_letters.cli, name="dead-letters")

@@ -15,7 +15,8 @@ def serve(
     """Run the webhook receiver (uvicorn). Readiness is GET /readyz."""
     import uvicorn
 
-    # By import string, so that app.cli never imports app.api (the edge) itself.
+    # By import string, so that app.cli never imports app.api (the edge) itself. log_config=None: uvicorn
+    # installs no handlers of its own; its lines go through app.logging (configured by the CLI callback).
     uvicorn.run(
         "app.api.main:create_app",
         factory=True,
@@ -24,4 +25,5 @@ def serve(
         workers=workers,
         access_log=False,
         log_level="warning",
+        log_config=None,
     )

@@ -13,7 +13,8 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-log = structlog.get_logger("ehr.token").bind(stream="token")
+# Initial values, not .bind(): bind() here would build the logger at import, before logging is configured.
+log = structlog.get_logger("ehr.token", stream="token")
 
 ISSUED = "issued"
 RENEWED = "renewed"
