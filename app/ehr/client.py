@@ -45,6 +45,7 @@ from app.errors import (
     UnparseableResource,
     rejected,
 )
+from app.fhir import jsonwire
 from app.fhir.references import ResourceRef, is_under_base
 from app.fhir.resources import resource_meta
 from app.metrics import ehr_request
@@ -193,7 +194,7 @@ class EHRClient:
 
 def _json(response: httpx.Response, what: str) -> dict[str, Any]:
     try:
-        body = response.json()
+        body = jsonwire.loads(response.content)
     except ValueError as exc:
         raise UnparseableResource(f"{what} returned non-JSON") from exc
     if not isinstance(body, dict):
@@ -203,7 +204,7 @@ def _json(response: httpx.Response, what: str) -> dict[str, Any]:
 
 def _json_or_none(response: httpx.Response) -> Any:
     try:
-        return response.json()
+        return jsonwire.loads(response.content)
     except ValueError:
         return None
 

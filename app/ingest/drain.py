@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.models import Facility
 from app.ehr.client import EHRClient
 from app.errors import IngestError, InternalError, NeedsBackfill
+from app.fhir import jsonwire
 from app.fhir.references import ResourceRef
 from app.ingest import queries
 from app.ingest.pipeline.observed import Observed
@@ -91,7 +92,7 @@ def claim(session: Session, facility_id: str, *, limit: int, lease: timedelta) -
             id=r.id,
             focus=ResourceRef(r.focus_type, r.focus_id) if r.focus_type and r.focus_id else None,
             interaction=r.interaction,
-            payload=r.payload,
+            payload=jsonwire.loads(r.payload) if r.payload is not None else None,
             attempts=r.attempts,
             received_at=r.received_at,
             focus_type=r.focus_type,

@@ -12,6 +12,8 @@ from app.db.models import INBOX_DEAD, INBOX_DONE, INBOX_PENDING
 # (facility_id, next_attempt_at) WHERE status = INBOX_PENDING is then the whole queue scan, and a worker
 # that dies simply lets the lease run out. Each claim writes a fresh token; outcomes (MARK_*) apply only
 # under the current token, so a worker whose lease ran out mid-batch cannot overwrite the new owner's.
+# The payload comes back as text, for app.fhir.jsonwire to decode: the driver's JSON loader would make
+# its decimals floats. The reason is the row's previous outcome (a 404 being re-checked).
 CLAIM = text(
     f"""
     UPDATE inbox AS i
@@ -24,8 +26,8 @@ CLAIM = text(
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING i.id, i.focus_type, i.focus_id, i.focus_identifier, i.interaction, i.payload, i.attempts,
-              i.received_at, i.claim_token
+    RETURNING i.id, i.focus_type, i.focus_id, i.focus_identifier, i.interaction,
+              i.payload::text AS payload, i.attempts, i.received_at, i.claim_token, i.reason
     """  # noqa: S608
 )
 

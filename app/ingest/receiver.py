@@ -29,7 +29,6 @@ header's value).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -42,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import ConfigurationError, NotificationError
 from app.facilities.webhooks import FacilityDirectory, ReceiverFacility
-from app.fhir import pgsafe
+from app.fhir import jsonwire, pgsafe
 from app.fhir.notifications import Delivery, parse_delivery
 from app.ingest.inbox import intake_for
 from app.ingest.quarantine import Quarantined as QuarantineItem
@@ -254,8 +253,8 @@ class Receiver:
         has_body = bool(raw.strip())
         if has_body:
             try:
-                body = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                body = jsonwire.loads(raw)  # decimals kept exact (app.fhir.jsonwire)
+            except ValueError:  # not JSON, not UTF-8/16/32, or NaN/Infinity
                 return InvalidJson("body is not valid JSON")
             if pgsafe.needs_cleaning(raw):
                 # Postgres cannot hold NUL or a lone surrogate: one such string would fail the whole batch.
