@@ -4,8 +4,9 @@ Retry policy, the first of two tiers: transport errors, 429 and 502/503/504 are 
 times with exponential backoff and jitter, honouring ``Retry-After`` up to ``RETRY_AFTER_CAP_S`` (and
 pausing the whole facility for that long, across processes); what still fails is raised as a
 TransientEHRError for the caller to back off in Postgres. A 401 drops the token and retries the same URL
-once with a fresh one. 404 and 410 on a read are deletions, not errors. Redirects are followed only
-inside the base URL.
+once with a fresh one. 404 and 410 on a read are not errors: the result says the resource is absent, and
+which status said so (``app.ingest.drain`` decides when a 404 is a deletion). Redirects are followed
+only inside the base URL.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class FetchResult:
     ref: ResourceRef
     resource: dict[str, Any] | None  # None: the EHR says the resource is gone (404/410)
     fetched_at: datetime
+    status: int = 200  # 404 and 410 are told apart: only a 410 is a deletion on its own
 
 
 class EHRClient:
@@ -100,7 +102,7 @@ class EHRClient:
         response = self._get_with_retries(f"{self.base_url}/{ref.relative}", gone_ok=True)
         fetched_at = datetime.now(UTC)
         if response.status_code in (404, 410):
-            return FetchResult(ref, None, fetched_at)
+            return FetchResult(ref, None, fetched_at, response.status_code)
         body = _json(response, f"{ref.resource_type} read")
         resource_meta(body, expected_type=ref.resource_type)
         if body.get("id") != ref.resource_id:

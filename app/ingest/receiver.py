@@ -14,9 +14,10 @@ to a status code, ``Retry-After`` and an OperationOutcome in one place:
 5. a non-empty body declared a content type: ``UnsupportedMediaType``;
 6. a signature over the raw body passes, before any parsing: ``Unauthenticated``;
 7. the body is JSON: ``InvalidJson``;
-8. the delivery is a notification (its vendor adapter reads any announcing headers first): a bodiless
-   delivery that is none is ``Rejected``; a JSON body that is none is kept in quarantine, ``Quarantined``
-   (``DbUnavailable("quarantine")`` when that commit fails);
+8. the delivery is a notification (its vendor adapter reads any announcing headers first) in a shape
+   the facility's vendor sends (``VendorAdapter.notification_shapes``, else ``unexpected_shape``): a
+   bodiless delivery that is none is ``Rejected``; a JSON body that is none is kept in quarantine,
+   ``Quarantined`` (``DbUnavailable("quarantine")`` when that commit fails);
 9. its events and its ledger observation are committed (group commit): ``Accepted``, or
    ``DbUnavailable("commit")``. Only then is the doorbell rung.
 
@@ -264,6 +265,12 @@ class Receiver:
             if has_body and body is None:  # JSON `null` is a body, not an empty POST
                 raise NotificationError("not_a_notification", "the body is JSON null")
             notification = parse_delivery(body, facility.base_url, announced)
+            if notification.shape not in facility.adapter.notification_shapes:
+                # Only what this facility's vendor sends: another server's format (payload mode,
+                # announcing headers) at a facility that never uses it is not to be trusted as data.
+                raise NotificationError(
+                    "unexpected_shape", f"this facility's vendor sends no {notification.shape} notifications"
+                )
         except NotificationError as exc:
             if not has_body:
                 return Rejected(exc.reason, exc.detail)

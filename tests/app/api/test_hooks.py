@@ -261,7 +261,7 @@ async def test_empty_post_without_content_type_is_accepted(
 
 
 async def test_hapi_put_and_delete_payload_mode(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
-    fid = facilities.add(shared_secret())
+    fid = facilities.add(shared_secret(), vendor="hapi")
     obs = observation("o4", "2", "2026-11-24T10:00:00Z")
     put = await receiver.put(f"/hooks/{fid}/Observation/o4", content=dumps(obs), headers=bearer())
     delete = await receiver.delete(
@@ -275,10 +275,41 @@ async def test_hapi_put_and_delete_payload_mode(receiver: httpx.AsyncClient, fac
     ]
 
 
+async def test_a_facility_whose_vendor_has_no_payload_mode_refuses_it(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    """Issue 9 item 11: a generic facility is no HAPI server; a body is kept in quarantine, never a row."""
+    fid = facilities.add(shared_secret())
+    obs = observation("o4", "2", "2026-11-24T10:00:00Z")
+    put = await receiver.put(f"/hooks/{fid}/Observation/o4", content=dumps(obs), headers=bearer())
+    delete = await receiver.delete(
+        f"/hooks/{fid}/Observation/o4", headers={"Authorization": "Bearer s3cret-current"}
+    )
+    assert [(r.status_code, _reason(r)) for r in (put, delete)] == [
+        (202, "unexpected_shape"),
+        (400, "unexpected_shape"),
+    ]
+    assert facilities.inbox(fid) == []
+    assert [q.reason for q in facilities.quarantine(fid)] == ["unexpected_shape"]
+
+
+@pytest.mark.parametrize(
+    ("vendor", "accepted"),
+    [("medplum", False), ("hapi", False), ("athena", False), ("generic", True), ("epic", True)],
+)
+async def test_a_bare_resource_is_accepted_only_from_vendors_that_send_one(
+    receiver: httpx.AsyncClient, facilities: Facilities, vendor: str, accepted: bool
+) -> None:
+    fid = facilities.add(shared_secret(), vendor=vendor)
+    response = await _post(receiver, fid, observation("o5", "1", "2026-11-24T10:00:00Z"))
+    assert response.status_code == (200 if accepted else 202)
+    assert len(facilities.inbox(fid)) == int(accepted)
+
+
 async def test_put_whose_body_is_another_resource_is_quarantined(
     receiver: httpx.AsyncClient, facilities: Facilities
 ) -> None:
-    fid = facilities.add(shared_secret())
+    fid = facilities.add(shared_secret(), vendor="hapi")
     obs = observation("other", "2", "2026-11-24T10:00:00Z")
     response = await receiver.put(f"/hooks/{fid}/Observation/o4", content=dumps(obs), headers=bearer())
     assert (response.status_code, _reason(response)) == (202, "path_mismatch")
