@@ -39,7 +39,9 @@ How the drain treats a failure is a class distinction:
         │   ├── TokenEndpointUnavailable    token_unavailable        token endpoint 5xx
         │   ├── TokenEndpointFlaky          token_flaky_400          Epic's occasional bare 400
         │   ├── SmartConfigUnavailable      smart_config_unavailable
-        │   └── IdentifierNotFound          identifier_not_found     search found nothing (index lag)
+        │   ├── IdentifierNotFound          identifier_not_found     search found nothing (index lag)
+        │   ├── NotFoundUnconfirmed         not_found_unconfirmed    a 404 not yet a deletion: read again
+        │   └── RevivalUnverified           revival_unverified       a payload over a tombstone: read first
         └── PermanentEHRError
             ├── EHRAuthRejected             ehr_auth_rejected        revoked credentials, wrong key
             │   ├── SmartConfigInvalid      smart_config_invalid
@@ -54,7 +56,9 @@ How the drain treats a failure is a class distinction:
             ├── TooManyRedirects            too_many_redirects
             └── UnparseableResource         unparseable_resource     not the FHIR resource we asked for
 
-404 and 410 are not errors: they are deletions, stored as tombstones.
+A 410 is a deletion, stored as a tombstone. A 404 becomes one only once confirmed (read again after a
+back-off, announced as a delete, or a vendor whose adapter says its 404 is final): until then it is
+``NotFoundUnconfirmed``, since replication lag and access filtering answer 404 too.
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ NotificationReason = Literal[
     "unknown_notification_type",
     "bad_reference",
     "path_mismatch",
+    "unexpected_shape",
 ]
 
 
@@ -221,6 +226,20 @@ class IdentifierNotFound(TransientEHRError):
     """An identifier-only focus found nothing yet: the EHR's search index may lag its writes."""
 
     reason = "identifier_not_found"
+
+
+class NotFoundUnconfirmed(TransientEHRError):
+    """A 404 for a focus no delete was announced for: the row is read again after its back-off, and a
+    second 404 is the deletion (``deletion = not_found_confirmed``)."""
+
+    reason = "not_found_unconfirmed"
+
+
+class RevivalUnverified(TransientEHRError):
+    """A payload that would make a tombstoned resource live again: the row is read again (a read, not a
+    payload, decides whether the resource exists)."""
+
+    reason = "revival_unverified"
 
 
 class PermanentEHRError(EHRError):

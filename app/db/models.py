@@ -51,6 +51,15 @@ INBOX_DONE: InboxStatus = "done"
 INBOX_DEAD: InboxStatus = "dead"
 
 
+# What made a tombstone one (``resources.deletion``): a 410; a 404 read twice a back-off apart; a 404 for
+# a delete the EHR announced; a 404 from a vendor whose adapter says its 404 is final.
+Deletion = Literal["gone", "not_found_confirmed", "not_found_announced", "not_found"]
+DELETION_GONE: Deletion = "gone"
+DELETION_NOT_FOUND_CONFIRMED: Deletion = "not_found_confirmed"
+DELETION_NOT_FOUND_ANNOUNCED: Deletion = "not_found_announced"
+DELETION_NOT_FOUND: Deletion = "not_found"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSONB}
@@ -127,6 +136,10 @@ class Resource(Base):
     ingested_at: Mapped[datetime] = mapped_column(server_default=func.now())
     normalized: Mapped[dict[str, Any] | None]  # the vendor adapter's summary, read by the consumer views
     issues: Mapped[list[str] | None] = mapped_column(JSONB)
+    # Why a tombstone is one (``Deletion``); NULL while live.
+    deletion: Mapped[str | None] = mapped_column(String(32))
+    # The body was sent by the EHR (a full-resource notification), not read from it.
+    from_payload: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class ResourceVersion(Base):
@@ -150,6 +163,7 @@ class ResourceVersion(Base):
     resource: Mapped[dict[str, Any] | None]
     fetched_at: Mapped[datetime]
     recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    deletion: Mapped[str | None] = mapped_column(String(32))
 
 
 class TokenEvent(Base):

@@ -5,7 +5,8 @@ calls transient and our own politeness waits are retried here a few times with e
 jitter, honouring ``Retry-After`` up to ``RETRY_AFTER_CAP_S`` (and pausing the whole facility for that
 long, across processes); what still fails is raised as a TransientEHRError for the caller to back off in
 Postgres. A 401 drops the token and retries the same URL once with a fresh one. 404 and 410 on a read
-are deletions, not errors. Redirects are followed only inside the base URL.
+are not errors: the result says the resource is absent, and which status said so (``app.ingest.drain``
+decides when a 404 is a deletion). Redirects are followed only inside the base URL.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from app.errors import (
     UnparseableResource,
     rejected,
 )
+from app.fhir import jsonwire
 from app.fhir.references import ResourceRef, is_under_base
 from app.fhir.resources import resource_meta
 from app.metrics import ehr_request
@@ -68,6 +70,7 @@ class FetchResult:
     ref: ResourceRef
     resource: dict[str, Any] | None  # None: the EHR says the resource is gone (404/410)
     fetched_at: datetime
+    status: int = 200  # 404 and 410 are told apart: only a 410 is a deletion on its own
 
 
 class EHRClient:
@@ -99,7 +102,7 @@ class EHRClient:
         response = self._get_with_retries(f"{self.base_url}/{ref.relative}", gone_ok=True)
         fetched_at = datetime.now(UTC)
         if response.status_code in (404, 410):
-            return FetchResult(ref, None, fetched_at)
+            return FetchResult(ref, None, fetched_at, response.status_code)
         body = _json(response, f"{ref.resource_type} read")
         resource_meta(body, expected_type=ref.resource_type)
         if body.get("id") != ref.resource_id:
@@ -193,7 +196,7 @@ class EHRClient:
 
 def _json(response: httpx.Response, what: str) -> dict[str, Any]:
     try:
-        body = response.json()
+        body = jsonwire.loads(response.content)
     except ValueError as exc:
         raise UnparseableResource(f"{what} returned non-JSON") from exc
     if not isinstance(body, dict):
@@ -203,7 +206,7 @@ def _json(response: httpx.Response, what: str) -> dict[str, Any]:
 
 def _json_or_none(response: httpx.Response) -> Any:
     try:
-        return response.json()
+        return jsonwire.loads(response.content)
     except ValueError:
         return None
 

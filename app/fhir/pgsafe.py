@@ -4,9 +4,10 @@ other row with it, so it is replaced by U+FFFD, and the resource is kept rather 
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
+
+from app.fhir import jsonwire
 
 REPLACEMENT = "\ufffd"
 # In JSON text: a \\u0000 escape or a surrogate escape (paired or not), preceded by an even number of
@@ -34,6 +35,6 @@ def clean(value: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """JSON text Postgres will accept as jsonb."""
-    text = json.dumps(value)
-    return json.dumps(clean(value)) if needs_cleaning(text.encode()) else text
+    """JSON text Postgres will accept as jsonb, decimals as sent (``app.fhir.jsonwire``)."""
+    text = jsonwire.dumps(value)
+    return jsonwire.dumps(clean(value)) if needs_cleaning(text.encode()) else text

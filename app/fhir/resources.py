@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import UnparseableResource
+from app.fhir import jsonwire
 
 
 def content_hash(resource: dict[str, Any] | None) -> str:
@@ -17,13 +17,13 @@ def content_hash(resource: dict[str, Any] | None) -> str:
     if resource is None:
         return hashlib.sha256(b"<deleted>").hexdigest()
     body = {k: v for k, v in resource.items() if k != "meta"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = jsonwire.dumps(body, canonical=True)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def payload_hash(resource: dict[str, Any]) -> str:
     """A hash of the whole resource, meta included: what tells two deliveries of a payload apart."""
-    canonical = json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = jsonwire.dumps(resource, canonical=True)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 

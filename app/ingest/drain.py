@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -35,16 +35,24 @@ import structlog
 from sqlalchemy import CursorResult, TextClause
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Facility
+from app.db.models import (
+    DELETION_NOT_FOUND,
+    DELETION_NOT_FOUND_ANNOUNCED,
+    DELETION_NOT_FOUND_CONFIRMED,
+    Facility,
+)
 from app.ehr.client import EHRClient
-from app.errors import IngestError, InternalError, NeedsBackfill
+from app.errors import IngestError, InternalError, NeedsBackfill, NotFoundUnconfirmed, RevivalUnverified
+from app.fhir import jsonwire
 from app.fhir.references import ResourceRef
+from app.fhir.resources import resource_meta
 from app.ingest import queries
-from app.ingest.pipeline.observed import Observed
+from app.ingest.pipeline.observed import Observed, Outcome
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Fetched, IdentifierKey, Pipeline, Work
 from app.metrics import BATCH_SECONDS, DRAIN_SECONDS, INBOX_ROWS, STALE_WRITES
 from app.settings import Settings
+from app.vendors.base import VendorAdapter
 from app.vendors.registry import adapter_for
 
 log = structlog.get_logger("ingest.drain")
@@ -61,6 +69,7 @@ class ClaimedRow:
     focus_type: str | None = None
     focus_identifier: str | None = None  # "system|value": a focus named by identifier only
     claim_token: str | None = None
+    previous_reason: str | None = None  # the reason of the row's last failed attempt, if any
 
 
 @dataclass
@@ -92,12 +101,13 @@ def claim(session: Session, facility_id: str, *, limit: int, lease: timedelta) -
             id=r.id,
             focus=ResourceRef(r.focus_type, r.focus_id) if r.focus_type and r.focus_id else None,
             interaction=r.interaction,
-            payload=r.payload,
+            payload=jsonwire.loads(r.payload) if r.payload is not None else None,
             attempts=r.attempts,
             received_at=r.received_at,
             focus_type=r.focus_type,
             focus_identifier=r.focus_identifier,
             claim_token=str(r.claim_token),
+            previous_reason=r.reason,
         )
         for r in rows
     ]
@@ -132,9 +142,22 @@ def process_batch(
 ) -> DrainReport:
     """Fetch what ``rows`` point at, store it and record the outcome of every row. Caller commits."""
     pipeline = pipeline if pipeline is not None else pipeline_for(facility, client, settings)
-    plan = _plan(facility.id, rows)
+    plan = _plan(facility.id, rows, tombstoned=tombstoned(session, facility.id, rows))
     fetched = pipeline.fetch(plan.work())
     return _record(session, pipeline, plan, fetched, settings)
+
+
+def tombstoned(session: Session, facility_id: str, rows: list[ClaimedRow]) -> frozenset[ResourceRef]:
+    """The payload rows' resources that are tombstones now: they are read as well (a late payload must
+    not revive a deletion; the store refuses it anyway, this saves the retry)."""
+    refs = {r.focus for r in rows if r.payload is not None and r.focus is not None}
+    if not refs:
+        return frozenset()
+    keys = {"facility_id": [facility_id] * len(refs)}
+    keys |= {"resource_type": [r.resource_type for r in refs], "resource_id": [r.resource_id for r in refs]}
+    return frozenset(
+        ResourceRef(r.resource_type, r.resource_id) for r in session.execute(queries.TOMBSTONED, keys)
+    )
 
 
 @dataclass
@@ -142,10 +165,14 @@ class _Plan:
     """Claimed rows sorted by what the pipeline must do for them; one focus may stand for many rows."""
 
     facility_id: str
+    tombstoned: frozenset[ResourceRef] = frozenset()
     by_focus: dict[ResourceRef, list[ClaimedRow]] = field(default_factory=lambda: defaultdict(list))
     by_identifier: dict[IdentifierKey, list[ClaimedRow]] = field(default_factory=lambda: defaultdict(list))
     payloads: list[tuple[ClaimedRow, Observed]] = field(default_factory=list)
     no_focus: list[ClaimedRow] = field(default_factory=list)
+    # Rows whose payload is stored but whose outcome is their read's (their resource is a tombstone):
+    # the payload may only add its version to the tombstone, the read decides whether it lives again.
+    read_too: set[int] = field(default_factory=set)
 
     def work(self) -> Work:
         return Work(
@@ -156,31 +183,45 @@ class _Plan:
 
     def rows(self) -> list[ClaimedRow]:
         found = [r for rows in (*self.by_focus.values(), *self.by_identifier.values()) for r in rows]
-        return found + [r for r, _ in self.payloads] + self.no_focus
+        return found + [r for r, _ in self.payloads if r.id not in self.read_too] + self.no_focus
 
 
-def _plan(facility_id: str, rows: list[ClaimedRow]) -> _Plan:
-    plan = _Plan(facility_id)
+def _plan(
+    facility_id: str, rows: list[ClaimedRow], *, tombstoned: frozenset[ResourceRef] = frozenset()
+) -> _Plan:
+    plan = _Plan(facility_id, tombstoned)
     for row in rows:
         if row.focus is None and row.focus_identifier and row.focus_type:
             plan.by_identifier[(row.focus_type, row.focus_identifier)].append(row)
         elif row.focus is None:
             plan.no_focus.append(row)
-        elif row.payload is not None and _payload_matches(row.payload, row.focus):
+        elif row.payload is not None and _payload_usable(row.payload, row.focus):
             # A full-resource payload is the resource; its meta orders it against fetched versions.
-            # One that does not match its focus is ignored: the resource is fetched instead.
             focus = row.focus
             observed = Observed(
-                facility_id, focus.resource_type, focus.resource_id, row.payload, row.received_at
+                facility_id,
+                focus.resource_type,
+                focus.resource_id,
+                row.payload,
+                row.received_at,
+                from_payload=True,
             )
             plan.payloads.append((row, observed))
+            if focus in tombstoned:  # only a read may say it exists again
+                plan.read_too.add(row.id)
+                plan.by_focus[focus].append(row)
         else:
             plan.by_focus[row.focus].append(row)
     return plan
 
 
-def _payload_matches(payload: dict[str, Any], focus: ResourceRef) -> bool:
-    return payload.get("resourceType") == focus.resource_type and payload.get("id") == focus.resource_id
+def _payload_usable(payload: dict[str, Any], focus: ResourceRef) -> bool:
+    """Whether a payload may stand for a read of ``focus``. Not when it names another resource, nor when
+    it carries no version evidence (no ``meta.lastUpdated``: its receipt time would order it against
+    versions the EHR dated itself, and an empty body could replace a fetched one): then it is read."""
+    if payload.get("resourceType") != focus.resource_type or payload.get("id") != focus.resource_id:
+        return False
+    return resource_meta(payload).last_updated is not None
 
 
 def _record(
@@ -195,7 +236,7 @@ def _record(
     items: list[Observed] = []
     done: list[ClaimedRow] = []
     for ref, waiting in plan.by_focus.items():
-        outcome = fetched.reads[ref]
+        outcome = _confirmed(fetched.reads[ref], waiting, pipeline.adapter)
         if isinstance(outcome, Observed):
             items.append(outcome)
             done += waiting
@@ -224,13 +265,29 @@ def _record(
                 settings=settings,
                 report=report,
             )
-    for (row, _), normalized in zip(plan.payloads, fetched.payloads, strict=True):
+    for _, normalized in zip(plan.payloads, fetched.payloads, strict=True):
         items.append(normalized)
-        done.append(row)
     items += fetched.references
     for reason, n in fetched.unresolved.items():
         report.reasons[reason] = report.reasons.get(reason, 0) + n
-    report.stale += pipeline.store(session, items).stale
+    stats = pipeline.store(session, items)
+    report.stale += stats.stale
+    # A payload the store would not let revive a tombstone (committed between our check and the store):
+    # its row is read next time, like any payload for a tombstoned resource.
+    alone = [row for row, _ in plan.payloads if row.id not in plan.read_too]
+    unverified = [row for row in alone if _key(row) in stats.unverified]
+    done += [row for row in alone if _key(row) not in stats.unverified]
+    if unverified:
+        revival = RevivalUnverified("the payload would revive a deleted resource; it is read first")
+        _record_failure(
+            session,
+            unverified,
+            revival,
+            facility_id=plan.facility_id,
+            resource_type=unverified[0].focus_type or "-",
+            settings=settings,
+            report=report,
+        )
     if done:
         _mark(
             session,
@@ -259,6 +316,26 @@ def _record(
             report=report,
         )
     return report
+
+
+def _key(row: ClaimedRow) -> tuple[str, str] | None:
+    return (row.focus.resource_type, row.focus.resource_id) if row.focus is not None else None
+
+
+def _confirmed(outcome: Outcome, rows: list[ClaimedRow], adapter: VendorAdapter) -> Outcome:
+    """A 404 is a deletion only once confirmed (replication lag and access filtering answer 404 too):
+    when a delete was announced for it, when the row's previous attempt was already a 404 (this read
+    came a back-off later), or when the vendor's adapter says its 404 is final. Otherwise the rows are
+    retried (``NotFoundUnconfirmed``). A 410 is a deletion at once."""
+    if not isinstance(outcome, Observed) or outcome.deletion != DELETION_NOT_FOUND:
+        return outcome
+    if any(r.interaction == "delete" for r in rows):
+        return replace(outcome, deletion=DELETION_NOT_FOUND_ANNOUNCED)
+    if any(r.previous_reason == NotFoundUnconfirmed.reason for r in rows):
+        return replace(outcome, deletion=DELETION_NOT_FOUND_CONFIRMED)
+    if adapter.not_found_is_final:
+        return outcome
+    return NotFoundUnconfirmed("404 from the EHR; read again before it is taken for a deletion")
 
 
 def _token(rows: list[ClaimedRow]) -> str | None:
@@ -376,10 +453,11 @@ def _drain(
     while True:
         with sessions.begin() as session:
             rows = claim(session, facility_id, limit=settings.drain_batch, lease=settings.lease)
+            gone = tombstoned(session, facility_id, rows)
         if not rows:
             break
         batch_started = time.perf_counter()
-        report = _drain_batch(sessions, pipeline, _plan(facility_id, rows), settings)
+        report = _drain_batch(sessions, pipeline, _plan(facility_id, rows, tombstoned=gone), settings)
         BATCH_SECONDS.labels(facility_id).observe(time.perf_counter() - batch_started)
         _observe(facility_id, report)
         _accumulate(total, report)
@@ -442,7 +520,7 @@ def _one_by_one(
         if fetched.references and not _store_references(sessions, pipeline, plan.facility_id, fetched):
             references = fetched.references
     for row in plan.rows():
-        alone = _plan(plan.facility_id, [row])
+        alone = _plan(plan.facility_id, [row], tombstoned=plan.tombstoned)
         try:
             if fetched is None:
                 part = pipeline.fetch(alone.work())

@@ -7,7 +7,6 @@ The same body delivered again (a sender retrying) increments ``deliveries`` inst
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from app.db.models import QuarantinedNotification
+from app.fhir import jsonwire
 
 _UPSERT = text(
     """
@@ -50,7 +50,7 @@ async def quarantine(engine: AsyncEngine, item: Quarantined) -> int:
         "path": item.path[:1000],
         "content_type": (item.content_type or "")[:128] or None,
         "body_sha256": hashlib.sha256(item.raw).hexdigest(),
-        "body": json.dumps(item.body),
+        "body": jsonwire.dumps(item.body),
     }
     async with engine.begin() as conn:
         return int((await conn.execute(_UPSERT, params)).scalar_one())

@@ -12,6 +12,8 @@ from app.db.models import INBOX_DEAD, INBOX_DONE, INBOX_PENDING
 # (facility_id, next_attempt_at) WHERE status = INBOX_PENDING is then the whole queue scan, and a worker
 # that dies simply lets the lease run out. Each claim writes a fresh token; outcomes (MARK_*) apply only
 # under the current token, so a worker whose lease ran out mid-batch cannot overwrite the new owner's.
+# The payload comes back as text, for app.fhir.jsonwire to decode: the driver's JSON loader would make
+# its decimals floats. The reason is the row's previous outcome (a 404 being re-checked).
 CLAIM = text(
     f"""
     UPDATE inbox AS i
@@ -24,8 +26,8 @@ CLAIM = text(
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING i.id, i.focus_type, i.focus_id, i.focus_identifier, i.interaction, i.payload, i.attempts,
-              i.received_at, i.claim_token
+    RETURNING i.id, i.focus_type, i.focus_id, i.focus_identifier, i.interaction,
+              i.payload::text AS payload, i.attempts, i.received_at, i.claim_token, i.reason
     """  # noqa: S608
 )
 
@@ -61,51 +63,66 @@ FACILITIES_WITH_DUE_WORK = text(
 )
 
 # DESIGN.md rule 3. A write applies when it changes something and is not older than what is stored:
-# a newer meta.lastUpdated wins; without lastUpdated on either side (a vendor that sends no meta) or with
-# equal ones, the later fetch wins; against or for a tombstone, the later observation wins. A tombstone
-# keeps the last known body and version for consumers. One statement for a whole
-# batch; the caller guarantees each resource appears at most once in it.
+# - between live versions, a newer meta.lastUpdated wins; without lastUpdated on either side (a vendor
+#   that sends no meta) or with equal ones, the later observation wins;
+# - a deletion is a fact about the moment it was observed: it overrides only what was observed before it,
+#   and only a later *read* overrides it (a re-creation). A payload (``from_payload``: sent, not read)
+#   never makes a tombstone live again: the caller reads the resource first (issue 9 item 1);
+# - a live version that cannot revive a tombstone but is newer than the body the tombstone keeps
+#   (lastUpdated, or a tombstone with no body yet) is absorbed: the row stays deleted and now carries
+#   that version, so a tombstone always carries the newest version known, and the change feed (the
+#   trigger on ``resources``) announces it (issue 9 item 10).
+# A tombstone keeps the last known body and version for consumers, and ``deletion`` says why it is one.
+# One statement for a whole batch; the caller guarantees each resource appears at most once in it.
+# RETURNING gives the row as it is now: ``deleted`` with a live write means it was absorbed.
+_REVIVES = "(NOT excluded.from_payload AND excluded.fetched_at > r.fetched_at)"
+_ABSORBS = f"(r.deleted AND NOT excluded.deleted AND NOT {_REVIVES})"
 UPSERT_RESOURCES = text(
-    """
+    f"""
     INSERT INTO resources AS r (facility_id, resource_type, resource_id, version_id, last_updated,
-                                content_hash, deleted, resource, fetched_at, ingested_at, normalized, issues)
+                                content_hash, deleted, resource, fetched_at, ingested_at, normalized, issues,
+                                deletion, from_payload)
     SELECT x.facility_id, x.resource_type, x.resource_id, x.version_id, x.last_updated, x.content_hash,
            x.deleted, CAST(x.resource AS jsonb), x.fetched_at, now(), CAST(x.normalized AS jsonb),
-           CAST(x.issues AS jsonb)
+           CAST(x.issues AS jsonb), x.deletion, x.from_payload
     FROM
     unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]),
            CAST(:version_id AS text[]), CAST(:last_updated AS timestamptz[]), CAST(:content_hash AS text[]),
            CAST(:deleted AS boolean[]), CAST(:resource AS text[]), CAST(:fetched_at AS timestamptz[]),
-           CAST(:normalized AS text[]), CAST(:issues AS text[]))
+           CAST(:normalized AS text[]), CAST(:issues AS text[]), CAST(:deletion AS text[]),
+           CAST(:from_payload AS boolean[]))
     AS x(facility_id, resource_type, resource_id, version_id, last_updated, content_hash, deleted, resource,
-         fetched_at, normalized, issues)
+         fetched_at, normalized, issues, deletion, from_payload)
     ON CONFLICT (facility_id, resource_type, resource_id) DO UPDATE SET
         version_id = CASE WHEN excluded.deleted THEN r.version_id ELSE excluded.version_id END,
-        last_updated = COALESCE(excluded.last_updated, CASE WHEN excluded.deleted THEN r.last_updated END),
-        content_hash = excluded.content_hash,
-        deleted = excluded.deleted,
+        last_updated = CASE WHEN excluded.deleted THEN r.last_updated ELSE excluded.last_updated END,
+        content_hash = CASE WHEN {_ABSORBS} THEN r.content_hash ELSE excluded.content_hash END,
+        deleted = excluded.deleted OR {_ABSORBS},
         resource = CASE WHEN excluded.deleted THEN r.resource ELSE excluded.resource END,
-        fetched_at = excluded.fetched_at,
+        fetched_at = CASE WHEN {_ABSORBS} THEN r.fetched_at ELSE excluded.fetched_at END,
         ingested_at = now(),
         normalized = CASE WHEN excluded.deleted THEN r.normalized ELSE excluded.normalized END,
-        issues = CASE WHEN excluded.deleted THEN r.issues ELSE excluded.issues END
-    WHERE (r.content_hash <> excluded.content_hash OR r.deleted <> excluded.deleted
-           OR r.version_id IS DISTINCT FROM excluded.version_id)
-      AND CASE
-        -- A deletion is a fact about the moment it was observed: only a later observation overrides it
-        -- (a re-creation), and it overrides only what was observed before it.
-        WHEN r.deleted OR excluded.deleted THEN excluded.fetched_at > r.fetched_at
+        issues = CASE WHEN excluded.deleted THEN r.issues ELSE excluded.issues END,
+        deletion = CASE WHEN {_ABSORBS} THEN r.deletion ELSE excluded.deletion END,
+        from_payload = CASE WHEN excluded.deleted THEN r.from_payload ELSE excluded.from_payload END
+    WHERE CASE
+        WHEN excluded.deleted THEN NOT r.deleted AND excluded.fetched_at > r.fetched_at
+        WHEN r.deleted THEN {_REVIVES}
+            OR (r.version_id IS DISTINCT FROM excluded.version_id OR r.resource IS NULL)
+               AND (r.resource IS NULL OR excluded.last_updated > r.last_updated)
+        WHEN r.content_hash = excluded.content_hash
+             AND r.version_id IS NOT DISTINCT FROM excluded.version_id THEN false
         WHEN excluded.last_updated IS NOT NULL AND r.last_updated IS NOT NULL
              AND excluded.last_updated <> r.last_updated THEN excluded.last_updated > r.last_updated
         ELSE excluded.fetched_at > r.fetched_at
       END
-    RETURNING r.resource_type, r.resource_id
-    """
+    RETURNING r.resource_type, r.resource_id, r.deleted, r.version_id, r.fetched_at
+    """  # noqa: S608 - the interpolated fragments are the constants above
 )
 
 CURRENT_HASHES = text(
     """
-    SELECT r.resource_type, r.resource_id, r.content_hash, r.deleted
+    SELECT r.resource_type, r.resource_id, r.content_hash, r.deleted, r.fetched_at
     FROM resources r
     JOIN unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]))
          AS k(facility_id, resource_type, resource_id)
@@ -113,18 +130,50 @@ CURRENT_HASHES = text(
     """
 )
 
+# Tombstoned resources among some keys: a payload for one of them is read instead (issue 9 item 1).
+TOMBSTONED = text(
+    """
+    SELECT r.resource_type, r.resource_id
+    FROM resources r
+    JOIN unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]))
+         AS k(facility_id, resource_type, resource_id)
+      ON r.facility_id = k.facility_id AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id
+    WHERE r.deleted
+    """
+)
+
 INSERT_HISTORIES = text(
     """
     INSERT INTO resource_history (facility_id, resource_type, resource_id, version_key, version_id,
-                                  last_updated, content_hash, deleted, resource, fetched_at)
+                                  last_updated, content_hash, deleted, resource, fetched_at, deletion)
     SELECT x.facility_id, x.resource_type, x.resource_id, x.version_key, x.version_id, x.last_updated,
-           x.content_hash, x.deleted, CAST(x.resource AS jsonb), x.fetched_at
+           x.content_hash, x.deleted, CAST(x.resource AS jsonb), x.fetched_at, x.deletion
     FROM unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]),
                 CAST(:version_id AS text[]), CAST(:last_updated AS timestamptz[]),
                 CAST(:content_hash AS text[]), CAST(:deleted AS boolean[]), CAST(:resource AS text[]),
-                CAST(:fetched_at AS timestamptz[]), CAST(:version_key AS text[]))
+                CAST(:fetched_at AS timestamptz[]), CAST(:version_key AS text[]), CAST(:deletion AS text[]))
          AS x(facility_id, resource_type, resource_id, version_id, last_updated, content_hash, deleted,
-              resource, fetched_at, version_key)
+              resource, fetched_at, version_key, deletion)
     ON CONFLICT ON CONSTRAINT uq_resource_history_version DO NOTHING
+    RETURNING resource_type, resource_id, version_key
+    """
+)
+
+# A version new to history that did not change the current row (it arrived after a newer one) is still
+# a version consumers have not been told of: announced like the trigger on ``resources`` announces the
+# others (same table, same channel, ids only), so every distinct version in history is in the feed.
+FEED_VERSIONS = text(
+    """
+    WITH fed AS (
+        INSERT INTO change_feed (facility_id, resource_type, resource_id, version_id, deleted)
+        SELECT * FROM unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]),
+                             CAST(:resource_id AS text[]), CAST(:version_id AS text[]),
+                             CAST(:deleted AS boolean[]))
+        RETURNING seq, facility_id, resource_type, resource_id, deleted
+    )
+    SELECT pg_notify('ehr_ingest_changes', json_build_object(
+        'seq', seq, 'facility_id', facility_id, 'resource_type', resource_type,
+        'resource_id', resource_id, 'deleted', deleted)::text)
+    FROM fed
     """
 )

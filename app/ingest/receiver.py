@@ -14,9 +14,10 @@ to a status code, ``Retry-After`` and an OperationOutcome in one place:
 5. a non-empty body declared a content type: ``UnsupportedMediaType``;
 6. a signature over the raw body passes, before any parsing: ``Unauthenticated``;
 7. the body is JSON: ``InvalidJson``;
-8. the delivery is a notification (its vendor adapter reads any announcing headers first): a bodiless
-   delivery that is none is ``Rejected``; a JSON body that is none is kept in quarantine, ``Quarantined``
-   (``DbUnavailable("quarantine")`` when that commit fails);
+8. the delivery is a notification (its vendor adapter reads any announcing headers first) in a shape
+   the facility's vendor sends (``VendorAdapter.notification_shapes``, else ``unexpected_shape``): a
+   bodiless delivery that is none is ``Rejected``; a JSON body that is none is kept in quarantine,
+   ``Quarantined`` (``DbUnavailable("quarantine")`` when that commit fails);
 9. its events and its ledger observation are committed (group commit): ``Accepted``, or
    ``DbUnavailable("commit")``. Only then is the doorbell rung.
 
@@ -29,7 +30,6 @@ header's value).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import ConfigurationError, NotificationError
 from app.facilities.webhooks import FacilityDirectory, ReceiverFacility
-from app.fhir import pgsafe
+from app.fhir import jsonwire, pgsafe
 from app.fhir.notifications import Delivery, parse_delivery
 from app.ingest.inbox import intake_for
 from app.ingest.quarantine import Quarantined as QuarantineItem
@@ -254,8 +254,8 @@ class Receiver:
         has_body = bool(raw.strip())
         if has_body:
             try:
-                body = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                body = jsonwire.loads(raw)  # decimals kept exact (app.fhir.jsonwire)
+            except ValueError:  # not JSON, not UTF-8/16/32, or NaN/Infinity
                 return InvalidJson("body is not valid JSON")
             if pgsafe.needs_cleaning(raw):
                 # Postgres cannot hold NUL or a lone surrogate: one such string would fail the whole batch.
@@ -265,6 +265,12 @@ class Receiver:
             if has_body and body is None:  # JSON `null` is a body, not an empty POST
                 raise NotificationError("not_a_notification", "the body is JSON null")
             notification = parse_delivery(body, facility.base_url, announced)
+            if notification.shape not in facility.adapter.notification_shapes:
+                # Only what this facility's vendor sends: another server's format (payload mode,
+                # announcing headers) at a facility that never uses it is not to be trusted as data.
+                raise NotificationError(
+                    "unexpected_shape", f"this facility's vendor sends no {notification.shape} notifications"
+                )
         except NotificationError as exc:
             if not has_body:
                 return Rejected(exc.reason, exc.detail)

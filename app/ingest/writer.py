@@ -25,6 +25,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import InboxRow, SubscriptionLedger, sql_types
+from app.fhir import jsonwire
 from app.ingest.inbox import INBOX_COLUMNS, InboxEntry, Intake
 from app.ingest.ledger import LEDGER_COLUMNS, LEDGER_KEY, LedgerState, apply
 from app.metrics import COMMIT_BATCH, COMMIT_SECONDS
@@ -206,7 +207,7 @@ class InboxWriter:
                     outcomes, ledger_rows = await self._apply_ledger(cur, jobs)
                     inbox_rows = [_inbox_row(e) for outcome in outcomes for e in outcome.entries]
                     await cur.execute(
-                        _WRITE, {"inbox": json.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
+                        _WRITE, {"inbox": jsonwire.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
                     )
                     stored = Counter((r.facility_id, r.dedup_key) for r in await cur.fetchall())
             except psycopg.OperationalError:

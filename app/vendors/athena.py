@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from app.fhir.notifications import EventIdentity
+from app.fhir.notifications import EventIdentity, NotificationShape
 from app.vendors.base import DefaultAdapter
 
 
@@ -17,3 +17,5 @@ class AthenaAdapter(DefaultAdapter):
     vendor = "athena"
     batch_read = False
     event_identity: EventIdentity = "event-id"
+    # Topic subscriptions (R5-backport style): notification Bundles, never a bare resource.
+    notification_shapes: frozenset[NotificationShape] = frozenset({"r4b", "r5", "backport"})

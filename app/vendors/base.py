@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from app.errors import EHRServerError, EHRServerErrorPermanent, IngestError
 from app.fhir.normalize import Normalized, SummaryOptions, normalize_resource, pair_blood_pressure
 from app.fhir.normalize.names import ISO21090_PREFERRED
-from app.fhir.notifications import Announcement, EventIdentity
+from app.fhir.notifications import Announcement, EventIdentity, NotificationShape
 
 
 class VendorAdapter(Protocol):
@@ -62,6 +62,18 @@ class VendorAdapter(Protocol):
         OperationOutcome, anything else, or None): transient (retried, then backed off) or permanent."""
         ...
 
+    @property
+    def not_found_is_final(self) -> bool:
+        """Whether a 404 on a read is a deletion at once. False: it is read again after a back-off first
+        (a replica lagging its primary, or access filtering, answers 404 for a live resource)."""
+        ...
+
+    @property
+    def notification_shapes(self) -> frozenset[NotificationShape]:
+        """The notification shapes this vendor sends; a delivery in any other shape is refused by the
+        receiver (kept in quarantine when it has a body)."""
+        ...
+
 
 class DefaultAdapter:
     """Standard FHIR R4 behaviour; also the adapter of an unknown vendor.
@@ -72,6 +84,12 @@ class DefaultAdapter:
 
     vendor: str = "generic"
     event_identity: EventIdentity = "number"
+    not_found_is_final: bool = False
+    # Standard FHIR: the Subscriptions Backport, R4B and R5 notification Bundles, a legacy R4 rest-hook's
+    # bare resource or empty POST. Not another server's own formats (payload mode, announcing headers).
+    notification_shapes: frozenset[NotificationShape] = frozenset(
+        {"backport", "backport-0.1", "r4b", "r5", "resource", "empty"}
+    )
     batch_read: bool = True
     # Bounded by URL length: 100 ids of up to 64 characters stay under the 8 KB most servers accept.
     batch_max: int = 100

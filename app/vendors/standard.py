@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from app.fhir.notifications import INTERACTIONS, Announcement
+from app.fhir.notifications import INTERACTIONS, Announcement, NotificationShape
 from app.vendors.base import DefaultAdapter
 
 MEDPLUM_HEADER_PREFIX = "x-medplum-"
@@ -19,10 +19,17 @@ MEDPLUM_HEADER_PREFIX = "x-medplum-"
 
 class HapiAdapter(DefaultAdapter):
     vendor = "hapi"
+    # Criteria subscriptions: an empty POST without payload, PUT/DELETE {endpoint}/{Type}/{id} with one;
+    # topic subscriptions (backport IG): the standard Bundles.
+    notification_shapes: frozenset[NotificationShape] = frozenset(
+        {"backport", "backport-0.1", "r4b", "r5", "empty", "put", "delete"}
+    )
 
 
 class MedplumAdapter(DefaultAdapter):
     vendor = "medplum"
+    # R4 criteria subscriptions only: the bare resource with its X-Medplum-* headers.
+    notification_shapes: frozenset[NotificationShape] = frozenset({"medplum"})
 
     def announcement(self, headers: Mapping[str, str]) -> Announcement | None:
         if not any(name.startswith(MEDPLUM_HEADER_PREFIX) for name in headers):

@@ -19,7 +19,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from app.fhir.normalize.elements import LOINC, codes_in, earliest_instant, number, obj, objs, reference, text
+from app.fhir.normalize.elements import (
+    LOINC,
+    Number,
+    codes_in,
+    earliest_instant,
+    number,
+    obj,
+    objs,
+    reference,
+    text,
+)
 from app.fhir.normalize.units import ucum_code
 
 PANEL_CODES = frozenset({"85354-9", "55284-4"})  # US Core panel; the older "systolic and diastolic" panel
@@ -56,12 +66,12 @@ def _component(observation: dict[str, Any], loinc: str) -> dict[str, Any] | None
     )
 
 
-def _quantity_of(element: dict[str, Any] | None) -> tuple[int | float | None, str | None]:
+def _quantity_of(element: dict[str, Any] | None) -> tuple[Number | None, str | None]:
     quantity = obj(obj(element).get("valueQuantity"))
     return number(quantity.get("value")), ucum_code(quantity) or text(quantity.get("unit"))
 
 
-def panel_values(observation: dict[str, Any]) -> tuple[int | float | None, int | float | None, str | None]:
+def panel_values(observation: dict[str, Any]) -> tuple[Number | None, Number | None, str | None]:
     """(systolic, diastolic, unit) of a panel's components."""
     systolic, sys_unit = _quantity_of(_component(observation, SYSTOLIC))
     diastolic, dia_unit = _quantity_of(_component(observation, DIASTOLIC))
@@ -85,8 +95,8 @@ def _key(observation: dict[str, Any]) -> tuple[Any, ...]:
 
 def _reading(
     first: dict[str, Any],
-    systolic: int | float | None,
-    diastolic: int | float | None,
+    systolic: Number | None,
+    diastolic: Number | None,
     unit: str | None,
     source_ids: list[str],
 ) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 LOINC = "http://loinc.org"
@@ -56,8 +57,12 @@ def text(value: Any) -> str | None:
     return None
 
 
-def number(value: Any) -> int | float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+#: A JSON number as ``app.fhir.jsonwire`` decodes it: ``Decimal`` keeps the sender's digits.
+Number = int | float | Decimal
+
+
+def number(value: Any) -> Number | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return None
     return value
 

@@ -1,8 +1,9 @@
 """The fetch stage: reading what a batch points at, the way the facility's vendor allows.
 
 - Where the adapter allows it, ids of one type are read with one search (``Type?_id=a,b,c``); an id the
-  search does not return is read on its own, so that a 404/410 becomes a tombstone and anything else an
-  error for that row alone. A server refusing the batched search falls back to single reads.
+  search does not return is read on its own, so that a 404/410 is told (``Observed.deletion``: ``gone``
+  for a 410, ``not_found`` for a 404, which the caller confirms before it is a deletion) and anything
+  else is an error for that row alone. A server refusing the batched search falls back to single reads.
 - Single reads run concurrently on a small thread pool (httpx clients are thread-safe); the facility's
   shared politeness limits still apply to every request.
 - An identifier-only focus (``system|value``) is resolved by a search; nothing found yet is transient.
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from app.db.models import DELETION_GONE, DELETION_NOT_FOUND
 from app.ehr.client import EHRClient
 from app.errors import IdentifierNotFound, IngestError, PermanentEHRError
 from app.fhir.references import ResourceRef
@@ -81,8 +83,16 @@ def _read_each(client: EHRClient, refs: list[ResourceRef], workers: int) -> dict
             result = client.read(ref)
         except IngestError as exc:
             return exc
+        deletion = None
+        if result.resource is None:
+            deletion = DELETION_GONE if result.status == 410 else DELETION_NOT_FOUND
         return Observed(
-            client.facility_id, ref.resource_type, ref.resource_id, result.resource, result.fetched_at
+            client.facility_id,
+            ref.resource_type,
+            ref.resource_id,
+            result.resource,
+            result.fetched_at,
+            deletion=deletion,
         )
 
     if len(refs) <= 1 or workers <= 1:

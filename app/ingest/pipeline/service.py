@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy.orm import Session
 
+from app.db.models import DELETION_NOT_FOUND
 from app.ehr.client import EHRClient
 from app.errors import IngestError
 from app.fhir.references import ResourceRef
@@ -111,16 +112,18 @@ class Pipeline:
         outcomes = fetch_resources(self.client, self.adapter, missing, workers=self.concurrency)
         extra: list[Observed] = []
         for ref, outcome in outcomes.items():
-            if isinstance(outcome, Observed):
+            if isinstance(outcome, Observed) and outcome.deletion != DELETION_NOT_FOUND:
                 extra.append(outcome)
                 continue
-            key = f"reference_{outcome.reason}"
+            # A 404 is not yet a deletion (no row here to read it again later): unresolved, not a tombstone.
+            reason = outcome.reason if isinstance(outcome, IngestError) else "not_found"
+            key = f"reference_{reason}"
             fetched.unresolved[key] = fetched.unresolved.get(key, 0) + 1
             log.info(
                 "ingest.reference_unresolved",
                 facility_id=self.facility_id,
                 resource_type=ref.resource_type,
-                reason=outcome.reason,
+                reason=reason,
             )
         fetched.references, _ = normalize(self.adapter, extra, now=now)
 

@@ -7,6 +7,7 @@ Concurrent writers converge: the guard lives in the upsert's WHERE clause, not i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -23,7 +24,10 @@ class StoreStats:
     unchanged: int = 0
     stale: int = 0
     tombstones: int = 0
+    absorbed: int = 0  # live versions a tombstone now carries (newer than its body, observed before it)
     by_type: dict[str, int] = field(default_factory=dict)
+    # Payloads that would have made a tombstoned resource live again: the caller must read them instead.
+    unverified: set[tuple[str, str]] = field(default_factory=set)
 
 
 _COLUMNS = (
@@ -38,7 +42,11 @@ _COLUMNS = (
     "fetched_at",
     "normalized",
     "issues",
+    "deletion",
+    "from_payload",
 )
+_HISTORY_COLUMNS = (*_COLUMNS[:9], "version_key", "deletion")
+_FEED_COLUMNS = ("facility_id", "resource_type", "resource_id", "version_id", "deleted")
 
 
 def _row(item: Observed) -> dict[str, Any]:
@@ -58,6 +66,8 @@ def _row(item: Observed) -> dict[str, Any]:
         "fetched_at": item.fetched_at,
         "normalized": pgsafe.dumps(item.summary) if item.summary is not None else None,
         "issues": pgsafe.dumps(item.issues) if item.issues else None,
+        "deletion": item.deletion if item.resource is None else None,
+        "from_payload": item.from_payload,
     }
 
 
@@ -92,36 +102,77 @@ def store_versions(session: Session, observed: list[Observed]) -> StoreStats:
     if not observed:
         return stats
     for rows in _rounds([_row(item) for item in observed]):
-        applied = {
-            (r.resource_type, r.resource_id)
-            for r in session.execute(queries.UPSERT_RESOURCES, _arrays(rows, _COLUMNS))
-        }
-        skipped = [row for row in rows if (row["resource_type"], row["resource_id"]) not in applied]
-        current = {}
-        if skipped:
-            current = {
-                (r.resource_type, r.resource_id): (r.content_hash, r.deleted)
-                for r in session.execute(
-                    queries.CURRENT_HASHES, _arrays(skipped, ("facility_id", "resource_type", "resource_id"))
-                )
-            }
-        history = []
-        for row in rows:
-            key = (row["resource_type"], row["resource_id"])
-            if key in applied:
-                stats.applied += 1
-                stats.tombstones += int(row["deleted"])
-                stats.by_type[row["resource_type"]] = stats.by_type.get(row["resource_type"], 0) + 1
-            elif current.get(key) == (row["content_hash"], row["deleted"]):
-                stats.unchanged += 1
-            else:
-                stats.stale += 1
-            if not row["deleted"] or key in applied:
-                history.append({**row, "version_key": _version_key(row)})
-        if history:
-            session.execute(queries.INSERT_HISTORIES, _arrays(history, (*_COLUMNS[:9], "version_key")))
+        _store_round(session, rows, stats)
     session.flush()
     return stats
+
+
+def _store_round(session: Session, rows: list[dict[str, Any]], stats: StoreStats) -> None:
+    # (type, id) -> the row as it is now: (deleted, version_id, fetched_at)
+    applied = {
+        (r.resource_type, r.resource_id): (r.deleted, r.version_id, r.fetched_at)
+        for r in session.execute(queries.UPSERT_RESOURCES, _arrays(rows, _COLUMNS))
+    }
+    skipped = [row for row in rows if (row["resource_type"], row["resource_id"]) not in applied]
+    current = {}
+    if skipped:
+        current = {
+            (r.resource_type, r.resource_id): (r.content_hash, r.deleted, r.fetched_at)
+            for r in session.execute(
+                queries.CURRENT_HASHES, _arrays(skipped, ("facility_id", "resource_type", "resource_id"))
+            )
+        }
+    history = []
+    for row in rows:
+        key = (row["resource_type"], row["resource_id"])
+        now_deleted, tombstone_at = _classify(row, key, applied, current, stats)
+        revives = tombstone_at is not None and row["fetched_at"] > tombstone_at
+        if row["from_payload"] and now_deleted and revives:
+            stats.unverified.add(key)  # it would have made the tombstone live: a read decides
+        if not row["deleted"] or key in applied:
+            version_id = applied[key][1] if row["deleted"] else row["version_id"]
+            history.append({**row, "version_id": version_id, "version_key": _version_key(row)})
+    if not history:
+        return
+    new = {
+        (r.resource_type, r.resource_id, r.version_key)
+        for r in session.execute(queries.INSERT_HISTORIES, _arrays(history, _HISTORY_COLUMNS))
+    }
+    # A version new to history that changed nothing current (it came after a newer one) is fed here;
+    # every other change was fed by the trigger on resources.
+    unfed = [
+        h
+        for h in history
+        if (h["resource_type"], h["resource_id"], h["version_key"]) in new
+        and (h["resource_type"], h["resource_id"]) not in applied
+    ]
+    if unfed:
+        session.execute(queries.FEED_VERSIONS, _arrays(unfed, _FEED_COLUMNS))
+
+
+def _classify(
+    row: dict[str, Any],
+    key: tuple[str, str],
+    applied: dict[tuple[str, str], tuple[bool, str | None, datetime]],
+    current: dict[tuple[str, str], tuple[str, bool, datetime | None]],
+    stats: StoreStats,
+) -> tuple[bool, datetime | None]:
+    """Count ``row``'s outcome; return whether the resource is now a tombstone, and since when."""
+    if key in applied:
+        deleted, _, fetched_at = applied[key]
+        if deleted and not row["deleted"]:
+            stats.absorbed += 1
+        else:
+            stats.applied += 1
+            stats.tombstones += int(row["deleted"])
+            stats.by_type[row["resource_type"]] = stats.by_type.get(row["resource_type"], 0) + 1
+        return deleted, fetched_at
+    content, deleted, seen_at = current.get(key, ("", False, None))
+    if (content, deleted) == (row["content_hash"], row["deleted"]):
+        stats.unchanged += 1
+    else:
+        stats.stale += 1
+    return deleted, seen_at if deleted else None
 
 
 def _version_key(row: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from tests.app.api.conftest import Facilities, bearer, shared_secret
 from tests.app.api.fixtures_shapes import (
@@ -75,6 +76,44 @@ async def test_full_resource_payload_is_kept_on_the_row(
     obs = observation("o1", "3", "2026-11-24T10:00:00Z")
     assert (await _post(receiver, fid, backport_full_resource(1, obs))).status_code == 200
     assert facilities.inbox(fid)[0].payload == obs
+
+
+async def test_a_payload_keeps_its_decimals_exactly_on_the_row(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    """FHIR decimals carry significant figures: 1.00 is not 1.0, and no digit may go through a float."""
+    fid = facilities.add(shared_secret())
+    wire = ["1.00", "66.899999999999991", "1.000000000000000000E-245"]
+    obs = observation("o1", "3", "2026-11-24T10:00:00Z", value=0.5)
+    obs["component"] = [{"valueQuantity": {"value": f"@{i}@"}} for i in range(len(wire))]
+    raw = dumps(backport_full_resource(1, obs)).decode()
+    for i, value in enumerate(wire):
+        raw = raw.replace(f'"@{i}@"', value)
+    response = await receiver.post(f"/hooks/{fid}", content=raw.encode(), headers=bearer())
+    assert response.status_code == 200
+    with facilities.engine.connect() as conn:
+        exact = conn.execute(
+            text(
+                "SELECT (c #>> '{valueQuantity,value}') = (w::numeric)::text FROM inbox,"
+                " jsonb_array_elements(payload->'component') WITH ORDINALITY AS e(c, n)"
+                " JOIN unnest(CAST(:wire AS text[])) WITH ORDINALITY AS x(w, m) ON m = n"
+                " WHERE facility_id = :f ORDER BY n"
+            ),
+            {"f": fid, "wire": wire},
+        ).scalars()
+        assert list(exact) == [True, True, True]
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+async def test_a_number_json_does_not_have_is_invalid_json(
+    receiver: httpx.AsyncClient, facilities: Facilities, constant: str
+) -> None:
+    fid = facilities.add(shared_secret())
+    obs = observation("o1", "3", "2026-11-24T10:00:00Z", value=0.5)
+    raw = dumps(backport_full_resource(1, obs)).replace(b"0.5", constant.encode())
+    response = await receiver.post(f"/hooks/{fid}", content=raw, headers=bearer())
+    assert (response.status_code, _reason(response)) == (400, "invalid_json")
+    assert facilities.inbox(fid) == []
 
 
 async def test_empty_content_events_are_rows_without_focus(
@@ -222,7 +261,7 @@ async def test_empty_post_without_content_type_is_accepted(
 
 
 async def test_hapi_put_and_delete_payload_mode(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
-    fid = facilities.add(shared_secret())
+    fid = facilities.add(shared_secret(), vendor="hapi")
     obs = observation("o4", "2", "2026-11-24T10:00:00Z")
     put = await receiver.put(f"/hooks/{fid}/Observation/o4", content=dumps(obs), headers=bearer())
     delete = await receiver.delete(
@@ -236,10 +275,41 @@ async def test_hapi_put_and_delete_payload_mode(receiver: httpx.AsyncClient, fac
     ]
 
 
+async def test_a_facility_whose_vendor_has_no_payload_mode_refuses_it(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    """Issue 9 item 11: a generic facility is no HAPI server; a body is kept in quarantine, never a row."""
+    fid = facilities.add(shared_secret())
+    obs = observation("o4", "2", "2026-11-24T10:00:00Z")
+    put = await receiver.put(f"/hooks/{fid}/Observation/o4", content=dumps(obs), headers=bearer())
+    delete = await receiver.delete(
+        f"/hooks/{fid}/Observation/o4", headers={"Authorization": "Bearer s3cret-current"}
+    )
+    assert [(r.status_code, _reason(r)) for r in (put, delete)] == [
+        (202, "unexpected_shape"),
+        (400, "unexpected_shape"),
+    ]
+    assert facilities.inbox(fid) == []
+    assert [q.reason for q in facilities.quarantine(fid)] == ["unexpected_shape"]
+
+
+@pytest.mark.parametrize(
+    ("vendor", "accepted"),
+    [("medplum", False), ("hapi", False), ("athena", False), ("generic", True), ("epic", True)],
+)
+async def test_a_bare_resource_is_accepted_only_from_vendors_that_send_one(
+    receiver: httpx.AsyncClient, facilities: Facilities, vendor: str, accepted: bool
+) -> None:
+    fid = facilities.add(shared_secret(), vendor=vendor)
+    response = await _post(receiver, fid, observation("o5", "1", "2026-11-24T10:00:00Z"))
+    assert response.status_code == (200 if accepted else 202)
+    assert len(facilities.inbox(fid)) == int(accepted)
+
+
 async def test_put_whose_body_is_another_resource_is_quarantined(
     receiver: httpx.AsyncClient, facilities: Facilities
 ) -> None:
-    fid = facilities.add(shared_secret())
+    fid = facilities.add(shared_secret(), vendor="hapi")
     obs = observation("other", "2", "2026-11-24T10:00:00Z")
     response = await receiver.put(f"/hooks/{fid}/Observation/o4", content=dumps(obs), headers=bearer())
     assert (response.status_code, _reason(response)) == (202, "path_mismatch")

@@ -144,3 +144,16 @@ def test_a_discovered_token_endpoint_on_another_host_never_receives_our_credenti
         make_client(httpx.MockTransport(route), token_url=None).read(ResourceRef("Observation", "o1"))
     assert info.value.reason == "token_endpoint_untrusted"
     assert posted == []
+
+
+def test_a_read_keeps_the_digits_of_every_decimal() -> None:
+    raw = (
+        b'{"resourceType": "Observation", "id": "o1", "valueQuantity": {"value": 1.00},'
+        b' "referenceRange": [{"low": {"value": 66.899999999999991}}], "x": 1.000000000000000000E-245}'
+    )
+    client = make_client(_with_token(lambda request: httpx.Response(200, content=raw)))
+    resource = client.read(ResourceRef("Observation", "o1")).resource
+    assert resource is not None
+    assert str(resource["valueQuantity"]["value"]) == "1.00"
+    assert str(resource["referenceRange"][0]["low"]["value"]) == "66.899999999999991"
+    assert str(resource["x"]) == "1.000000000000000000E-245"

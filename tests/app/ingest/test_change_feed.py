@@ -35,6 +35,21 @@ def test_only_applied_changes_enter_the_feed_in_order(db: Session) -> None:
     assert [tuple(r) for r in feed] == [("1", False), ("2", False), ("2", True)]
 
 
+def test_every_distinct_version_that_reaches_history_is_in_the_feed(db: Session) -> None:
+    """Issue 9 item 10: an update refused as stale (after the delete, or after a newer version) is still
+    a version: history has it, so the feed announces it, and a tombstone carries the newest one."""
+    make_facility(db)
+    store_versions(db, [_obs("1", 10, 1)])
+    store_versions(db, [Observed("fac-1", "Observation", "o1", None, T0 + timedelta(seconds=9))])
+    store_versions(db, [_obs("3", 30, 4)])  # the update, observed before the delete: the tombstone's now
+    store_versions(db, [_obs("2", 20, 3)])  # older than v3: stale, yet a version never announced
+    store_versions(db, [_obs("2", 20, 5)])  # a repeat: nothing new
+    feed = db.execute(text("SELECT version_id, deleted FROM change_feed ORDER BY seq")).all()
+    assert [tuple(r) for r in feed] == [("1", False), ("1", True), ("3", True), ("2", False)]
+    history = db.execute(text("SELECT DISTINCT version_id FROM resource_history WHERE NOT deleted")).all()
+    assert {r.version_id for r in history} == {r[0] for r in feed}
+
+
 def test_committed_change_is_announced_with_ids_only(engine: Engine) -> None:
     conninfo = make_url(engine.url).set(drivername="postgresql").render_as_string(hide_password=False)
     facility_id = f"fac-{uuid.uuid4().hex[:6]}"

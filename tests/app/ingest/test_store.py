@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
@@ -87,16 +88,67 @@ def test_every_distinct_version_is_in_history_once(db: Session) -> None:
     assert count == 2
 
 
-def test_version_fetched_before_a_deletion_cannot_resurrect_it_even_with_newer_last_updated(
+def test_version_fetched_before_a_deletion_cannot_resurrect_it_but_the_tombstone_carries_it(
     db: Session,
 ) -> None:
-    """Worker B reads v3 at t=1, worker A sees the 404 at t=2 and commits first; B commits last."""
+    """Worker B reads v3 at t=1, worker A sees the 410 at t=2 and commits first; B commits last."""
     make_facility(db)
     store_versions(db, [_obs("2", 20, fetched=0)])
     store_versions(db, [Observed("fac-1", "Observation", "o1", None, T0 + timedelta(seconds=2))])
     stats = store_versions(db, [_obs("3", 30, value=99, fetched=1)])
-    assert stats.stale == 1
-    assert _current(db).deleted is True
+    assert (stats.applied, stats.absorbed) == (0, 1)
+    row = _current(db)
+    assert (row.deleted, row.version_id, row.fetched_at) == (True, "3", T0 + timedelta(seconds=2))
+    assert row.resource is not None
+    assert row.resource["valueQuantity"]["value"] == 99
+
+
+def _gone(fetched: int, deletion: str = "gone") -> Observed:
+    return Observed("fac-1", "Observation", "o1", None, T0 + timedelta(seconds=fetched), deletion=deletion)
+
+
+def _payload(version: str, minute: int, *, fetched: int) -> Observed:
+    return replace(_obs(version, minute, fetched=fetched), from_payload=True)
+
+
+def test_a_late_payload_never_revives_a_tombstone_and_is_reported_for_a_read(db: Session) -> None:
+    """Create, delete, then the create's payload arrives late (Medplum and HAPI deliver unordered)."""
+    make_facility(db)
+    store_versions(db, [_payload("1", 10, fetched=1)])
+    store_versions(db, [_gone(2)])
+    stats = store_versions(db, [_payload("1", 10, fetched=3)])
+    assert stats.unverified == {("Observation", "o1")}
+    row = _current(db)
+    assert (row.deleted, row.deletion, row.version_id) == (True, "gone", "1")
+
+
+def test_a_read_after_the_deletion_does_revive_it(db: Session) -> None:
+    make_facility(db)
+    store_versions(db, [_payload("1", 10, fetched=1)])
+    store_versions(db, [_gone(2)])
+    stats = store_versions(db, [_obs("2", 20, fetched=3)])
+    assert (stats.applied, stats.unverified) == (1, set())
+    row = _current(db)
+    assert (row.deleted, row.deletion, row.version_id, row.from_payload) == (False, None, "2", False)
+
+
+def test_a_tombstone_carries_the_newest_version_known_when_the_update_arrives_after_the_delete(
+    db: Session,
+) -> None:
+    """Issue 9 item 10: the delete was stored first with the create's version, the update came after."""
+    make_facility(db)
+    store_versions(db, [_obs("1", 10, fetched=1)])
+    store_versions(db, [_gone(5)])
+    stats = store_versions(db, [_payload("2", 20, fetched=3)])  # received before the deletion was seen
+    assert (stats.absorbed, stats.unverified) == (1, set())
+    row = _current(db)
+    assert (row.deleted, row.version_id, row.last_updated) == (
+        True,
+        "2",
+        datetime(2026, 11, 24, 10, 20, tzinfo=UTC),
+    )
+    history = db.scalars(select(ResourceVersion.version_id).order_by(ResourceVersion.id)).all()
+    assert history == ["1", "1", "2"]  # v1, the tombstone (carrying v1 then), v2
 
 
 def test_update_then_delete_in_one_batch_ends_deleted(db: Session) -> None:
