@@ -10,11 +10,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.engine import make_engine, make_sessionmaker
+from app.ehr import token_events
 from app.ehr.pool import EHRClientPool
 from app.ingest.pipeline.references import ReferenceCache
 from app.logging import configure_logging
@@ -33,8 +35,14 @@ class Runtime:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    redis: redis.Redis
     clients: EHRClientPool
     references: ReferenceCache
+
+    def close(self) -> None:
+        self.clients.close()
+        self.redis.close()
+        self.engine.dispose()
 
 
 _runtime: Runtime | None = None
@@ -47,18 +55,31 @@ def runtime() -> Runtime:
         if _runtime is None:
             settings = get_settings()
             configure_logging(settings)
-            engine = make_engine(settings.database_url, pool_size=2)
-            _runtime = Runtime(
-                settings=settings,
-                engine=engine,
-                sessions=make_sessionmaker(engine),
-                clients=EHRClientPool(
-                    timeout_s=settings.http_timeout.total_seconds(),
-                    max_connections=settings.fetch_concurrency,
-                ),
-                references=ReferenceCache(),
-            )
+            _runtime = _build_runtime(settings)
         return _runtime
+
+
+def _build_runtime(settings: Settings) -> Runtime:
+    """The composition root of a worker process. Redis carries what the processes of a facility share
+    (the politeness limits and pauses, the access token); the database sink records the token lifecycle
+    in ``token_events``. tests/e2e/test_worker_wiring.py measures both through real worker processes."""
+    engine = make_engine(settings.database_url, pool_size=2)
+    sessions = make_sessionmaker(engine)
+    shared = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        redis=shared,
+        clients=EHRClientPool(
+            timeout_s=settings.http_timeout.total_seconds(),
+            max_connections=settings.fetch_concurrency,
+            redis_client=shared,
+            redis_prefix=settings.redis_prefix,
+            token_sink=token_events.database_sink(sessions),
+        ),
+        references=ReferenceCache(),
+    )
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]
@@ -71,6 +92,5 @@ def _shutdown_process(**_: Any) -> None:
     global _runtime  # noqa: PLW0603
     with _lock:
         if _runtime is not None:
-            _runtime.clients.close()
-            _runtime.engine.dispose()
+            _runtime.close()
             _runtime = None
