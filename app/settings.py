@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     retry_base: timedelta = timedelta(seconds=5)
     retry_cap: timedelta = timedelta(minutes=30)
     http_timeout: timedelta = timedelta(seconds=30)
+    worker_metrics_port: int | None = Field(
+        default=None,
+        description="Port on which a celery worker node serves its processes' metrics; unset: not served.",
+    )
+    worker_metrics_host: str = Field(default="127.0.0.1", description="Address the worker metrics bind to.")
 
     # Reconciler
     sweep_interval: timedelta = Field(

@@ -1,17 +1,19 @@
 """The Celery application used by ``celery -A workers.celery_app worker|beat``.
 
-Per-process resources (database engine, EHR clients, the reference cache) are created after the prefork
-fork, in ``worker_process_init``, or lazily on first use in a process that never forked (solo pool, tests).
+Per-process resources (database engine, Redis, EHR clients, the reference cache) are created after the
+prefork fork, in ``worker_process_init``, or lazily on first use in a process that never forked (solo
+pool, tests). The parent process serves every pool process's metrics (``workers.metrics``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +25,7 @@ from app.logging import configure_logging
 from app.queue import make_celery
 from app.settings import Settings, get_settings
 from reconciler.schedule import beat_schedule
+from workers import metrics
 
 celery_app = make_celery(get_settings(), beat_schedule=beat_schedule(get_settings()))
 celery_app.conf.include = ["workers.tasks", "reconciler.tasks"]
@@ -87,9 +90,25 @@ def _init_process(**_: Any) -> None:
     runtime()
 
 
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _init_worker(**_: Any) -> None:
+    """The parent, before the pool forks: totals left by an earlier run of this node are forgotten."""
+    directory = metrics.multiprocess_dir()
+    if get_settings().worker_metrics_port is not None and directory is not None:
+        metrics.clear_stale_files(directory)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _serve_metrics(**_: Any) -> None:
+    settings = get_settings()
+    if settings.worker_metrics_port is not None:
+        metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
+
+
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]
-def _shutdown_process(**_: Any) -> None:
+def _shutdown_process(pid: int | None = None, **_: Any) -> None:
     global _runtime  # noqa: PLW0603
+    metrics.process_exited(pid or os.getpid())
     with _lock:
         if _runtime is not None:
             _runtime.close()

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import itertools
 import json
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from devstack.processes import Stack
+from app.queue import enqueue_drain, make_celery
+from app.settings import Settings
+from devstack.processes import free_port, wait_until
 from devstack.scenario import Scenario
+from tests.e2e.scrape import reachable, scrape, total
 
 pytestmark = pytest.mark.e2e
 
@@ -55,23 +59,44 @@ def _requests(scenario: Scenario) -> dict[str, list[dict[str, Any]]]:
     return body
 
 
-def _start_workers(scenario: Scenario) -> Stack:
-    """Two worker nodes of two processes each; small batches, so every process gets a share of the work."""
+def _ring_every_process(scenario: Scenario, *, rows: int) -> None:
+    """One drain per worker process once the rows are in: the receiver's doorbell would often wake just
+    one, which then drains everything alone. Duplicate drains are harmless (they claim disjoint rows)."""
+    wait_until(
+        lambda: scenario.ledger(FACILITY).inbox.get("pending", 0) >= rows, timeout=30, what="inbox rows"
+    )
+    env = scenario.env()
+    settings = Settings(
+        redis_url=scenario.redis_url, redis_prefix=scenario.redis_prefix, queue=env["EHRI_QUEUE"]
+    )
+    celery = make_celery(settings)
+    try:
+        for _ in range(4):
+            enqueue_drain(celery, settings.queue, FACILITY)
+    finally:
+        celery.close()
+
+
+def _start_workers(scenario: Scenario) -> list[int]:
+    """Two worker nodes of two processes each; small batches, so every process gets a share of the work.
+    Returns the nodes' metrics ports."""
     stack = scenario.start(workers=0, beat=False)
     stack.env["EHRI_DRAIN_BATCH"] = "2"
-    for n in range(2):
-        stack.start_worker(f"worker{n}", 2)
-    return stack
+    ports = [free_port(), free_port()]
+    for n, port in enumerate(ports):
+        stack.start_worker(f"worker{n}", 2, metrics_port=port)
+    return ports
 
 
 def test_real_workers_keep_limits_share_one_token_and_pause_together_on_retry_after(
     scenario: Scenario,
 ) -> None:
     _set_limits(scenario, LIMITS)
-    _start_workers(scenario)
+    ports = _start_workers(scenario)
 
     # The request rate against the facility's limit.
     scenario.make_changes(FACILITY, 12)
+    _ring_every_process(scenario, rows=6)
     report = scenario.wait_for_ledger(FACILITY, timeout=120)
     assert report.ok, (report.missing, report.behind, report.not_tombstoned, report.inbox)
     arrivals = sorted(r["at"] for r in _requests(scenario)["fhir"])
@@ -83,6 +108,11 @@ def test_real_workers_keep_limits_share_one_token_and_pause_together_on_retry_af
         f" {LIMITS['requests_per_second']}/s (burst {LIMITS['burst']}); smallest gap {min(gaps):.3f}s"
     )
     assert rate <= LIMITS["requests_per_second"] * 1.1
+    for port in ports:  # the limit held although both nodes were sending
+        wait_until(partial(reachable, port), timeout=20, what="a worker's metrics")
+    by_node = [total(scrape(p), "ehri_ehr_request_seconds_count", facility=FACILITY) for p in ports]
+    print(f"EHR requests by worker node: {by_node}")
+    assert all(n > 0 for n in by_node)
 
     # One token for every process of the facility, and its lifecycle in token_events.
     tokens = _requests(scenario)["token"]
@@ -99,6 +129,7 @@ def test_real_workers_keep_limits_share_one_token_and_pause_together_on_retry_af
     ).raise_for_status()
     before = len(_requests(scenario)["fhir"])
     scenario.make_changes(FACILITY, 8)
+    _ring_every_process(scenario, rows=4)
     report = scenario.wait_for_ledger(FACILITY, timeout=120)
     assert report.ok, (report.missing, report.behind, report.not_tombstoned, report.inbox)
     later = _requests(scenario)["fhir"][before:]
