@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,7 +70,10 @@ def _build_runtime(settings: Settings) -> Runtime:
     in ``token_events``. tests/e2e/test_worker_wiring.py measures both through real worker processes."""
     engine = make_engine(settings.database_url, pool_size=2)
     sessions = make_sessionmaker(engine)
-    shared = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    # One quick retry: the limiter and the token cache fail open, a Redis outage must not stall each fetch.
+    shared = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 1)
+    )
     return Runtime(
         settings=settings,
         engine=engine,

@@ -177,7 +177,7 @@ def test_retry_after_pauses_the_whole_facility(rds: redis.Redis, redis_prefix: s
     assert 25 < (info.value.retry_after or 0) <= 30
 
 
-SLOT_TTL_S = 0.6
+SLOT_TTL_S = 0.3
 
 
 def _capped(rds: redis.Redis, prefix: str, *, max_wait_s: float) -> RedisPoliteness:
@@ -204,3 +204,21 @@ def test_a_live_request_keeps_its_slot_however_long_it_takes(rds: redis.Redis, r
 
     with holder.slot(), pytest.raises(PolitenessThrottled), other.slot():  # waits past several TTLs
         pass
+
+
+def test_tokens_are_kept_in_process_while_redis_is_unreachable(redis_prefix: str) -> None:
+    """Redis is the doorbell and a cache: losing it must not fail fetches (politeness fails open too)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from devstack.processes import free_port
+
+    unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    requests: list[httpx.Request] = []
+    auth = _auth(_token_endpoint(requests), RedisTokenCache(unreachable, redis_prefix))
+
+    first = auth.token()
+    assert auth.token() == first
+    auth.invalidate(first)
+    assert auth.token() == "tok-2"
+    assert len(requests) == 2
