@@ -29,11 +29,13 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 # Receiver, worker and beat in the foreground against EHRI_* settings; Ctrl-C stops all three.
+# The receiver's metrics are on :8000/metrics, the worker's (every pool process) on :9101/metrics.
 up: $(STAMP)
 	$(BIN)/ehr-ingest db upgrade
 	trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/ehr-ingest serve --host 0.0.0.0 --port 8000 & \
-	$(BIN)/celery -A workers.celery_app worker --loglevel INFO --concurrency 2 & \
+	EHRI_WORKER_METRICS_PORT=$${EHRI_WORKER_METRICS_PORT:-9101} \
+		$(BIN)/celery -A workers.celery_app worker --loglevel INFO --concurrency 2 & \
 	$(BIN)/celery -A workers.celery_app beat --loglevel INFO --schedule $(VENV)/beat-schedule & \
 	wait
 

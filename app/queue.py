@@ -44,9 +44,10 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
         task_routes={DRAIN_TASK: {"queue": settings.queue}, SWEEP_TASK: {"queue": settings.periodic_queue}},
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            # Longer than any task (drain budget + lease), so Redis does not redeliver a running task.
+            # Longer than any task (the drain budget, then one last batch renewing its lease for at most
+            # lease_max_hold), so Redis does not redeliver a running task.
             "visibility_timeout": int(
-                settings.drain_time_budget.total_seconds() + settings.lease.total_seconds() + 600
+                settings.drain_time_budget.total_seconds() + settings.lease_max_hold.total_seconds() + 300
             ),
             "global_keyprefix": settings.redis_prefix,
             "socket_connect_timeout": 2,

@@ -46,12 +46,23 @@ class Settings(BaseSettings):
     )
     fetch_concurrency: int = Field(default=8, description="Concurrent fetches per worker process.")
     lease: timedelta = Field(
-        default=timedelta(minutes=5), description="How long a claimed inbox row is hidden from others."
+        default=timedelta(seconds=15),
+        description="How long a claimed inbox row is hidden from others without a renewal; renewed every"
+        " third of it while its batch is in flight, so a dead worker's rows are due again within it.",
+    )
+    lease_max_hold: timedelta = Field(
+        default=timedelta(minutes=10),
+        description="Longest a batch in flight keeps renewing its lease (a wedged worker cannot hide rows).",
     )
     max_attempts: int = Field(default=8, description="Attempts before an inbox row goes to dead letters.")
     retry_base: timedelta = timedelta(seconds=5)
     retry_cap: timedelta = timedelta(minutes=30)
     http_timeout: timedelta = timedelta(seconds=30)
+    worker_metrics_port: int | None = Field(
+        default=None,
+        description="Port on which a celery worker node serves its processes' metrics; unset: not served.",
+    )
+    worker_metrics_host: str = Field(default="127.0.0.1", description="Address the worker metrics bind to.")
 
     # Reconciler
     sweep_interval: timedelta = Field(

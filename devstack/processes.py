@@ -82,11 +82,17 @@ class Stack:
     env: dict[str, str]
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str]) -> Proc:
+    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> Proc:
+        """Start ``argv`` with the stack's environment, plus ``env`` for this process only."""
         log_path = self.workdir / f"{name}.log"
         with log_path.open("wb") as log:
             popen = subprocess.Popen(  # noqa: S603 - argv is built here, not from input
-                argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                cwd=ROOT,
+                env={**self.env, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
@@ -118,7 +124,11 @@ class Stack:
         self._wait_ready(proc, f"http://127.0.0.1:{port}/readyz")
         return proc
 
-    def start_worker(self, name: str = "worker", concurrency: int = 2) -> Proc:
+    def start_worker(
+        self, name: str = "worker", concurrency: int = 2, *, metrics_port: int | None = None
+    ) -> Proc:
+        """A celery worker node (prefork); with ``metrics_port`` its parent serves every process's metrics
+        on ``http://127.0.0.1:{metrics_port}/metrics``."""
         argv = [
             sys.executable,
             "-m",
@@ -140,7 +150,8 @@ class Stack:
             "-n",
             f"{name}@%h",
         ]
-        return self.start(name, argv)
+        env = {"EHRI_WORKER_METRICS_PORT": str(metrics_port)} if metrics_port is not None else {}
+        return self.start(name, argv, env=env)
 
     def start_beat(self) -> Proc:
         argv = [

@@ -13,6 +13,7 @@ from ehrsim.profiles import Profile, RetryPolicy, customize, get_profile
 from ehrsim.sender import Sender, SenderStats
 from ehrsim.store import ResourceStore
 from ehrsim.subscriptions import Requested, Subscription
+from ehrsim.traffic import Traffic
 
 
 class Facility:
@@ -32,6 +33,7 @@ class Facility:
         lifetime = config.token_lifetime_s or self.profile.token_lifetime_s * self.time_scale
         self.auth = TokenIssuer(config.clients, lifetime, clock, profile=self.profile, seed=config.seed)
         self.faults = Faults(config.faults, seed=config.seed)
+        self.traffic = Traffic()
         self.base_url = f"{public_base_url.rstrip('/')}/{config.id}/fhir"
         style = config.webhook.style if config.webhook is not None else None
         self.sender: Sender | None = None

@@ -107,6 +107,7 @@ class _Api:
             faults.count("slow")
             await asyncio.sleep(faults.config.slow_s)  # simulated latency, not synchronization
         fault = faults.http_fault(self.clock())
+        facility.traffic.record("fhir", fault[0] if fault is not None else None)
         if fault is not None:
             status, headers = fault
             if status == 429 and facility.profile.ratelimit_header:
@@ -165,6 +166,7 @@ class _Api:
         if facility is None:
             return _json({"error": "invalid_request", "error_description": "unknown facility"}, 404)
         fault = facility.faults.http_fault(self.clock())
+        facility.traffic.record("token", fault[0] if fault is not None else None)
         if fault is not None:
             status, headers = fault
             error = "rate_limited" if status == 429 else "temporarily_unavailable"
@@ -472,6 +474,9 @@ class _Api:
     async def notifications(self, request: Request) -> Response:
         return _json(self._facility(request).notification_stats().as_dict())
 
+    async def requests(self, request: Request) -> Response:
+        return _json(self._facility(request).traffic.as_dict())
+
     async def dropped(self, request: Request) -> Response:
         events = self._facility(request).notification_stats().dropped_events
         return _json({"event_numbers": [e["event_number"] for e in events], "events": events})
@@ -548,6 +553,7 @@ def create_app(
         Route("/_admin/{fac}/truth", api.truth, methods=["GET"]),
         Route("/_admin/{fac}/notifications", api.notifications, methods=["GET"]),
         Route("/_admin/{fac}/notifications/dropped", api.dropped, methods=["GET"]),
+        Route("/_admin/{fac}/requests", api.requests, methods=["GET"]),
         Route("/_admin/{fac}/faults", api.faults, methods=["GET", "POST", "DELETE"]),
         Route("/_admin/{fac}/subscriptions", api.subscriptions, methods=["GET"]),
         Route("/{fac}/oauth2/token", api.token, methods=["POST"]),

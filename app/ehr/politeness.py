@@ -11,6 +11,7 @@ open with a warning: politeness must not stop ingestion (the EHR's own 429s stil
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,9 @@ from app.facilities.schemas import LimitsConfig
 log = structlog.get_logger("ehr.politeness")
 
 MAX_WAIT_S = 60.0
-SLOT_TTL_S = 120.0  # a slot held by a process that died is reclaimed after this
+# A slot held by a process that died is free again after this; a live holder renews its slots every
+# third of it, however long its request takes (a killed worker must not block a concurrency-1 facility).
+SLOT_TTL_S = 10.0
 
 # Token bucket. Returns milliseconds to wait (0: a token was taken).
 _TAKE = """
@@ -92,9 +95,15 @@ class RedisPoliteness:
         limits: LimitsConfig,
         *,
         max_wait_s: float = MAX_WAIT_S,
+        slot_ttl_s: float = SLOT_TTL_S,
     ) -> None:
         self._limits = limits
         self._max_wait_s = max_wait_s
+        self._slot_ttl_ms = int(slot_ttl_s * 1000)
+        self._redis = client
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
         base = f"{prefix}polite:{facility_id}"
         self._bucket, self._pause_key, self._slots = f"{base}:bucket", f"{base}:pause", f"{base}:slots"
         self._facility_id = facility_id
@@ -116,12 +125,41 @@ class RedisPoliteness:
             acquired = self._wait_for_slot(member)
         except redis.RedisError as exc:
             log.warning("ehr.politeness.unavailable", facility_id=self._facility_id, error=type(exc).__name__)
+        if acquired:
+            self._hold(member)
         try:
             yield
         finally:
             if acquired:
+                with self._held_lock:
+                    self._held.discard(member)
                 with contextlib.suppress(redis.RedisError):
                     self._release(self._slots, member)
+
+    def _hold(self, member: str) -> None:
+        with self._held_lock:
+            self._held.add(member)
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew_slots, name="slot-renewer", daemon=True)
+                self._renewer.start()
+
+    def _renew_slots(self) -> None:
+        """While this process holds slots, push their expiry forward; the thread ends when none is held."""
+        while True:
+            time.sleep(self._slot_ttl_ms / 3000)
+            with self._held_lock:
+                members = list(self._held)
+                if not members:
+                    self._renewer = None
+                    return
+            expires = self._now_ms() + self._slot_ttl_ms
+            try:
+                self._redis.zadd(self._slots, dict.fromkeys(members, expires), xx=True)
+                self._redis.pexpire(self._slots, self._slot_ttl_ms)
+            except redis.RedisError as exc:
+                log.warning(
+                    "ehr.politeness.unavailable", facility_id=self._facility_id, error=type(exc).__name__
+                )
 
     def _wait_for_slot(self, member: str) -> bool:
         deadline = time.monotonic() + self._max_wait_s
@@ -138,7 +176,7 @@ class RedisPoliteness:
                 # A long facility-wide pause: hand the work back to the Postgres back-off.
                 raise FacilityPaused("facility paused by Retry-After", retry_after=wait_ms / 1000)
             time.sleep(min(wait_ms / 1000, 1.0))
-        ttl_ms = int(SLOT_TTL_S * 1000)
+        ttl_ms = self._slot_ttl_ms
         while time.monotonic() < deadline:
             if int(
                 self._acquire(

@@ -3,7 +3,8 @@ so N processes do not each ask the token endpoint (athena allows 50 token reques
 
 Keys: ``{prefix}token:{facility_id}:{fingerprint}`` (the fingerprint changes when the facility's auth
 config does), expiring with the token; ``…:lock`` while one process renews. Token values never reach a
-log line.
+log line. If Redis is unreachable, tokens are kept in the process's memory meanwhile: each process may
+then ask for a token of its own, but fetches go on (the politeness limiter fails open the same way).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis
+import structlog
+
+log = structlog.get_logger("ehr.token_cache")
 
 
 @dataclass(frozen=True)
@@ -70,12 +74,22 @@ class RedisTokenCache:
         self._redis = client
         self._prefix = prefix
         self._discard = client.register_script(_DISCARD)
+        self._fallback = MemoryTokenCache()
+        self._local_locks: set[str] = set()
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}token:{key}"
 
+    @staticmethod
+    def _unavailable(exc: redis.RedisError) -> None:
+        log.warning("ehr.token_cache.unavailable", error=type(exc).__name__)
+
     def get(self, key: str) -> CachedToken | None:
-        raw = self._redis.get(self._key(key))
+        try:
+            raw = self._redis.get(self._key(key))
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+            return self._fallback.get(key)
         if raw is None:
             return None
         data = json.loads(raw)
@@ -85,13 +99,35 @@ class RedisTokenCache:
     def put(self, key: str, token: CachedToken) -> None:
         ttl_ms = max(1, int((token.expires_at - time.time()) * 1000))
         payload = json.dumps({"value": token.value, "expires_at": token.expires_at})
-        self._redis.set(self._key(key), payload, px=ttl_ms)
+        try:
+            self._redis.set(self._key(key), payload, px=ttl_ms)
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+            self._fallback.put(key, token)
 
     def discard(self, key: str, value: str) -> None:
-        self._discard(keys=[self._key(key)], args=[value])
+        self._fallback.discard(key, value)
+        try:
+            self._discard(keys=[self._key(key)], args=[value])
+        except redis.RedisError as exc:
+            self._unavailable(exc)
 
     def renewal_lock(self, key: str, ttl_s: float) -> bool:
-        return bool(self._redis.set(f"{self._key(key)}:lock", "1", nx=True, px=int(ttl_s * 1000)))
+        try:
+            return bool(self._redis.set(f"{self._key(key)}:lock", "1", nx=True, px=int(ttl_s * 1000)))
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+        if self._fallback.renewal_lock(key, ttl_s):
+            self._local_locks.add(key)
+            return True
+        return False
 
     def release_lock(self, key: str) -> None:
-        self._redis.delete(f"{self._key(key)}:lock")
+        if key in self._local_locks:
+            self._local_locks.discard(key)
+            self._fallback.release_lock(key)
+            return
+        try:
+            self._redis.delete(f"{self._key(key)}:lock")
+        except redis.RedisError as exc:
+            self._unavailable(exc)  # the lock expires on its own

@@ -1,8 +1,9 @@
 """Draining a facility's inbox: claim a batch, run it through the pipeline, record every row's outcome.
 
 Contract: idempotent and safe to run concurrently for the same facility (rows are claimed with
-FOR UPDATE SKIP LOCKED under a lease; the store is version-guarded). A worker that dies mid-batch
-leaves its rows pending; they become claimable again when the lease runs out. Retry policy: the EHR
+FOR UPDATE SKIP LOCKED under a short lease, renewed while the batch is in flight: ``app.ingest.lease``;
+the store is version-guarded). A worker that dies mid-batch leaves its rows pending; they become
+claimable again within one lease. Retry policy: the EHR
 client retries transient failures briefly; what still fails is backed off in Postgres
 (``next_attempt_at``, exponential, honouring Retry-After) up to ``max_attempts``, then dead-lettered.
 Permanent failures are dead-lettered at once with their reason (``app.errors``).
@@ -47,6 +48,7 @@ from app.fhir import jsonwire
 from app.fhir.references import ResourceRef
 from app.fhir.resources import resource_meta
 from app.ingest import queries
+from app.ingest.lease import LeaseKeeper
 from app.ingest.pipeline.observed import Observed, Outcome
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Fetched, IdentifierKey, Pipeline, Work
@@ -457,7 +459,8 @@ def _drain(
         if not rows:
             break
         batch_started = time.perf_counter()
-        report = _drain_batch(sessions, pipeline, _plan(facility_id, rows, tombstoned=gone), settings)
+        with LeaseKeeper(sessions, rows, settings.lease, max_hold=settings.lease_max_hold):
+            report = _drain_batch(sessions, pipeline, _plan(facility_id, rows, tombstoned=gone), settings)
         BATCH_SECONDS.labels(facility_id).observe(time.perf_counter() - batch_started)
         _observe(facility_id, report)
         _accumulate(total, report)

@@ -10,8 +10,10 @@ from app.db.models import INBOX_DEAD, INBOX_DONE, INBOX_PENDING
 
 # A claimed row is hidden by pushing next_attempt_at to the end of its lease: the partial index on
 # (facility_id, next_attempt_at) WHERE status = INBOX_PENDING is then the whole queue scan, and a worker
-# that dies simply lets the lease run out. Each claim writes a fresh token; outcomes (MARK_*) apply only
-# under the current token, so a worker whose lease ran out mid-batch cannot overwrite the new owner's.
+# that dies simply lets the lease run out. Leases are short and renewed while the batch is in flight
+# (RENEW_LEASE, app.ingest.lease), so a dead worker's rows come back within seconds. Each claim writes a
+# fresh token; outcomes (MARK_*) apply only under the current token, so a worker whose lease ran out
+# mid-batch cannot overwrite the new owner's.
 # The payload comes back as text, for app.fhir.jsonwire to decode: the driver's JSON loader would make
 # its decimals floats. The reason is the row's previous outcome (a 404 being re-checked).
 CLAIM = text(
@@ -28,6 +30,21 @@ CLAIM = text(
     )
     RETURNING i.id, i.focus_type, i.focus_id, i.focus_identifier, i.interaction,
               i.payload::text AS payload, i.attempts, i.received_at, i.claim_token, i.reason
+    """  # noqa: S608
+)
+
+# The heartbeat of a batch in flight: push the lease of the rows still held under this claim (pending, not
+# yet given an outcome). SKIP LOCKED: a row locked by the batch's own outcome transaction is being
+# finished, and waiting for it could deadlock the two transactions of one worker.
+RENEW_LEASE = text(
+    f"""
+    UPDATE inbox SET lease_until = now() + :lease, next_attempt_at = now() + :lease
+    WHERE id IN (
+        SELECT id FROM inbox
+        WHERE id = ANY(:ids) AND status = '{INBOX_PENDING}' AND claim_token = CAST(:token AS uuid)
+          AND lease_until IS NOT NULL
+        FOR UPDATE SKIP LOCKED
+    )
     """  # noqa: S608
 )
 

@@ -175,3 +175,50 @@ def test_retry_after_pauses_the_whole_facility(rds: redis.Redis, redis_prefix: s
     with pytest.raises(PolitenessThrottled) as info, b.slot():
         pass
     assert 25 < (info.value.retry_after or 0) <= 30
+
+
+SLOT_TTL_S = 0.3
+
+
+def _capped(rds: redis.Redis, prefix: str, *, max_wait_s: float) -> RedisPoliteness:
+    limits = LimitsConfig.model_validate({"concurrency": 1, "burst": 100, "requests_per_second": 100})
+    return RedisPoliteness(rds, prefix, "fac-1", limits, max_wait_s=max_wait_s, slot_ttl_s=SLOT_TTL_S)
+
+
+def test_the_slot_of_a_process_that_died_mid_request_is_free_again_within_seconds(
+    rds: redis.Redis, redis_prefix: str
+) -> None:
+    dead = _capped(rds, redis_prefix, max_wait_s=1)
+    # What a worker killed mid-request leaves: a slot taken (the acquire path of slot()), never released
+    # nor renewed.
+    dead._wait_for_slot("killed-mid-request")
+    survivor = _capped(rds, redis_prefix, max_wait_s=5 * SLOT_TTL_S)
+
+    with survivor.slot():  # would raise ConcurrencyCapped if the dead slot were held for long
+        pass
+
+
+def test_a_live_request_keeps_its_slot_however_long_it_takes(rds: redis.Redis, redis_prefix: str) -> None:
+    holder = _capped(rds, redis_prefix, max_wait_s=1)
+    other = _capped(rds, redis_prefix, max_wait_s=4 * SLOT_TTL_S)
+
+    with holder.slot(), pytest.raises(PolitenessThrottled), other.slot():  # waits past several TTLs
+        pass
+
+
+def test_tokens_are_kept_in_process_while_redis_is_unreachable(redis_prefix: str) -> None:
+    """Redis is the doorbell and a cache: losing it must not fail fetches (politeness fails open too)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from devstack.processes import free_port
+
+    unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    requests: list[httpx.Request] = []
+    auth = _auth(_token_endpoint(requests), RedisTokenCache(unreachable, redis_prefix))
+
+    first = auth.token()
+    assert auth.token() == first
+    auth.invalidate(first)
+    assert auth.token() == "tok-2"
+    assert len(requests) == 2
