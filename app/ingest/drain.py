@@ -55,7 +55,6 @@ from app.ingest.pipeline.service import Fetched, IdentifierKey, Pipeline, Work
 from app.metrics import BATCH_SECONDS, DRAIN_SECONDS, INBOX_ROWS, STALE_WRITES
 from app.settings import Settings
 from app.vendors.base import VendorAdapter
-from app.vendors.registry import adapter_for
 
 log = structlog.get_logger("ingest.drain")
 
@@ -124,15 +123,6 @@ def backoff(settings: Settings, attempts: int, retry_after: float | None) -> tim
     return timedelta(seconds=delay)
 
 
-def pipeline_for(
-    facility: Facility, client: EHRClient, settings: Settings, references: ReferenceCache | None = None
-) -> Pipeline:
-    """The facility's pipeline: its adapter built once, the caller's reference cache (or a fresh one)."""
-    adapter = adapter_for(facility.vendor, mrn_system=facility.mrn_system)
-    cache = references if references is not None else ReferenceCache()  # an empty cache is falsy
-    return Pipeline(client, adapter, cache, concurrency=settings.fetch_concurrency)
-
-
 def process_batch(
     session: Session,
     facility: Facility,
@@ -143,7 +133,7 @@ def process_batch(
     pipeline: Pipeline | None = None,
 ) -> DrainReport:
     """Fetch what ``rows`` point at, store it and record the outcome of every row. Caller commits."""
-    pipeline = pipeline if pipeline is not None else pipeline_for(facility, client, settings)
+    pipeline = pipeline if pipeline is not None else Pipeline.for_facility(facility, client, settings)
     plan = _plan(facility.id, rows, tombstoned=tombstoned(session, facility.id, rows))
     fetched = pipeline.fetch(plan.work())
     return _record(session, pipeline, plan, fetched, settings)
@@ -451,7 +441,7 @@ def _drain(
         # A facility we cannot talk to at all (a secret that cannot be read, a bad key): its rows back
         # off and end in dead letters with the reason, rather than waiting unseen forever.
         return _fail_due_rows(sessions, facility, exc, settings)
-    pipeline = pipeline_for(facility, client, settings, references)
+    pipeline = Pipeline.for_facility(facility, client, settings, references)
     while True:
         with sessions.begin() as session:
             rows = claim(session, facility_id, limit=settings.drain_batch, lease=settings.lease)

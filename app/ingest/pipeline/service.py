@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy.orm import Session
 
-from app.db.models import DELETION_NOT_FOUND
+from app.db.models import DELETION_NOT_FOUND, Facility
 from app.ehr.client import EHRClient
 from app.errors import IngestError
 from app.fhir.references import ResourceRef
@@ -23,7 +23,9 @@ from app.ingest.pipeline.normalize import normalize
 from app.ingest.pipeline.observed import Observed, Outcome
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.store import StoreStats, store_versions
+from app.settings import Settings
 from app.vendors.base import VendorAdapter
+from app.vendors.registry import adapter_for
 
 log = structlog.get_logger("ingest.pipeline")
 
@@ -73,6 +75,20 @@ class Pipeline:
         self.adapter = adapter
         self.references = references
         self.concurrency = concurrency
+
+    @classmethod
+    def for_facility(
+        cls,
+        facility: Facility,
+        client: EHRClient,
+        settings: Settings,
+        references: ReferenceCache | None = None,
+    ) -> Pipeline:
+        """The facility's pipeline, as every source builds it (the drain, the reconciler, HL7 v2): its
+        vendor's adapter built once, the process's reference cache (a fresh one when not given)."""
+        adapter = adapter_for(facility.vendor, mrn_system=facility.mrn_system)
+        cache = references if references is not None else ReferenceCache()  # an empty cache is falsy
+        return cls(client, adapter, cache, concurrency=settings.fetch_concurrency)
 
     @property
     def facility_id(self) -> str:

@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.ingest.drain import claim, pipeline_for, process_batch
+from app.ingest.drain import claim, process_batch
 from app.ingest.pipeline.references import ReferenceCache
+from app.ingest.pipeline.service import Pipeline
 from app.settings import Settings
 from tests.conftest import make_facility
 from tests.ehr_mocks import make_client
@@ -253,4 +254,4 @@ def test_the_pipeline_keeps_the_reference_cache_it_is_given_even_while_empty(
 ) -> None:
     cache = ReferenceCache()
     client = make_client(_ehr({}), attempts=1)
-    assert pipeline_for(make_facility(db), client, settings, cache).references is cache
+    assert Pipeline.for_facility(make_facility(db), client, settings, cache).references is cache
