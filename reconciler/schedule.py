@@ -10,5 +10,10 @@ from app.settings import Settings
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
-        "sweep-inbox": {"task": SWEEP_TASK, "schedule": settings.sweep_interval.total_seconds()},
+        "sweep-inbox": {
+            "task": SWEEP_TASK,
+            "schedule": settings.sweep_interval.total_seconds(),
+            # a sweep not started within its interval is superseded by the next: they never pile up
+            "options": {"expires": settings.sweep_interval.total_seconds()},
+        },
     }

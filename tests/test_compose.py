@@ -1,0 +1,66 @@
+"""docker-compose.yml is checked against the code it starts (Docker cannot run here): every command names
+a real entry point and subcommand, every EHRI_* variable is a setting, every dependency a service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import typer.main
+import yaml
+
+from app.cli.main import cli
+from app.settings import Settings
+
+COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
+SERVICES: dict[str, dict[str, Any]] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    return [str(part) for part in service.get("command", [])]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_has_an_image_and_depends_on_services_that_exist(name: str) -> None:
+    service = SERVICES[name]
+    assert "image" in service or "build" in service
+    assert set(service.get("depends_on", {})) <= set(SERVICES)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_ehri_variable_is_a_setting(name: str) -> None:
+    fields = {f"EHRI_{field.upper()}" for field in Settings.model_fields}
+    variables = {key for key in SERVICES[name].get("environment", {}) if key.startswith("EHRI_")}
+    assert variables <= fields, variables - fields
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(SERVICES) if _command(SERVICES[n])[:1] == ["ehr-ingest"]])
+def test_every_ehr_ingest_command_exists(name: str) -> None:
+    group: click.Command = typer.main.get_command(cli)
+    for word in _command(SERVICES[name])[1:]:
+        if word.startswith("-") or not isinstance(group, click.Group):
+            break
+        found = group.get_command(click.Context(group), word)
+        assert found is not None, f"{name}: ehr-ingest has no command {word!r}"
+        group = found
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(SERVICES) if _command(SERVICES[n])[:1] == ["celery"]])
+def test_every_celery_process_runs_our_app_on_queues_it_declares(name: str) -> None:
+    argv = _command(SERVICES[name])
+    assert argv[1:3] == ["-A", "workers.celery_app"]
+    assert argv[3] in {"worker", "beat"}
+    settings = Settings()
+    if "-Q" in argv:
+        assert set(argv[argv.index("-Q") + 1].split(",")) <= {settings.queue, settings.periodic_queue}
+    if argv[3] == "worker" and "healthcheck" in SERVICES[name]:
+        node = argv[argv.index("-n") + 1].split("@")[0] if "-n" in argv else "celery"
+        assert f"-d {node}@$$HOSTNAME" in " ".join(SERVICES[name]["healthcheck"]["test"])
+
+
+def test_the_worker_publishes_the_metrics_port_it_serves() -> None:
+    worker = SERVICES["worker"]
+    port = worker["environment"]["EHRI_WORKER_METRICS_PORT"]
+    assert f"{port}:{port}" in worker["ports"]
