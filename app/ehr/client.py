@@ -45,7 +45,8 @@ from app.errors import (
     UnparseableResource,
     rejected,
 )
-from app.fhir.references import ResourceRef, is_under_base
+from app.fhir.base_url import is_under_base
+from app.fhir.references import ResourceRef
 from app.fhir.resources import resource_meta
 from app.metrics import ehr_request
 

@@ -188,3 +188,19 @@ def test_permanent_server_error_goes_dead_and_is_replayed_once_fixed(db: Session
         text("SELECT version_id FROM resources WHERE resource_id = :i"), {"i": target["id"]}
     ).scalar()
     assert (status, stored) == ("done", str(target["versionId"]))
+
+
+def test_hapi_search_follows_getpages_links_to_every_match(sim: Sim) -> None:
+    urls: list[str] = []
+    http = httpx.Client(timeout=10, event_hooks={"request": [lambda r: urls.append(str(r.url))]})
+    bundles = sim.client("hapi", http=http).search("Observation", {"_count": "2"})
+
+    found = [e["resource"]["id"] for b in bundles for e in b.get("entry", [])]
+    live = {
+        r["id"]
+        for r in sim.admin("hapi", "truth")["resources"]
+        if r["resourceType"] == "Observation" and not r["deleted"]
+    }
+    assert len(bundles) > 1
+    assert any(u.startswith(f"{sim.base('hapi')}?_getpages=") for u in urls)
+    assert sorted(found) == sorted(live)

@@ -144,3 +144,17 @@ def test_a_discovered_token_endpoint_on_another_host_never_receives_our_credenti
         make_client(httpx.MockTransport(route), token_url=None).read(ResourceRef("Observation", "o1"))
     assert info.value.reason == "token_endpoint_untrusted"
     assert posted == []
+
+
+def test_search_follows_hapi_next_links_that_name_the_base_itself() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/fhir/Observation":
+            link = f"{BASE}?_getpages=0f3e&_getpagesoffset=1&_count=1&_bundletype=searchset"
+            return httpx.Response(
+                200, json={"resourceType": "Bundle", "link": [{"relation": "next", "url": link}]}
+            )
+        assert (request.url.path, request.url.params["_getpages"]) == ("/fhir", "0f3e")
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset"})
+
+    bundles = make_client(_with_token(handler)).search("Observation", {"_count": "1"})
+    assert len(bundles) == 2
