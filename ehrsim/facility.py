@@ -46,6 +46,7 @@ class Facility:
             )
         self._default_style = style or self.profile.notification or "backport-r4"
         self._subscription_seq = 0
+        self.paging_epoch = 0  # searches begun in an earlier epoch have an expired paging session
         if config.webhook is not None:
             assert self.sender is not None  # created above whenever there is a webhook
             self.sender.add(self._configured_subscription(config.webhook))
@@ -97,6 +98,8 @@ class Facility:
                 self.auth.expire_all()
             elif action == "revoke-tokens":
                 self.auth.revoke_all()
+            elif action == "expire-paging-sessions":
+                self.paging_epoch += 1
             elif action in ("subscription-error", "subscription-off") and self.sender is not None:
                 self.sender.force_status(action.removeprefix("subscription-"))
 

@@ -67,7 +67,7 @@ class Profile:
     max_count: int = 1000
     patient_required: bool = False  # clinical searches need exactly one ``patient`` (Epic 4111 / 4112)
     outcome_entries: bool = False  # OperationOutcome entries with ``search.mode=outcome`` (Epic)
-    page_session_s: float | None = None  # paging sessions expire (Epic 4113)
+    page_session_s: float | None = None  # paging sessions expire (Epic 4113, HAPI 410)
     meta: bool = True  # resources carry ``meta.versionId`` / ``meta.lastUpdated``
     uuid_version_ids: bool = False  # ``meta.versionId`` is a UUID (Medplum)
     padded_identifiers: bool = False  # identifier values padded with spaces (Epic)
@@ -193,6 +193,7 @@ PROFILES: dict[str, Profile] = {
             resource_types=CLINICAL_TYPES,
             observations=RICH_OBSERVATIONS,
             paging="getpages",
+            page_session_s=3600.0,  # HAPI drops cached search results after an hour by default
             notification="hapi",
             handshake=False,
             payloads=("empty", "full-resource"),

@@ -83,6 +83,7 @@ class Search(BaseModel):
     lo: int | None = None
     hi: int | None = None
     issued_at: float = 0.0  # when the first page was served (paging sessions expire)
+    session_epoch: int = 0  # the facility's paging epoch then (``expire-paging-sessions`` moves it on)
 
     @property
     def listed(self) -> bool:
@@ -121,9 +122,25 @@ def next_link(paging: Paging, base: str, search: Search) -> str:
     return f"{base}/{search.resource_type}?{param}={token}"
 
 
-def continued(profile: Profile, token: str, resource_type: str | None, now: float, scale: float) -> Search:
+def continued(
+    profile: Profile,
+    token: str,
+    resource_type: str | None,
+    now: float,
+    scale: float,
+    *,
+    session_epoch: int = 0,
+) -> Search:
+    """The search a ``next`` link continues. Where the profile's paging sessions expire (after
+    ``page_session_s``, or once the ``expire-paging-sessions`` fault moved the facility's
+    ``session_epoch`` past the search's), an old one is refused as the vendor refuses it: HAPI's
+    ``_getpages`` with 410 Gone, Epic's ``session`` with 4113."""
     search = Search.decode(token, resource_type)
-    if profile.page_session_s is not None and now - search.issued_at > profile.page_session_s * scale:
+    if profile.page_session_s is None:
+        return search
+    if now - search.issued_at > profile.page_session_s * scale or search.session_epoch < session_epoch:
+        if profile.paging == "getpages":
+            raise _invalid(410, "processing", "Search ID does not exist and may have expired")
         raise SearchError(400, vendor_outcome("4113", "The paging session has expired", issue="expired"))
     return search
 
@@ -143,6 +160,8 @@ def new_search(
     resource_type: str,
     params: Iterable[tuple[str, str]],
     now: float,
+    *,
+    session_epoch: int = 0,
 ) -> Search:
     query = _parse(profile, resource_type, params)
     ids, patients = query.ids, query.patients
@@ -165,6 +184,7 @@ def new_search(
         "count": query.count,
         "descending": query.descending,
         "issued_at": now,
+        "session_epoch": session_epoch,
         "lo": lo,
         "hi": hi,
     }

@@ -242,6 +242,7 @@ class _Api:
                     resource_type,
                     request.query_params.multi_items(),
                     self.clock(),
+                    session_epoch=facility.paging_epoch,
                 )
             except SearchError as exc:
                 raise _Problem(_fhir(exc.outcome, exc.status)) from None
@@ -249,7 +250,14 @@ class _Api:
 
     def _continued(self, facility: Facility, token: str, resource_type: str | None) -> Search:
         try:
-            return continued(facility.profile, token, resource_type, self.clock(), facility.time_scale)
+            return continued(
+                facility.profile,
+                token,
+                resource_type,
+                self.clock(),
+                facility.time_scale,
+                session_epoch=facility.paging_epoch,
+            )
         except SearchError as exc:
             raise _Problem(_fhir(exc.outcome, exc.status)) from None
 

@@ -19,6 +19,8 @@ MEDPLUM_HEADER_PREFIX = "x-medplum-"
 
 class HapiAdapter(DefaultAdapter):
     vendor = "hapi"
+    # A ``_getpages`` id HAPI no longer holds (its search cache expired) answers 410 Gone.
+    paging_expired_statuses = frozenset({410})
 
 
 class MedplumAdapter(DefaultAdapter):

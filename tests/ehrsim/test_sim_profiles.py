@@ -428,6 +428,28 @@ async def test_hapi_next_links_use_getpages_without_a_type(open_sim: OpenSim) ->
     assert {m["id"] for m in matches} == live
 
 
+async def test_hapi_getpages_of_an_expired_search_answer_410(open_sim: OpenSim, clock: FakeClock) -> None:
+    async with open_sim("hapi", patients=3, token_lifetime_s=7200) as client:
+        first = (await client.get(f"{FHIR}/Observation?_count=1")).json()
+        next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        clock.advance(3601)
+        response = await client.get(next_url)
+    assert response.status_code == 410
+
+
+async def test_expire_paging_sessions_fault_ends_every_open_session(open_sim: OpenSim) -> None:
+    async with open_sim("epic", patients=3) as client:
+        first = (await client.get(f"{FHIR}/Observation?patient=pat-1&_count=1")).json()
+        next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        await client.post("/_admin/general/faults", json={"actions": ["expire-paging-sessions"]})
+        expired = await client.get(next_url)
+        again = (await client.get(f"{FHIR}/Observation?patient=pat-1&_count=1")).json()
+        fresh = await client.get(next(link["url"] for link in again["link"] if link["relation"] == "next"))
+    assert expired.status_code == 400
+    assert _code(expired) == "4113"
+    assert fresh.status_code == 200
+
+
 async def test_medplum_version_ids_are_uuids(open_sim: OpenSim) -> None:
     async with open_sim("medplum") as client:
         resource = (await client.get(f"{FHIR}/Patient/pat-1")).json()

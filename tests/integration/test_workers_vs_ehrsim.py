@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Facility
 from app.ehr.client import EHRClient
+from app.fhir.references import ResourceRef
 from app.fhir.resources import content_hash
 from app.ingest.dead_letters import replay_dead_letters
 from app.ingest.drain import claim, process_batch
@@ -204,3 +205,35 @@ def test_hapi_search_follows_getpages_links_to_every_match(sim: Sim) -> None:
     assert len(bundles) > 1
     assert any(u.startswith(f"{sim.base('hapi')}?_getpages=") for u in urls)
     assert sorted(found) == sorted(live)
+
+
+@pytest.mark.parametrize("vendor", ["epic", "hapi"])
+def test_a_paging_session_that_expires_mid_search_is_reissued_and_every_match_returned_once(
+    sim: Sim, vendor: str
+) -> None:
+    statuses: list[int] = []
+
+    def expire_after_first_page(response: httpx.Response) -> None:
+        if response.request.url.path.startswith(f"/{vendor}/fhir"):
+            statuses.append(response.status_code)
+            if len(statuses) == 1:
+                sim.admin(vendor, "faults", {"actions": ["expire-paging-sessions"]})
+
+    http = httpx.Client(timeout=10, event_hooks={"response": [expire_after_first_page]})
+    client = sim.client(vendor, http=http)
+    client.read(ResourceRef("Patient", _first_patient(sim, vendor)))  # a token first: no token reads below
+    statuses.clear()
+    patient = _first_patient(sim, vendor)
+    bundles = client.search("Observation", {"patient": patient, "_count": "1"})
+
+    found = [
+        e["resource"]["id"] for b in bundles for e in b.get("entry", []) if e["search"]["mode"] == "match"
+    ]
+    assert {400: "epic", 410: "hapi"}[next(s for s in statuses if s != 200)] == vendor
+    assert sorted(found) == sorted(_observations_of(sim, vendor, patient))
+
+
+def _first_patient(sim: Sim, facility: str) -> str:
+    return str(
+        next(r["id"] for r in sim.admin(facility, "truth")["resources"] if r["resourceType"] == "Patient")
+    )
