@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 from ehrsim.auth import TokenIssuer
@@ -11,7 +12,7 @@ from ehrsim.generator import Generator
 from ehrsim.instants import Clock, format_instant
 from ehrsim.profiles import Profile, RetryPolicy, customize, get_profile
 from ehrsim.sender import Sender, SenderStats
-from ehrsim.store import ResourceStore
+from ehrsim.store import Change, ResourceStore
 from ehrsim.subscriptions import Requested, Subscription
 
 
@@ -56,7 +57,10 @@ class Facility:
 
     @property
     def supports_subscriptions(self) -> bool:
-        return self.sender is not None
+        """Whether the FHIR API serves Subscription resources: only where the vendor has them. A
+        configured ``webhook`` on a profile without them (Epic, Oracle, MEDITECH) still delivers its
+        notifications, standing in for the vendor's own event feed, but no Subscription is served."""
+        return self.sender is not None and self.profile.notification is not None
 
     def scaled(self, seconds: float) -> float:
         return seconds * self.time_scale
@@ -68,7 +72,21 @@ class Facility:
             if self.sender is not None and self.sender.subscriptions:
                 record = self.store.get(change.resource_type, change.id)
                 resource = record.resource if record is not None and not record.deleted else None
-                self.sender.enqueue(change, resource)
+                self.sender.enqueue(change, resource, self._identifier_focus(change, resource))
+
+    def _identifier_focus(self, change: Change, resource: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The identifier an event names instead of a reference, for the profile's share of the creates
+        and updates of its ``identifier_focus_types`` (chosen by a hash of the change: reproducible)."""
+        profile = self.profile
+        if resource is None or change.resource_type not in profile.identifier_focus_types:
+            return None
+        key = f"{self.id}/{change.resource_type}/{change.id}/{change.version}".encode()
+        if zlib.crc32(key) % 1000 >= profile.identifier_focus_share * 1000:
+            return None
+        for identifier in resource.get("identifier") or []:
+            if isinstance(identifier, dict) and identifier.get("system") and identifier.get("value"):
+                return {"system": identifier["system"], "value": str(identifier["value"]).strip()}
+        return None
 
     def truth(self) -> list[dict[str, Any]]:
         return [

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ehrsim.fhir import operation_outcome
+from ehrsim.fhir import DATE_PARAMS, operation_outcome
 from ehrsim.instants import date_range
 from ehrsim.profiles import Paging, Profile
 from ehrsim.store import Record, ResourceStore
@@ -49,6 +49,13 @@ def _invalid(status: int, code: str, diagnostics: str) -> SearchError:
     return SearchError(status, operation_outcome(code, diagnostics))
 
 
+def _refused(profile: Profile, epic_code: str, text: str, issue: str) -> SearchError:
+    """A refusal coded as the profile codes it (Epic's numbers, or the FHIR issue code alone)."""
+    if profile.error_codes == "epic":
+        return SearchError(400, vendor_outcome(epic_code, text, issue=issue))
+    return _invalid(400, issue, text)
+
+
 def vendor_outcome(
     code: str, text: str, *, severity: str = "fatal", issue: str = "processing"
 ) -> dict[str, Any]:
@@ -80,6 +87,8 @@ class Search(BaseModel):
     stop: Annotated[int, Field(ge=0)] = 0
     ids: tuple[str, ...] | None = None  # list mode (_id): re-resolved per page; pos is an offset
     patient: str | None = None  # list mode (patient): re-resolved per page; pos is an offset
+    identifier: str | None = None  # list mode: ``system|value`` or ``value``
+    dates: tuple[tuple[str, int | None, int | None], ...] = ()  # list mode: (param, lo, hi) ranges
     lo: int | None = None
     hi: int | None = None
     issued_at: float = 0.0  # when the first page was served (paging sessions expire)
@@ -87,7 +96,12 @@ class Search(BaseModel):
 
     @property
     def listed(self) -> bool:
-        return self.ids is not None or self.patient is not None
+        return (
+            self.ids is not None
+            or self.patient is not None
+            or self.identifier is not None
+            or bool(self.dates)
+        )
 
     def at(self, pos: int) -> Search:
         return self.model_copy(update={"pos": pos})
@@ -152,6 +166,8 @@ class _Query:
     ids: tuple[str, ...] | None = None
     patients: list[str] = field(default_factory=list)
     last_updated: list[str] = field(default_factory=list)
+    identifier: str | None = None
+    dates: list[tuple[str, str]] = field(default_factory=list)  # (param, value)
 
 
 def new_search(
@@ -167,18 +183,21 @@ def new_search(
     ids, patients = query.ids, query.patients
     if profile.patient_required and resource_type not in _UNSCOPED_TYPES and ids is None:
         if not patients:
-            raise SearchError(
-                400, vendor_outcome("4111", "Required element patient is missing", issue="required")
-            )
+            raise _refused(profile, "4111", "Required element patient is missing", "required")
         if len(patients) > 1:
-            raise SearchError(400, vendor_outcome("4112", "Only one patient may be searched at a time"))
+            raise _refused(profile, "4112", "Only one patient may be searched at a time", "processing")
     if len(patients) > 1:
         raise _invalid(400, "not-supported", "one patient per search")
     lo: int | None = None
     hi: int | None = None
+    if query.last_updated and query.dates and not profile.last_updated_with_dates:
+        raise _invalid(400, "invalid", f"{profile.last_updated_param} cannot be combined with a date")
     for value in query.last_updated:
         _check_last_updated(profile, resource_type, value, patients, len(query.last_updated))
-        lo, hi = _narrow(lo, hi, value)
+        lo, hi = _narrow(lo, hi, value, profile.last_updated_param)
+    dates: list[tuple[str, int | None, int | None]] = []
+    for name, value in query.dates:
+        dates.append((name, *_narrow(None, None, value, name)))
     common: dict[str, Any] = {
         "resource_type": resource_type,
         "count": query.count,
@@ -188,24 +207,42 @@ def new_search(
         "lo": lo,
         "hi": hi,
     }
-    if ids is not None or patients:
-        search = Search(total=0, pos=0, ids=ids, patient=patients[0] if patients else None, **common)
-        return search.model_copy(update={"total": len(listed(store, search))})
-    start, stop = store.window(resource_type, lo, hi)
-    return Search(
-        total=store.count_live(resource_type, start, stop),
-        pos=stop - 1 if query.descending else start,
-        start=start,
-        stop=stop,
+    search = Search(
+        total=0,
+        pos=0,
+        ids=ids,
+        patient=patients[0] if patients else None,
+        identifier=query.identifier,
+        dates=tuple(dates),
         **common,
     )
+    if search.listed:
+        search = search.model_copy(update={"total": len(listed(store, search))})
+    else:
+        start, stop = store.window(resource_type, lo, hi)
+        search = Search(
+            total=store.count_live(resource_type, start, stop),
+            pos=stop - 1 if query.descending else start,
+            start=start,
+            stop=stop,
+            **common,
+        )
+    cap = profile.patient_search_max
+    if cap is not None and resource_type == "Patient" and search.total > cap:
+        raise _refused(profile, "4127", "The search matched too many patients", "too-costly")
+    return search
 
 
 def _parse(profile: Profile, resource_type: str, params: Iterable[tuple[str, str]]) -> _Query:
     query = _Query(count=min(DEFAULT_COUNT, profile.max_count))
+    date_params = DATE_PARAMS.get(resource_type, {})
     for name, value in params:
-        if name == "_lastUpdated":
+        if name == profile.last_updated_param:
             query.last_updated.append(value)
+        elif name in date_params:
+            query.dates.append((name, value))
+        elif name == "identifier":
+            query.identifier = value
         elif name in ("patient", "subject") and resource_type not in _UNSCOPED_TYPES:
             query.patients += [v.removeprefix("Patient/") for v in value.split(",")]
         elif name == "_id":
@@ -255,6 +292,11 @@ def listed(store: ResourceStore, search: Search) -> list[Record]:
     if search.patient is not None:
         reference = f"Patient/{search.patient}"
         candidates = [r for r in candidates if _patient_of(r.resource) == reference]
+    if search.identifier is not None:
+        candidates = [r for r in candidates if _has_identifier(r.resource, search.identifier)]
+    for name, date_lo, date_hi in search.dates:
+        path = DATE_PARAMS[search.resource_type][name]
+        candidates = [r for r in candidates if _within(_element(r.resource, path), date_lo, date_hi)]
     found = {
         r.id: r
         for r in candidates
@@ -271,13 +313,47 @@ def _patient_of(resource: dict[str, Any]) -> str | None:
     return None
 
 
+def _has_identifier(resource: dict[str, Any], wanted: str) -> bool:
+    """FHIR token search: ``system|value`` or ``value`` alone; values compared trimmed (Epic pads them)."""
+    system, _, value = wanted.rpartition("|") if "|" in wanted else (None, "", wanted)
+    for identifier in resource.get("identifier") or []:
+        if not isinstance(identifier, dict) or str(identifier.get("value", "")).strip() != value.strip():
+            continue
+        if system is None or identifier.get("system") == system:
+            return True
+    return False
+
+
+def _element(resource: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = resource
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _within(value: Any, lo: int | None, hi: int | None) -> bool:
+    """Whether a date/dateTime element starts inside ``[lo, hi)``; a missing or unreadable one never does."""
+    if not isinstance(value, str):
+        return False
+    try:
+        start = date_range(value)[0]
+    except ValueError:
+        return False
+    return (lo is None or start >= lo) and (hi is None or start < hi)
+
+
 def _check_last_updated(
     profile: Profile, resource_type: str, value: str, patients: list[str], occurrences: int
 ) -> None:
     scope = profile.last_updated
-    if scope == "none" or (scope == "types" and resource_type not in profile.last_updated_types):
+    unscoped = resource_type in _UNSCOPED_TYPES
+    if (
+        scope == "none"
+        or (scope == "types" and resource_type not in profile.last_updated_types)
+        or (scope == "patient" and unscoped and resource_type not in profile.last_updated_types)
+    ):
         raise _invalid(400, "not-supported", f"_lastUpdated is not supported on {resource_type}")
-    if scope == "patient" and resource_type not in _UNSCOPED_TYPES and not patients:
+    if scope == "patient" and not unscoped and not patients:
         raise _invalid(400, "invalid", "_lastUpdated can only be used together with patient")
     if scope == "patient" and occurrences > 2:
         raise _invalid(400, "invalid", "at most two _lastUpdated values")
@@ -285,13 +361,13 @@ def _check_last_updated(
         raise _invalid(400, "invalid", "_lastUpdated supports day precision only (YYYY-MM-DD)")
 
 
-def _narrow(lo: int | None, hi: int | None, value: str) -> tuple[int | None, int | None]:
-    """Intersect ``[lo, hi)`` with one ``_lastUpdated`` condition (prefix eq/gt/ge/lt/le/sa/eb)."""
+def _narrow(lo: int | None, hi: int | None, value: str, name: str) -> tuple[int | None, int | None]:
+    """Intersect ``[lo, hi)`` with one date condition of parameter ``name`` (prefix eq/gt/ge/lt/le/sa/eb)."""
     prefix, rest = (value[:2], value[2:]) if value[:2].isalpha() else ("eq", value)
     try:
         start, end = date_range(rest)
     except ValueError as exc:
-        raise _invalid(400, "invalid", f"_lastUpdated: {exc}") from None
+        raise _invalid(400, "invalid", f"{name}: {exc}") from None
     bounds: dict[str, tuple[int | None, int | None]] = {
         "eq": (start, end),
         "gt": (end, None),
@@ -302,7 +378,7 @@ def _narrow(lo: int | None, hi: int | None, value: str) -> tuple[int | None, int
         "le": (None, end),
     }
     if prefix not in bounds:
-        raise _invalid(400, "not-supported", f"_lastUpdated prefix {prefix} is not supported")
+        raise _invalid(400, "not-supported", f"{name} prefix {prefix} is not supported")
     new_lo, new_hi = bounds[prefix]
     if new_lo is not None:
         lo = new_lo if lo is None else max(lo, new_lo)

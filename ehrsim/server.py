@@ -29,9 +29,16 @@ from ehrsim.bulk import ExportBusy, Exports
 from ehrsim.config import SimConfig
 from ehrsim.facility import Facility
 from ehrsim.faults import FaultUpdate
-from ehrsim.fhir import FHIR_JSON, capability_statement, operation_outcome, smart_configuration
+from ehrsim.fhir import (
+    FHIR_JSON,
+    capability_statement,
+    export_levels,
+    operation_outcome,
+    smart_configuration,
+)
 from ehrsim.instants import Clock, date_range, format_instant
 from ehrsim.notify import event_entries, status_parameters
+from ehrsim.profiles import SubscriptionOperation
 from ehrsim.search import (
     DEFAULT_COUNT,
     MAX_COUNT,
@@ -156,7 +163,6 @@ class _Api:
                 f"{origin}/{facility.id}/oauth2/token",
                 facility.profile,
                 format_instant(int(self.clock() * 1000)),
-                subscriptions=facility.supports_subscriptions,
             )
         )
 
@@ -360,9 +366,15 @@ class _Api:
             raise _outcome(404, "not-found", "no such Subscription")
         return Response(status_code=204)
 
+    @staticmethod
+    def _operation(facility: Facility, name: SubscriptionOperation) -> None:
+        if name not in facility.profile.subscription_operations:
+            raise _outcome(404, "not-supported", f"${name} is not supported")
+
     async def subscription_status(self, request: Request) -> Response:
         facility = await self._fhir_request(request)
         self._authorize(request, facility, "Subscription", "r")
+        self._operation(facility, "status")
         subscription = self._subscription(facility, request.path_params["id"])
         base = f"{_origin(request)}/{facility.id}/fhir"
         status = status_parameters(subscription.target(), "query-status", base, [])
@@ -373,6 +385,7 @@ class _Api:
         gone (limited retention), and the answer says which numbers it holds."""
         facility = await self._fhir_request(request)
         self._authorize(request, facility, "Subscription", "r")
+        self._operation(facility, "events")
         subscription = self._subscription(facility, request.path_params["id"])
         params = request.query_params
         try:
@@ -394,8 +407,14 @@ class _Api:
 
     async def export(self, request: Request) -> Response:
         facility = await self._fhir_request(request)
-        if not facility.profile.bulk_export:
-            raise _outcome(404, "not-supported", "$export is not supported")
+        if "group" in request.path_params:
+            level = "group"
+        elif request.url.path.endswith("/Patient/$export"):
+            level = "patient"
+        else:
+            level = "system"
+        if level not in export_levels(facility.profile):
+            raise _outcome(404, "not-supported", f"{level}-level $export is not supported")
         token = self._authorize(request, facility, "Patient", "r")
         if request.headers.get("prefer", "").lower() != "respond-async":
             raise _outcome(400, "invalid", "$export requires the header Prefer: respond-async")

@@ -19,6 +19,8 @@ from app.fhir.resources import content_hash
 from app.ingest.dead_letters import replay_dead_letters
 from app.ingest.drain import claim, process_batch
 from app.settings import Settings
+from ehrsim.generator import mrn_system
+from ehrsim.profiles import get_profile
 from tests.conftest import make_facility
 from tests.integration.conftest import PROFILES, Sim
 
@@ -28,6 +30,8 @@ LEASE = timedelta(minutes=5)
 def _facility(db: Session, sim: Sim, profile: str) -> Facility:
     facility = make_facility(db, profile, base_url=sim.base(profile))
     facility.vendor = profile
+    # As an operator configures it: Epic's MRN is typed by text only, so its system must be known.
+    facility.mrn_system = mrn_system(get_profile(profile), profile)
     db.flush()
     return facility
 
@@ -237,3 +241,26 @@ def _first_patient(sim: Sim, facility: str) -> str:
     return str(
         next(r["id"] for r in sim.admin(facility, "truth")["resources"] if r["resourceType"] == "Patient")
     )
+
+
+def test_an_identifier_only_athena_focus_is_resolved_by_search_and_stored(db: Session, sim: Sim) -> None:
+    facility = _facility(db, sim, "athena")
+    client = sim.client("athena")
+    patient = _first_patient(sim, "athena")
+    body = client.read(ResourceRef("Patient", patient)).resource or {}
+    identifier = body["identifier"][0]
+    db.execute(
+        text(
+            "INSERT INTO inbox (facility_id, dedup_key, focus_type, focus_identifier)"
+            " VALUES ('athena', 'ident-1', 'Patient', :i)"
+        ),
+        {"i": f"{identifier['system']}|{identifier['value']}"},
+    )
+    _drain_all(db, facility, client, Settings())
+
+    row = db.execute(text("SELECT status, reason FROM inbox WHERE dedup_key = 'ident-1'")).one()
+    stored = db.execute(
+        text("SELECT resource_id FROM resources WHERE facility_id = 'athena' AND resource_type = 'Patient'")
+    ).scalars()
+    assert (row.status, row.reason) == ("done", None)
+    assert list(stored) == [patient]
