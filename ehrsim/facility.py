@@ -11,6 +11,7 @@ from ehrsim.faults import Faults, FaultUpdate
 from ehrsim.generator import Generator
 from ehrsim.instants import Clock, format_instant
 from ehrsim.profiles import Profile, RetryPolicy, customize, get_profile
+from ehrsim.search import SearchCache
 from ehrsim.sender import Sender, SenderStats
 from ehrsim.store import Change, ResourceStore
 from ehrsim.subscriptions import Requested, Subscription
@@ -48,6 +49,7 @@ class Facility:
         self._default_style = style or self.profile.notification or "backport-r4"
         self._subscription_seq = 0
         self.paging_epoch = 0  # searches begun in an earlier epoch have an expired paging session
+        self.searches = SearchCache()  # the searches a HAPI-style facility holds for its _getpages links
         if config.webhook is not None:
             assert self.sender is not None  # created above whenever there is a webhook
             self.sender.add(self._configured_subscription(config.webhook))

@@ -23,7 +23,8 @@ NotificationStyle = Literal["backport-r4", "r4b", "r5", "medplum", "hapi"]
 """
 Paging = Literal["token", "page-context", "getpages", "cursor", "continue", "session"]
 """Shape of the ``next`` link: ``{type}?_page_token=`` (generic), ``{type}?-pageContext=`` (Oracle),
-``{base}?_getpages=`` without a type (HAPI), ``{type}?cursor=`` (athena), ``{type}?continue=``
+``{base}?_getpages={search id}&_getpagesoffset=`` without a type, the search held by the server
+(HAPI), ``{type}?cursor=`` (athena), ``{type}?continue=``
 (MEDITECH), ``{type}?session=`` that expires (Epic, error 4113)."""
 LastUpdatedScope = Literal["system", "patient", "types", "none"]
 """Where ``_lastUpdated`` is a search parameter: on every type (HAPI, Medplum), on clinical types together
@@ -74,6 +75,7 @@ class Profile:
     last_updated_param: str = "_lastUpdated"  # its spelling (parameter names are case-sensitive)
     last_updated_with_dates: bool = True  # may be combined with ``date``-like parameters (Oracle: no)
     paging: Paging = "token"
+    default_count: int = 50  # page size without ``_count``
     max_count: int = 1000
     patient_required: bool = (
         False  # clinical searches need one ``patient`` (or ``_id``): Epic, Oracle, athena
@@ -243,6 +245,8 @@ PROFILES: dict[str, Profile] = {
             resource_types=CLINICAL_TYPES,
             observations=RICH_OBSERVATIONS,
             paging="getpages",
+            default_count=20,  # HAPI JPA server defaults: pages of 20, at most 200
+            max_count=200,
             page_session_s=3600.0,  # HAPI drops cached search results after an hour by default
             notification="hapi",
             subscription_operations=frozenset(),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -127,10 +129,6 @@ class Search(BaseModel):
 def next_link(paging: Paging, base: str, search: Search) -> str:
     token = search.encode()
     param = PAGE_PARAM[paging]
-    if paging == "getpages":  # HAPI: no type in the path
-        return (
-            f"{base}?{param}={token}&_getpagesoffset={search.pos}&_count={search.count}&_bundletype=searchset"
-        )
     if paging == "page-context":
         return f"{base}/{search.resource_type}?{param}={token}&-pageDirection=NEXT"
     return f"{base}/{search.resource_type}?{param}={token}"
@@ -147,16 +145,92 @@ def continued(
 ) -> Search:
     """The search a ``next`` link continues. Where the profile's paging sessions expire (after
     ``page_session_s``, or once the ``expire-paging-sessions`` fault moved the facility's
-    ``session_epoch`` past the search's), an old one is refused as the vendor refuses it: HAPI's
-    ``_getpages`` with 410 Gone, Epic's ``session`` with 4113."""
+    ``session_epoch`` past the search's), an old one is refused as Epic refuses it: 4113. (HAPI's held
+    searches expire in ``SearchCache``.)"""
     search = Search.decode(token, resource_type)
     if profile.page_session_s is None:
         return search
     if now - search.issued_at > profile.page_session_s * scale or search.session_epoch < session_epoch:
-        if profile.paging == "getpages":
-            raise _invalid(410, "processing", "Search ID does not exist and may have expired")
-        raise SearchError(400, vendor_outcome("4113", "The paging session has expired", issue="expired"))
+        raise _refused(profile, "4113", "The paging session has expired", "expired")
     return search
+
+
+@dataclass(frozen=True, slots=True)
+class CachedSearch:
+    """HAPI's paging: the ids a search matched when it ran, held by the server under a search id and
+    paged by offset (``{base}?_getpages={id}&_getpagesoffset={n}&_count={m}``)."""
+
+    resource_type: str
+    ids: tuple[str, ...]
+    count: int
+    issued_at: float
+    session_epoch: int
+
+
+class SearchCache:
+    """The searches a HAPI-style facility holds, bounded: past ``capacity`` the oldest are forgotten, and
+    their ``_getpages`` links answer 410 as HAPI's do once its cache let them go."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._capacity = capacity
+        self._searches: OrderedDict[str, CachedSearch] = OrderedDict()
+
+    def hold(self, store: ResourceStore, search: Search) -> tuple[str, CachedSearch]:
+        cached = CachedSearch(
+            search.resource_type,
+            _matching_ids(store, search),
+            search.count,
+            search.issued_at,
+            search.session_epoch,
+        )
+        search_id = str(uuid.uuid4())
+        self._searches[search_id] = cached
+        while len(self._searches) > self._capacity:
+            self._searches.popitem(last=False)
+        return search_id, cached
+
+    def get(
+        self, profile: Profile, search_id: str, now: float, scale: float, *, session_epoch: int
+    ) -> CachedSearch:
+        cached = self._searches.get(search_id)
+        expired = cached is None or cached.session_epoch < session_epoch
+        if cached is not None and profile.page_session_s is not None:
+            expired = expired or now - cached.issued_at > profile.page_session_s * scale
+        if cached is None or expired:
+            self._searches.pop(search_id, None)
+            raise _invalid(410, "processing", "Search ID does not exist and may have expired")
+        return cached
+
+
+def cached_page(
+    store: ResourceStore, cached: CachedSearch, offset: int, count: int
+) -> tuple[list[Record], int | None]:
+    """The live records at ``[offset, offset + count)`` of a held search, and the next offset (``None``
+    on the last page). A resource deleted since the search ran is left out, as HAPI leaves it out."""
+    ids = cached.ids[offset : offset + count]
+    records = [
+        r for r in (store.get(cached.resource_type, i) for i in ids) if r is not None and not r.deleted
+    ]
+    end = offset + count
+    return records, (end if end < len(cached.ids) and count > 0 else None)
+
+
+def getpages_link(base: str, search_id: str, offset: int, count: int) -> str:
+    return f"{base}?_getpages={search_id}&_getpagesoffset={offset}&_count={count}&_bundletype=searchset"
+
+
+def _matching_ids(store: ResourceStore, search: Search) -> tuple[str, ...]:
+    if search.listed:
+        return tuple(r.id for r in listed(store, search))
+    records, _ = store.scan(
+        search.resource_type,
+        search.start,
+        search.stop,
+        search.pos,
+        count=search.total,
+        descending=search.descending,
+    )
+    return tuple(r.id for r in records)
 
 
 @dataclass(slots=True)
@@ -234,7 +308,7 @@ def new_search(
 
 
 def _parse(profile: Profile, resource_type: str, params: Iterable[tuple[str, str]]) -> _Query:
-    query = _Query(count=min(DEFAULT_COUNT, profile.max_count))
+    query = _Query(count=min(profile.default_count, profile.max_count))
     date_params = DATE_PARAMS.get(resource_type, {})
     for name, value in params:
         if name == profile.last_updated_param:

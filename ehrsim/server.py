@@ -43,14 +43,18 @@ from ehrsim.search import (
     DEFAULT_COUNT,
     MAX_COUNT,
     PAGE_PARAM,
+    CachedSearch,
     Search,
     SearchError,
+    cached_page,
     continued,
+    getpages_link,
     new_search,
     next_link,
     page,
     vendor_outcome,
 )
+from ehrsim.store import Record
 from ehrsim.subscriptions import InvalidSubscription, Subscription, parse_resource
 
 __all__ = ["DEFAULT_COUNT", "DEFAULT_PUBLIC_BASE_URL", "MAX_COUNT", "create_app"]
@@ -220,13 +224,10 @@ class _Api:
     async def search_base(self, request: Request) -> Response:
         """``GET {base}?_getpages=...``: HAPI's next links name no type."""
         facility = await self._fhir_request(request)
-        param = PAGE_PARAM[facility.profile.paging]
-        token = request.query_params.get(param)
-        if facility.profile.paging != "getpages" or token is None:
+        search_id = request.query_params.get("_getpages")
+        if facility.profile.paging != "getpages" or search_id is None:
             raise _outcome(400, "not-supported", "system-level search is not supported")
-        search = self._continued(facility, token, None)
-        self._authorize(request, facility, search.resource_type, "s")
-        return self._search_page(request, facility, search)
+        return self._held_page(request, facility, search_id)
 
     async def search(self, request: Request) -> Response:
         facility = await self._fhir_request(request)
@@ -237,7 +238,10 @@ class _Api:
             return _fhir(
                 _bundle("searchset", [{"resource": r, "search": {"mode": "match"}} for r in resources])
             )
-        token = request.query_params.get(PAGE_PARAM[facility.profile.paging])
+        paging = facility.profile.paging
+        token = request.query_params.get(PAGE_PARAM[paging])
+        if token is not None and paging == "getpages":
+            return self._held_page(request, facility, token)
         if token is not None:
             search = self._continued(facility, token, resource_type)
         else:
@@ -252,7 +256,51 @@ class _Api:
                 )
             except SearchError as exc:
                 raise _Problem(_fhir(exc.outcome, exc.status)) from None
-        return self._search_page(request, facility, search)
+        if paging == "getpages":
+            search_id, held = facility.searches.hold(facility.store, search)
+            return self._held_page(request, facility, search_id, held=held)
+        records, next_search = page(facility.store, search)
+        next_url = None
+        if next_search is not None:
+            next_url = next_link(paging, self._base(request, facility), next_search)
+        return self._search_page(
+            request, facility, resource_type, total=search.total, records=records, next_url=next_url
+        )
+
+    def _held_page(
+        self, request: Request, facility: Facility, search_id: str, *, held: CachedSearch | None = None
+    ) -> Response:
+        """A page of a search the server holds (HAPI): at ``_getpagesoffset``, ``_count`` long."""
+        params = request.query_params
+        if held is None:
+            try:
+                held = facility.searches.get(
+                    facility.profile,
+                    search_id,
+                    self.clock(),
+                    facility.time_scale,
+                    session_epoch=facility.paging_epoch,
+                )
+            except SearchError as exc:
+                raise _Problem(_fhir(exc.outcome, exc.status)) from None
+            self._authorize(request, facility, held.resource_type, "s")
+            offset, count = params.get("_getpagesoffset", "0"), params.get("_count", str(held.count))
+            if not (offset.isdigit() and count.isdigit()):
+                raise _outcome(400, "invalid", "_getpagesoffset and _count must be non-negative integers")
+            start, size = int(offset), min(int(count), facility.profile.max_count)
+        else:
+            start, size = 0, held.count
+        records, next_offset = cached_page(facility.store, held, start, size)
+        next_url = None
+        if next_offset is not None:
+            next_url = getpages_link(self._base(request, facility), search_id, next_offset, size)
+        return self._search_page(
+            request, facility, held.resource_type, total=len(held.ids), records=records, next_url=next_url
+        )
+
+    @staticmethod
+    def _base(request: Request, facility: Facility) -> str:
+        return f"{_origin(request)}/{facility.id}/fhir"
 
     def _continued(self, facility: Facility, token: str, resource_type: str | None) -> Search:
         try:
@@ -267,21 +315,26 @@ class _Api:
         except SearchError as exc:
             raise _Problem(_fhir(exc.outcome, exc.status)) from None
 
-    def _search_page(self, request: Request, facility: Facility, search: Search) -> Response:
-        resource_type = search.resource_type
-        records, next_search = page(facility.store, search)
+    def _search_page(
+        self,
+        request: Request,
+        facility: Facility,
+        resource_type: str,
+        *,
+        total: int,
+        records: list[Record],
+        next_url: str | None,
+    ) -> Response:
         self._check_broken(facility, resource_type, (r.id for r in records))
-        base = f"{_origin(request)}/{facility.id}/fhir"
+        base = self._base(request, facility)
         header: dict[str, Any] = {
             "resourceType": "Bundle",
             "type": "searchset",
-            "total": search.total,
+            "total": total,
             "link": [{"relation": "self", "url": str(request.url)}],
         }
-        if next_search is not None:
-            header["link"].append(
-                {"relation": "next", "url": next_link(facility.profile.paging, base, next_search)}
-            )
+        if next_url is not None:
+            header["link"].append({"relation": "next", "url": next_url})
         parts = [
             b'{"fullUrl":"%s/%s/%s","resource":%s,"search":{"mode":"match"}}'
             % (base.encode(), resource_type.encode(), r.id.encode(), r.body)

@@ -449,6 +449,20 @@ async def test_hapi_next_links_use_getpages_without_a_type(open_sim: OpenSim) ->
     assert {m["id"] for m in matches} == live
 
 
+async def test_hapi_pages_one_cached_search_by_offset_as_hapi_does(open_sim: OpenSim) -> None:
+    async with open_sim("hapi", patients=20) as client:
+        matches, bundles = await _pages(client, f"{FHIR}/Observation")
+        live = await _live(client, "Observation")
+        unknown = await client.get(f"{FHIR}?_getpages=nope&_getpagesoffset=0&_count=20")
+    links = [httpx.URL(link["url"]) for b in bundles for link in b["link"] if link["relation"] == "next"]
+    assert len({u.params["_getpages"] for u in links}) == 1  # one search id, held by the server
+    assert [int(u.params["_getpagesoffset"]) for u in links] == [20 * n for n in range(1, len(links) + 1)]
+    assert all(u.params["_count"] == "20" for u in links)  # HAPI's default page size
+    assert len(bundles[0]["entry"]) == 20
+    assert sorted(m["id"] for m in matches) == sorted(live)
+    assert unknown.status_code == 410
+
+
 async def test_hapi_getpages_of_an_expired_search_answer_410(open_sim: OpenSim, clock: FakeClock) -> None:
     async with open_sim("hapi", patients=3, token_lifetime_s=7200) as client:
         first = (await client.get(f"{FHIR}/Observation?_count=1")).json()
