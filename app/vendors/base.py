@@ -176,11 +176,4 @@ def outcome_detail_codes(body: Any) -> frozenset[str]:
 def outcome_issue_codes(body: Any) -> frozenset[str]:
     """The issue codes of an OperationOutcome body (empty for anything else); codes are FHIR vocabulary,
     never patient data, so they may be logged."""
-    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
-        return frozenset()
-    issues = body.get("issue")
-    return frozenset(
-        str(i["code"])[:32]
-        for i in (issues if isinstance(issues, list) else [])
-        if isinstance(i, dict) and isinstance(i.get("code"), str)
-    )
+    return frozenset(str(i["code"])[:32] for i in _issues(body) if isinstance(i.get("code"), str))

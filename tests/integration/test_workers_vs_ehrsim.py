@@ -264,3 +264,35 @@ def test_an_identifier_only_athena_focus_is_resolved_by_search_and_stored(db: Se
     ).scalars()
     assert (row.status, row.reason) == ("done", None)
     assert list(stored) == [patient]
+
+
+def test_an_oracle_minor_edit_keeps_last_updated_and_still_replaces_the_stored_version(
+    db: Session, sim: Sim
+) -> None:
+    facility = _facility(db, sim, "oracle")
+    client = sim.client("oracle")
+    before = {
+        (r["resourceType"], r["id"]): r
+        for r in sim.admin("oracle", "truth")["resources"]
+        if not r["deleted"] and r["resourceType"] not in ("Patient", "Medication")
+    }
+    _enqueue(db, "oracle", list(before))
+    _drain_all(db, facility, client, Settings())
+    sim.admin("oracle", "activity", {"changes": 60})
+    minor = next(
+        r
+        for r in sim.admin("oracle", "truth")["resources"]
+        if (key := (r["resourceType"], r["id"])) in before
+        and not r["deleted"]
+        and r["versionId"] != before[key]["versionId"]
+        and r["lastUpdated"] == before[key]["lastUpdated"]
+    )
+    db.execute(text("DELETE FROM inbox WHERE facility_id = 'oracle'"))  # the first round is done
+    _enqueue(db, "oracle", [(minor["resourceType"], minor["id"])])
+    _drain_all(db, facility, client, Settings())
+
+    stored = db.execute(
+        text("SELECT version_id FROM resources WHERE facility_id = 'oracle' AND resource_id = :i"),
+        {"i": minor["id"]},
+    ).scalar_one()
+    assert stored == minor["versionId"]
