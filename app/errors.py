@@ -39,6 +39,7 @@ How the drain treats a failure is a class distinction:
         │   ├── TokenEndpointUnavailable    token_unavailable        token endpoint 5xx
         │   ├── TokenEndpointFlaky          token_flaky_400          Epic's occasional bare 400
         │   ├── SmartConfigUnavailable      smart_config_unavailable
+        │   ├── PagingSessionExpired        paging_session_expired   paging kept expiring (Epic 4113)
         │   ├── IdentifierNotFound          identifier_not_found     search found nothing (index lag)
         │   ├── NotFoundUnconfirmed         not_found_unconfirmed    a 404 not yet a deletion: read again
         │   └── RevivalUnverified           revival_unverified       a payload over a tombstone: read first
@@ -220,6 +221,13 @@ class TokenEndpointFlaky(TransientEHRError):
 
 class SmartConfigUnavailable(TransientEHRError):
     reason = "smart_config_unavailable"
+
+
+class PagingSessionExpired(TransientEHRError):
+    """The server forgot a search between two of its pages (Epic 4113, HAPI 410), and re-issuing the query
+    did not get through it either: worth another try later, never a reason to give the rows up."""
+
+    reason = "paging_session_expired"
 
 
 class IdentifierNotFound(TransientEHRError):

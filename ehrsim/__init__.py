@@ -2,8 +2,10 @@
 
 One ASGI app serves every configured facility under ``/{facility}``, each with a vendor profile
 (``ehrsim.profiles``: epic, oracle, athena, meditech, medplum, hapi, generic): SMART Backend Services
-and client-secret auth, read and search with the vendor's parameters, errors and paging, bulk
-``$export``, Subscription resources with ``$status``/``$events``, seeded clinical data,
+and client-secret auth, read and search with the vendor's parameters, errors and paging (refusing what
+the vendor refuses), bulk ``$export`` at the levels it serves, Subscription resources and their
+``$status``/``$events`` where the vendor has them, a CapabilityStatement saying exactly that, seeded
+clinical data,
 admin-triggered activity, a sender that notifies subscriptions in the vendor's style, and faults
 switchable at start and at runtime (``ehrsim.faults``). ``ehrsim/README.md`` documents them all.
 Minimal config::

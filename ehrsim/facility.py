@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 from ehrsim.auth import TokenIssuer
@@ -10,8 +11,9 @@ from ehrsim.faults import Faults, FaultUpdate
 from ehrsim.generator import Generator
 from ehrsim.instants import Clock, format_instant
 from ehrsim.profiles import Profile, RetryPolicy, customize, get_profile
+from ehrsim.search import SearchCache
 from ehrsim.sender import Sender, SenderStats
-from ehrsim.store import ResourceStore
+from ehrsim.store import Change, ResourceStore
 from ehrsim.subscriptions import Requested, Subscription
 from ehrsim.traffic import Traffic
 
@@ -48,6 +50,8 @@ class Facility:
             )
         self._default_style = style or self.profile.notification or "backport-r4"
         self._subscription_seq = 0
+        self.paging_epoch = 0  # searches begun in an earlier epoch have an expired paging session
+        self.searches = SearchCache()  # the searches a HAPI-style facility holds for its _getpages links
         if config.webhook is not None:
             assert self.sender is not None  # created above whenever there is a webhook
             self.sender.add(self._configured_subscription(config.webhook))
@@ -57,7 +61,10 @@ class Facility:
 
     @property
     def supports_subscriptions(self) -> bool:
-        return self.sender is not None
+        """Whether the FHIR API serves Subscription resources: only where the vendor has them. A
+        configured ``webhook`` on a profile without them (Epic, Oracle, MEDITECH) still delivers its
+        notifications, standing in for the vendor's own event feed, but no Subscription is served."""
+        return self.sender is not None and self.profile.notification is not None
 
     def scaled(self, seconds: float) -> float:
         return seconds * self.time_scale
@@ -69,7 +76,21 @@ class Facility:
             if self.sender is not None and self.sender.subscriptions:
                 record = self.store.get(change.resource_type, change.id)
                 resource = record.resource if record is not None and not record.deleted else None
-                self.sender.enqueue(change, resource)
+                self.sender.enqueue(change, resource, self._identifier_focus(change, resource))
+
+    def _identifier_focus(self, change: Change, resource: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The identifier an event names instead of a reference, for the profile's share of the creates
+        and updates of its ``identifier_focus_types`` (chosen by a hash of the change: reproducible)."""
+        profile = self.profile
+        if resource is None or change.resource_type not in profile.identifier_focus_types:
+            return None
+        key = f"{self.id}/{change.resource_type}/{change.id}/{change.version}".encode()
+        if zlib.crc32(key) % 1000 >= profile.identifier_focus_share * 1000:
+            return None
+        for identifier in resource.get("identifier") or []:
+            if isinstance(identifier, dict) and identifier.get("system") and identifier.get("value"):
+                return {"system": identifier["system"], "value": str(identifier["value"]).strip()}
+        return None
 
     def truth(self) -> list[dict[str, Any]]:
         return [
@@ -99,6 +120,8 @@ class Facility:
                 self.auth.expire_all()
             elif action == "revoke-tokens":
                 self.auth.revoke_all()
+            elif action == "expire-paging-sessions":
+                self.paging_epoch += 1
             elif action in ("subscription-error", "subscription-off") and self.sender is not None:
                 self.sender.force_status(action.removeprefix("subscription-"))
 

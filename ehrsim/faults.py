@@ -3,9 +3,10 @@
 
 ``FaultConfig`` holds the standing faults; a POST merges the fields it names into them. One-shot
 ``actions`` (restart the event counters, expire or revoke every token, force subscriptions to
-``error``/``off``) happen once and are logged. Every effect a fault has is counted in ``applied`` and
-every change of the switches is appended to ``log``, so that ground truth still holds: a notification a
-fault suppressed is listed by ``/_admin/{facility}/notifications/dropped`` with its reason.
+``error``/``off``, expire every paging session) happen once and are logged. Every effect a fault has
+is counted in ``applied`` and every change of the switches is appended to ``log``, so that ground truth
+still holds: a notification a fault suppressed is listed by ``/_admin/{facility}/notifications/dropped``
+with its reason.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Action = Literal[
-    "restart-counters", "expire-tokens", "revoke-tokens", "subscription-error", "subscription-off"
+    "restart-counters",
+    "expire-tokens",
+    "revoke-tokens",
+    "subscription-error",
+    "subscription-off",
+    "expire-paging-sessions",
 ]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 

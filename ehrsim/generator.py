@@ -125,7 +125,7 @@ class Generator:
         self._profile = profile or get_profile("generic")
         self._types = set(self._profile.resource_types)
         self._rng = random.Random(seed)  # noqa: S311 - simulated content, not security
-        self._mrn_system = f"http://ehrsim.example.org/{facility_id}/mrn"
+        self._mrn_system = mrn_system(self._profile, facility_id)
         self._counters = dict.fromkeys(self._profile.resource_types, 0)
         self._patients: list[str] = []
         self._live = _Bag()  # every non-deleted resource
@@ -188,17 +188,13 @@ class Generator:
         if self._profile.padded_identifiers:
             mrn = f"  {mrn}   "  # Epic pads identifier values: consumers must trim
         family, given = rng.choice(_FAMILY), rng.choice(_GIVEN)
+        mrn_type: dict[str, Any] = (
+            {"text": self._profile.mrn_type_text}
+            if self._profile.mrn_type_text is not None  # Epic: typed by text only ("EPI")
+            else {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
+        )
         content = {
-            "identifier": [
-                {
-                    "use": "usual",
-                    "type": {
-                        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]
-                    },
-                    "system": self._mrn_system,
-                    "value": mrn,
-                }
-            ],
+            "identifier": [{"use": "usual", "type": mrn_type, "system": self._mrn_system, "value": mrn}],
             "active": True,
             "name": self._names(family, given),
             "telecom": [{"system": "phone", "value": self._phone(), "use": "home"}],
@@ -229,6 +225,7 @@ class Generator:
 
     def _create_condition(self, patient: str) -> Change:
         code, display = self._rng.choice(_CONDITIONS)
+        recorded = self._date(self._rng.randrange(365), "%Y-%m-%dT%H:%M:00Z")
         content = {
             "clinicalStatus": _clinical_status("active"),
             "verificationStatus": {
@@ -245,7 +242,8 @@ class Generator:
                 "text": display,
             },
             "subject": {"reference": f"Patient/{patient}"},
-            "recordedDate": self._date(self._rng.randrange(365), "%Y-%m-%dT%H:%M:00Z"),
+            "onsetDateTime": recorded[:10],  # date-only, as often seen
+            "recordedDate": recorded,
         }
         return self._create("Condition", self._new_id("Condition", "cond"), content)
 
@@ -388,6 +386,11 @@ class Generator:
         record = self._store.get(resource_type, id_)
         assert record is not None  # the bag only holds stored resources
         content = {k: v for k, v in record.resource.items() if k not in ("resourceType", "id", "meta")}
+        rate = self._profile.minor_edit_rate
+        if rate and self._rng.random() < rate:
+            # Not clinically significant (Oracle): the narrative changes, ``_lastUpdated`` does not.
+            content["text"] = {"status": "generated", "div": f"<div>note {self._rng.randrange(10**6)}</div>"}
+            return self._store.put(resource_type, id_, content, significant=False)
         if resource_type == "Patient":
             content["telecom"] = [{"system": "phone", "value": self._phone(), "use": "home"}]
         elif resource_type == "Observation":
@@ -452,6 +455,12 @@ _TOGGLES: dict[str, tuple[str, tuple[str, str]]] = {
     "MedicationRequest": ("status", ("active", "completed")),
     "DocumentReference": ("docStatus", ("preliminary", "final")),
 }
+
+
+def mrn_system(profile: Profile, facility_id: str) -> str:
+    """The system of the MRNs a facility of this profile issues (configure it as the facility's
+    ``mrn_system`` where the MRN is not typed ``MR``: Epic)."""
+    return profile.mrn_system.format(facility=facility_id)
 
 
 def _code(system: str, code: str, display: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class Event:
     change: Change
     resource: dict[str, Any] | None  # the content the change produced (None for a delete)
     id: str  # stable across retries and duplicates: the dedup key (R4B notificationEvent.id)
+    identifier: dict[str, Any] | None = None  # the focus is this identifier only (athena), not a reference
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ def status_parameters(
             {"name": "timestamp", "valueInstant": format_instant(event.change.last_updated)},
         ]
         if target.payload != "empty":
-            parts.append({"name": "focus", "valueReference": {"reference": _focus(base_url, event.change)}})
+            parts.append({"name": "focus", "valueReference": _focus_reference(base_url, event)})
         parameters.append({"name": "notification-event", "part": parts})
     return {"resourceType": "Parameters", "meta": {"profile": [STATUS_PROFILE]}, "parameter": parameters}
 
@@ -109,6 +110,8 @@ def event_entries(target: Target, events: list[Event], base_url: str) -> list[di
         return []
     entries = []
     for event in events:
+        if event.identifier is not None:
+            continue  # nothing in the bundle names the resource: the receiver must search for it
         change = event.change
         method, status = _REQUEST[change.kind]
         entry: dict[str, Any] = {
@@ -167,7 +170,7 @@ def _subscription_status_bundle(
         else:
             status["eventsSinceSubscriptionStart"] = str(event.number)
         if target.payload != "empty":
-            notification["focus"] = {"reference": _focus(base_url, event.change)}
+            notification["focus"] = _focus_reference(base_url, event)
         status["notificationEvent"] = [notification]
     return {
         "resourceType": "Bundle",
@@ -215,6 +218,13 @@ def _hapi(target: Target, event: Event) -> Outgoing | None:
 
 def _focus(base_url: str, change: Change) -> str:
     return f"{base_url}/{change.resource_type}/{change.id}"
+
+
+def _focus_reference(base_url: str, event: Event) -> dict[str, Any]:
+    """The event's focus as a Reference: absolute, or identifier-only with the type beside it."""
+    if event.identifier is not None:
+        return {"type": event.change.resource_type, "identifier": event.identifier}
+    return {"reference": _focus(base_url, event.change)}
 
 
 def _dump(document: dict[str, Any]) -> bytes:

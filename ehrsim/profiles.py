@@ -23,9 +23,18 @@ NotificationStyle = Literal["backport-r4", "r4b", "r5", "medplum", "hapi"]
 """
 Paging = Literal["token", "page-context", "getpages", "cursor", "continue", "session"]
 """Shape of the ``next`` link: ``{type}?_page_token=`` (generic), ``{type}?-pageContext=`` (Oracle),
-``{base}?_getpages=`` without a type (HAPI), ``{type}?cursor=`` (athena), ``{type}?continue=``
+``{base}?_getpages={search id}&_getpagesoffset=`` without a type, the search held by the server
+(HAPI), ``{type}?cursor=`` (athena), ``{type}?continue=``
 (MEDITECH), ``{type}?session=`` that expires (Epic, error 4113)."""
 LastUpdatedScope = Literal["system", "patient", "types", "none"]
+"""Where ``_lastUpdated`` is a search parameter: on every type (HAPI, Medplum), on clinical types together
+with ``patient`` (Oracle, athena; Patient and Medication only when listed in ``last_updated_types``), only
+on ``last_updated_types`` (Epic), nowhere (MEDITECH)."""
+ErrorCodes = Literal["fhir", "epic"]
+"""How search refusals are coded: FHIR issue codes only, or Epic's numeric codes (4111, 4112, 4113,
+4127) in ``issue.details.coding``."""
+ExportLevel = Literal["system", "patient", "group"]
+SubscriptionOperation = Literal["status", "events"]
 AuthMethod = Literal["private_key_jwt", "client_secret_basic", "client_secret_post"]
 BloodPressure = Literal["panel", "split", "mixed"]
 MedicationShape = Literal["reference", "codeable-concept", "contained"]
@@ -63,14 +72,28 @@ class Profile:
     last_updated: LastUpdatedScope = "system"  # where ``_lastUpdated`` is a search parameter
     last_updated_types: frozenset[str] = frozenset()  # with ``types``: the only types that have it
     last_updated_day_precision: bool = False  # values finer than a day are refused
+    last_updated_param: str = "_lastUpdated"  # its spelling (parameter names are case-sensitive)
+    last_updated_with_dates: bool = True  # may be combined with ``date``-like parameters (Oracle: no)
     paging: Paging = "token"
+    default_count: int = 50  # page size without ``_count``
     max_count: int = 1000
-    patient_required: bool = False  # clinical searches need exactly one ``patient`` (Epic 4111 / 4112)
+    patient_required: bool = (
+        False  # clinical searches need one ``patient`` (or ``_id``): Epic, Oracle, athena
+    )
+    patient_search_max: int | None = None  # a Patient search matching more is refused (Epic 4127 at 100)
+    error_codes: ErrorCodes = "fhir"
     outcome_entries: bool = False  # OperationOutcome entries with ``search.mode=outcome`` (Epic)
-    page_session_s: float | None = None  # paging sessions expire (Epic 4113)
+    page_session_s: float | None = None  # paging sessions expire (Epic 4113, HAPI 410)
+    minor_edit_rate: float = (
+        0.0  # updates that are not clinically significant: ``_lastUpdated`` stays (Oracle)
+    )
     meta: bool = True  # resources carry ``meta.versionId`` / ``meta.lastUpdated``
     uuid_version_ids: bool = False  # ``meta.versionId`` is a UUID (Medplum)
     padded_identifiers: bool = False  # identifier values padded with spaces (Epic)
+    # The MRN's system (``{facility}`` is replaced by the facility id; Epic: a per-customer OID) and how it
+    # is typed: v2-0203 ``MR``, or only by ``type.text`` (Epic: "EPI"), so consumers must know the system.
+    mrn_system: str = "http://ehrsim.example.org/{facility}/mrn"
+    mrn_type_text: str | None = None
     id_template: str = "{prefix}-{n}"  # resource ids; athena's look like ``a-1.pat-7`` (practice-scoped)
     # -- data shapes ------------------------------------------------------------------------------
     observations: tuple[ObservationKind, ...] = ("vital",)  # what new Observations are
@@ -80,6 +103,11 @@ class Profile:
     lab_ucum: bool = True  # lab quantities carry a UCUM system and code
     # -- subscriptions ----------------------------------------------------------------------------
     notification: NotificationStyle | None = "backport-r4"  # None: no Subscription support
+    subscription_operations: frozenset[SubscriptionOperation] = frozenset({"status", "events"})
+    # Events whose focus is an identifier only (athena's proprietary resources): of these types, about
+    # this share of creates and updates (chosen by a hash of the change, so reproducibly).
+    identifier_focus_types: frozenset[str] = frozenset()
+    identifier_focus_share: float = 0.0
     payloads: tuple[str, ...] = ("id-only", "full-resource", "empty")
     handshake: bool = True
     heartbeat_min_s: float = 10.0  # a requested heartbeat period is raised to at least this
@@ -96,8 +124,11 @@ class Profile:
     ratelimit_header: bool = (
         False  # a 429 also carries ``RateLimit: limit=…, remaining=0, reset=…`` (Medplum)
     )
+    # -- metadata -------------------------------------------------------------------------------------
+    software_name: str = "ehrsim"  # CapabilityStatement.software.name
     # -- bulk data ------------------------------------------------------------------------------------
     bulk_export: bool = False
+    export_levels: frozenset[ExportLevel] = frozenset({"system", "patient", "group"})
     bulk_retry_after_s: int = 2  # Retry-After on a bulk status poll
     bulk_polls_until_done: int = 1  # status polls answered 202 before the manifest
 
@@ -112,13 +143,18 @@ PROFILES: dict[str, Profile] = {
             observations=RICH_OBSERVATIONS,
             last_updated="types",
             last_updated_types=frozenset({"DocumentReference"}),
+            last_updated_param="_lastupdated",  # as the issue reports Epic spelling it (configurable)
             paging="session",
             max_count=100,
             patient_required=True,
+            patient_search_max=100,
+            error_codes="epic",
             outcome_entries=True,
             page_session_s=600.0,
             meta=False,
             padded_identifiers=True,
+            mrn_system="urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14",
+            mrn_type_text="EPI",
             blood_pressure="panel",
             name_style="official-and-usual",
             medication=("reference",),
@@ -126,6 +162,7 @@ PROFILES: dict[str, Profile] = {
             notification=None,
             token_lifetime_s=3600,
             token_flaky_400_rate=0.02,
+            software_name="Epic",
         ),
         Profile(
             name="oracle",
@@ -134,6 +171,9 @@ PROFILES: dict[str, Profile] = {
             last_updated="patient",
             paging="page-context",
             max_count=200,
+            patient_required=True,
+            last_updated_with_dates=False,
+            minor_edit_rate=0.3,
             blood_pressure="mixed",
             name_style="usual-given",
             medication=("codeable-concept", "contained"),
@@ -141,7 +181,9 @@ PROFILES: dict[str, Profile] = {
             auth_methods=frozenset({"private_key_jwt", "client_secret_basic"}),
             token_lifetime_s=570,
             bulk_export=True,
+            export_levels=frozenset({"group"}),
             bulk_retry_after_s=600,
+            software_name="Oracle Health Millennium",
         ),
         Profile(
             name="athena",
@@ -150,9 +192,14 @@ PROFILES: dict[str, Profile] = {
             last_updated="patient",
             last_updated_day_precision=True,
             paging="cursor",
+            patient_required=True,
             id_template="a-1.{prefix}-{n}",
             name_style="nickname",
             notification="r4b",
+            # Whether athena answers $status / $events is unverified: off (profile_overrides to change).
+            subscription_operations=frozenset(),
+            identifier_focus_types=frozenset({"Patient"}),
+            identifier_focus_share=0.3,
             one_subscription_per_topic=True,
             delivery_timeout_s=2.0,
             payloads=("id-only",),
@@ -160,6 +207,7 @@ PROFILES: dict[str, Profile] = {
             auth_methods=frozenset({"private_key_jwt", "client_secret_basic"}),
             token_lifetime_s=3600,
             token_requests_per_min=50,
+            software_name="athenaOne",
         ),
         Profile(
             name="meditech",
@@ -169,9 +217,11 @@ PROFILES: dict[str, Profile] = {
             paging="continue",
             notification=None,
             bulk_export=True,
+            export_levels=frozenset({"patient", "group"}),
             bulk_retry_after_s=5,
             bulk_polls_until_done=2,
             token_lifetime_s=3600,
+            software_name="MEDITECH Expanse",
         ),
         Profile(
             name="medplum",
@@ -180,6 +230,7 @@ PROFILES: dict[str, Profile] = {
             uuid_version_ids=True,
             name_style="nickname",
             notification="medplum",
+            subscription_operations=frozenset(),
             handshake=False,
             payloads=("full-resource",),
             retry=RetryPolicy(max_attempts=5, backoff_initial_s=1.0, backoff_max_s=8.0, window_s=None),
@@ -187,17 +238,23 @@ PROFILES: dict[str, Profile] = {
             token_lifetime_s=3600,
             token_requests_per_min=160,
             ratelimit_header=True,
+            software_name="Medplum",
         ),
         Profile(
             name="hapi",
             resource_types=CLINICAL_TYPES,
             observations=RICH_OBSERVATIONS,
             paging="getpages",
+            default_count=20,  # HAPI JPA server defaults: pages of 20, at most 200
+            max_count=200,
+            page_session_s=3600.0,  # HAPI drops cached search results after an hour by default
             notification="hapi",
+            subscription_operations=frozenset(),
             handshake=False,
             payloads=("empty", "full-resource"),
             retry=RetryPolicy(max_attempts=1000, backoff_initial_s=1.0, backoff_max_s=10.0, window_s=60.0),
             token_lifetime_s=3600,
+            software_name="HAPI FHIR Server",
         ),
     )
 }

@@ -123,12 +123,18 @@ class Sender:
 
     # -- events ------------------------------------------------------------------------------------------
 
-    def enqueue(self, change: Change, resource: dict[str, Any] | None) -> None:
-        """Number and queue a change for every matching subscription. Call from the event loop thread."""
+    def enqueue(
+        self,
+        change: Change,
+        resource: dict[str, Any] | None,
+        identifier: dict[str, Any] | None = None,
+    ) -> None:
+        """Number and queue a change for every matching subscription (``identifier``: its focus is that
+        identifier only). Call from the event loop thread."""
         for subscription in self.subscriptions.values():
             if not subscription.matches(change):
                 continue
-            event = subscription.next_event(change, resource, str(uuid.uuid4()))
+            event = subscription.next_event(change, resource, str(uuid.uuid4()), identifier)
             self.stats.queued += 1
             subscription.expire(change.last_updated)
             if self.faults.config.feed_stopped:

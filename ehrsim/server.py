@@ -29,21 +29,32 @@ from ehrsim.bulk import ExportBusy, Exports
 from ehrsim.config import SimConfig
 from ehrsim.facility import Facility
 from ehrsim.faults import FaultUpdate
-from ehrsim.fhir import FHIR_JSON, capability_statement, operation_outcome, smart_configuration
+from ehrsim.fhir import (
+    FHIR_JSON,
+    capability_statement,
+    export_levels,
+    operation_outcome,
+    smart_configuration,
+)
 from ehrsim.instants import Clock, date_range, format_instant
 from ehrsim.notify import event_entries, status_parameters
+from ehrsim.profiles import SubscriptionOperation
 from ehrsim.search import (
     DEFAULT_COUNT,
     MAX_COUNT,
     PAGE_PARAM,
+    CachedSearch,
     Search,
     SearchError,
+    cached_page,
     continued,
+    getpages_link,
     new_search,
     next_link,
     page,
     vendor_outcome,
 )
+from ehrsim.store import Record
 from ehrsim.subscriptions import InvalidSubscription, Subscription, parse_resource
 
 __all__ = ["DEFAULT_COUNT", "DEFAULT_PUBLIC_BASE_URL", "MAX_COUNT", "create_app"]
@@ -157,7 +168,6 @@ class _Api:
                 f"{origin}/{facility.id}/oauth2/token",
                 facility.profile,
                 format_instant(int(self.clock() * 1000)),
-                subscriptions=facility.supports_subscriptions,
             )
         )
 
@@ -216,13 +226,10 @@ class _Api:
     async def search_base(self, request: Request) -> Response:
         """``GET {base}?_getpages=...``: HAPI's next links name no type."""
         facility = await self._fhir_request(request)
-        param = PAGE_PARAM[facility.profile.paging]
-        token = request.query_params.get(param)
-        if facility.profile.paging != "getpages" or token is None:
+        search_id = request.query_params.get("_getpages")
+        if facility.profile.paging != "getpages" or search_id is None:
             raise _outcome(400, "not-supported", "system-level search is not supported")
-        search = self._continued(facility, token, None)
-        self._authorize(request, facility, search.resource_type, "s")
-        return self._search_page(request, facility, search)
+        return self._held_page(request, facility, search_id)
 
     async def search(self, request: Request) -> Response:
         facility = await self._fhir_request(request)
@@ -233,7 +240,10 @@ class _Api:
             return _fhir(
                 _bundle("searchset", [{"resource": r, "search": {"mode": "match"}} for r in resources])
             )
-        token = request.query_params.get(PAGE_PARAM[facility.profile.paging])
+        paging = facility.profile.paging
+        token = request.query_params.get(PAGE_PARAM[paging])
+        if token is not None and paging == "getpages":
+            return self._held_page(request, facility, token)
         if token is not None:
             search = self._continued(facility, token, resource_type)
         else:
@@ -244,32 +254,89 @@ class _Api:
                     resource_type,
                     request.query_params.multi_items(),
                     self.clock(),
+                    session_epoch=facility.paging_epoch,
                 )
             except SearchError as exc:
                 raise _Problem(_fhir(exc.outcome, exc.status)) from None
-        return self._search_page(request, facility, search)
+        if paging == "getpages":
+            search_id, held = facility.searches.hold(facility.store, search)
+            return self._held_page(request, facility, search_id, held=held)
+        records, next_search = page(facility.store, search)
+        next_url = None
+        if next_search is not None:
+            next_url = next_link(paging, self._base(request, facility), next_search)
+        return self._search_page(
+            request, facility, resource_type, total=search.total, records=records, next_url=next_url
+        )
+
+    def _held_page(
+        self, request: Request, facility: Facility, search_id: str, *, held: CachedSearch | None = None
+    ) -> Response:
+        """A page of a search the server holds (HAPI): at ``_getpagesoffset``, ``_count`` long."""
+        params = request.query_params
+        if held is None:
+            try:
+                held = facility.searches.get(
+                    facility.profile,
+                    search_id,
+                    self.clock(),
+                    facility.time_scale,
+                    session_epoch=facility.paging_epoch,
+                )
+            except SearchError as exc:
+                raise _Problem(_fhir(exc.outcome, exc.status)) from None
+            self._authorize(request, facility, held.resource_type, "s")
+            offset, count = params.get("_getpagesoffset", "0"), params.get("_count", str(held.count))
+            if not (offset.isdigit() and count.isdigit()):
+                raise _outcome(400, "invalid", "_getpagesoffset and _count must be non-negative integers")
+            start, size = int(offset), min(int(count), facility.profile.max_count)
+        else:
+            start, size = 0, held.count
+        records, next_offset = cached_page(facility.store, held, start, size)
+        next_url = None
+        if next_offset is not None:
+            next_url = getpages_link(self._base(request, facility), search_id, next_offset, size)
+        return self._search_page(
+            request, facility, held.resource_type, total=len(held.ids), records=records, next_url=next_url
+        )
+
+    @staticmethod
+    def _base(request: Request, facility: Facility) -> str:
+        return f"{_origin(request)}/{facility.id}/fhir"
 
     def _continued(self, facility: Facility, token: str, resource_type: str | None) -> Search:
         try:
-            return continued(facility.profile, token, resource_type, self.clock(), facility.time_scale)
+            return continued(
+                facility.profile,
+                token,
+                resource_type,
+                self.clock(),
+                facility.time_scale,
+                session_epoch=facility.paging_epoch,
+            )
         except SearchError as exc:
             raise _Problem(_fhir(exc.outcome, exc.status)) from None
 
-    def _search_page(self, request: Request, facility: Facility, search: Search) -> Response:
-        resource_type = search.resource_type
-        records, next_search = page(facility.store, search)
+    def _search_page(
+        self,
+        request: Request,
+        facility: Facility,
+        resource_type: str,
+        *,
+        total: int,
+        records: list[Record],
+        next_url: str | None,
+    ) -> Response:
         self._check_broken(facility, resource_type, (r.id for r in records))
-        base = f"{_origin(request)}/{facility.id}/fhir"
+        base = self._base(request, facility)
         header: dict[str, Any] = {
             "resourceType": "Bundle",
             "type": "searchset",
-            "total": search.total,
+            "total": total,
             "link": [{"relation": "self", "url": str(request.url)}],
         }
-        if next_search is not None:
-            header["link"].append(
-                {"relation": "next", "url": next_link(facility.profile.paging, base, next_search)}
-            )
+        if next_url is not None:
+            header["link"].append({"relation": "next", "url": next_url})
         parts = [
             b'{"fullUrl":"%s/%s/%s","resource":%s,"search":{"mode":"match"}}'
             % (base.encode(), resource_type.encode(), r.id.encode(), r.body)
@@ -354,9 +421,15 @@ class _Api:
             raise _outcome(404, "not-found", "no such Subscription")
         return Response(status_code=204)
 
+    @staticmethod
+    def _operation(facility: Facility, name: SubscriptionOperation) -> None:
+        if name not in facility.profile.subscription_operations:
+            raise _outcome(404, "not-supported", f"${name} is not supported")
+
     async def subscription_status(self, request: Request) -> Response:
         facility = await self._fhir_request(request)
         self._authorize(request, facility, "Subscription", "r")
+        self._operation(facility, "status")
         subscription = self._subscription(facility, request.path_params["id"])
         base = f"{_origin(request)}/{facility.id}/fhir"
         status = status_parameters(subscription.target(), "query-status", base, [])
@@ -367,6 +440,7 @@ class _Api:
         gone (limited retention), and the answer says which numbers it holds."""
         facility = await self._fhir_request(request)
         self._authorize(request, facility, "Subscription", "r")
+        self._operation(facility, "events")
         subscription = self._subscription(facility, request.path_params["id"])
         params = request.query_params
         try:
@@ -388,8 +462,14 @@ class _Api:
 
     async def export(self, request: Request) -> Response:
         facility = await self._fhir_request(request)
-        if not facility.profile.bulk_export:
-            raise _outcome(404, "not-supported", "$export is not supported")
+        if "group" in request.path_params:
+            level = "group"
+        elif request.url.path.endswith("/Patient/$export"):
+            level = "patient"
+        else:
+            level = "system"
+        if level not in export_levels(facility.profile):
+            raise _outcome(404, "not-supported", f"{level}-level $export is not supported")
         token = self._authorize(request, facility, "Patient", "r")
         if request.headers.get("prefer", "").lower() != "respond-async":
             raise _outcome(400, "invalid", "$export requires the header Prefer: respond-async")

@@ -116,10 +116,16 @@ class ResourceStore:
     def records(self) -> list[Record]:
         return [r for index in self._types.values() for r in index.records.values()]
 
-    def put(self, resource_type: str, id_: str, content: dict[str, Any]) -> Change:
-        """Create or update; ``content`` becomes the resource (its ``meta`` is replaced)."""
+    def put(
+        self, resource_type: str, id_: str, content: dict[str, Any], *, significant: bool = True
+    ) -> Change:
+        """Create or update; ``content`` becomes the resource (its ``meta`` is replaced). An update that
+        is not ``significant`` (Oracle: not clinically significant) gets a new version but keeps its
+        ``lastUpdated``, so ``_lastUpdated`` searches do not see it."""
         index = self._types[resource_type]
         previous = index.records.get(id_)
+        if not significant and previous is not None and not previous.deleted:
+            return self._minor_edit(previous, content)
         version = 1 if previous is None else previous.version + 1
         ts = self._next_ms()
         version_id = self._version_id(resource_type, id_, version)
@@ -144,6 +150,22 @@ class ResourceStore:
         )
         kind: ChangeKind = "create" if previous is None or previous.deleted else "update"
         return Change(kind, resource_type, id_, version, ts)
+
+    def _minor_edit(self, record: Record, content: dict[str, Any]) -> Change:
+        record.version += 1
+        record.version_id = self._version_id(record.resource_type, record.id, record.version)
+        resource = {"resourceType": record.resource_type, "id": record.id, **content}
+        if self._meta:
+            resource["meta"] = {
+                "versionId": record.version_id,
+                "lastUpdated": format_instant(record.last_updated),
+            }
+        else:
+            resource.pop("meta", None)
+        record.resource = resource
+        record.body = json.dumps(resource, separators=(",", ":")).encode()
+        # The change itself happens now (notifications carry this time); the search index does not move.
+        return Change("update", record.resource_type, record.id, record.version, self._next_ms())
 
     def delete(self, resource_type: str, id_: str) -> Change:
         index = self._types[resource_type]

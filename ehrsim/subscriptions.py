@@ -79,9 +79,15 @@ class Subscription:
             return True
         return self.criteria.split("?", 1)[0] in (change.resource_type, "*")
 
-    def next_event(self, change: Change, resource: dict[str, Any] | None, event_id: str) -> Event:
+    def next_event(
+        self,
+        change: Change,
+        resource: dict[str, Any] | None,
+        event_id: str,
+        identifier: dict[str, Any] | None = None,
+    ) -> Event:
         self.events_since_start += 1
-        event = Event(self.events_since_start, change, resource, event_id)
+        event = Event(self.events_since_start, change, resource, event_id, identifier)
         self.retained.append(event)
         return event
 

@@ -10,6 +10,7 @@ import httpx
 from app.ehr.auth import SmartBackendAuth
 from app.ehr.client import EHRClient
 from app.facilities.schemas import AuthConfig
+from app.vendors import adapter_for
 from devstack.keys import write_keypair
 
 BASE = "https://ehr.test/fhir"
@@ -31,7 +32,9 @@ def make_client(
     attempts: int = 4,
     token_url: str | None = TOKEN_URL,
     facility_id: str = "fac-1",
+    vendor: str = "generic",
 ) -> EHRClient:
+    """The client as the pool builds it for ``vendor`` (its adapter's error policies)."""
     http = httpx.Client(transport=transport, follow_redirects=False)
     config = AuthConfig.model_validate(
         {
@@ -43,6 +46,14 @@ def make_client(
     auth = SmartBackendAuth(
         facility_id=facility_id, base_url=BASE, config=config, private_key=keypair()[0], http=http
     )
+    adapter = adapter_for(vendor)
     return EHRClient(
-        facility_id=facility_id, base_url=BASE, auth=auth, http=http, attempts=attempts, max_delay_s=5
+        facility_id=facility_id,
+        base_url=BASE,
+        auth=auth,
+        http=http,
+        attempts=attempts,
+        max_delay_s=5,
+        server_error=adapter.server_error,
+        paging_expired=adapter.paging_session_expired,
     )

@@ -14,12 +14,14 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
 import httpx
 import jwt
 
 from app.ehr import token_events
+from app.ehr.retry_after import parse_retry_after
 from app.ehr.token_cache import CachedToken, MemoryTokenCache, TokenCache
 from app.ehr.token_events import TokenEventSink
 from app.errors import (
@@ -177,7 +179,10 @@ class SmartBackendAuth:
             raise EHRTransportError(detail=f"token endpoint: {type(exc).__name__}") from exc
         status = response.status_code
         if status == 429:
-            raise TokenEndpointThrottled("token endpoint throttled")
+            # The client's retry tier waits this long (capped) before asking again, or leaves it to the
+            # Postgres back-off when it is longer than a worker holds a request.
+            retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
+            raise TokenEndpointThrottled("token endpoint throttled", retry_after=retry_after)
         if status >= 500:
             raise TokenEndpointUnavailable(f"token endpoint answered {status}")
         error = _oauth_error(response)

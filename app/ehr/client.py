@@ -4,7 +4,8 @@ Retry policy, the first of two tiers: transport errors, 429, 502/503/504, a 500 
 calls transient and our own politeness waits are retried here a few times with exponential backoff and
 jitter, honouring ``Retry-After`` up to ``RETRY_AFTER_CAP_S`` (and pausing the whole facility for that
 long, across processes); what still fails is raised as a TransientEHRError for the caller to back off in
-Postgres. A 401 drops the token and retries the same URL once with a fresh one. 404 and 410 on a read
+Postgres. A 401 drops the token and retries the same URL once with a fresh one. A ``next`` link the
+server no longer knows (the adapter's ``paging_session_expired``) re-issues the query. 404 and 410 on a read
 are not errors: the result says the resource is absent, and which status said so (``app.ingest.drain``
 decides when a 404 is a deletion). Redirects are followed only inside the base URL.
 """
@@ -41,13 +42,15 @@ from app.errors import (
     ForeignHostError,
     IngestError,
     PagingLoop,
+    PagingSessionExpired,
     TooManyRedirects,
     TransientEHRError,
     UnparseableResource,
     rejected,
 )
 from app.fhir import jsonwire
-from app.fhir.references import ResourceRef, is_under_base
+from app.fhir.base_url import is_under_base
+from app.fhir.references import ResourceRef
 from app.fhir.resources import resource_meta
 from app.metrics import ehr_request
 
@@ -55,6 +58,7 @@ log = structlog.get_logger("ehr.client")
 
 RETRY_AFTER_CAP_S = 10.0
 MAX_REDIRECTS = 3
+MAX_QUERY_REISSUES = 2  # a search whose paging session expires is issued again at most this many times
 
 
 #: How a vendor's 500 is classified: from the status and the parsed body (an OperationOutcome or None).
@@ -63,6 +67,15 @@ ServerErrorPolicy = Callable[[int, Any], IngestError]
 
 def transient_server_error(status: int, _body: Any) -> IngestError:
     return EHRServerError(f"{status} from EHR")
+
+
+#: Whether a 4xx answer to a ``next`` link says the server forgot the search (from the status and the
+#: parsed body): then the query is issued again.
+PagingExpiredPolicy = Callable[[int, Any], bool]
+
+
+def never_expired(_status: int, _body: Any) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,7 @@ class EHRClient:
         attempts: int = 4,
         max_delay_s: float = 30.0,
         server_error: ServerErrorPolicy = transient_server_error,
+        paging_expired: PagingExpiredPolicy = never_expired,
     ) -> None:
         self.facility_id = facility_id
         self.base_url = base_url.rstrip("/")
@@ -94,6 +108,7 @@ class EHRClient:
         self._attempts = attempts
         self._max_delay_s = max_delay_s
         self._server_error = server_error
+        self._paging_expired = paging_expired
 
     def close(self) -> None:
         self._http.close()
@@ -111,11 +126,30 @@ class EHRClient:
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """Every page of a search, following ``next`` links verbatim (resolved against the request URL,
-        never rebuilt). Returns the raw searchset Bundles; callers pick entries through their adapter."""
-        url = str(httpx.URL(f"{self.base_url}/{resource_type}", params=params))
+        never rebuilt). Returns the raw searchset Bundles; callers pick entries through their adapter.
+
+        A server that forgot the search between two pages (the vendor's adapter tells: Epic 4113) gets
+        the query again from its first page, up to ``MAX_QUERY_REISSUES`` times; the pages of an
+        abandoned run are dropped, so nothing is returned twice. Then ``PagingSessionExpired``
+        (transient: the rows back off, they are not dead-lettered)."""
+        first = str(httpx.URL(f"{self.base_url}/{resource_type}", params=params))
+        for run in range(MAX_QUERY_REISSUES + 1):
+            try:
+                return self._pages(first, resource_type)
+            except PagingSessionExpired:
+                log.info(
+                    "ehr.search.session_expired",
+                    facility_id=self.facility_id,
+                    resource_type=resource_type,
+                    run=run + 1,
+                )
+        raise PagingSessionExpired(f"{resource_type} search: paging expired {MAX_QUERY_REISSUES + 1} times")
+
+    def _pages(self, url: str, resource_type: str) -> list[dict[str, Any]]:
         bundles: list[dict[str, Any]] = []
         for _ in range(10_000):  # a bound against a server that links a page to itself forever
-            bundle = _json(self._get_with_retries(url, gone_ok=False), f"{resource_type} search")
+            response = self._get_with_retries(url, gone_ok=False, next_page=bool(bundles))
+            bundle = _json(response, f"{resource_type} search")
             if bundle.get("resourceType") != "Bundle":
                 raise UnparseableResource(f"{resource_type} search did not return a Bundle")
             bundles.append(bundle)
@@ -129,7 +163,7 @@ class EHRClient:
 
     # -- transport ---------------------------------------------------------------------------------
 
-    def _get_with_retries(self, url: str, *, gone_ok: bool) -> httpx.Response:
+    def _get_with_retries(self, url: str, *, gone_ok: bool, next_page: bool = False) -> httpx.Response:
         retrying = Retrying(
             retry=retry_if_exception(_worth_retrying_now),
             stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_delay_s),
@@ -138,10 +172,10 @@ class EHRClient:
         )
         for attempt in retrying:
             with attempt:
-                return self._get_once(url, gone_ok=gone_ok)
+                return self._get_once(url, gone_ok=gone_ok, next_page=next_page)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _get_once(self, url: str, *, gone_ok: bool) -> httpx.Response:
+    def _get_once(self, url: str, *, gone_ok: bool, next_page: bool) -> httpx.Response:
         token = self._auth.token()
         response = self._get_authorized(url, token)
         if response.status_code == 401:
@@ -150,7 +184,7 @@ class EHRClient:
             response = self._get_authorized(url, self._auth.token())
             if response.status_code == 401:
                 raise EHRTokenExpired("401 after re-authentication")
-        return self._classify(response, gone_ok=gone_ok)
+        return self._classify(response, gone_ok=gone_ok, next_page=next_page)
 
     def _get_authorized(self, url: str, token: str) -> httpx.Response:
         for _ in range(MAX_REDIRECTS + 1):
@@ -176,10 +210,12 @@ class EHRClient:
             return response
         raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
 
-    def _classify(self, response: httpx.Response, *, gone_ok: bool) -> httpx.Response:
+    def _classify(self, response: httpx.Response, *, gone_ok: bool, next_page: bool) -> httpx.Response:
         status = response.status_code
         if status == 200 or (gone_ok and status in (404, 410)):
             return response
+        if next_page and 400 <= status < 500 and self._paging_expired(status, _json_or_none(response)):
+            raise PagingSessionExpired(f"{status}: the paging session expired")
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
         if retry_after is not None and status in (429, 503):
             self._politeness.pause(retry_after)
@@ -214,6 +250,8 @@ def _json_or_none(response: httpx.Response) -> Any:
 def _worth_retrying_now(exc: BaseException) -> bool:
     """Transient errors are retried here, unless the EHR asked for a longer pause than we hold a worker
     for: that goes straight back to the Postgres back-off."""
+    if isinstance(exc, PagingSessionExpired):
+        return False  # the same link would expire again: the search issues the query anew
     if isinstance(exc, TransientEHRError) and exc.retry_after is not None:
         return exc.retry_after <= RETRY_AFTER_CAP_S
     return isinstance(exc, TransientEHRError)

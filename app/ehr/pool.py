@@ -69,6 +69,7 @@ class EHRClientPool:
 
     def _build(self, facility: Facility) -> EHRClient:
         config = AuthConfig.model_validate(facility.auth)
+        adapter = adapter_for(facility.vendor, mrn_system=facility.mrn_system)
         # Redirects are followed by EHRClient itself, and only inside the base URL.
         http = httpx.Client(
             timeout=self._timeout, limits=self._limits, follow_redirects=False, transport=self._transport
@@ -88,7 +89,8 @@ class EHRClientPool:
             auth=auth,
             http=http,
             politeness=self._politeness(facility),
-            server_error=adapter_for(facility.vendor, mrn_system=facility.mrn_system).server_error,
+            server_error=adapter.server_error,
+            paging_expired=adapter.paging_session_expired,
         )
 
     def close(self) -> None:

@@ -1,16 +1,16 @@
 """Resource references as notifications carry them: relative, absolute, with ``/_history/n``.
 
-An absolute reference must point inside the facility's registered base URL; anything else is refused
-(DESIGN.md rule 5) before any connection is made.
+An absolute reference must point inside the facility's registered base URL (``app.fhir.base_url``);
+anything else is refused (DESIGN.md rule 5) before any connection is made.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 from app.errors import ForeignHostError, NotificationError
+from app.fhir.base_url import path_under_base
 
 _TYPE = r"[A-Z][A-Za-z]{1,63}"
 _ID = r"[A-Za-z0-9\-.]{1,64}"
@@ -30,19 +30,6 @@ class ResourceRef:
         return f"{self.resource_type}/{self.resource_id}"
 
 
-def _same_origin_and_under(url: str, base_url: str, *, allow_query: bool = False) -> str | None:
-    """The path of ``url`` after ``base_url`` if it lies under it (same scheme, host and port; no
-    userinfo; no ``..`` segment), else None. A query string is allowed only when ``allow_query``."""
-    u, b = urlsplit(url), urlsplit(base_url)
-    if (u.scheme.lower(), u.hostname, u.port) != (b.scheme.lower(), b.hostname, b.port) or u.username:
-        return None
-    base_path = b.path.rstrip("/") + "/"
-    if not u.path.startswith(base_path) or u.fragment or (u.query and not allow_query):
-        return None
-    rest = u.path[len(base_path) :]
-    return None if ".." in unquote(rest).split("/") else rest  # also %2e%2e, decoded by servers
-
-
 def parse_reference(reference: str, base_url: str) -> ResourceRef:
     """Parse a focus reference. Raises ForeignHostError for an absolute URL outside ``base_url`` and
     NotificationError for anything that is not a resource reference."""
@@ -51,7 +38,7 @@ def parse_reference(reference: str, base_url: str) -> ResourceRef:
     if ref.startswith(base) and "?" not in ref and "#" not in ref:
         ref = ref[len(base) :]  # the common case, without a full URL parse
     elif "://" in ref:
-        relative = _same_origin_and_under(ref, base_url)
+        relative = path_under_base(ref, base_url)
         if relative is None:
             raise ForeignHostError(detail="reference outside the facility's registered base URL")
         ref = relative
@@ -59,8 +46,3 @@ def parse_reference(reference: str, base_url: str) -> ResourceRef:
     if match is None:
         raise NotificationError("bad_reference", "focus is not a Type/id reference")
     return ResourceRef(match["type"], match["id"], match["version"])
-
-
-def is_under_base(url: str, base_url: str) -> bool:
-    """Whether a request URL (query string allowed) may be sent to the facility with its token."""
-    return _same_origin_and_under(url, base_url, allow_query=True) is not None

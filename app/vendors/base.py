@@ -74,6 +74,11 @@ class VendorAdapter(Protocol):
         receiver (kept in quarantine when it has a body)."""
         ...
 
+    def paging_session_expired(self, status: int, body: Any) -> bool:
+        """Whether this 4xx answer to a ``next`` link (status, parsed body or None) says the server
+        forgot the search, so that the query is issued again from its first page."""
+        ...
+
 
 class DefaultAdapter:
     """Standard FHIR R4 behaviour; also the adapter of an unknown vendor.
@@ -149,6 +154,16 @@ class DefaultAdapter:
             return EHRServerErrorPermanent(f"{status} from EHR, issue {'/'.join(sorted(codes))}")
         return EHRServerError(f"{status} from EHR")
 
+    #: Vendor codes (``issue.details.coding.code``) that say a paging session expired.
+    paging_expired_codes: frozenset[str] = frozenset()
+    #: Statuses that, answering a ``next`` link, alone say the search is gone.
+    paging_expired_statuses: frozenset[int] = frozenset()
+
+    def paging_session_expired(self, status: int, body: Any) -> bool:
+        if status in self.paging_expired_statuses:
+            return True
+        return bool(self.paging_expired_codes & outcome_detail_codes(body))
+
 
 #: OperationOutcome issue codes (FHIR R4 IssueType) that say trying again may work.
 TRANSIENT_ISSUE_CODES = frozenset(
@@ -156,14 +171,27 @@ TRANSIENT_ISSUE_CODES = frozenset(
 )
 
 
+def _issues(body: Any) -> list[dict[str, Any]]:
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return []
+    issues = body.get("issue")
+    return [i for i in (issues if isinstance(issues, list) else []) if isinstance(i, dict)]
+
+
+def outcome_detail_codes(body: Any) -> frozenset[str]:
+    """The vendor codes in an OperationOutcome's ``issue.details.coding`` (Epic's 4113…), empty for
+    anything else."""
+    codes: set[str] = set()
+    for issue in _issues(body):
+        details = issue.get("details")
+        codings = details.get("coding") if isinstance(details, dict) else None
+        for coding in codings if isinstance(codings, list) else []:
+            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                codes.add(coding["code"][:32])
+    return frozenset(codes)
+
+
 def outcome_issue_codes(body: Any) -> frozenset[str]:
     """The issue codes of an OperationOutcome body (empty for anything else); codes are FHIR vocabulary,
     never patient data, so they may be logged."""
-    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
-        return frozenset()
-    issues = body.get("issue")
-    return frozenset(
-        str(i["code"])[:32]
-        for i in (issues if isinstance(issues, list) else [])
-        if isinstance(i, dict) and isinstance(i.get("code"), str)
-    )
+    return frozenset(str(i["code"])[:32] for i in _issues(body) if isinstance(i.get("code"), str))

@@ -6,6 +6,7 @@
   ``search.mode=outcome`` entries (4119, 4101), ``medicationReference`` to a separate Medication: handled
   by the default adapter for every vendor, since the same rules are harmless where the quirk is absent.
 - MRN systems are per-customer OIDs: configure ``mrn_system`` per facility.
+- Paging sessions expire (OperationOutcome code 4113 on a ``next`` link): the query is issued again.
 """
 
 from __future__ import annotations
@@ -17,3 +18,4 @@ class EpicAdapter(DefaultAdapter):
     vendor = "epic"
     batch_read = False
     batch_max = 1
+    paging_expired_codes = frozenset({"4113"})

@@ -24,6 +24,8 @@ class HapiAdapter(DefaultAdapter):
     notification_shapes: frozenset[NotificationShape] = frozenset(
         {"backport", "backport-0.1", "r4b", "r5", "empty", "put", "delete"}
     )
+    # A ``_getpages`` id HAPI no longer holds (its search cache expired) answers 410 Gone.
+    paging_expired_statuses = frozenset({410})
 
 
 class MedplumAdapter(DefaultAdapter):

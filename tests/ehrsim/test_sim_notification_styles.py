@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -15,7 +17,7 @@ from ehrsim.server import create_app
 from tests.ehrsim.simclient import settle as _settle
 
 if TYPE_CHECKING:
-    from tests.ehrsim.conftest import MakeConfig, Recorder, Run, Wait
+    from tests.ehrsim.conftest import Assertions, FakeClock, Form, MakeConfig, Recorder, Run, Wait
 
 pytestmark = pytest.mark.anyio
 HOOK = "http://receiver.test/hooks/general"
@@ -27,15 +29,21 @@ def _app(
     *,
     profile: str = "generic",
     time_scale: float = 1.0,
+    patients: int = 5,
+    clock: Callable[[], float] = time.time,
     **webhook: object,
 ) -> Starlette:
     config = make_config(
         profile=profile,
         time_scale=time_scale,
+        patients=patients,
         webhook={"url": HOOK, "subscription_id": "sub-general", "backoff_initial_s": 0.001, **webhook},
     )
     return create_app(
-        config, public_base_url="http://ehr.test", webhook_transport=httpx.MockTransport(recorder)
+        config,
+        public_base_url="http://ehr.test",
+        clock=clock,
+        webhook_transport=httpx.MockTransport(recorder),
     )
 
 
@@ -153,6 +161,41 @@ async def test_athena_r4b_is_signed_with_bundle_relative_numbers(
         assert "focus" in event
         ids.add(event["id"])
     assert len(ids) == 4  # notificationEvent.id is the dedup key
+
+
+async def test_athena_names_some_patients_by_identifier_only_and_the_search_finds_them(
+    make_config: MakeConfig,
+    recorder: Recorder,
+    run: Run,
+    wait: Wait,
+    *,
+    assertion: Assertions,
+    form: Form,
+    clock: FakeClock,
+) -> None:
+    app = _app(make_config, recorder, profile="athena", patients=20, clock=clock)
+    async with run(app) as client:
+        await _settle(client, wait, 300)
+        focuses = [
+            json.loads(r.content)["entry"][0]["resource"]["notificationEvent"][0]["focus"]
+            for r in recorder.requests
+        ]
+        by_identifier = [f for f in focuses if "identifier" in f]
+        answer = (await client.post("/general/oauth2/token", data=form(assertion()))).json()
+        assert "access_token" in answer, answer
+        token = answer["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        found = []
+        for focus in by_identifier:
+            identifier = f"{focus['identifier']['system']}|{focus['identifier']['value']}"
+            bundle = (
+                await client.get("/general/fhir/Patient", params={"identifier": identifier}, headers=headers)
+            ).json()
+            found.append([e["resource"]["id"] for e in bundle.get("entry", [])])
+    assert by_identifier
+    assert all(f["type"] == "Patient" and "reference" not in f for f in by_identifier)
+    assert any("reference" in f for f in focuses)  # only some events
+    assert all(len(ids) == 1 for ids in found)
 
 
 async def test_r5_subscription_notification_numbers_events(

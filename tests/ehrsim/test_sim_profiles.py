@@ -54,6 +54,21 @@ async def _pages(client: httpx.AsyncClient, url: str) -> tuple[list[dict[str, An
     return matches, bundles
 
 
+async def _by_patient(
+    client: httpx.AsyncClient, resource_type: str, count: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every match of a clinical type, searched patient by patient (Epic, Oracle and athena refuse a
+    clinical search without ``patient``), and every bundle."""
+    patients, _ = await _pages(client, f"{FHIR}/Patient?_count=100")
+    matches: list[dict[str, Any]] = []
+    bundles: list[dict[str, Any]] = []
+    for patient in patients:
+        found, pages = await _pages(client, f"{FHIR}/{resource_type}?patient={patient['id']}&_count={count}")
+        matches += found
+        bundles += pages
+    return matches, bundles
+
+
 async def _live(client: httpx.AsyncClient, resource_type: str) -> set[str]:
     truth = (await client.get("/_admin/general/truth")).json()["resources"]
     return {r["id"] for r in truth if r["resourceType"] == resource_type and not r["deleted"]}
@@ -128,12 +143,16 @@ async def test_epic_paging_session_expires_with_4113(open_sim: OpenSim, clock: F
     assert _code(response) == "4113"
 
 
-async def test_epic_last_updated_only_on_document_reference(open_sim: OpenSim) -> None:
+async def test_epic_last_updated_only_on_document_reference_and_spelled_as_epic_does(
+    open_sim: OpenSim,
+) -> None:
     async with open_sim("epic") as client:
-        observation = await client.get(f"{FHIR}/Observation?patient=pat-1&_lastUpdated=ge2020-01-01")
-        document = await client.get(f"{FHIR}/DocumentReference?patient=pat-1&_lastUpdated=ge2020-01-01")
+        observation = await client.get(f"{FHIR}/Observation?patient=pat-1&_lastupdated=ge2020-01-01")
+        document = await client.get(f"{FHIR}/DocumentReference?patient=pat-1&_lastupdated=ge2020-01-01")
+        camel = await client.get(f"{FHIR}/DocumentReference?patient=pat-1&_lastUpdated=ge2020-01-01")
     assert observation.status_code == 400
     assert document.status_code == 200
+    assert camel.status_code == 400
 
 
 async def test_epic_token_endpoint_sometimes_answers_a_bare_400(
@@ -174,21 +193,23 @@ async def test_oracle_last_updated_requires_patient(open_sim: OpenSim) -> None:
 
 async def test_oracle_pages_with_an_opaque_page_context(open_sim: OpenSim) -> None:
     async with open_sim("oracle", patients=10) as client:
-        matches, bundles = await _pages(client, f"{FHIR}/Observation?_count=3")
+        matches, bundles = await _by_patient(client, "Observation", 1)
         live = await _live(client, "Observation")
-    assert "-pageContext=" in bundles[0]["link"][1]["url"]
+    assert any("-pageContext=" in link["url"] for b in bundles for link in b["link"][1:])
     assert {m["id"] for m in matches} == live
 
 
 async def test_oracle_observation_count_is_capped_at_200(open_sim: OpenSim) -> None:
     async with open_sim("oracle", patients=80) as client:
-        bundle = (await client.get(f"{FHIR}/Observation?_count=500")).json()
+        ids = sorted(await _live(client, "Observation"))
+        bundle = (await client.get(f"{FHIR}/Observation?_id={','.join(ids)}&_count=500")).json()
+    assert len(ids) > 200
     assert len(bundle["entry"]) == 200
 
 
 async def test_oracle_returns_unpaired_blood_pressure_readings(open_sim: OpenSim) -> None:
     async with open_sim("oracle", patients=40) as client:
-        observations, _ = await _pages(client, f"{FHIR}/Observation?_count=200")
+        observations, _ = await _by_patient(client, "Observation", 200)
     codes = [o["code"]["coding"][0]["code"] for o in observations]
     assert "85354-9" in codes  # paired readings: the panel
     systolic = [o for o in observations if o["code"]["coding"][0]["code"] == "8480-6"]
@@ -215,7 +236,7 @@ async def test_oracle_usual_name_has_the_given_name_only(open_sim: OpenSim) -> N
 
 async def test_oracle_medications_are_codeable_concepts_or_contained(open_sim: OpenSim) -> None:
     async with open_sim("oracle", patients=30) as client:
-        requests, _ = await _pages(client, f"{FHIR}/MedicationRequest?_count=200")
+        requests, _ = await _by_patient(client, "MedicationRequest", 200)
     shapes = {
         "contained"
         if "contained" in r
@@ -316,9 +337,9 @@ async def test_athena_ids_are_practice_scoped(open_sim: OpenSim) -> None:
 
 async def test_athena_pages_with_a_cursor(open_sim: OpenSim) -> None:
     async with open_sim("athena", patients=8) as client:
-        matches, bundles = await _pages(client, f"{FHIR}/Condition?_count=2")
-        live = await _live(client, "Condition")
-    assert "?cursor=" in bundles[0]["link"][1]["url"]
+        matches, bundles = await _by_patient(client, "Observation", 1)
+        live = await _live(client, "Observation")
+    assert any("?cursor=" in link["url"] for b in bundles for link in b["link"][1:])
     assert {m["id"] for m in matches} == live
 
 
@@ -428,6 +449,42 @@ async def test_hapi_next_links_use_getpages_without_a_type(open_sim: OpenSim) ->
     assert {m["id"] for m in matches} == live
 
 
+async def test_hapi_pages_one_cached_search_by_offset_as_hapi_does(open_sim: OpenSim) -> None:
+    async with open_sim("hapi", patients=20) as client:
+        matches, bundles = await _pages(client, f"{FHIR}/Observation")
+        live = await _live(client, "Observation")
+        unknown = await client.get(f"{FHIR}?_getpages=nope&_getpagesoffset=0&_count=20")
+    links = [httpx.URL(link["url"]) for b in bundles for link in b["link"] if link["relation"] == "next"]
+    assert len({u.params["_getpages"] for u in links}) == 1  # one search id, held by the server
+    assert [int(u.params["_getpagesoffset"]) for u in links] == [20 * n for n in range(1, len(links) + 1)]
+    assert all(u.params["_count"] == "20" for u in links)  # HAPI's default page size
+    assert len(bundles[0]["entry"]) == 20
+    assert sorted(m["id"] for m in matches) == sorted(live)
+    assert unknown.status_code == 410
+
+
+async def test_hapi_getpages_of_an_expired_search_answer_410(open_sim: OpenSim, clock: FakeClock) -> None:
+    async with open_sim("hapi", patients=3, token_lifetime_s=7200) as client:
+        first = (await client.get(f"{FHIR}/Observation?_count=1")).json()
+        next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        clock.advance(3601)
+        response = await client.get(next_url)
+    assert response.status_code == 410
+
+
+async def test_expire_paging_sessions_fault_ends_every_open_session(open_sim: OpenSim) -> None:
+    async with open_sim("epic", patients=3) as client:
+        first = (await client.get(f"{FHIR}/Observation?patient=pat-1&_count=1")).json()
+        next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        await client.post("/_admin/general/faults", json={"actions": ["expire-paging-sessions"]})
+        expired = await client.get(next_url)
+        again = (await client.get(f"{FHIR}/Observation?patient=pat-1&_count=1")).json()
+        fresh = await client.get(next(link["url"] for link in again["link"] if link["relation"] == "next"))
+    assert expired.status_code == 400
+    assert _code(expired) == "4113"
+    assert fresh.status_code == 200
+
+
 async def test_medplum_version_ids_are_uuids(open_sim: OpenSim) -> None:
     async with open_sim("medplum") as client:
         resource = (await client.get(f"{FHIR}/Patient/pat-1")).json()
@@ -489,7 +546,7 @@ async def test_es384_assertion_verified_against_a_jwks_url(
 
 async def test_labs_come_with_and_without_ucum_codes(open_sim: OpenSim) -> None:
     async with open_sim("athena", patients=60) as client:
-        observations, _ = await _pages(client, f"{FHIR}/Observation?_count=500")
+        observations, _ = await _by_patient(client, "Observation", 500)
     labs = [o for o in observations if o["category"][0]["coding"][0]["code"] == "laboratory"]
     assert any(o["valueQuantity"].get("system") == "http://unitsofmeasure.org" for o in labs)
     assert any("code" not in o["valueQuantity"] and o["valueQuantity"]["unit"] for o in labs)
@@ -511,23 +568,83 @@ def _params_of(statement: dict[str, Any], resource_type: str) -> dict[str, dict[
     return {p["name"]: p for p in resource.get("searchParam", [])}
 
 
-async def test_capability_statements_tell_the_truth(open_sim: OpenSim) -> None:
+async def _statements(open_sim: OpenSim, **facility: Any) -> dict[str, dict[str, Any]]:
     statements = {}
-    for profile in ("epic", "oracle", "athena", "meditech", "medplum", "hapi"):
-        async with open_sim(profile, login=False) as client:
+    for profile in ("generic", "epic", "oracle", "athena", "meditech", "medplum", "hapi"):
+        async with open_sim(profile, login=False, **facility) as client:
             statements[profile] = (await client.get(f"{FHIR}/metadata")).json()
+    return statements
+
+
+def _resource(statement: dict[str, Any], resource_type: str) -> dict[str, Any] | None:
+    return next((r for r in statement["rest"][0]["resource"] if r["type"] == resource_type), None)
+
+
+async def test_capability_statements_tell_the_truth(open_sim: OpenSim) -> None:
+    statements = await _statements(open_sim)
     types = {p: {r["type"] for r in s["rest"][0]["resource"]} for p, s in statements.items()}
-    assert "_lastUpdated" not in _params_of(statements["epic"], "Observation")
-    assert "_lastUpdated" in _params_of(statements["epic"], "DocumentReference")
+    assert "_lastupdated" not in _params_of(statements["epic"], "Observation")
+    assert "_lastupdated" in _params_of(statements["epic"], "DocumentReference")
     assert _params_of(statements["epic"], "Observation")["patient"]["extension"][0]["valueBoolean"] is True
+    for vendor in ("oracle", "athena"):
+        assert _params_of(statements[vendor], "Observation")["patient"]["extension"][0]["valueBoolean"]
+        assert "_lastUpdated" not in _params_of(statements[vendor], "Patient")
     assert "patient" in _params_of(statements["oracle"], "Observation")["_lastUpdated"]["documentation"]
     assert "day precision" in _params_of(statements["athena"], "Observation")["_lastUpdated"]["documentation"]
     assert "_lastUpdated" not in _params_of(statements["meditech"], "Observation")
     assert "_lastUpdated" in _params_of(statements["hapi"], "Observation")
-    assert "Subscription" not in types["epic"] | types["oracle"] | types["meditech"]
-    assert {"Subscription"} <= types["athena"] & types["medplum"] & types["hapi"]
+    assert {"issued", "date"} <= set(_params_of(statements["epic"], "Observation"))
+    assert {"recorded-date", "onset-date"} <= set(_params_of(statements["epic"], "Condition"))
+    assert "authoredon" in _params_of(statements["epic"], "MedicationRequest")
     assert "Group" in types["meditech"]
     assert "Group" not in types["epic"]
+
+
+async def test_capability_statements_name_the_vendors_software(open_sim: OpenSim) -> None:
+    statements = await _statements(open_sim)
+    names = {p: s["software"]["name"] for p, s in statements.items()}
+    assert len(set(names.values())) == len(names)
+    assert names["hapi"] == "HAPI FHIR Server"
+    assert names["epic"] == "Epic"
+
+
+async def test_subscription_is_advertised_and_served_only_where_the_vendor_has_it(
+    open_sim: OpenSim,
+) -> None:
+    webhook = {"url": "http://127.0.0.1:9/hooks"}  # even with a configured feed
+    statements = await _statements(open_sim, webhook=webhook)
+    for vendor in ("epic", "oracle", "meditech"):
+        assert _resource(statements[vendor], "Subscription") is None, vendor
+        async with open_sim(vendor, webhook=webhook, profile_overrides={}) as client:
+            assert (await client.get(f"{FHIR}/Subscription")).status_code == 404
+    for vendor in ("generic", "athena", "medplum", "hapi"):
+        assert _resource(statements[vendor], "Subscription") is not None, vendor
+
+
+async def test_events_operation_only_where_the_vendor_has_it(open_sim: OpenSim) -> None:
+    statements = await _statements(open_sim)
+    operations = {
+        p: {o["name"]: o["definition"] for o in (_resource(s, "Subscription") or {}).get("operation", [])}
+        for p, s in statements.items()
+    }
+    assert operations["generic"]["events"].endswith("/backport-subscription-events")
+    assert operations["generic"]["status"].endswith("/backport-subscription-status")
+    assert "events" not in operations["medplum"] | operations["hapi"] | operations["athena"]
+
+
+async def test_export_is_advertised_per_level_with_its_own_definition(open_sim: OpenSim) -> None:
+    statements = await _statements(open_sim)
+    bulk = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+    system = statements["generic"]["rest"][0]["operation"]
+    assert system == [{"name": "export", "definition": f"{bulk}/export"}]
+    patient = _resource(statements["meditech"], "Patient") or {}
+    group = _resource(statements["meditech"], "Group") or {}
+    assert patient["operation"] == [{"name": "export", "definition": f"{bulk}/patient-export"}]
+    assert group["operation"] == [{"name": "export", "definition": f"{bulk}/group-export"}]
+    assert "operation" not in statements["meditech"]["rest"][0]  # no system-level export
+    async with open_sim("meditech") as client:
+        refused = await client.get(f"{FHIR}/$export", headers={"Prefer": "respond-async"})
+    assert refused.status_code == 404
 
 
 async def test_smart_configuration_lists_the_profiles_auth_methods(open_sim: OpenSim) -> None:

@@ -279,3 +279,17 @@ async def test_configured_subscription_can_be_reactivated_through_the_api(
         await wait(delivered)
     numbers = [json.loads(r.content) for r in recorder.requests if b"event-notification" in r.content]
     assert len(numbers) == 2
+
+
+@pytest.mark.parametrize(("profile", "served"), [("generic", True), ("hapi", False), ("medplum", False)])
+async def test_subscription_operations_are_served_only_where_the_vendor_has_them(
+    open_sim: OpenSim, profile: str, served: bool
+) -> None:
+    async with open_sim(profile) as client:
+        created = await client.post(f"{FHIR}/Subscription", json=subscription())
+        id_ = created.json()["id"]
+        answers = [
+            (await client.get(f"{FHIR}/Subscription/{id_}/{op}")).status_code for op in ("$status", "$events")
+        ]
+    assert created.status_code == 201, created.text
+    assert answers == ([200, 200] if served else [404, 404])

@@ -15,6 +15,7 @@ from app.ehr.auth import SmartBackendAuth
 from app.ehr.client import EHRClient
 from app.ehr.token_cache import MemoryTokenCache
 from app.facilities.schemas import AuthConfig
+from app.vendors import adapter_for
 from devstack.keys import write_keypair
 from devstack.processes import Stack, free_port
 
@@ -59,6 +60,7 @@ class Sim:
             cache=MemoryTokenCache(),
             events=sink,
         )
+        adapter = adapter_for(facility)  # each facility is named after its profile's vendor
         return EHRClient(
             facility_id=facility,
             base_url=self.base(facility),
@@ -66,6 +68,8 @@ class Sim:
             http=http,
             attempts=attempts,
             max_delay_s=20,
+            server_error=adapter.server_error,
+            paging_expired=adapter.paging_session_expired,
         )
 
 

@@ -14,10 +14,13 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Facility
 from app.ehr.client import EHRClient
+from app.fhir.references import ResourceRef
 from app.fhir.resources import content_hash
 from app.ingest.dead_letters import replay_dead_letters
 from app.ingest.drain import claim, process_batch
 from app.settings import Settings
+from ehrsim.generator import mrn_system
+from ehrsim.profiles import get_profile
 from tests.conftest import make_facility
 from tests.integration.conftest import PROFILES, Sim
 
@@ -27,6 +30,8 @@ LEASE = timedelta(minutes=5)
 def _facility(db: Session, sim: Sim, profile: str) -> Facility:
     facility = make_facility(db, profile, base_url=sim.base(profile))
     facility.vendor = profile
+    # As an operator configures it: Epic's MRN is typed by text only, so its system must be known.
+    facility.mrn_system = mrn_system(get_profile(profile), profile)
     db.flush()
     return facility
 
@@ -188,3 +193,106 @@ def test_permanent_server_error_goes_dead_and_is_replayed_once_fixed(db: Session
         text("SELECT version_id FROM resources WHERE resource_id = :i"), {"i": target["id"]}
     ).scalar()
     assert (status, stored) == ("done", str(target["versionId"]))
+
+
+def test_hapi_search_follows_getpages_links_to_every_match(sim: Sim) -> None:
+    urls: list[str] = []
+    http = httpx.Client(timeout=10, event_hooks={"request": [lambda r: urls.append(str(r.url))]})
+    bundles = sim.client("hapi", http=http).search("Observation", {"_count": "2"})
+
+    found = [e["resource"]["id"] for b in bundles for e in b.get("entry", [])]
+    live = {
+        r["id"]
+        for r in sim.admin("hapi", "truth")["resources"]
+        if r["resourceType"] == "Observation" and not r["deleted"]
+    }
+    assert len(bundles) > 1
+    assert any(u.startswith(f"{sim.base('hapi')}?_getpages=") for u in urls)
+    assert sorted(found) == sorted(live)
+
+
+@pytest.mark.parametrize("vendor", ["epic", "hapi"])
+def test_a_paging_session_that_expires_mid_search_is_reissued_and_every_match_returned_once(
+    sim: Sim, vendor: str
+) -> None:
+    statuses: list[int] = []
+
+    def expire_after_first_page(response: httpx.Response) -> None:
+        if response.request.url.path.startswith(f"/{vendor}/fhir"):
+            statuses.append(response.status_code)
+            if len(statuses) == 1:
+                sim.admin(vendor, "faults", {"actions": ["expire-paging-sessions"]})
+
+    http = httpx.Client(timeout=10, event_hooks={"response": [expire_after_first_page]})
+    client = sim.client(vendor, http=http)
+    client.read(ResourceRef("Patient", _first_patient(sim, vendor)))  # a token first: no token reads below
+    statuses.clear()
+    patient = _first_patient(sim, vendor)
+    bundles = client.search("Observation", {"patient": patient, "_count": "1"})
+
+    found = [
+        e["resource"]["id"] for b in bundles for e in b.get("entry", []) if e["search"]["mode"] == "match"
+    ]
+    assert {400: "epic", 410: "hapi"}[next(s for s in statuses if s != 200)] == vendor
+    assert sorted(found) == sorted(_observations_of(sim, vendor, patient))
+
+
+def _first_patient(sim: Sim, facility: str) -> str:
+    return str(
+        next(r["id"] for r in sim.admin(facility, "truth")["resources"] if r["resourceType"] == "Patient")
+    )
+
+
+def test_an_identifier_only_athena_focus_is_resolved_by_search_and_stored(db: Session, sim: Sim) -> None:
+    facility = _facility(db, sim, "athena")
+    client = sim.client("athena")
+    patient = _first_patient(sim, "athena")
+    body = client.read(ResourceRef("Patient", patient)).resource or {}
+    identifier = body["identifier"][0]
+    db.execute(
+        text(
+            "INSERT INTO inbox (facility_id, dedup_key, focus_type, focus_identifier)"
+            " VALUES ('athena', 'ident-1', 'Patient', :i)"
+        ),
+        {"i": f"{identifier['system']}|{identifier['value']}"},
+    )
+    _drain_all(db, facility, client, Settings())
+
+    row = db.execute(text("SELECT status, reason FROM inbox WHERE dedup_key = 'ident-1'")).one()
+    stored = db.execute(
+        text("SELECT resource_id FROM resources WHERE facility_id = 'athena' AND resource_type = 'Patient'")
+    ).scalars()
+    assert (row.status, row.reason) == ("done", None)
+    assert list(stored) == [patient]
+
+
+def test_an_oracle_minor_edit_keeps_last_updated_and_still_replaces_the_stored_version(
+    db: Session, sim: Sim
+) -> None:
+    facility = _facility(db, sim, "oracle")
+    client = sim.client("oracle")
+    before = {
+        (r["resourceType"], r["id"]): r
+        for r in sim.admin("oracle", "truth")["resources"]
+        if not r["deleted"] and r["resourceType"] not in ("Patient", "Medication")
+    }
+    _enqueue(db, "oracle", list(before))
+    _drain_all(db, facility, client, Settings())
+    sim.admin("oracle", "activity", {"changes": 60})
+    minor = next(
+        r
+        for r in sim.admin("oracle", "truth")["resources"]
+        if (key := (r["resourceType"], r["id"])) in before
+        and not r["deleted"]
+        and r["versionId"] != before[key]["versionId"]
+        and r["lastUpdated"] == before[key]["lastUpdated"]
+    )
+    db.execute(text("DELETE FROM inbox WHERE facility_id = 'oracle'"))  # the first round is done
+    _enqueue(db, "oracle", [(minor["resourceType"], minor["id"])])
+    _drain_all(db, facility, client, Settings())
+
+    stored = db.execute(
+        text("SELECT version_id FROM resources WHERE facility_id = 'oracle' AND resource_id = :i"),
+        {"i": minor["id"]},
+    ).scalar_one()
+    assert stored == minor["versionId"]

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import httpx
 import jwt
 import pytest
 
-from app.errors import EHRAuthRejected, EHRRateLimited, EHRTokenExpired, ForeignHostError
+from app.ehr.client import MAX_QUERY_REISSUES
+from app.errors import (
+    EHRAuthRejected,
+    EHRBadRequest,
+    EHRRateLimited,
+    EHRTokenExpired,
+    ForeignHostError,
+    PagingSessionExpired,
+    TokenEndpointThrottled,
+)
 from app.fhir.references import ResourceRef
 from tests.ehr_mocks import BASE, TOKEN_URL, keypair, make_client
 from tests.fixtures import observation
@@ -157,3 +167,98 @@ def test_a_read_keeps_the_digits_of_every_decimal() -> None:
     assert str(resource["valueQuantity"]["value"]) == "1.00"
     assert str(resource["referenceRange"][0]["low"]["value"]) == "66.899999999999991"
     assert str(resource["x"]) == "1.000000000000000000E-245"
+
+
+def test_search_follows_hapi_next_links_that_name_the_base_itself() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/fhir/Observation":
+            link = f"{BASE}?_getpages=0f3e&_getpagesoffset=1&_count=1&_bundletype=searchset"
+            return httpx.Response(
+                200, json={"resourceType": "Bundle", "link": [{"relation": "next", "url": link}]}
+            )
+        assert (request.url.path, request.url.params["_getpages"]) == ("/fhir", "0f3e")
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset"})
+
+    bundles = make_client(_with_token(handler)).search("Observation", {"_count": "1"})
+    assert len(bundles) == 2
+
+
+def _epic_4113() -> httpx.Response:
+    coding = {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.657369", "code": "4113"}
+    issue = {"severity": "fatal", "code": "expired", "details": {"coding": [coding]}}
+    return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": [issue]})
+
+
+def _paged(expired_pages: int) -> tuple[Handler, list[str]]:
+    """Two pages; the link to the second answers 4113 the first ``expired_pages`` times."""
+    requested: list[str] = []
+    left = [expired_pages]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        session = request.url.params.get("session")
+        requested.append(session or "first")
+        if session is None:
+            entry = {"resource": observation("o1", "1", "2026-01-01T00:00:00Z")}
+            link = {"relation": "next", "url": f"{BASE}/Observation?session=s{len(requested)}"}
+            return httpx.Response(200, json={"resourceType": "Bundle", "link": [link], "entry": [entry]})
+        if left[0] > 0:
+            left[0] -= 1
+            return _epic_4113()
+        entry = {"resource": observation("o2", "1", "2026-01-01T00:00:00Z")}
+        return httpx.Response(200, json={"resourceType": "Bundle", "entry": [entry]})
+
+    return handler, requested
+
+
+def test_an_expired_epic_paging_session_reissues_the_query_from_its_first_page() -> None:
+    handler, requested = _paged(expired_pages=1)
+    bundles = make_client(_with_token(handler), vendor="epic").search("Observation", {"patient": "p1"})
+
+    ids = [e["resource"]["id"] for b in bundles for e in b["entry"]]
+    assert ids == ["o1", "o2"]  # the pages of the re-issued query only: nothing twice
+    assert requested == ["first", "s1", "first", "s3"]
+
+
+def test_paging_sessions_that_keep_expiring_end_transient_not_dead() -> None:
+    handler, requested = _paged(expired_pages=100)
+    with pytest.raises(PagingSessionExpired) as info:
+        make_client(_with_token(handler), vendor="epic").search("Observation", {"patient": "p1"})
+    assert not info.value.permanent
+    assert requested.count("first") == 1 + MAX_QUERY_REISSUES
+
+
+def test_4113_from_another_vendor_is_an_ordinary_rejection() -> None:
+    handler, _ = _paged(expired_pages=1)
+    with pytest.raises(EHRBadRequest):
+        make_client(_with_token(handler), vendor="generic").search("Observation", {"patient": "p1"})
+
+
+def _throttled_token_endpoint(retry_after: str, throttled: int) -> tuple[httpx.MockTransport, list[float]]:
+    """A token endpoint answering 429 with ``retry_after`` ``throttled`` times; when it was asked."""
+    asked: list[float] = []
+
+    def route(request: httpx.Request) -> httpx.Response:
+        if str(request.url) == TOKEN_URL:
+            asked.append(time.monotonic())
+            if len(asked) <= throttled:
+                return httpx.Response(429, headers={"Retry-After": retry_after}, json={"error": "rate"})
+            return httpx.Response(200, json={"access_token": "tok", "expires_in": 300})
+        return httpx.Response(200, json=observation("o1", "1", "2026-01-01T00:00:00Z"))
+
+    return httpx.MockTransport(route), asked
+
+
+def test_a_throttled_token_endpoint_is_asked_again_after_its_retry_after() -> None:
+    transport, asked = _throttled_token_endpoint("1", throttled=1)
+    result = make_client(transport).read(ResourceRef("Observation", "o1"))
+    assert result.resource is not None
+    assert len(asked) == 2
+    assert asked[1] - asked[0] >= 0.95  # whatever the jitter, never before the Retry-After
+
+
+def test_a_token_retry_after_beyond_the_cap_goes_to_the_postgres_backoff() -> None:
+    transport, asked = _throttled_token_endpoint("600", throttled=10)
+    with pytest.raises(TokenEndpointThrottled) as info:
+        make_client(transport).read(ResourceRef("Observation", "o1"))
+    assert info.value.retry_after == 600
+    assert len(asked) == 1  # not held in the worker

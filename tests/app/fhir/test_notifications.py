@@ -118,7 +118,7 @@ def test_events_without_number_or_version_are_never_merged() -> None:
     ],
 )
 def test_request_urls_must_stay_under_the_registered_base(url: str, allowed: bool) -> None:
-    from app.fhir.references import is_under_base
+    from app.fhir.base_url import is_under_base
 
     assert is_under_base(url, BASE) is allowed
 

@@ -58,6 +58,12 @@ def test_mrn_comes_from_the_configured_oid_system_trimmed() -> None:
     assert summary["mrn"] == "203713"
 
 
+def test_an_mrn_typed_by_text_only_needs_the_configured_system() -> None:
+    """Epic types its MRN as ``{"text": "EPI"}`` (no v2-0203 ``MR``): without the facility's MRN system no
+    identifier is taken for the MRN, because a wrong MRN is worse than a missing one."""
+    assert adapter_for("epic").normalize(_patient(), now=NOW).summary["mrn"] is None
+
+
 def test_identical_official_and_usual_names_give_the_official_name() -> None:
     summary = adapter_for("epic").normalize(_patient(), now=NOW).summary
     assert summary["preferred_name"] == "Theodore Mychart"
