@@ -1,12 +1,17 @@
 """Shared fixtures: a real Postgres database migrated once per session (dropped at the end), a session
-per test inside a transaction that is rolled back, and a private Redis key space."""
+per test inside a transaction that is rolled back, and a private Redis key space.
+
+The servers are the ones at EHRI_TEST_DATABASE_URL / EHRI_TEST_REDIS_URL when they answer, else embedded
+ones started for this run in a temporary directory and stopped at its end (``devstack.servers``;
+EHRI_EMBEDDED=never|auto|always). ``BASE_DATABASE_URL`` and ``REDIS_URL`` are set before collection.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,11 +21,50 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Facility
 from devstack.database import clear_redis_prefix, create_database, drop_database
+from devstack.servers import ServerError, dev_servers
 
-BASE_DATABASE_URL = os.environ.get(
+CONFIGURED_DATABASE_URL = os.environ.get(
     "EHRI_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("EHRI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CONFIGURED_REDIS_URL = os.environ.get("EHRI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Replaced in pytest_configure by the servers actually used (the same ones when they answer).
+BASE_DATABASE_URL = CONFIGURED_DATABASE_URL
+REDIS_URL = CONFIGURED_REDIS_URL
+_SERVERS = pytest.StashKey[ExitStack]()
+_SERVER_LINES = pytest.StashKey[tuple[str, ...]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global BASE_DATABASE_URL, REDIS_URL  # test modules import them by name, after this
+    stack = ExitStack()
+    try:
+        servers = stack.enter_context(
+            dev_servers(
+                CONFIGURED_DATABASE_URL,
+                CONFIGURED_REDIS_URL,
+                database_setting="EHRI_TEST_DATABASE_URL",
+                redis_setting="EHRI_TEST_REDIS_URL",
+            )
+        )
+    except ServerError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    config.stash[_SERVERS] = stack
+    config.stash[_SERVER_LINES] = servers.lines
+    BASE_DATABASE_URL, REDIS_URL = servers.database_url, servers.redis_url
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Which servers this run uses, first thing, at any verbosity (``-q`` hides report headers)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in session.config.stash.get(_SERVER_LINES, ()):
+        if reporter is not None:
+            reporter.write_line(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stack = config.stash.get(_SERVERS, None)
+    if stack is not None:
+        stack.close()
 
 
 @pytest.fixture(scope="session")
