@@ -248,25 +248,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an init that never reaps must not keep it "alive")."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _ours(pid: int, *marks: str) -> bool:
+    """``pid`` runs with every mark in its command line: a reused pid (the machine's own Postgres or Redis)
+    is never taken for, nor stopped as, one of ours."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return process_alive(pid) and all(mark in cmdline for mark in marks)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not process_alive(pid):
             return True
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # our own child (a daemon's parent exits at once): reap it
         time.sleep(0.05)
-    return not _alive(pid)
+    return not process_alive(pid)
 
 
 # -- embedded servers --------------------------------------------------------------------------------------
@@ -304,7 +313,7 @@ class EmbeddedPostgres:
             pid, port = int(lines[0]), int(lines[3])
         except (OSError, ValueError, IndexError):
             return None
-        return (pid, port) if _alive(pid) else None
+        return (pid, port) if _ours(pid, str(postgres_bin() / "postgres"), str(self.pgdata)) else None
 
     def start(self) -> int:
         """Initialise ``pgdata`` when new, start the server on a free port; returns the port."""
@@ -360,10 +369,9 @@ class EmbeddedRedis:
         try:
             pid = int(self._pidfile.read_text().strip())
             port = int(self._portfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
-        return (pid, port) if b"redis-server" in cmdline else None
+        return (pid, port) if _ours(pid, str(redis_server_bin()), f"127.0.0.1:{port}") else None
 
     def start(self) -> int:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -498,6 +506,19 @@ def stop_home(path: Path, *, remove: bool) -> None:
     home.postgres.stop()
     if remove:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_home() -> Iterator[Home]:
+    """A temporary home for a test's own servers (to stop, kill or misconfigure at will): what runs in it is
+    stopped and the home removed at the end, or by the next run when this one is killed."""
+    home = Home.temporary_home()
+    try:
+        home.enter()
+        home.started()
+        yield home
+    finally:
+        home.leave()
 
 
 def clean_stale_homes(parent: Path = TEMPORARY_HOMES) -> list[Path]:

@@ -6,7 +6,6 @@ ports where nothing listens."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from devstack.servers import (
     ServerRefused,
     clean_stale_homes,
     dev_servers,
+    private_home,
+    process_alive,
 )
 from tests.conftest import BASE_DATABASE_URL, REDIS_URL
 
@@ -38,14 +39,6 @@ def nowhere() -> tuple[str, str]:
         f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres",
         f"redis://127.0.0.1:{free_port()}/0",
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _pids(home: Path) -> list[int]:
@@ -83,7 +76,7 @@ def test_nothing_answering_starts_embedded_servers_that_are_gone_afterwards() ->
         assert servers.home is not None
         home, pids = servers.home, _pids(servers.home)
         assert len(pids) == 2
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
     assert not home.exists()  # a temporary home is removed
 
 
@@ -106,11 +99,10 @@ def test_an_unknown_role_is_an_error_not_a_fallback() -> None:
 
 
 @pytest.fixture(scope="module")
-def password_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def password_postgres() -> Iterator[int]:
     """A private embedded Postgres that wants a password (scram) over TCP; yields its port."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pw") / "pgdata", durable=False)
-    port = server.start()
-    try:
+    with private_home() as home:
+        port = home.postgres.start()
         with psycopg.connect(
             f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True
         ) as c:
@@ -120,8 +112,6 @@ def password_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]
             Path(hba[0]).write_text("host all all 127.0.0.1/32 scram-sha-256\n")
             c.execute("SELECT pg_reload_conf()")
         yield port
-    finally:
-        server.stop()
 
 
 def test_a_wrong_password_is_an_error_not_a_fallback(password_postgres: int) -> None:
@@ -133,15 +123,12 @@ def test_a_wrong_password_is_an_error_not_a_fallback(password_postgres: int) -> 
         assert not servers.embedded_postgres
 
 
-def test_a_redis_that_wants_a_password_is_an_error_not_a_fallback(tmp_path: Path) -> None:
-    server = EmbeddedRedis(tmp_path / "redis")
-    port = server.start()
-    try:
+def test_a_redis_that_wants_a_password_is_an_error_not_a_fallback() -> None:
+    with private_home() as home:
+        port = home.redis.start()
         redis.Redis(port=port).config_set("requirepass", "right")
         with pytest.raises(ServerRefused, match=r"redis at 127\.0\.0\.1:\d+ answers but refuses us"):
             _use(BASE_DATABASE_URL, f"redis://127.0.0.1:{port}/0", mode="auto")
-    finally:
-        server.stop()
 
 
 # A run killed with SIGKILL: its servers outlive it, the next run finds them.
@@ -175,14 +162,14 @@ def test_servers_left_by_a_killed_run_are_reused_then_stopped(tmp_path: Path) ->
     started = _killed_run(database_url, redis_url, str(home))
     left = _pids(home)
     assert len(left) == 2
-    assert all(_alive(pid) for pid in left)
+    assert all(process_alive(pid) for pid in left)
 
     with dev_servers(database_url, redis_url, home=home, mode="auto") as servers:
         assert "reused, left by an earlier run" in servers.lines[0]
         assert "reused, left by an earlier run" in servers.lines[1]
         assert servers.database_url == started["database_url"]
         assert sorted(_pids(home)) == sorted(left)
-    assert not any(_alive(pid) for pid in left)
+    assert not any(process_alive(pid) for pid in left)
     assert (home / "postgres" / "PG_VERSION").exists()  # a kept home keeps its data
 
 
@@ -193,7 +180,7 @@ def test_temporary_servers_of_a_killed_run_are_stopped_and_removed_by_the_next()
     assert len(left) == 2
 
     assert home in clean_stale_homes()
-    assert not any(_alive(pid) for pid in left)
+    assert not any(process_alive(pid) for pid in left)
     assert not home.exists()
 
 
