@@ -129,7 +129,7 @@ def probe_postgres(database_url: str, *, setting: str = "EHRI_DATABASE_URL") -> 
         with psycopg.connect(_conninfo(url), connect_timeout=int(PROBE_TIMEOUT) + 2) as conn:
             row = conn.execute("SHOW server_version").fetchone()
     except psycopg.Error as exc:
-        reason = _first_line(str(exc)).partition("FATAL:")[2].strip() or _first_line(str(exc))
+        reason = (_first_line(str(exc)).partition("FATAL:")[2].strip() or _first_line(str(exc))).rstrip(".")
         raise ServerRefused(
             f"postgres at {where} answers but refuses us: {reason}. {_pg_hint(reason, url, setting)}, "
             f"or set {MODE_ENV}=always to use an embedded server instead"
@@ -157,7 +157,7 @@ def probe_redis(redis_url: str, *, setting: str = "EHRI_REDIS_URL") -> str | Non
         client.ping()
         info = client.info("server")
     except redis.RedisError as exc:
-        reason = _first_line(str(exc)) or type(exc).__name__
+        reason = _first_line(str(exc)).rstrip(".") or type(exc).__name__
         text = reason.lower()
         hint = (
             f"check the password in {setting}"
