@@ -73,9 +73,9 @@ class ServerAbsent(ServerError):
 
 def embedded_mode(environ: Mapping[str, str] = os.environ) -> Mode:
     value = environ.get(MODE_ENV, "auto").strip().lower() or "auto"
-    for mode in MODES:
-        if value == mode:
-            return mode
+    modes: dict[str, Mode] = {mode: mode for mode in MODES}
+    if value in modes:
+        return modes[value]
     raise ServerError(f"{MODE_ENV}={value!r} is not one of never, auto, always")
 
 
@@ -248,23 +248,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _process(pid: int) -> tuple[str, str] | None:
+    """(state, command line) of ``pid``: from /proc on Linux, ``ps`` elsewhere (macOS); None when gone."""
+    proc = Path(f"/proc/{pid}")
+    if Path("/proc/self").exists():
+        try:
+            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            return None
+        return state, cmdline
+    shown = subprocess.run(  # noqa: S603 - fixed argv
+        ["ps", "-o", "stat=,command=", "-p", str(pid)],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    state, _, cmdline = shown.stdout.strip().partition(" ")
+    return (state, cmdline) if shown.returncode == 0 and state else None
+
+
 def process_alive(pid: int) -> bool:
     """The process exists and is not a zombie (an init that never reaps must not keep it "alive")."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    found = _process(pid)
+    return found is not None and not found[0].startswith("Z")
 
 
 def _ours(pid: int, *marks: str) -> bool:
     """``pid`` runs with every mark in its command line: a reused pid (the machine's own Postgres or Redis)
     is never taken for, nor stopped as, one of ours."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return process_alive(pid) and all(mark in cmdline for mark in marks)
+    found = _process(pid)
+    return found is not None and not found[0].startswith("Z") and all(mark in found[1] for mark in marks)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -272,10 +286,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     while time.monotonic() < deadline:
         if not process_alive(pid):
             return True
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # our own child (a daemon's parent exits at once): reap it
         time.sleep(0.05)
-    return not process_alive(pid)
+    return False
 
 
 # -- embedded servers --------------------------------------------------------------------------------------
@@ -326,20 +338,20 @@ class EmbeddedPostgres:
         self.pgdata.chmod(0o700)
         if not (self.pgdata / "PG_VERSION").exists():
             self._run("initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        port = free_port()
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories=''"
-        if not self.durable:  # a test run's data is thrown away: skip the fsyncs
-            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        started = self._run(
-            "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_path), "-w", "-t", str(int(START_TIMEOUT)),
-            "-o", options, "start", check=False,
-        )  # fmt: skip
-        if started.returncode != 0:
-            raise ServerError(
-                f"the embedded postgres did not start ({_first_line(started.stderr or started.stdout)}); "
-                f"its log: {self.log_path}"
-            )
-        return port
+        failure = ""
+        for _ in range(3):  # a free port can be taken by the time the server binds it: take another
+            port = free_port()
+            options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories=''"
+            if not self.durable:  # a test run's data is thrown away: skip the fsyncs
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            started = self._run(
+                "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_path), "-w",
+                "-t", str(int(START_TIMEOUT)), "-o", options, "start", check=False,
+            )  # fmt: skip
+            if started.returncode == 0:
+                return port
+            failure = _first_line(started.stderr or started.stdout)
+        raise ServerError(f"the embedded postgres did not start ({failure}); its log: {self.log_path}")
 
     def stop(self) -> None:
         found = self.running()
@@ -374,33 +386,43 @@ class EmbeddedRedis:
         return (pid, port) if _ours(pid, str(redis_server_bin()), f"127.0.0.1:{port}") else None
 
     def start(self) -> int:
+        """Start on a free port (another, if that one is taken by the time we bind); returns the port."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        for _ in range(3):
+            port = free_port()
+            if self._launch(port):
+                return port
+        raise ServerError(f"the embedded redis did not start; its log: {self._logfile}")
+
+    @property
+    def _logfile(self) -> Path:
+        return self.directory / "redis.log"
+
+    def _launch(self, port: int) -> bool:
         argv = [
-            str(redis_server_bin()),
-            "--bind", "127.0.0.1", "--port", str(port), "--daemonize", "yes",
-            "--pidfile", str(self._pidfile), "--dir", str(self.directory),
-            "--logfile", str(self.directory / "redis.log"), "--save", "", "--appendonly", "no",
+            str(redis_server_bin()), "--bind", "127.0.0.1", "--port", str(port),
+            "--dir", str(self.directory), "--save", "", "--appendonly", "no",
         ]  # fmt: skip
-        self._pidfile.unlink(missing_ok=True)
-        subprocess.run(argv, check=True, capture_output=True, start_new_session=True, timeout=30)  # noqa: S603
+        with self._logfile.open("ab") as log:
+            server = subprocess.Popen(  # noqa: S603 - argv built here
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._pidfile.write_text(str(server.pid))
         self._portfile.write_text(str(port))
         client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+        deadline = time.monotonic() + START_TIMEOUT
         try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise ServerError(
-                            f"the embedded redis did not start; its log: {self.directory / 'redis.log'}"
-                        ) from None
-                    time.sleep(0.05)
+            while server.poll() is None:
+                with contextlib.suppress(redis.ConnectionError):
+                    # The pid check: a port taken in between could be answered by someone else's Redis.
+                    return int(client.info("server")["process_id"]) == server.pid
+                if time.monotonic() > deadline:
+                    server.kill()
+                    raise ServerError(f"the embedded redis did not answer; its log: {self._logfile}")
+                time.sleep(0.05)
+            return False  # exited: the port was taken
         finally:
             client.close()
-        return port
 
     def stop(self) -> None:
         found = self.running()
@@ -411,6 +433,7 @@ class EmbeddedRedis:
             os.kill(found[0], signal.SIGKILL)
             _wait_gone(found[0], 5)
         self._pidfile.unlink(missing_ok=True)
+        self._portfile.unlink(missing_ok=True)
 
 
 # -- homes and their users ---------------------------------------------------------------------------------
