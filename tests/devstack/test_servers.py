@@ -6,6 +6,7 @@ ports where nothing listens."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -195,3 +196,48 @@ def test_the_embedded_wheels_stay_out_of_the_product_dependencies() -> None:
     assert {d.split(">")[0] for d in project["dependency-groups"]["dev"]} >= set(names)
     production = (ROOT / "Dockerfile").read_text().split("AS production", 1)[1]
     assert "pip install --no-cache-dir .\n" in production
+
+
+def _entry(home: Path, *command: str) -> subprocess.Popen[str]:
+    """``python -m devstack.servers`` (what ``make up`` runs) with nothing answering at the settings."""
+    database_url, redis_url = nowhere()
+    env = dict(os.environ, EHRI_DATABASE_URL=database_url.replace("/postgres", "/ehr_ingest"))
+    env.update(EHRI_REDIS_URL=redis_url, EHRI_EMBEDDED="auto")
+    return subprocess.Popen(
+        [sys.executable, "-m", "devstack.servers", "--home", str(home), "--", *command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_the_make_up_entry_runs_the_command_against_embedded_servers_and_stops_them(tmp_path: Path) -> None:
+    show = "import os, sys; print(os.environ['EHRI_DATABASE_URL'], os.environ['PGPORT']); sys.exit(3)"
+    entry = _entry(tmp_path / "home", sys.executable, "-c", show)
+    out, _ = entry.communicate(timeout=120)
+
+    assert entry.returncode == 3  # the command's own exit status
+    postgres_line, redis_line, seen = out.splitlines()
+    assert postgres_line.startswith("postgres: embedded 18.")
+    assert redis_line.startswith("redis: embedded ")
+    url, pgport = seen.split()
+    assert make_url(url).port == int(pgport)
+    assert make_url(url).database == "ehr_ingest"  # created for `ehr-ingest db upgrade`
+    assert _pids(tmp_path / "home") == []
+
+
+def test_the_make_up_entry_stops_the_servers_on_sigterm(tmp_path: Path) -> None:
+    entry = _entry(
+        tmp_path / "home", sys.executable, "-c", "print('up', flush=True); import time; time.sleep(600)"
+    )
+    assert entry.stdout is not None
+    lines = [entry.stdout.readline() for _ in range(3)]
+    assert lines[2] == "up\n"
+    running = _pids(tmp_path / "home")
+    assert len(running) == 2
+
+    entry.send_signal(signal.SIGTERM)
+
+    assert entry.wait(60) == 128 + signal.SIGTERM
+    assert not any(process_alive(pid) for pid in running)
