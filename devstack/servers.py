@@ -550,7 +550,11 @@ def clean_stale_homes(parent: Path = TEMPORARY_HOMES) -> list[Path]:
     for path in sorted(parent.glob("run-*")) if parent.is_dir() else []:
         if not (path / "users.lock").exists():
             continue  # still being made: its maker locks it before naming the lock file
-        with (path / "start.lock").open("ab") as start, (path / "users.lock").open("ab") as users:
+        try:
+            start, users = (path / "start.lock").open("ab"), (path / "users.lock").open("rb")
+        except FileNotFoundError:
+            continue  # another run cleaned it just now
+        with start, users:
             if _try_lock(start, fcntl.LOCK_EX) and _try_lock(users, fcntl.LOCK_EX):
                 stop_home(path, remove=True)
                 cleaned.append(path)

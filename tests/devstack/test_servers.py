@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from devstack.processes import ROOT, free_port
 from devstack.servers import (
+    TEMPORARY_HOMES,
     EmbeddedPostgres,
     EmbeddedRedis,
     Mode,
@@ -30,6 +31,7 @@ from devstack.servers import (
     dev_servers,
     private_home,
     process_alive,
+    stop_home,
 )
 from tests.conftest import BASE_DATABASE_URL, REDIS_URL
 
@@ -50,6 +52,17 @@ def _pids(home: Path) -> list[int]:
 def _use(database_url: str, redis_url: str, *, mode: Mode) -> None:
     with dev_servers(database_url, redis_url, mode=mode):
         pass
+
+
+@pytest.fixture
+def kept_home() -> Iterator[Path]:
+    """A home like ``.demo/``, outside pytest's temporary folders: their parents are reset to 0700 by every
+    pytest session that starts meanwhile, which would lock out the embedded Postgres's own user."""
+    home = TEMPORARY_HOMES / f"kept-{uuid.uuid4().hex[:8]}"
+    try:
+        yield home
+    finally:
+        stop_home(home, remove=True)
 
 
 def test_servers_that_answer_are_used_as_configured() -> None:
@@ -157,9 +170,9 @@ def _killed_run(*args: str) -> dict[str, str]:
     return started
 
 
-def test_servers_left_by_a_killed_run_are_reused_then_stopped(tmp_path: Path) -> None:
+def test_servers_left_by_a_killed_run_are_reused_then_stopped(kept_home: Path) -> None:
     database_url, redis_url = nowhere()
-    home = tmp_path / "kept"
+    home = kept_home
     started = _killed_run(database_url, redis_url, str(home))
     left = _pids(home)
     assert len(left) == 2
@@ -212,9 +225,9 @@ def _entry(home: Path, *command: str) -> subprocess.Popen[str]:
     )
 
 
-def test_the_make_up_entry_runs_the_command_against_embedded_servers_and_stops_them(tmp_path: Path) -> None:
+def test_the_make_up_entry_runs_the_command_against_embedded_servers_and_stops_them(kept_home: Path) -> None:
     show = "import os, sys; print(os.environ['EHRI_DATABASE_URL'], os.environ['PGPORT']); sys.exit(3)"
-    entry = _entry(tmp_path / "home", sys.executable, "-c", show)
+    entry = _entry(kept_home, sys.executable, "-c", show)
     out, _ = entry.communicate(timeout=120)
 
     assert entry.returncode == 3  # the command's own exit status
@@ -224,17 +237,15 @@ def test_the_make_up_entry_runs_the_command_against_embedded_servers_and_stops_t
     url, pgport = seen.split()
     assert make_url(url).port == int(pgport)
     assert make_url(url).database == "ehr_ingest"  # created for `ehr-ingest db upgrade`
-    assert _pids(tmp_path / "home") == []
+    assert _pids(kept_home) == []
 
 
-def test_the_make_up_entry_stops_the_servers_on_sigterm(tmp_path: Path) -> None:
-    entry = _entry(
-        tmp_path / "home", sys.executable, "-c", "print('up', flush=True); import time; time.sleep(600)"
-    )
+def test_the_make_up_entry_stops_the_servers_on_sigterm(kept_home: Path) -> None:
+    entry = _entry(kept_home, sys.executable, "-c", "print('up', flush=True); import time; time.sleep(600)")
     assert entry.stdout is not None
     lines = [entry.stdout.readline() for _ in range(3)]
     assert lines[2] == "up\n"
-    running = _pids(tmp_path / "home")
+    running = _pids(kept_home)
     assert len(running) == 2
 
     entry.send_signal(signal.SIGTERM)
