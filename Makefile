@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench up clean
+.PHONY: install demo test lint bench up up-processes clean
 
 install: $(STAMP)
 
@@ -28,9 +28,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# Receiver, worker and beat in the foreground against EHRI_* settings; Ctrl-C stops all three.
+# Receiver, worker and beat in the foreground against EHRI_* settings; Ctrl-C stops all three. When nothing
+# answers at EHRI_DATABASE_URL / EHRI_REDIS_URL, devstack.servers starts embedded ones (data in .demo/) first
+# and stops them after.
 # The receiver's metrics are on :8000/metrics, the worker's (every pool process) on :9101/metrics.
 up: $(STAMP)
+	$(BIN)/python -m devstack.servers --home .demo -- $(MAKE) --no-print-directory up-processes
+
+up-processes: $(STAMP)
 	$(BIN)/ehr-ingest db upgrade
 	trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/ehr-ingest serve --host 0.0.0.0 --port 8000 & \

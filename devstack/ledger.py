@@ -29,14 +29,30 @@ class LedgerReport:
     behind: list[str] = field(default_factory=list)  # stored, at an older version
     not_tombstoned: list[str] = field(default_factory=list)  # deleted in the EHR, live here
     inbox: dict[str, int] = field(default_factory=dict)
+    undelivered: int = 0  # notifications the EHR's sender still holds (set by the caller that asks it)
 
     @property
-    def lost(self) -> int:
+    def unmatched(self) -> int:
+        """Changes not in Postgres at the EHR's version: lost once drained, maybe on their way before."""
         return len(self.missing) + len(self.behind) + len(self.not_tombstoned)
 
     @property
+    def pending(self) -> int:
+        """Work still in flight: undelivered notifications and inbox rows not yet done or dead."""
+        return self.undelivered + self.inbox.get("pending", 0)
+
+    @property
+    def drained(self) -> bool:
+        return self.pending == 0
+
+    @property
+    def lost(self) -> int:
+        """Changes that will not arrive: counted only when nothing is pending any more."""
+        return self.unmatched if self.drained else 0
+
+    @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.inbox.get("pending", 0) == 0
+        return self.drained and self.unmatched == 0
 
 
 def check_ledger(session: Session, facility_id: str, truth: list[dict[str, Any]]) -> LedgerReport:

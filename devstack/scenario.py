@@ -20,7 +20,7 @@ from app.facilities.service import apply_facilities, load_facilities_file
 from devstack.database import clear_redis_prefix, create_database, drop_database
 from devstack.keys import write_keypair
 from devstack.ledger import LedgerReport, check_ledger
-from devstack.processes import Stack, free_port, wait_until
+from devstack.processes import Stack, free_port
 
 
 @dataclass
@@ -172,16 +172,16 @@ class Scenario:
             engine.dispose()
 
     def wait_for_ledger(self, facility_id: str, *, timeout: float) -> LedgerReport:
-        """Poll until the sender has nothing pending and the ledger holds every change, or time runs out."""
-        wait_until(
-            lambda: self.sender_counters(facility_id)["pending"] == 0, timeout=timeout, what="ehrsim sender"
-        )
+        """Poll until nothing is pending (sender and inbox) and the ledger holds every change, or until
+        ``timeout``; the report returned then tells what is still pending apart from what is lost."""
         deadline = time.monotonic() + timeout
-        report = self.ledger(facility_id)
-        while not report.ok and time.monotonic() < deadline:
-            time.sleep(0.25)
+        while True:
+            undelivered = self.sender_counters(facility_id)["pending"]
             report = self.ledger(facility_id)
-        return report
+            report.undelivered = undelivered
+            if report.ok or time.monotonic() >= deadline:
+                return report
+            time.sleep(0.25)
 
 
 def scenario_for(

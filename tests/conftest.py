@@ -1,12 +1,18 @@
 """Shared fixtures: a real Postgres database migrated once per session (dropped at the end), a session
-per test inside a transaction that is rolled back, and a private Redis key space."""
+per test inside a transaction that is rolled back, and a private Redis key space.
+
+The servers are the ones at EHRI_TEST_DATABASE_URL / EHRI_TEST_REDIS_URL when they answer, else embedded
+ones started for this run in a temporary directory and stopped at its end (``devstack.servers``;
+EHRI_EMBEDDED=never|auto|always), chosen when this module is imported.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,11 +22,53 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Facility
 from devstack.database import clear_redis_prefix, create_database, drop_database
+from devstack.servers import ServerError, Servers, dev_servers
 
-BASE_DATABASE_URL = os.environ.get(
+CONFIGURED_DATABASE_URL = os.environ.get(
     "EHRI_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("EHRI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CONFIGURED_REDIS_URL = os.environ.get("EHRI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _choose_servers() -> tuple[Servers | None, ServerError | None]:
+    """Chosen (and started) on import: test modules and conftests below import the URLs by name, some
+    before pytest_configure (``pytest tests/e2e`` loads that conftest first). Stopped at unconfigure."""
+    try:
+        servers = _STACK.enter_context(
+            dev_servers(
+                CONFIGURED_DATABASE_URL,
+                CONFIGURED_REDIS_URL,
+                database_setting="EHRI_TEST_DATABASE_URL",
+                redis_setting="EHRI_TEST_REDIS_URL",
+            )
+        )
+    except ServerError as exc:
+        return None, exc
+    return servers, None
+
+
+_STACK = ExitStack()
+atexit.register(_STACK.close)  # should pytest end without unconfigure
+_SERVERS, _SERVER_ERROR = _choose_servers()
+BASE_DATABASE_URL = _SERVERS.database_url if _SERVERS else CONFIGURED_DATABASE_URL
+REDIS_URL = _SERVERS.redis_url if _SERVERS else CONFIGURED_REDIS_URL
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _SERVER_ERROR is not None:
+        raise pytest.UsageError(str(_SERVER_ERROR))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _STACK.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Which servers this run uses, first thing, at any verbosity (``-q`` hides report headers)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and _SERVERS is not None:
+        for line in _SERVERS.lines:
+            reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
