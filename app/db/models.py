@@ -7,7 +7,8 @@
 - ``resources``: the current version of every (facility, type, id); deletions are tombstones.
 - ``resource_history``: every distinct version seen, once.
 - ``blood_pressure_pairs``: blood-pressure readings paired at store time (``app.ingest.blood_pressure``),
-  read by the ``blood_pressure_readings`` view.
+  read by the ``blood_pressure_readings`` view; ``blood_pressure_members``: the group each paired
+  Observation was last paired in.
 - ``subscription_ledger``: per (facility, subscription) what the receiver saw of the event counter:
   highest number, epoch, open gaps, last notification and heartbeat. Written with the inbox rows.
 - ``quarantine``: authenticated JSON bodies that are no recognizable notification, kept for a human.
@@ -170,6 +171,17 @@ class BloodPressurePair(Base):
     diastolic_id: Mapped[str | None] = mapped_column(String(128))
     unit: Mapped[str | None] = mapped_column(Text)
     source_ids: Mapped[list[str]] = mapped_column(postgresql.ARRAY(Text))
+
+
+class BloodPressureMember(Base):
+    """The (subject, effective_key) group a paired Observation was last paired in."""
+
+    __tablename__ = "blood_pressure_members"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    subject: Mapped[str | None] = mapped_column(Text)
+    effective_key: Mapped[str | None] = mapped_column(Text)
 
 
 class TokenEvent(Base):

@@ -7,6 +7,10 @@ Candidates are grouped by (facility, subject, ``effective_key``): the pairing ke
 the same Python rule into the Observation summary, so a write re-pairs one moment of one patient, not the
 patient's whole history. Within a group the pairing (encounter, duplicates, panels) is all Python.
 
+``blood_pressure_members`` remembers the group each paired Observation was last paired in, so a write
+that moves an Observation to another instant (or makes it no blood pressure) also re-pairs the group it
+left.
+
 Concurrency: two workers storing the two halves of one reading in separate transactions must not each see
 only their own half. Each refresh takes a transaction-scoped advisory lock per group, in key order, before
 it reads: the second writer waits for the first to commit, then sees both halves.
@@ -25,7 +29,7 @@ Pairing = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 GroupKey = tuple[str, str | None, str | None]
 
 # Groups whose readings may change: those of the written blood-pressure Observations (tombstones keep
-# their last summary), and those of readings that named a written Observation (its time or code moved).
+# their last summary), and the groups a written Observation was last paired in (its time or code moved).
 _AFFECTED = text(
     """
     SELECT r.facility_id, r.normalized->>'subject' AS subject, r.normalized->>'effective_key' AS effective_key
@@ -34,9 +38,10 @@ _AFFECTED = text(
       ON r.facility_id = x.facility_id AND r.resource_type = 'Observation' AND r.resource_id = x.resource_id
     WHERE r.normalized->>'bp_role' IS NOT NULL
     UNION
-    SELECT b.facility_id, b.subject, b.effective_key
-    FROM blood_pressure_pairs b
-    WHERE b.facility_id = ANY(CAST(:facility_id AS text[])) AND b.source_ids && CAST(:resource_id AS text[])
+    SELECT m.facility_id, m.subject, m.effective_key
+    FROM blood_pressure_members m
+    JOIN unnest(CAST(:facility_id AS text[]), CAST(:resource_id AS text[])) AS x(facility_id, resource_id)
+      ON m.facility_id = x.facility_id AND m.resource_id = x.resource_id
     """
 )
 
@@ -69,11 +74,17 @@ _OBSERVATIONS = text(
 
 _DELETE = text(
     """
-    DELETE FROM blood_pressure_pairs b
-    USING unnest(CAST(:facility_id AS text[]), CAST(:subject AS text[]), CAST(:effective_key AS text[]))
-      AS x(facility_id, subject, effective_key)
-    WHERE b.facility_id = x.facility_id AND coalesce(b.subject, '') = coalesce(x.subject, '')
-      AND coalesce(b.effective_key, '') = coalesce(x.effective_key, '')
+    WITH x AS (
+      SELECT * FROM unnest(CAST(:facility_id AS text[]), CAST(:subject AS text[]),
+                           CAST(:effective_key AS text[])) AS x(facility_id, subject, effective_key)
+    ), readings AS (
+      DELETE FROM blood_pressure_pairs b USING x
+      WHERE b.facility_id = x.facility_id AND coalesce(b.subject, '') = coalesce(x.subject, '')
+        AND coalesce(b.effective_key, '') = coalesce(x.effective_key, '')
+    )
+    DELETE FROM blood_pressure_members m USING x
+    WHERE m.facility_id = x.facility_id AND coalesce(m.subject, '') = coalesce(x.subject, '')
+      AND coalesce(m.effective_key, '') = coalesce(x.effective_key, '')
     """
 )
 
@@ -83,6 +94,15 @@ _INSERT = text(
                                       diastolic_id, unit, source_ids)
     VALUES (:facility_id, :subject, :effective_key, :effective, :encounter, :systolic_id, :diastolic_id,
             :unit, CAST(:source_ids AS text[]))
+    """
+)
+
+_INSERT_MEMBERS = text(
+    """
+    INSERT INTO blood_pressure_members (facility_id, resource_id, subject, effective_key)
+    VALUES (:facility_id, :resource_id, :subject, :effective_key)
+    ON CONFLICT (facility_id, resource_id)
+    DO UPDATE SET subject = excluded.subject, effective_key = excluded.effective_key
     """
 )
 
@@ -132,6 +152,19 @@ def repair(db: Session | Connection, groups: Sequence[tuple[Any, ...]], pair: Pa
     rows = [_row(key, reading, sources) for key, resources in found.items() for reading in pair(resources)]
     if rows:
         db.execute(_INSERT, rows)
+        members = {(r["facility_id"], i): r for r in rows for i in r["source_ids"]}
+        db.execute(
+            _INSERT_MEMBERS,
+            [
+                {
+                    "facility_id": f,
+                    "resource_id": i,
+                    "subject": r["subject"],
+                    "effective_key": r["effective_key"],
+                }
+                for (f, i), r in members.items()
+            ],
+        )
     return len(rows)
 
 

@@ -139,7 +139,17 @@ def _create_pairs_table() -> None:
         "CREATE INDEX ix_blood_pressure_pairs_group ON blood_pressure_pairs "
         "(facility_id, coalesce(subject, ''), coalesce(effective_key, ''))"
     )
-    op.execute("CREATE INDEX ix_blood_pressure_pairs_sources ON blood_pressure_pairs USING gin (source_ids)")
+    op.create_table(
+        "blood_pressure_members",
+        sa.Column("facility_id", sa.String(64), sa.ForeignKey("facilities.id"), primary_key=True),
+        sa.Column("resource_id", sa.String(128), primary_key=True),
+        sa.Column("subject", sa.Text),
+        sa.Column("effective_key", sa.Text),
+    )
+    op.execute(
+        "CREATE INDEX ix_blood_pressure_members_group ON blood_pressure_members "
+        "(facility_id, coalesce(subject, ''), coalesce(effective_key, ''))"
+    )
     op.execute(
         "CREATE INDEX ix_resources_bp_group ON resources "
         "(facility_id, coalesce(normalized->>'subject', ''), coalesce(normalized->>'effective_key', '')) "
@@ -204,4 +214,5 @@ def downgrade() -> None:
             f"COMMENT ON VIEW {name} IS 'Consumer view over current_resources; see README, For consumers.'"
         )
     op.execute("DROP INDEX IF EXISTS ix_resources_bp_group")
+    op.drop_table("blood_pressure_members")
     op.drop_table("blood_pressure_pairs")

@@ -121,7 +121,13 @@ def shared_facility(engine: Engine) -> Iterator[str]:
         make_facility(session, facility_id)
     yield facility_id
     with engine.begin() as conn:
-        for table in ("blood_pressure_pairs", "change_feed", "resource_history", "resources"):
+        for table in (
+            "blood_pressure_members",
+            "blood_pressure_pairs",
+            "change_feed",
+            "resource_history",
+            "resources",
+        ):
             conn.execute(text(f"DELETE FROM {table} WHERE facility_id = :f"), {"f": facility_id})
         conn.execute(text("DELETE FROM facilities WHERE id = :f"), {"f": facility_id})
 
