@@ -3,6 +3,7 @@ into real Postgres, against the same case table as the pure pairing (tests/bp_ca
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -16,11 +17,12 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from app.fhir.normalize import pair_blood_pressure
 from app.ingest.pipeline.observed import Observed
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Pipeline
 from app.vendors.registry import adapter_for
-from tests.bp_cases import CASES, Case, Reading, half, panel, reading
+from tests.bp_cases import CASES, ENCOUNTER, SUBJECT, Case, Reading, half, panel, reading
 from tests.conftest import make_facility
 from tests.ehr_mocks import make_client
 
@@ -173,3 +175,81 @@ def test_two_writers_storing_the_two_halves_at_once_give_one_reading(
     assert waited, "the second writer paired without waiting for the first"
     with engine.connect() as conn:
         assert _readings(conn, shared_facility) == [reading(128, 82, "SYS-1", "DIA-1")]
+
+
+def test_a_half_recoded_as_something_else_leaves_its_reading(db: Session) -> None:
+    make_facility(db)
+    pipeline = _pipeline()
+    pipeline.store(db, [_observed(half("SYS-1", "systolic", 128)), _observed(half("DIA-1", "diastolic", 82))])
+    recoded = half("DIA-1", "diastolic", 82)
+    recoded["code"] = {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]}
+    recoded["meta"] = {"versionId": "2", "lastUpdated": "2026-02-20T16:00:00Z"}
+    pipeline.store(db, [_observed(recoded, seconds=5)])
+    assert _readings(db) == [reading(128, None, "SYS-1")]
+
+
+INSTANTS = (
+    "2026-02-20T14:05:00Z",
+    "2026-02-20T14:05:00.000+00:00",
+    "2026-02-20T09:05:00-05:00",
+    "2026-02-20T14:35:00Z",
+    "2026-02-20",
+)
+
+
+def _random_observation(rng: random.Random, id_: str) -> dict[str, Any]:
+    status = rng.choice(("final", "final", "final", "amended", "entered-in-error", "cancelled"))
+    effective = rng.choice(INSTANTS)
+    if rng.random() < 0.25:
+        body = panel(id_, rng.randint(90, 180), rng.randint(50, 110), status=status, effective=effective)
+    else:
+        role = rng.choice(("systolic", "diastolic"))
+        body = half(
+            id_,
+            role,
+            rng.randint(50, 180),
+            status=status,
+            effective=effective,
+            encounter=rng.choice((ENCOUNTER, "Encounter/other", None)),
+        )
+    body["subject"] = {"reference": rng.choice((SUBJECT, "Patient/other"))}
+    return body
+
+
+def _expected(bodies: list[dict[str, Any]]) -> list[Reading]:
+    def exact(value: object) -> float | None:
+        return None if value is None else float(str(value))
+
+    return sorted(
+        (
+            Reading(exact(r["systolic"]), exact(r["diastolic"]), r["unit"], frozenset(r["source_ids"]))
+            for r in pair_blood_pressure(bodies)
+        ),
+        key=repr,
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_incremental_pairing_equals_pairing_everything_at_once(db: Session, seed: int) -> None:
+    """Random writes, rewrites and deletions over several writes: the view ends equal to the pure pairing
+    of what is finally live."""
+    rng = random.Random(seed)
+    make_facility(db)
+    pipeline = _pipeline()
+    live: dict[str, dict[str, Any]] = {}
+    gone: set[str] = set()  # never re-created: revival rules are the store's business, not pairing's
+    for step in range(1, rng.randint(2, 6) + 1):
+        batch: list[Observed] = []
+        candidates = [f"obs-{n}" for n in range(8) if f"obs-{n}" not in gone]
+        for id_ in rng.sample(candidates, min(len(candidates), rng.randint(1, 4))):
+            if id_ in live and rng.random() < 0.2:
+                batch.append(_gone(id_, seconds=step))
+                del live[id_]
+                gone.add(id_)
+                continue
+            body = _random_observation(rng, id_)
+            body["meta"] = {"versionId": str(step), "lastUpdated": f"2026-02-20T16:00:{step:02d}Z"}
+            batch.append(_observed(body, seconds=step))
+            live[id_] = body
+        pipeline.store(db, batch)
+    assert _readings(db) == _expected(list(live.values()))
