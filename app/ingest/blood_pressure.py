@@ -125,9 +125,11 @@ def refresh_readings(db: Session | Connection, written: Iterable[tuple[str, str,
     return repair(db, [tuple(r) for r in db.execute(_AFFECTED, params)], pair)
 
 
-def refresh_all(db: Session | Connection, pair: Pairing) -> int:
-    """Re-pair every group with a blood-pressure Observation (a migration's backfill)."""
-    return repair(db, [tuple(r) for r in db.execute(_ALL_GROUPS)], pair)
+def refresh_all(db: Session | Connection, pair: Pairing, *, chunk: int = 1000) -> int:
+    """Re-pair every group with a blood-pressure Observation (a migration's backfill), ``chunk`` groups
+    at a time so that memory stays bounded."""
+    groups = [tuple(r) for r in db.execute(_ALL_GROUPS)]
+    return sum(repair(db, groups[i : i + chunk], pair) for i in range(0, len(groups), chunk))
 
 
 def repair(db: Session | Connection, groups: Sequence[tuple[Any, ...]], pair: Pairing) -> int:

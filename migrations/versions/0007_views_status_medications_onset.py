@@ -157,33 +157,32 @@ def _create_pairs_table() -> None:
     )
 
 
-def _resummarize() -> None:
+def _resummarize(chunk: int = 1000) -> None:
+    """New summary keys for what is already stored, streamed ``chunk`` rows at a time."""
     bind = op.get_bind()
-    rows = bind.execute(
-        sa.text(
-            "SELECT facility_id, resource_type, resource_id, resource FROM resources "
-            "WHERE resource IS NOT NULL AND (resource_type = ANY(:types)"
-            " OR (resource_type = 'Observation' AND normalized->>'bp_role' IS NOT NULL))"
-        ),
-        {"types": list(RESUMMARIZED)},
-    )
+    stored = sa.text(
+        "SELECT facility_id, resource_type, resource_id, resource FROM resources "
+        "WHERE resource IS NOT NULL AND (resource_type = ANY(:types)"
+        " OR (resource_type = 'Observation' AND normalized->>'bp_role' IS NOT NULL))"
+    ).execution_options(stream_results=True, yield_per=chunk)  # this statement only: DDL follows
+    rows = bind.execute(stored, {"types": list(RESUMMARIZED)})
     update = sa.text(
         "UPDATE resources SET normalized = coalesce(normalized, '{}'::jsonb) || CAST(:summary AS jsonb) "
         "WHERE facility_id = :f AND resource_type = :t AND resource_id = :i"
     )
     now = datetime.now(UTC)
-    batch: list[dict[str, Any]] = []
-    for row in rows:
-        summary = summarize(row.resource, now, SummaryOptions()) if isinstance(row.resource, dict) else {}
-        batch.append(
+    for part in rows.partitions(chunk):
+        batch: list[dict[str, Any]] = [
             {
                 "f": row.facility_id,
                 "t": row.resource_type,
                 "i": row.resource_id,
-                "summary": pgsafe.dumps(summary),
+                "summary": pgsafe.dumps(
+                    summarize(row.resource, now, SummaryOptions()) if isinstance(row.resource, dict) else {}
+                ),
             }
-        )
-    if batch:
+            for row in part
+        ]
         bind.execute(update, batch)
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from app.fhir.normalize import pair_blood_pressure
+from app.ingest.blood_pressure import refresh_all
 from app.ingest.pipeline.observed import Observed
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Pipeline
@@ -253,3 +254,14 @@ def test_incremental_pairing_equals_pairing_everything_at_once(db: Session, seed
             live[id_] = body
         pipeline.store(db, batch)
     assert _readings(db) == _expected(list(live.values()))
+
+
+def test_the_backfill_re_pairs_everything_in_bounded_chunks(db: Session) -> None:
+    make_facility(db)
+    case = next(c for c in CASES if c.name == "duplicate_halves_are_two_readings_not_four")
+    other = [half("SYS-9", "systolic", 140, effective="2026-02-21T08:00:00Z")]
+    _pipeline().store(db, [_observed(o) for o in [*case.observations, *other]])
+    db.execute(text("DELETE FROM blood_pressure_pairs"))
+    db.execute(text("DELETE FROM blood_pressure_members"))
+    assert refresh_all(db, pair_blood_pressure, chunk=1) == 3
+    assert _readings(db) == sorted([*case.readings, reading(140, None, "SYS-9")], key=repr)
