@@ -6,6 +6,9 @@
   other workers and expires if the worker dies.
 - ``resources``: the current version of every (facility, type, id); deletions are tombstones.
 - ``resource_history``: every distinct version seen, once.
+- ``blood_pressure_pairs``: blood-pressure readings paired at store time (``app.ingest.blood_pressure``),
+  read by the ``blood_pressure_readings`` view; ``blood_pressure_members``: the group each paired
+  Observation was last paired in.
 - ``subscription_ledger``: per (facility, subscription) what the receiver saw of the event counter:
   highest number, epoch, open gaps, last notification and heartbeat. Written with the inbox rows.
 - ``quarantine``: authenticated JSON bodies that are no recognizable notification, kept for a human.
@@ -164,6 +167,35 @@ class ResourceVersion(Base):
     fetched_at: Mapped[datetime]
     recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
     deletion: Mapped[str | None] = mapped_column(String(32))
+
+
+class BloodPressurePair(Base):
+    """One reading: which stored Observation gives each value (a panel gives both), replaced per
+    (facility, subject, effective_key) group whenever one of its Observations is written."""
+
+    __tablename__ = "blood_pressure_pairs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    subject: Mapped[str | None] = mapped_column(Text)
+    effective_key: Mapped[str | None] = mapped_column(Text)
+    effective: Mapped[str | None] = mapped_column(Text)
+    encounter: Mapped[str | None] = mapped_column(Text)
+    systolic_id: Mapped[str | None] = mapped_column(String(128))
+    diastolic_id: Mapped[str | None] = mapped_column(String(128))
+    unit: Mapped[str | None] = mapped_column(Text)
+    source_ids: Mapped[list[str]] = mapped_column(postgresql.ARRAY(Text))
+
+
+class BloodPressureMember(Base):
+    """The (subject, effective_key) group a paired Observation was last paired in."""
+
+    __tablename__ = "blood_pressure_members"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    subject: Mapped[str | None] = mapped_column(Text)
+    effective_key: Mapped[str | None] = mapped_column(Text)
 
 
 class TokenEvent(Base):

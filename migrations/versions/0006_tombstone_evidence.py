@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.history import CONSUMER_VIEW_COMMENT, consumer_views_0004
+
 revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
@@ -40,6 +42,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The consumer views of 0004 select whole rows of ``resources`` (``SELECT *``), so they bound the
+    # columns added here: drop them first, and create them again once the columns are gone.
+    views = consumer_views_0004()
+    for name in views:
+        op.execute(f"DROP VIEW IF EXISTS {name}")
     op.execute("DROP VIEW current_resources")
     op.execute(_VIEW.format(extra=""))
     op.execute(
@@ -51,3 +58,6 @@ def downgrade() -> None:
     op.drop_column("resources", "from_payload")
     op.drop_column("resource_history", "deletion")
     op.drop_column("resources", "deletion")
+    for name, body in views.items():
+        op.execute(f"CREATE VIEW {name} AS {body}")
+        op.execute(f"COMMENT ON VIEW {name} IS '{CONSUMER_VIEW_COMMENT}'")

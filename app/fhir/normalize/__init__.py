@@ -19,6 +19,7 @@ Patient
     birth_date, gender
 Observation
     subject, encounter, effective (dateTime, instant or period start), status
+    effective_key   effective as one UTC instant string (date-only values as sent): the pairing key
     code_system, code, display   the LOINC coding if any, else SNOMED, else the first coding
     loinc           the LOINC code, or None (proprietary systems come first in Epic/Oracle payloads)
     value           number (valueQuantity.value or valueInteger); value_comparator (``<``, ``>=``...)
@@ -29,16 +30,23 @@ Observation
     bp_role         ``panel`` | ``systolic`` | ``diastolic`` | None; systolic, diastolic  a panel's values
 Condition
     subject, encounter, code, code_system, display (SNOMED, else ICD-10-CM, else ICD-10, else first),
-    category, clinical_status, verification_status, onset (dateTime, period start or string),
-    recorded_date
+    category, clinical_status, verification_status, recorded_date,
+    onset           as text whatever onset[x] is (dateTime, Period start, ``52 years``, ``50 a to 60 a``,
+                    string); onset_type  ``dateTime`` | ``Period`` | ``Age`` | ``Range`` | ``string``;
+    onset_start, onset_end  dateTime or Period bounds as sent;
+    onset_age_low, onset_age_high, onset_age_unit  an Age (low = high) or Range as numbers, UCUM unit
 MedicationRequest
     subject, encounter, status, intent, authored_on
     medication_code, medication_system, medication_display  RxNorm coding preferred over tenant synonyms;
-                    from medicationCodeableConcept or a contained ``#id`` Medication
+                    from medicationCodeableConcept or a contained ``#id`` Medication, all from one place
     medication_ref  ``Medication/{id}`` when the medication is a separate resource (code fields None, the
                     display of the reference if any; the Medication is listed in ``Normalized.references``)
+    medication_unresolved  why there is no code and system (``medications.UNRESOLVED``), None otherwise
+    medication_ingredients  a contained Medication's ingredients (code, system, display, reference,
+                    is_active), or None
 Medication
     code, system, display       RxNorm preferred
+    unresolved, ingredients     as medication_unresolved and medication_ingredients above
 AllergyIntolerance
     patient, code, code_system, display (RxNorm, else SNOMED, else first), clinical_status,
     verification_status, criticality, recorded_date

@@ -16,7 +16,7 @@ dropped. ``unit`` is the UCUM code when derivable, else the unit as sent.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC
 from typing import Any, Literal
 
 from app.fhir.normalize.elements import (
@@ -37,6 +37,9 @@ SYSTOLIC = "8480-6"
 DIASTOLIC = "8462-4"
 
 BpRole = Literal["panel", "systolic", "diastolic"]
+
+#: Statuses that mean no measurement stands: recorded in error, or never made.
+NOT_A_READING = frozenset({"entered-in-error", "cancelled"})
 
 
 def bp_role(observation: dict[str, Any]) -> BpRole | None:
@@ -78,17 +81,21 @@ def panel_values(observation: dict[str, Any]) -> tuple[Number | None, Number | N
     return systolic, diastolic, sys_unit or dia_unit
 
 
-def _time_key(value: str | None) -> datetime | str | None:
-    # "10:00:00Z" and "10:00:00.000+00:00" are the same moment; date-only values compare as sent.
+def instant_key(observation: dict[str, Any]) -> str | None:
+    """The effective time as a pairing key: "10:00:00Z", "10:00:00.000+00:00" and "05:00:00-05:00" are the
+    same moment (one UTC ISO string); date-only or unreadable values compare as sent. Stored in the
+    Observation summary (``effective_key``) so that the store groups candidates by the same rule."""
+    value = effective(observation)
     if value is None or len(value) <= 10:
         return value
-    return earliest_instant(value) or value
+    instant = earliest_instant(value)
+    return instant.astimezone(UTC).isoformat() if instant is not None else value
 
 
 def _key(observation: dict[str, Any]) -> tuple[Any, ...]:
     return (
         reference(observation.get("subject")),
-        _time_key(effective(observation)),
+        instant_key(observation),
         reference(observation.get("encounter")),
     )
 
@@ -116,18 +123,19 @@ def _id(observation: dict[str, Any]) -> str:
 
 
 def pair_blood_pressure(observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Blood pressure readings from any mix of Observations; others and ``entered-in-error`` ones are
-    ignored. A panel gives one reading. Split halves with the same key pair up (in id order when a key has
-    several); a half whose key and value match a panel's is the same measurement and only adds its id to
-    the panel's ``source_ids``. Panels come first, in input order, then paired halves in the order their
-    key first appeared."""
+    """Blood pressure readings from any mix of Observations; others, and those whose status is in
+    ``NOT_A_READING`` (``entered-in-error``, ``cancelled``), are ignored. A panel gives one reading. Split
+    halves with the same key pair up (in id order when a key has several: two systolic and two diastolic
+    halves are two readings, never four); a half whose key and value match a panel's is the same
+    measurement and only adds its id to the panel's ``source_ids``. Panels come first, in input order,
+    then paired halves in the order their key first appeared."""
     readings: list[dict[str, Any]] = []
     panels: dict[tuple[Any, ...], dict[str, Any]] = {}
     halves: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
     order: list[tuple[Any, ...]] = []
     for obs in observations:
         role = bp_role(obs)
-        if role is None or obs.get("status") == "entered-in-error":
+        if role is None or obs.get("status") in NOT_A_READING:
             continue
         key = _key(obs)
         if role == "panel":

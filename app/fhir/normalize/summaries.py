@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.fhir.normalize import blood_pressure, identifiers, names
+from app.fhir.normalize import blood_pressure, identifiers, medications, names
 from app.fhir.normalize.elements import (
     ICD10,
     ICD10CM,
@@ -19,9 +19,7 @@ from app.fhir.normalize.elements import (
     absent_reason,
     choose,
     code_in,
-    contained,
     first_code,
-    first_present,
     number,
     obj,
     objs,
@@ -102,6 +100,7 @@ def observation(resource: dict[str, Any], now: datetime, options: SummaryOptions
         "subject": reference(resource.get("subject")),
         "encounter": reference(resource.get("encounter")),
         "effective": blood_pressure.effective(resource),
+        "effective_key": blood_pressure.instant_key(resource),
         "status": text(resource.get("status")),
         "code_system": code.system,
         "code": code.code,
@@ -120,10 +119,65 @@ def observation(resource: dict[str, Any], now: datetime, options: SummaryOptions
     }
 
 
-def _onset(resource: dict[str, Any]) -> str | None:
-    return first_present(resource, "onsetDateTime", "onsetString") or text(
-        obj(resource.get("onsetPeriod")).get("start")
+def _age(quantity: Any) -> tuple[Any, str | None, str | None]:
+    """(value, unit code, text) of an Age: the value as sent, its UCUM code (else its unit), ``52 years``."""
+    q = obj(quantity)
+    value, unit = number(q.get("value")), ucum_code(q) or text(q.get("unit"))
+    shown = text(q.get("unit")) or unit
+    label = None if value is None else " ".join(p for p in (str(value), shown) if p)
+    return value, unit, label
+
+
+def _range_text(low: str | None, high: str | None) -> str | None:
+    if low and high:
+        return f"{low} to {high}"
+    if low:
+        return f">= {low}"
+    return f"<= {high}" if high else None
+
+
+def _onset(resource: dict[str, Any]) -> Summary:
+    """``onset`` as text whatever its type, plus the typed fields the type has (ISO dates as sent, ages as
+    numbers with their unit). ``onset`` keeps its earlier meaning for dateTime, Period (its start) and
+    string."""
+    fields: Summary = dict.fromkeys(
+        (
+            "onset",
+            "onset_type",
+            "onset_start",
+            "onset_end",
+            "onset_age_low",
+            "onset_age_high",
+            "onset_age_unit",
+        )
     )
+    if (when := text(resource.get("onsetDateTime"))) is not None:
+        fields.update(onset=when, onset_type="dateTime", onset_start=when)
+    elif "onsetPeriod" in resource:
+        period = obj(resource["onsetPeriod"])
+        start, end = text(period.get("start")), text(period.get("end"))
+        fields.update(
+            onset=start or _range_text(None, end), onset_type="Period", onset_start=start, onset_end=end
+        )
+    elif "onsetAge" in resource:
+        value, unit, label = _age(resource["onsetAge"])
+        fields.update(
+            onset=label, onset_type="Age", onset_age_low=value, onset_age_high=value, onset_age_unit=unit
+        )
+    elif "onsetRange" in resource:
+        onset_range = obj(resource["onsetRange"])
+        low, low_unit, low_text = _age(onset_range.get("low"))
+        high, high_unit, high_text = _age(onset_range.get("high"))
+        fields.update(
+            onset=_range_text(low_text, high_text),
+            onset_type="Range",
+            onset_age_low=low,
+            onset_age_high=high,
+            onset_age_unit=low_unit or high_unit,
+        )
+    elif (said := text(resource.get("onsetString"))) is not None:
+        fields.update(onset=said, onset_type="string")
+    return fields
 
 
 def condition(resource: dict[str, Any], now: datetime, options: SummaryOptions) -> Summary:
@@ -137,7 +191,7 @@ def condition(resource: dict[str, Any], now: datetime, options: SummaryOptions) 
         "category": first_code(resource.get("category"), CONDITION_CATEGORY),
         "clinical_status": status(resource.get("clinicalStatus")),
         "verification_status": status(resource.get("verificationStatus")),
-        "onset": _onset(resource),
+        **_onset(resource),
         "recorded_date": text(resource.get("recordedDate")),
     }
 
@@ -150,25 +204,15 @@ def medication_reference(resource: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def _medication_of(resource: dict[str, Any]) -> dict[str, Any]:
-    """``medication_code/system/display/ref`` whatever the shape: a CodeableConcept, a contained ``#id``
-    Medication, or a reference to a separate Medication (code fields None, ``medication_ref`` set)."""
-    concept: Any = resource.get("medicationCodeableConcept")
-    med_ref: str | None = None
-    display_fallback: str | None = None
-    if concept is None and "medicationReference" in resource:
-        ref = obj(resource["medicationReference"])
-        display_fallback = text(ref.get("display"))
-        target = reference(ref)
-        if target is not None and target.startswith("#"):
-            concept = obj(contained(resource, target)).get("code")
-        elif (separate := medication_reference(resource)) is not None:
-            med_ref = f"{separate[0]}/{separate[1]}"
-    code = choose(concept, (RXNORM,))
+    """``medication_code/system/display/ref/unresolved/ingredients`` whatever the shape (``medications``)."""
+    found, med_ref = medications.of_request(resource)
     return {
-        "medication_code": code.code,
-        "medication_system": code.system,
-        "medication_display": code.display or display_fallback,
+        "medication_code": found.code,
+        "medication_system": found.system,
+        "medication_display": found.display,
         "medication_ref": med_ref,
+        "medication_unresolved": found.unresolved,
+        "medication_ingredients": found.ingredients,
     }
 
 
@@ -184,8 +228,14 @@ def medication_request(resource: dict[str, Any], now: datetime, options: Summary
 
 
 def medication(resource: dict[str, Any], now: datetime, options: SummaryOptions) -> Summary:
-    code = choose(resource.get("code"), (RXNORM,))
-    return {"code": code.code, "system": code.system, "display": code.display}
+    found = medications.medication(resource)
+    return {
+        "code": found.code,
+        "system": found.system,
+        "display": found.display,
+        "unresolved": found.unresolved,
+        "ingredients": found.ingredients,
+    }
 
 
 def allergy_intolerance(resource: dict[str, Any], now: datetime, options: SummaryOptions) -> Summary:

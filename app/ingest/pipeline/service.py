@@ -18,6 +18,7 @@ from app.db.models import DELETION_NOT_FOUND, Facility
 from app.ehr.client import EHRClient
 from app.errors import IngestError
 from app.fhir.references import ResourceRef
+from app.ingest.blood_pressure import refresh_readings
 from app.ingest.pipeline.fetch import fetch_resources, search_identifier
 from app.ingest.pipeline.normalize import normalize
 from app.ingest.pipeline.observed import Observed, Outcome
@@ -144,8 +145,12 @@ class Pipeline:
         fetched.references, _ = normalize(self.adapter, extra, now=now)
 
     def store(self, session: Session, items: list[Observed]) -> StoreStats:
-        """The one write path; the caller commits."""
-        return store_versions(session, items)
+        """The one write path; the caller commits. Blood-pressure readings are re-paired in the same
+        transaction, by this vendor's pairing, for every subject the write touched."""
+        stats = store_versions(session, items)
+        written = [(o.facility_id, o.resource_type, o.resource_id) for o in items]
+        refresh_readings(session, written, self.adapter.pair_blood_pressure)
+        return stats
 
     def committed(self, fetched: Fetched) -> None:
         """Remember the referenced resources once they are committed."""
