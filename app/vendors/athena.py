@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 from app.fhir.notifications import EventIdentity, NotificationShape
+from app.reconcile import StrategyName
 from app.vendors.base import DefaultAdapter
 
 
 class AthenaAdapter(DefaultAdapter):
     vendor = "athena"
+    default_change_detection: StrategyName = "patient-last-updated"  # per patient, day precision
     batch_read = False
     event_identity: EventIdentity = "event-id"
     # Topic subscriptions (R5-backport style): notification Bundles, never a bare resource.

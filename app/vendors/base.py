@@ -16,11 +16,18 @@ from app.errors import EHRServerError, EHRServerErrorPermanent, IngestError
 from app.fhir.normalize import Normalized, SummaryOptions, normalize_resource, pair_blood_pressure
 from app.fhir.normalize.names import ISO21090_PREFERRED
 from app.fhir.notifications import Announcement, EventIdentity, NotificationShape
+from app.reconcile import StrategyName
 
 
 class VendorAdapter(Protocol):
     @property
     def vendor(self) -> str: ...
+
+    @property
+    def default_change_detection(self) -> StrategyName:
+        """The change-detection strategy this vendor allows when nothing else is known (DESIGN.md table);
+        a facility's probed capabilities and its YAML may choose another per resource type."""
+        ...
 
     @property
     def event_identity(self) -> EventIdentity:
@@ -88,6 +95,7 @@ class DefaultAdapter:
     """
 
     vendor: str = "generic"
+    default_change_detection: StrategyName = "last-updated"
     event_identity: EventIdentity = "number"
     not_found_is_final: bool = False
     # Standard FHIR: the Subscriptions Backport, R4B and R5 notification Bundles, a legacy R4 rest-hook's

@@ -11,11 +11,15 @@
 
 from __future__ import annotations
 
+from app.reconcile import StrategyName
 from app.vendors.base import DefaultAdapter
 
 
 class EpicAdapter(DefaultAdapter):
     vendor = "epic"
+    default_change_detection: StrategyName = (
+        "created-date"  # no _lastUpdated and no meta: admin dates per patient plus a cohort re-crawl
+    )
     batch_read = False
     batch_max = 1
     paging_expired_codes = frozenset({"4113"})

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+from app.reconcile import StrategyName
 from app.vendors.base import DefaultAdapter
 
 
 class OracleAdapter(DefaultAdapter):
     vendor = "oracle"
+    default_change_detection: StrategyName = "patient-last-updated"  # _lastUpdated only per patient
     batch_read = False
     server_error_outcome_is_final = True
