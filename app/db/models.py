@@ -232,3 +232,19 @@ def sql_types(model: type[Base], columns: Iterable[str]) -> dict[str, str]:
     table = model.__table__
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     return {c: table.columns[c].type.compile(dialect=dialect) for c in columns}
+
+
+def string_bounds(model: type[Base]) -> dict[str, int]:
+    """Each bounded string column's length (``String(n)``), from the model: what a value from a sender
+    must fit before it reaches the table, so that the bounds are stated once, here."""
+    table = model.__table__
+    return {
+        column.name: column.type.length
+        for column in table.columns
+        if isinstance(column.type, String) and column.type.length is not None
+    }
+
+
+def truncated(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters, ending in "…" when it was cut (visibly not the original)."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"

@@ -7,7 +7,6 @@ The same body delivered again (a sender retrying) increments ``deliveries`` inst
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
-from app.db.models import QuarantinedNotification
+from app.db.models import QuarantinedNotification, string_bounds, truncated
+from app.fhir import pgsafe
 
 _UPSERT = text(
     """
@@ -26,6 +26,19 @@ _UPSERT = text(
     RETURNING id
     """
 )
+
+
+_BOUNDS = string_bounds(QuarantinedNotification)
+DETAIL_MAX = 500
+
+
+def storable_json(body: Any, raw: bytes) -> str:
+    """The body as JSON text jsonb accepts. Python's decoder admits NaN and Infinity, which JSON and
+    jsonb do not: such a body is kept as its text, a JSON string, so that quarantine never fails."""
+    try:
+        return pgsafe.dumps(body, allow_nan=False)
+    except ValueError:
+        return pgsafe.dumps(raw.decode("utf-8", "replace"))
 
 
 @dataclass(frozen=True)
@@ -44,13 +57,13 @@ async def quarantine(engine: AsyncEngine, item: Quarantined) -> int:
     """Store ``item`` (committed when this returns) and return its quarantine id."""
     params = {
         "facility_id": item.facility_id,
-        "reason": item.reason,
-        "detail": item.detail[:500],
-        "method": item.method[:8],
-        "path": item.path[:1000],
-        "content_type": (item.content_type or "")[:128] or None,
+        "reason": truncated(item.reason, _BOUNDS["reason"]),
+        "detail": truncated(item.detail, DETAIL_MAX),
+        "method": truncated(item.method, _BOUNDS["method"]),
+        "path": truncated(item.path, 1000),
+        "content_type": truncated(item.content_type, _BOUNDS["content_type"]) if item.content_type else None,
         "body_sha256": hashlib.sha256(item.raw).hexdigest(),
-        "body": json.dumps(item.body),
+        "body": storable_json(item.body, item.raw),
     }
     async with engine.begin() as conn:
         return int((await conn.execute(_UPSERT, params)).scalar_one())

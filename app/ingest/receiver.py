@@ -18,7 +18,9 @@ to a status code, ``Retry-After`` and an OperationOutcome in one place:
    delivery that is none is ``Rejected``; a JSON body that is none is kept in quarantine, ``Quarantined``
    (``DbUnavailable("quarantine")`` when that commit fails);
 9. its events and its ledger observation are committed (group commit): ``Accepted``, or
-   ``DbUnavailable("commit")``. Only then is the doorbell rung.
+   ``DbUnavailable("commit")``; a body Postgres refuses even in a transaction of its own (the writer
+   retries a failed batch one request at a time) is kept in quarantine instead, ``Quarantined`` with
+   reason ``unstorable``. Only then is the doorbell rung.
 
 Quarantine is *accepted* (the edge answers 202): the body is committed, retrying it unchanged cannot
 help, and a 4xx would make some servers put the whole subscription in ``error`` and stop every later
@@ -40,7 +42,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.errors import ConfigurationError, NotificationError
+from app.errors import ConfigurationError, NotificationError, Unstorable
 from app.facilities.webhooks import FacilityDirectory, ReceiverFacility
 from app.fhir import pgsafe
 from app.fhir.notifications import Delivery, parse_delivery
@@ -284,6 +286,9 @@ class Receiver:
         try:
             async with asyncio.timeout(self.commit_timeout_s):  # no extra task, unlike wait_for
                 result: WriteResult = await self.writer.commit(intake)
+        except Unstorable as exc:  # refused alone, not for a batch it shared: retrying cannot help
+            labels.shape = "unstorable"
+            return await self._quarantine(facility, delivery, raw, body, exc, path)
         except (SQLAlchemyError, psycopg.Error, OSError, TimeoutError) as exc:
             return _unavailable(facility.id, "commit", exc)
         events(facility.id, "stored").inc(result.stored)

@@ -6,7 +6,10 @@ lock the event-ledger rows of the subscriptions involved (in key order, so two l
 apply the observations in arrival order (which fixes each numbered event's epoch, part of its dedup
 key), insert the inbox rows in one statement with ON CONFLICT DO NOTHING on the dedup key, write the
 ledger rows back, commit, and only then wake the requests. A request is answered 2xx only after its
-rows are committed; if the transaction fails every waiting request gets the error (and answers 503).
+rows are committed. When the connection is lost every waiting request gets the error (and answers
+503); when the transaction fails on a healthy connection, each request is retried in a transaction of
+its own, so one request's unstorable value (``Unstorable``: the receiver quarantines that body) never
+fails the others sharing its batch.
 """
 
 from __future__ import annotations
@@ -21,15 +24,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.rows import namedtuple_row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import InboxRow, SubscriptionLedger, sql_types
+from app.errors import Unstorable
 from app.ingest.inbox import INBOX_COLUMNS, InboxEntry, Intake
 from app.ingest.ledger import LEDGER_COLUMNS, LEDGER_KEY, LedgerState, apply
-from app.metrics import COMMIT_BATCH, COMMIT_SECONDS
+from app.metrics import BATCHES_ISOLATED, COMMIT_BATCH, COMMIT_SECONDS
 
 CONNECT_TIMEOUT_S = 5
+
+log = structlog.get_logger("ingest.writer")
 
 
 # One statement writes the inbox rows and the ledger rows (a data-modifying CTE), so a batch costs four
@@ -87,6 +94,34 @@ class WriteResult:
     duplicates: int
     gaps: int = 0
     new_epoch: bool = False
+
+
+# Data exception, integrity violation, program limit exceeded: what a request's own values cause (too
+# long, out of range, invalid, too large for an index); retrying them cannot help.
+_DATA_ERROR_CLASSES = ("22", "23", "54")
+
+
+def _refusal(exc: Exception) -> BaseException:
+    """What a request is answered when its transaction failed: its data's fault, or the database's."""
+    if isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in _DATA_ERROR_CLASSES:
+        # The SQLSTATE and class only: a server message can quote the refused value.
+        return Unstorable(f"the ledger refused a value ({exc.sqlstate}, {type(exc).__name__})")
+    return exc
+
+
+def _results(
+    jobs: list[_Job], outcomes: list[_Outcome], stored: Counter[tuple[str, str]]
+) -> list[WriteResult | BaseException]:
+    results: list[WriteResult | BaseException] = []
+    for outcome in outcomes:
+        mine = 0
+        for entry in outcome.entries:
+            key = (entry.facility_id, entry.dedup_key)
+            if stored[key] > 0:
+                stored[key] -= 1
+                mine += 1
+        results.append(WriteResult(mine, len(outcome.entries) - mine, outcome.gaps, outcome.new_epoch))
+    return results
 
 
 @dataclass
@@ -163,29 +198,46 @@ class InboxWriter:
             COMMIT_BATCH.observe(len(jobs))
             started = time.perf_counter()
             try:
-                outcomes, stored = await self._transaction(slot, jobs)
+                answers = await self._commit(slot, jobs)
             except asyncio.CancelledError:
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(RuntimeError("receiver shutting down"))
                 raise
-            except Exception as exc:  # noqa: BLE001 - every waiting request must learn of the failure
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
             COMMIT_SECONDS.observe(time.perf_counter() - started)
-            for job, outcome in zip(jobs, outcomes, strict=True):
-                mine = 0
-                for entry in outcome.entries:
-                    key = (entry.facility_id, entry.dedup_key)
-                    if stored[key] > 0:
-                        stored[key] -= 1
-                        mine += 1
-                if not job.future.done():
-                    job.future.set_result(
-                        WriteResult(mine, len(outcome.entries) - mine, outcome.gaps, outcome.new_epoch)
-                    )
+            for job, answer in zip(jobs, answers, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(answer, BaseException):
+                    job.future.set_exception(answer)
+                else:
+                    job.future.set_result(answer)
+
+    async def _commit(self, slot: int, jobs: list[_Job]) -> list[WriteResult | BaseException]:
+        """Each job's result or error. A batch that fails while its connection stays healthy failed
+        because of what some job holds: every job is then retried alone, so one tenant's unstorable
+        value fails only its own request (``Unstorable``) and the others commit."""
+        try:
+            return _results(jobs, *await self._transaction(slot, jobs))
+        except Exception as exc:  # noqa: BLE001 - every waiting request must learn of the failure
+            if len(jobs) == 1 or self._connection_lost(slot):
+                return [_refusal(exc)] * len(jobs)
+            first = exc
+        log.warning("ingest.batch_isolated", jobs=len(jobs), error=type(first).__name__)
+        BATCHES_ISOLATED.inc()
+        answers: list[WriteResult | BaseException] = []
+        for index, job in enumerate(jobs):
+            try:
+                answers += _results([job], *await self._transaction(slot, [job]))
+            except Exception as exc:  # noqa: BLE001 - this job's own failure, answered to it alone
+                if self._connection_lost(slot):  # the database went away meanwhile: no more tries
+                    return answers + [exc] * (len(jobs) - index)
+                answers.append(_refusal(exc))
+        return answers
+
+    def _connection_lost(self, slot: int) -> bool:
+        conn = self._connections.get(slot)
+        return conn is None or conn.closed or conn.broken
 
     async def _connection(self, slot: int) -> psycopg.AsyncConnection[Any]:
         conn = self._connections.get(slot)
