@@ -33,8 +33,11 @@ class ResourceRef:
 def _same_origin_and_under(url: str, base_url: str, *, allow_query: bool = False) -> str | None:
     """The path of ``url`` after ``base_url`` if it lies under it (same scheme, host and port; no
     userinfo; no ``..`` segment), else None. A query string is allowed only when ``allow_query``."""
-    u, b = urlsplit(url), urlsplit(base_url)
-    if (u.scheme.lower(), u.hostname, u.port) != (b.scheme.lower(), b.hostname, b.port) or u.username:
+    try:
+        u, b = urlsplit(url), urlsplit(base_url)
+        if (u.scheme.lower(), u.hostname, u.port) != (b.scheme.lower(), b.hostname, b.port) or u.username:
+            return None
+    except ValueError:  # a port that is no number or out of range, a broken IPv6 host: not under the base
         return None
     base_path = b.path.rstrip("/") + "/"
     if not u.path.startswith(base_path) or u.fragment or (u.query and not allow_query):

@@ -30,6 +30,12 @@ _UPSERT = text(
 
 _BOUNDS = string_bounds(QuarantinedNotification)
 DETAIL_MAX = 500
+PATH_MAX = 1000
+
+
+def _text(value: str, limit: int) -> str:
+    """A sender's text (the request path, its content type) as a column holds it: no NUL, bounded."""
+    return truncated(pgsafe.clean(value), limit)
 
 
 def storable_json(body: Any, raw: bytes) -> str:
@@ -57,11 +63,11 @@ async def quarantine(engine: AsyncEngine, item: Quarantined) -> int:
     """Store ``item`` (committed when this returns) and return its quarantine id."""
     params = {
         "facility_id": item.facility_id,
-        "reason": truncated(item.reason, _BOUNDS["reason"]),
-        "detail": truncated(item.detail, DETAIL_MAX),
-        "method": truncated(item.method, _BOUNDS["method"]),
-        "path": truncated(item.path, 1000),
-        "content_type": truncated(item.content_type, _BOUNDS["content_type"]) if item.content_type else None,
+        "reason": _text(item.reason, _BOUNDS["reason"]),
+        "detail": _text(item.detail, DETAIL_MAX),
+        "method": _text(item.method, _BOUNDS["method"]),
+        "path": _text(item.path, PATH_MAX),
+        "content_type": _text(item.content_type, _BOUNDS["content_type"]) if item.content_type else None,
         "body_sha256": hashlib.sha256(item.raw).hexdigest(),
         "body": storable_json(item.body, item.raw),
     }

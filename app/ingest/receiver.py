@@ -166,7 +166,7 @@ def media_type(content_type: str | None) -> str:
 async def read_limited(stream: BodyStream, declared: str | None, limit: int) -> bytes:
     """The whole body, or BodyTooLarge as soon as the declared length or the bytes read exceed
     ``limit`` (a sender streaming gigabytes is cut off at the limit)."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
@@ -257,7 +257,7 @@ class Receiver:
         if has_body:
             try:
                 body = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except ValueError:  # not JSON, not UTF-8, or an integer beyond the interpreter's digit limit
                 return InvalidJson("body is not valid JSON")
             if pgsafe.needs_cleaning(raw):
                 # Postgres cannot hold NUL or a lone surrogate: one such string would fail the whole batch.
