@@ -49,11 +49,10 @@ def respond(outcome: Outcome) -> Response:  # noqa: PLR0911 - one answer per out
         case Quarantined(quarantine_id=qid, reason=reason, detail=detail):
             diagnostics = f"not a recognizable notification ({detail}); kept as quarantine #{qid}"
             return _answer(202, operation_outcome("warning", "processing", diagnostics, reason=reason))
-        case UnknownFacility():
-            return _error(404, "not-found", "unknown facility", outcome.slug)
-        case Unauthenticated(reason=reason, header=header):
-            diagnostics = f"sender not authenticated ({reason}); check {header}"
-            return _error(401, "security", diagnostics, outcome.slug)
+        case UnknownFacility() | Unauthenticated():
+            # One answer for both, naming neither the reason nor the header (the log line has them):
+            # anything more would tell a caller that the facility exists and how it authenticates.
+            return _error(401, "security", "sender not authenticated", Unauthenticated.slug)
         case UnsupportedMediaType(missing=missing):
             diagnostics = (
                 "a body needs Content-Type application/fhir+json or application/json"

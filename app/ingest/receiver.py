@@ -5,8 +5,9 @@ lower-cased headers), the request path and the body as a stream of chunks. It ru
 order and stops at the first that fails; the HTTP edge (``app.api.endpoints.respond``) maps each outcome
 to a status code, ``Retry-After`` and an OperationOutcome in one place:
 
-1. the facility is known and enabled: ``UnknownFacility``; ``DbUnavailable("facility")`` when the lookup
-   cannot reach Postgres, ``Misconfigured`` when its secrets cannot be resolved;
+1. the facility is known and enabled: ``UnknownFacility`` (answered exactly as ``Unauthenticated`` is,
+   so that facility ids cannot be enumerated); ``DbUnavailable("facility")`` when the lookup cannot
+   reach Postgres, ``Misconfigured`` when its secrets cannot be resolved;
 2. a sender check that needs only headers (shared secret) passes, before the body is read:
    ``Unauthenticated``;
 3. a declared content type is JSON: ``UnsupportedMediaType``;
@@ -43,6 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import ConfigurationError, NotificationError, Unstorable
+from app.facilities.senders import UNKNOWN_SENDER
 from app.facilities.webhooks import FacilityDirectory, ReceiverFacility
 from app.fhir import pgsafe
 from app.fhir.notifications import Delivery, parse_delivery
@@ -219,7 +221,7 @@ class Receiver:
             log.error("hooks.misconfigured", facility_id=facility_id, reason=exc.reason, detail=exc.detail)
             return Misconfigured(exc.reason)
         if facility is None:
-            return UnknownFacility()
+            return _unknown(facility_id, delivery.headers)
         labels.facility = facility.id
         headers = delivery.headers
         now = time.time()
@@ -345,6 +347,16 @@ def _authenticate(
     log.warning("hooks.unauthenticated", facility_id=facility.id, reason=reason, header=header)
     AUTH_FAILURES.labels(facility.id, reason).inc()
     return Unauthenticated(reason, header)
+
+
+def _unknown(facility_id: str, headers: Mapping[str, str]) -> UnknownFacility:
+    """Answered as a wrong secret is, after the same work (a header check, a log line, a count): an
+    unauthenticated caller must not be able to tell which facility ids exist. The id has a facility
+    id's shape (FacilityDirectory); the counter's label is not the id, whose values are the caller's."""
+    UNKNOWN_SENDER.check(headers, b"", time.time())
+    log.warning("hooks.unauthenticated", facility_id=facility_id, reason="unknown_facility", header="-")
+    AUTH_FAILURES.labels("-", "unknown_facility").inc()
+    return UnknownFacility()
 
 
 def _unavailable(facility_id: str, stage: str, exc: BaseException) -> DbUnavailable:
