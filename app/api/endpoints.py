@@ -43,6 +43,9 @@ RETRY_AFTER_S = "5"
 def respond(outcome: Outcome) -> Response:  # noqa: PLR0911 - one answer per outcome kind
     """The HTTP answer to a kernel outcome: always an OperationOutcome; every 503 says when to retry."""
     match outcome:
+        case Accepted(type=ntype, replay=True):
+            message = f"{ntype}: replay of a message already received, nothing stored"
+            return _answer(200, operation_outcome("information", "informational", message))
         case Accepted(type=ntype, stored=stored, duplicates=duplicates, refused=refused):
             message = f"{ntype}: {stored} stored, {duplicates} duplicate, {refused} refused"
             return _answer(200, operation_outcome("information", "informational", message))

@@ -9,6 +9,7 @@
 - ``subscription_ledger``: per (facility, subscription) what the receiver saw of the event counter:
   highest number, epoch, open gaps, last notification and heartbeat. Written with the inbox rows.
 - ``quarantine``: authenticated JSON bodies that are no recognizable notification, kept for a human.
+- ``webhook_messages``: sender message ids committed, kept while a replay could still pass the signature.
 """
 
 from __future__ import annotations
@@ -204,6 +205,20 @@ class SubscriptionLedger(Base):
     last_handshake_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class WebhookMessage(Base):
+    """A sender's message id already committed (Standard Webhooks ``webhook-id``), until its replay
+    window closes: written in the transaction of the message's inbox rows, so a replay (even to another
+    receiver process) stores nothing, and a message whose commit failed is stored when resent."""
+
+    __tablename__ = "webhook_messages"
+    __table_args__ = (Index("ix_webhook_messages_expires_at", "expires_at"),)
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    message_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class QuarantinedNotification(Base):

@@ -2,9 +2,9 @@
 
 ``SenderCheck.check`` answers None when the sender is authentic, else a reason slug for the log line
 and the counter (the 401 itself names no reason: it must not tell a wrong secret from an unknown
-facility). A shared secret's auth-scheme (``Bearer``) is case-insensitive (RFC 9110 §11.1). Every comparison is constant-time; any of the live secrets (the current one
-and, while rotating, the previous one) is accepted. Secrets are resolved when the facility is loaded
-and kept in memory only.
+facility). A shared secret's auth-scheme (``Bearer``) is case-insensitive (RFC 9110 §11.1). Every
+comparison is constant-time; any of the live secrets (the current one and, while rotating, the
+previous one) is accepted. Secrets are resolved when the facility is loaded and kept in memory only.
 """
 
 from __future__ import annotations
@@ -35,6 +35,14 @@ def _standard_webhooks_key(secret: str) -> bytes:
         except binascii.Error as exc:
             raise SecretInvalid("whsec_ secret is not base64") from exc
     return secret.encode()
+
+
+@dataclass(frozen=True)
+class MessageKey:
+    """A sender's message id (hashed) and the Unix time its replay window closes."""
+
+    sha256: str
+    expires_at: int
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,16 @@ class SenderCheck:
         except ValueError:
             return "bad_signature"
         return None if _any_equal(given, [_hmac_sha256(k, body) for k in self.keys]) else "bad_signature"
+
+    def message_key(self, headers: Mapping[str, str]) -> MessageKey | None:
+        """For Standard Webhooks, what identifies an authenticated message: the sha256 of its
+        ``webhook-id`` (fixed length, whatever the sender sends) and the end of its replay window.
+        Call only after ``check`` passed. None for methods without message ids."""
+        if self.method != "standard-webhooks":
+            return None
+        msg_id, stamp = headers["webhook-id"], int(headers["webhook-timestamp"].strip())
+        digest = hashlib.sha256(msg_id.encode("utf-8", "surrogateescape")).hexdigest()
+        return MessageKey(digest, stamp + self.tolerance_s)
 
     def _credentials(self, value: str) -> tuple[bool, str]:
         """(whether the scheme matches, the credentials) of a shared-secret header value."""

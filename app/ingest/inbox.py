@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from app.db.models import SubscriptionLedger, string_bounds, truncated
+from app.facilities.senders import MessageKey
 from app.fhir.notifications import (
     EVENT_TYPES,
     LEGACY_SHAPES,
@@ -85,11 +86,13 @@ class Refusal:
 
 @dataclass(frozen=True)
 class Intake:
-    """Everything one notification asks the writer to commit."""
+    """Everything one notification asks the writer to commit. ``message`` is the sender's message id
+    (Standard Webhooks): committed with the rows, and when already committed, nothing is."""
 
     entries: list[InboxEntry]
     refused: list[Refusal]
     observation: LedgerObservation
+    message: MessageKey | None = None
 
 
 def dedup_key(

@@ -21,7 +21,9 @@ to a status code, ``Retry-After`` and an OperationOutcome in one place:
 9. its events and its ledger observation are committed (group commit): ``Accepted``, or
    ``DbUnavailable("commit")``; a body Postgres refuses even in a transaction of its own (the writer
    retries a failed batch one request at a time) is kept in quarantine instead, ``Quarantined`` with
-   reason ``unstorable``. Only then is the doorbell rung.
+   reason ``unstorable``. A Standard Webhooks message whose ``webhook-id`` is already committed (by any
+   receiver process) is a replay: ``Accepted`` with ``replay``, nothing stored. Only then is the
+   doorbell rung.
 
 Quarantine is *accepted* (the edge answers 202): the body is committed, retrying it unchanged cannot
 help, and a 4xx would make some servers put the whole subscription in ``error`` and stop every later
@@ -48,7 +50,7 @@ from app.facilities.senders import UNKNOWN_SENDER
 from app.facilities.webhooks import FacilityDirectory, ReceiverFacility
 from app.fhir import pgsafe
 from app.fhir.notifications import Delivery, parse_delivery
-from app.ingest.inbox import intake_for
+from app.ingest.inbox import Intake, intake_for
 from app.ingest.quarantine import Quarantined as QuarantineItem
 from app.ingest.quarantine import quarantine
 from app.ingest.writer import InboxWriter, WriteResult
@@ -140,6 +142,7 @@ class Accepted:
     stored: int
     duplicates: int
     refused: int
+    replay: bool = False  # the sender's message id was committed before (Standard Webhooks)
     slug: ClassVar[str] = "accepted"
 
 
@@ -276,6 +279,8 @@ class Receiver:
             return await self._quarantine(facility, delivery, raw, body, exc, path)
         labels.shape, labels.type = notification.shape, notification.type
         intake = intake_for(facility.id, notification, event_identity=facility.event_identity)
+        if facility.sender is not None and (message := facility.sender.message_key(delivery.headers)):
+            intake = replace(intake, message=message)
         for refusal in intake.refused:
             # No outbound connection is ever made for these; the event number lets on-call find it.
             log.warning(
@@ -293,19 +298,12 @@ class Receiver:
             return await self._quarantine(facility, delivery, raw, body, exc, path)
         except (SQLAlchemyError, psycopg.Error, OSError, TimeoutError) as exc:
             return _unavailable(facility.id, "commit", exc)
-        events(facility.id, "stored").inc(result.stored)
-        events(facility.id, "duplicate").inc(result.duplicates)
-        if result.gaps:
-            LEDGER_GAPS.labels(facility.id).inc(result.gaps)
-        if result.new_epoch:
-            log.info(
-                "hooks.subscription_new_epoch",
-                facility_id=facility.id,
-                subscription=intake.observation.subscription,
-            )
+        _record(facility.id, intake, result)
         if result.stored:
             self.ring(facility.id)
-        return Accepted(notification.type, result.stored, result.duplicates, len(intake.refused))
+        return Accepted(
+            notification.type, result.stored, result.duplicates, len(intake.refused), replay=result.replay
+        )
 
     async def _quarantine(  # noqa: PLR0917 - the request's parts, all needed for the row
         self,
@@ -333,6 +331,22 @@ class Receiver:
         log.warning("hooks.quarantined", facility_id=facility.id, reason=exc.reason, quarantine_id=qid)
         QUARANTINED.labels(facility.id, exc.reason).inc()
         return Quarantined(qid, exc.reason, exc.detail)
+
+
+def _record(facility_id: str, intake: Intake, result: WriteResult) -> None:
+    """Counters and log lines of a committed notification."""
+    events(facility_id, "stored").inc(result.stored)
+    events(facility_id, "duplicate").inc(result.duplicates)
+    if result.gaps:
+        LEDGER_GAPS.labels(facility_id).inc(result.gaps)
+    if result.new_epoch:
+        log.info(
+            "hooks.subscription_new_epoch",
+            facility_id=facility_id,
+            subscription=intake.observation.subscription,
+        )
+    if result.replay:
+        log.info("hooks.replay", facility_id=facility_id)
 
 
 def _authenticate(

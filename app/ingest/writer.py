@@ -72,6 +72,25 @@ _UPDATE_LEDGER = f"""
 _WRITE = f"WITH ledger AS ({_UPDATE_LEDGER}), ins AS ({_INSERT_INBOX}) SELECT facility_id, dedup_key FROM ins"  # noqa: S608 - constants only
 
 
+# Claims the batch's sender message ids (in key order: two receivers never deadlock on them). A row
+# inserted now (xmax = 0) is a first delivery; an existing one, committed by this or another process,
+# makes the copy a replay. Its window is extended to the latest copy's, which could still pass the
+# signature check. A copy racing an uncommitted first delivery waits for it: committed, it is a
+# replay; rolled back, this copy is the first.
+_CLAIM_MESSAGES = """
+    INSERT INTO webhook_messages AS w (facility_id, message_sha256, expires_at)
+    SELECT f, m, to_timestamp(e)
+    FROM unnest(%(facility_id)s::text[], %(sha256)s::text[], %(expires)s::bigint[]) AS u(f, m, e)
+    ORDER BY f, m
+    ON CONFLICT (facility_id, message_sha256)
+    DO UPDATE SET expires_at = greatest(w.expires_at, excluded.expires_at)
+    RETURNING w.facility_id, w.message_sha256, (w.xmax = 0) AS inserted
+"""
+# Message ids are kept a while past their window: the receivers' clocks may run behind Postgres's.
+_PRUNE_MESSAGES = "DELETE FROM webhook_messages WHERE expires_at < now() - interval '5 minutes'"
+PRUNE_INTERVAL_S = 60.0
+
+
 def with_epoch(entry: InboxEntry, epoch: int) -> InboxEntry:
     """The entry with its final dedup key: a numbered event's key names the epoch it belongs to, so a
     counter that restarted (a new epoch) is never taken for a duplicate of the old numbers."""
@@ -94,6 +113,7 @@ class WriteResult:
     duplicates: int
     gaps: int = 0
     new_epoch: bool = False
+    replay: bool = False  # the sender's message id was committed before: nothing stored
 
 
 # Data exception, integrity violation, program limit exceeded: what a request's own values cause (too
@@ -114,6 +134,9 @@ def _results(
 ) -> list[WriteResult | BaseException]:
     results: list[WriteResult | BaseException] = []
     for outcome in outcomes:
+        if outcome.replay:
+            results.append(WriteResult(0, len(outcome.entries), replay=True))
+            continue
         mine = 0
         for entry in outcome.entries:
             key = (entry.facility_id, entry.dedup_key)
@@ -136,6 +159,7 @@ class _Outcome:
     entries: list[InboxEntry]
     gaps: int = 0
     new_epoch: bool = False
+    replay: bool = False
 
 
 class InboxWriter:
@@ -149,6 +173,7 @@ class InboxWriter:
         # layer per batch); a broken one is replaced at the next batch, whose requests get the error.
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._connections: dict[int, psycopg.AsyncConnection[Any]] = {}
+        self._next_prune = 0.0
 
     async def start(self) -> None:
         self._tasks = [
@@ -212,6 +237,15 @@ class InboxWriter:
                     job.future.set_exception(answer)
                 else:
                     job.future.set_result(answer)
+            if slot == 0 and time.monotonic() >= self._next_prune:  # between batches, answers sent
+                self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+                await self._prune_quietly()
+
+    async def _prune_quietly(self) -> None:
+        try:
+            await self.prune_messages()
+        except (psycopg.Error, OSError) as exc:  # the next round tries again; the table only grows meanwhile
+            log.warning("ingest.prune_failed", error=type(exc).__name__)
 
     async def _commit(self, slot: int, jobs: list[_Job]) -> list[WriteResult | BaseException]:
         """Each job's result or error. A batch that fails while its connection stays healthy failed
@@ -255,12 +289,19 @@ class InboxWriter:
             conn = await self._connection(slot)
             try:
                 async with conn.transaction(), conn.cursor() as cur:
-                    outcomes, ledger_rows = await self._apply_ledger(cur, jobs)
-                    inbox_rows = [_inbox_row(e) for outcome in outcomes for e in outcome.entries]
+                    replays = await self._claim_messages(cur, jobs)
+                    live = [job for index, job in enumerate(jobs) if index not in replays]
+                    live_outcomes, ledger_rows = await self._apply_ledger(cur, live)
+                    inbox_rows = [_inbox_row(e) for outcome in live_outcomes for e in outcome.entries]
                     await cur.execute(
                         _WRITE, {"inbox": json.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
                     )
                     stored = Counter((r.facility_id, r.dedup_key) for r in await cur.fetchall())
+                next_live = iter(live_outcomes)
+                outcomes = [
+                    _Outcome(job.entries, replay=True) if index in replays else next(next_live)
+                    for index, job in enumerate(jobs)
+                ]
             except psycopg.OperationalError:
                 if not (conn.broken or conn.closed):
                     raise
@@ -272,6 +313,44 @@ class InboxWriter:
                 continue
             return outcomes, stored
         raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _claim_messages(cur: psycopg.AsyncCursor[Any], jobs: list[_Job]) -> set[int]:
+        """The indexes of the jobs whose sender message id is already committed (or earlier in the
+        batch): their rows and ledger observations are skipped."""
+        first: dict[tuple[str, str], int] = {}
+        expires: dict[tuple[str, str], int] = {}
+        replays: set[int] = set()
+        for index, job in enumerate(jobs):
+            intake = job.intake
+            if intake is None or intake.message is None:
+                continue
+            message = intake.message
+            key = (intake.observation.facility_id, message.sha256)
+            if key in first:
+                replays.add(index)
+            first.setdefault(key, index)
+            expires[key] = max(expires.get(key, 0), message.expires_at)
+        if not first:
+            return replays
+        keys = sorted(first)
+        await cur.execute(
+            _CLAIM_MESSAGES,
+            {
+                "facility_id": [k[0] for k in keys],
+                "sha256": [k[1] for k in keys],
+                "expires": [expires[k] for k in keys],
+            },
+        )
+        replays |= {first[(r.facility_id, r.message_sha256)] for r in await cur.fetchall() if not r.inserted}
+        return replays
+
+    async def prune_messages(self) -> int:
+        """Forget the sender message ids whose replay window has closed; returns how many."""
+        conn = await self._connection(0)
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(_PRUNE_MESSAGES)
+            return cur.rowcount
 
     async def _apply_ledger(
         self, cur: psycopg.AsyncCursor[Any], jobs: list[_Job]
