@@ -288,20 +288,7 @@ class InboxWriter:
         for attempt in (1, 2):
             conn = await self._connection(slot)
             try:
-                async with conn.transaction(), conn.cursor() as cur:
-                    replays = await self._claim_messages(cur, jobs)
-                    live = [job for index, job in enumerate(jobs) if index not in replays]
-                    live_outcomes, ledger_rows = await self._apply_ledger(cur, live)
-                    inbox_rows = [_inbox_row(e) for outcome in live_outcomes for e in outcome.entries]
-                    await cur.execute(
-                        _WRITE, {"inbox": json.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
-                    )
-                    stored = Counter((r.facility_id, r.dedup_key) for r in await cur.fetchall())
-                next_live = iter(live_outcomes)
-                outcomes = [
-                    _Outcome(job.entries, replay=True) if index in replays else next(next_live)
-                    for index, job in enumerate(jobs)
-                ]
+                return await self._write(conn, jobs)
             except psycopg.OperationalError:
                 if not (conn.broken or conn.closed):
                     raise
@@ -310,40 +297,43 @@ class InboxWriter:
                 # safe, because the inbox insert is idempotent on its dedup keys.
                 if attempt == 2:
                     raise
-                continue
-            return outcomes, stored
         raise AssertionError("unreachable")
 
     @staticmethod
-    async def _claim_messages(cur: psycopg.AsyncCursor[Any], jobs: list[_Job]) -> set[int]:
-        """The indexes of the jobs whose sender message id is already committed (or earlier in the
-        batch): their rows and ledger observations are skipped."""
-        first: dict[tuple[str, str], int] = {}
-        expires: dict[tuple[str, str], int] = {}
-        replays: set[int] = set()
-        for index, job in enumerate(jobs):
-            intake = job.intake
-            if intake is None or intake.message is None:
-                continue
-            message = intake.message
-            key = (intake.observation.facility_id, message.sha256)
-            if key in first:
-                replays.add(index)
-            first.setdefault(key, index)
-            expires[key] = max(expires.get(key, 0), message.expires_at)
-        if not first:
-            return replays
-        keys = sorted(first)
-        await cur.execute(
-            _CLAIM_MESSAGES,
-            {
-                "facility_id": [k[0] for k in keys],
-                "sha256": [k[1] for k in keys],
-                "expires": [expires[k] for k in keys],
-            },
-        )
-        replays |= {first[(r.facility_id, r.message_sha256)] for r in await cur.fetchall() if not r.inserted}
-        return replays
+    async def _write(
+        conn: psycopg.AsyncConnection[Any], jobs: list[_Job]
+    ) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
+        """One transaction in two round trips (pipeline mode): BEGIN, claim the message ids and lock
+        the ledger rows, read both; then write the rows and the ledger, COMMIT, read what was stored.
+        Under load every round trip also waits for a turn of the busy event loop: fewer is faster."""
+        messages = _Messages.of(jobs)
+        keys = sorted({job.intake.observation.key for job in jobs if job.intake is not None})
+        async with conn.pipeline(), conn.cursor() as claim, conn.cursor() as lock, conn.cursor() as write:
+            async with conn.transaction():
+                if messages.keys:
+                    await claim.execute(_CLAIM_MESSAGES, messages.params())
+                if keys:
+                    lock_params = {"facility_id": [k[0] for k in keys], "subscription": [k[1] for k in keys]}
+                    await lock.execute(_LOCK_LEDGER, lock_params)
+                replays = messages.replays
+                if messages.keys:
+                    replays |= messages.committed_before(await claim.fetchall())
+                rows = await lock.fetchall() if keys else []
+                states = {(r.facility_id, r.subscription): LedgerState.from_row(r) for r in rows}
+                live = [job for index, job in enumerate(jobs) if index not in replays]
+                live_outcomes = _apply_ledger(states, live)
+                inbox_rows = [_inbox_row(e) for outcome in live_outcomes for e in outcome.entries]
+                ledger_rows = [_ledger_row(state) for state in states.values()]
+                await write.execute(
+                    _WRITE, {"inbox": json.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
+                )
+            stored = Counter((r.facility_id, r.dedup_key) for r in await write.fetchall())
+        next_live = iter(live_outcomes)
+        outcomes = [
+            _Outcome(job.entries, replay=True) if index in replays else next(next_live)
+            for index, job in enumerate(jobs)
+        ]
+        return outcomes, stored
 
     async def prune_messages(self) -> int:
         """Forget the sender message ids whose replay window has closed; returns how many."""
@@ -352,26 +342,59 @@ class InboxWriter:
             await cur.execute(_PRUNE_MESSAGES)
             return cur.rowcount
 
-    async def _apply_ledger(
-        self, cur: psycopg.AsyncCursor[Any], jobs: list[_Job]
-    ) -> tuple[list[_Outcome], list[dict[str, Any]]]:
-        keys = sorted({job.intake.observation.key for job in jobs if job.intake is not None})
-        if not keys:
-            return [_Outcome(job.entries) for job in jobs], []
-        await cur.execute(
-            _LOCK_LEDGER, {"facility_id": [k[0] for k in keys], "subscription": [k[1] for k in keys]}
-        )
-        states = {(r.facility_id, r.subscription): LedgerState.from_row(r) for r in await cur.fetchall()}
-        now = datetime.now(UTC)
-        outcomes: list[_Outcome] = []
-        for job in jobs:
-            if job.intake is None:
-                outcomes.append(_Outcome(job.entries))
+
+@dataclass
+class _Messages:
+    """The sender message ids of a batch (Standard Webhooks): each key's first job, the latest end of
+    its replay window, and the jobs that repeat a key earlier in the same batch."""
+
+    first: dict[tuple[str, str], int]
+    expires: dict[tuple[str, str], int]
+    replays: set[int]
+
+    @classmethod
+    def of(cls, jobs: list[_Job]) -> _Messages:
+        found = cls({}, {}, set())
+        for index, job in enumerate(jobs):
+            intake = job.intake
+            if intake is None or intake.message is None:
                 continue
-            applied = apply(states[job.intake.observation.key], job.intake.observation, now)
-            entries = [
-                with_epoch(e, applied.epochs[e.ledger_index]) if e.ledger_index is not None else e
-                for e in job.entries
-            ]
-            outcomes.append(_Outcome(entries, applied.new_gaps, applied.new_epoch))
-        return outcomes, [_ledger_row(state) for state in states.values()]
+            key = (intake.observation.facility_id, intake.message.sha256)
+            if key in found.first:
+                found.replays.add(index)
+            found.first.setdefault(key, index)
+            found.expires[key] = max(found.expires.get(key, 0), intake.message.expires_at)
+        return found
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        return sorted(self.first)  # in key order: two transactions never wait on each other in a cycle
+
+    def params(self) -> dict[str, list[Any]]:
+        keys = self.keys
+        return {
+            "facility_id": [k[0] for k in keys],
+            "sha256": [k[1] for k in keys],
+            "expires": [self.expires[k] for k in keys],
+        }
+
+    def committed_before(self, rows: list[Any]) -> set[int]:
+        """The first jobs of the keys that ``_CLAIM_MESSAGES`` found already there."""
+        return {self.first[(r.facility_id, r.message_sha256)] for r in rows if not r.inserted}
+
+
+def _apply_ledger(states: dict[tuple[str, str], LedgerState], jobs: list[_Job]) -> list[_Outcome]:
+    """Apply each job's observation to the locked ledger rows, in arrival order."""
+    now = datetime.now(UTC)
+    outcomes: list[_Outcome] = []
+    for job in jobs:
+        if job.intake is None:
+            outcomes.append(_Outcome(job.entries))
+            continue
+        applied = apply(states[job.intake.observation.key], job.intake.observation, now)
+        entries = [
+            with_epoch(e, applied.epochs[e.ledger_index]) if e.ledger_index is not None else e
+            for e in job.entries
+        ]
+        outcomes.append(_Outcome(entries, applied.new_gaps, applied.new_epoch))
+    return outcomes
