@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import assert_never
 
 import structlog
@@ -156,8 +157,15 @@ async def serve_hook(
         log.exception("hooks.internal_error", facility_id=route.facility_id)
         response = _error(500, "exception", "internal error", "internal_error")
     else:
-        response = respond(outcome)
+        response = _accepted(outcome) if isinstance(outcome, Accepted) else respond(outcome)
     await response(scope, receive, send)
+
+
+@lru_cache(maxsize=1024)
+def _accepted(outcome: Accepted) -> Response:
+    """Most answers are one of a few acceptances ("1 stored, 0 duplicate, 0 refused"): rendered once.
+    A Starlette response holds its body and headers and can be sent any number of times."""
+    return respond(outcome)
 
 
 class _HookFallback:

@@ -267,7 +267,8 @@ class Receiver:
             if pgsafe.needs_cleaning(raw):
                 # Postgres cannot hold NUL or a lone surrogate: one such string would fail the whole batch.
                 body = pgsafe.clean(body)
-        announced = replace(delivery, announcement=facility.adapter.announcement(delivery.headers))
+        announcement = facility.adapter.announcement(delivery.headers)
+        announced = delivery if announcement is None else replace(delivery, announcement=announcement)
         try:
             if has_body and body is None:  # JSON `null` is a body, not an empty POST
                 raise NotificationError("not_a_notification", "the body is JSON null")
