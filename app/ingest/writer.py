@@ -1,8 +1,10 @@
 """Group commit for the receiver: concurrent requests share one transaction.
 
 Each request hands its intake (inbox entries and a ledger observation) to ``InboxWriter.commit`` and
-waits; a few writer loops take everything queued (up to ``max_batch`` entries) and, in one transaction,
-lock the event-ledger rows of the subscriptions involved (in key order, so two loops never deadlock),
+waits; a few writer loops take everything queued (up to ``max_batch`` entries) and, in one transaction
+of two round trips (pipeline mode), claim the sender message ids (Standard Webhooks: a message already
+committed is a replay and stores nothing), lock the event-ledger rows of the subscriptions involved
+(both in key order, so two loops or two processes never deadlock),
 apply the observations in arrival order (which fixes each numbered event's epoch, part of its dedup
 key), insert the inbox rows in one statement with ON CONFLICT DO NOTHING on the dedup key, write the
 ledger rows back, commit, and only then wake the requests. A request is answered 2xx only after its
