@@ -23,6 +23,7 @@ How the drain treats a failure is a class distinction:
     │   └── ConfigInvalid                   config_invalid
     ├── InternalError                       internal_error           deferred (a bug, the database gone)
     ├── NotificationError                   (receiver's own reasons) answered 4xx / quarantined
+    │   └── Unstorable                      unstorable               Postgres refused it, alone: quarantined
     ├── ForeignHostError                    foreign_host             permanent (SSRF guard: no connection)
     ├── NeedsBackfill                       needs_backfill           permanent until the reconciler polls
     └── EHRError
@@ -119,6 +120,7 @@ NotificationReason = Literal[
     "bad_reference",
     "path_mismatch",
     "unexpected_shape",
+    "unstorable",
 ]
 
 
@@ -132,6 +134,14 @@ class NotificationError(IngestError):
     def __init__(self, reason: NotificationReason, detail: str = "") -> None:
         self.reason = reason
         super().__init__(detail)
+
+
+class Unstorable(NotificationError):
+    """Postgres refused a value of one notification even in a transaction of its own: retrying the
+    same body cannot help, so the receiver keeps it in quarantine (and answers 2xx)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("unstorable", detail)
 
 
 class ForeignHostError(IngestError):

@@ -47,6 +47,10 @@ COMMIT_SECONDS = Histogram(
     "Duration of one group-commit transaction of the receiver (lock, write, commit).",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+BATCHES_ISOLATED = Counter(
+    "ehri_commit_batches_isolated_total",
+    "Group-commit transactions that failed on a healthy connection and were retried one request at a time.",
+)
 DOORBELL_FAILURES = Counter("ehri_doorbell_failures_total", "Doorbells that could not reach Redis.")
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from app.api import endpoints
 from app.api.doorbell import AsyncDoorbell
@@ -18,6 +19,19 @@ from app.ingest.writer import InboxWriter
 from app.logging import configure_logging
 from app.queue import Doorbell, make_celery
 from app.settings import Settings, get_settings
+
+
+class ReceiverApp(FastAPI):
+    """FastAPI for health, readiness and metrics; the notification routes are served ahead of its
+    middleware stack, which they do not need and which cost more than the rest of a request
+    (``app.api.endpoints.serve_hook``)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = endpoints.hook_route(scope)
+        if route is None:
+            await super().__call__(scope, receive, send)
+            return
+        await endpoints.serve_hook(self.state.receiver, route, scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,6 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await doorbell.stop()
             await engine.dispose()
 
-    app = FastAPI(title="ehr-ingest receiver", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = ReceiverApp(title="ehr-ingest receiver", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(endpoints.router)
     return app

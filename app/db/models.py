@@ -12,6 +12,7 @@
 - ``subscription_ledger``: per (facility, subscription) what the receiver saw of the event counter:
   highest number, epoch, open gaps, last notification and heartbeat. Written with the inbox rows.
 - ``quarantine``: authenticated JSON bodies that are no recognizable notification, kept for a human.
+- ``webhook_messages``: sender message ids committed, kept while a replay could still pass the signature.
 """
 
 from __future__ import annotations
@@ -252,6 +253,20 @@ class SubscriptionLedger(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
+class WebhookMessage(Base):
+    """A sender's message id already committed (Standard Webhooks ``webhook-id``), until its replay
+    window closes: written in the transaction of the message's inbox rows, so a replay (even to another
+    receiver process) stores nothing, and a message whose commit failed is stored when resent."""
+
+    __tablename__ = "webhook_messages"
+    __table_args__ = (Index("ix_webhook_messages_expires_at", "expires_at"),)
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    message_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class QuarantinedNotification(Base):
     __tablename__ = "quarantine"
     __table_args__ = (UniqueConstraint("facility_id", "body_sha256"),)
@@ -278,3 +293,19 @@ def sql_types(model: type[Base], columns: Iterable[str]) -> dict[str, str]:
     table = model.__table__
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     return {c: table.columns[c].type.compile(dialect=dialect) for c in columns}
+
+
+def string_bounds(model: type[Base]) -> dict[str, int]:
+    """Each bounded string column's length (``String(n)``), from the model: what a value from a sender
+    must fit before it reaches the table, so that the bounds are stated once, here."""
+    table = model.__table__
+    return {
+        column.name: column.type.length
+        for column in table.columns
+        if isinstance(column.type, String) and column.type.length is not None
+    }
+
+
+def truncated(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters, ending in "…" when it was cut (visibly not the original)."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"

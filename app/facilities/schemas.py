@@ -110,6 +110,10 @@ DEFAULT_HEADERS: dict[str, str] = {
 }
 
 
+# What a facility id may be: the receiver answers an id of another shape as unknown without a lookup.
+FACILITY_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
 class WebhookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -129,7 +133,7 @@ class WebhookConfig(BaseModel):
 class FacilityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    id: str = Field(pattern=f"^{FACILITY_ID}$")
     vendor: Vendor = "generic"
     base_url: HttpUrl
     auth: AuthConfig

@@ -1,9 +1,10 @@
 """Sender authentication for the receiver, per facility, before any parsing (WebhookConfig.method).
 
-``SenderCheck.check`` answers None when the sender is authentic, else a reason slug for the 401, the
-log line and the counter. Every comparison is constant-time; any of the live secrets (the current one
-and, while rotating, the previous one) is accepted. Secrets are resolved when the facility is loaded
-and kept in memory only.
+``SenderCheck.check`` answers None when the sender is authentic, else a reason slug for the log line
+and the counter (the 401 itself names no reason: it must not tell a wrong secret from an unknown
+facility). A shared secret's auth-scheme (``Bearer``) is case-insensitive (RFC 9110 §11.1). Every
+comparison is constant-time; any of the live secrets (the current one and, while rotating, the
+previous one) is accepted. Secrets are resolved when the facility is loaded and kept in memory only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from app.facilities.schemas import WebhookConfig, WebhookMethod
 from app.facilities.secrets import resolve_secret
 
 WHSEC_PREFIX = "whsec_"
+MAX_TIMESTAMP_DIGITS = 12  # Unix seconds until the year 33658; more is no timestamp (nor an int to parse)
 
 
 def _hmac_sha256(key: bytes, message: bytes) -> bytes:
@@ -36,11 +38,22 @@ def _standard_webhooks_key(secret: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class MessageKey:
+    """A sender's message id (hashed) and the Unix time its replay window closes."""
+
+    sha256: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
 class SenderCheck:
     method: WebhookMethod
     header: str  # lower-case
-    keys: tuple[bytes, ...]  # the expected header values (shared-secret) or the HMAC keys
+    keys: tuple[bytes, ...]  # the expected credentials (shared-secret) or the HMAC keys
     tolerance_s: int = 300
+    # shared-secret: the auth-scheme before the credentials (``Bearer``), matched case-insensitively
+    # (RFC 9110 §11.1), lower-case here; None when the header carries the secret alone (an API key).
+    scheme: str | None = None
     # Signatures cover the raw body: the check runs after reading it (bounded), before parsing. A field,
     # not a property: read on every request, decided once when the facility is loaded.
     needs_body: bool = field(init=False)
@@ -53,8 +66,10 @@ class SenderCheck:
             value = headers.get(self.header)
             if value is None:
                 return "missing_credentials"
-            given = value.strip().encode()
-            return None if _any_equal(given, self.keys) else "wrong_secret"
+            scheme_ok, credentials = self._credentials(value)
+            # Compared even when the scheme is wrong: the time taken says nothing about which part failed.
+            matched = _any_equal(credentials.encode(), self.keys)
+            return None if matched and scheme_ok else "wrong_secret"
         if self.method == "standard-webhooks":
             return self._standard_webhooks(headers, body, now)
         value = headers.get(self.header)
@@ -71,16 +86,35 @@ class SenderCheck:
             return "bad_signature"
         return None if _any_equal(given, [_hmac_sha256(k, body) for k in self.keys]) else "bad_signature"
 
+    def message_key(self, headers: Mapping[str, str]) -> MessageKey | None:
+        """For Standard Webhooks, what identifies an authenticated message: the sha256 of its
+        ``webhook-id`` (fixed length, whatever the sender sends) and the end of its replay window.
+        Call only after ``check`` passed. None for methods without message ids."""
+        if self.method != "standard-webhooks":
+            return None
+        msg_id, stamp = headers["webhook-id"], int(headers["webhook-timestamp"].strip())
+        digest = hashlib.sha256(msg_id.encode("utf-8", "surrogateescape")).hexdigest()
+        return MessageKey(digest, stamp + self.tolerance_s)
+
+    def _credentials(self, value: str) -> tuple[bool, str]:
+        """(whether the scheme matches, the credentials) of a shared-secret header value."""
+        value = value.strip()
+        if self.scheme is None:
+            return True, value
+        scheme, _, credentials = value.partition(" ")
+        return scheme.lower() == self.scheme, credentials.lstrip(" ")
+
     def _standard_webhooks(self, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
         msg_id, stamp = headers.get("webhook-id"), headers.get("webhook-timestamp")
         signatures = headers.get(self.header)
         if not msg_id or not stamp or not signatures:
             return "missing_signature"
-        if not stamp.strip().isdigit():
+        stamp = stamp.strip()
+        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= MAX_TIMESTAMP_DIGITS):
             return "bad_timestamp"
-        if abs(now - int(stamp.strip())) > self.tolerance_s:
+        if abs(now - int(stamp)) > self.tolerance_s:
             return "timestamp_outside_window"
-        signed = f"{msg_id}.{stamp.strip()}.".encode() + body
+        signed = f"{msg_id}.{stamp}.".encode() + body
         expected = [base64.b64encode(_hmac_sha256(k, signed)) for k in self.keys]
         for candidate in signatures.split():
             version, _, signature = candidate.partition(",")
@@ -106,10 +140,16 @@ def sender_check(webhook: WebhookConfig) -> SenderCheck:
         if not secret:
             raise SecretMissing(f"webhook secret {ref.describe()} is empty")
         secrets.append(secret)
-    if webhook.method == "shared-secret":
-        keys = tuple((f"{webhook.scheme} {s}" if webhook.scheme else s).encode() for s in secrets)
-    elif webhook.method == "standard-webhooks":
+    if webhook.method == "standard-webhooks":
         keys = tuple(_standard_webhooks_key(s) for s in secrets)
     else:
         keys = tuple(s.encode() for s in secrets)
-    return SenderCheck(webhook.method, webhook.effective_header.lower(), keys, webhook.tolerance_s)
+    scheme = None
+    if webhook.method == "shared-secret" and webhook.scheme and webhook.scheme.strip():
+        scheme = webhook.scheme.strip().lower()
+    return SenderCheck(webhook.method, webhook.effective_header.lower(), keys, webhook.tolerance_s, scheme)
+
+
+# What an unknown facility is checked against, so that answering it costs what a wrong secret does
+# (a header-only check, as for shared-secret, the default method): the same status, body and work.
+UNKNOWN_SENDER = SenderCheck("shared-secret", "authorization", (b"\x00" * 32,), scheme="bearer")

@@ -8,6 +8,7 @@ every entry expires after ``ttl_s``, so a facility added (or changed) later is s
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,13 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import Facility
-from app.facilities.schemas import WebhookConfig
+from app.facilities.schemas import FACILITY_ID, WebhookConfig
 from app.facilities.senders import SenderCheck, sender_check
 from app.fhir.notifications import EventIdentity
 from app.vendors import VendorAdapter, adapter_for
 
 DEFAULT_TTL_S = 5.0
 DEFAULT_MAX_ENTRIES = 4096
+_FACILITY_ID = re.compile(FACILITY_ID)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class FacilityDirectory:
         return len(self._known) + len(self._unknown)
 
     async def get(self, facility_id: str) -> ReceiverFacility | None:
+        if _FACILITY_ID.fullmatch(facility_id) is None:  # no facility has such an id (nor a NUL to send)
+            return None
         now = time.monotonic()
         hit, facility = self._known.get(facility_id, now)
         if hit:

@@ -48,17 +48,25 @@ def loads(raw: bytes | bytearray | memoryview | str) -> Any:
 
 def dumps(value: Any, *, canonical: bool = False) -> str:
     """Encode ``value``, writing each ``Decimal`` as its own digits. ``canonical``: sorted keys, no
-    spaces and no ASCII escaping (what content hashes are taken of)."""
+    spaces and no ASCII escaping (what content hashes are taken of). Raises ``ValueError`` for a NaN or
+    an infinity: not JSON, and Postgres would refuse it later, in a shared commit."""
     try:
         # Most bodies (id-only notifications, summaries) hold no Decimal: the standard encoder is the
         # faster one, and it refuses a Decimal with TypeError.
         if canonical:
-            return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return json.dumps(value)
+            return json.dumps(
+                value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+        return json.dumps(value, allow_nan=False)
     except TypeError:
         pass
     if canonical:
         return simplejson.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, use_decimal=True
+            value,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            use_decimal=True,
+            allow_nan=False,
         )
-    return simplejson.dumps(value, use_decimal=True)
+    return simplejson.dumps(value, use_decimal=True, allow_nan=False)

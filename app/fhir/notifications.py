@@ -148,11 +148,12 @@ def parse_timestamp(value: Any) -> Timestamp | None:
             return None
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        # An offset can carry year 1 or 9999 out of range: no timestamp, not a crash.
+        return Timestamp(parsed.astimezone(UTC), precise=True)
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return Timestamp(parsed.astimezone(UTC), precise=True)
 
 
 def _value(param: dict[str, Any]) -> Any:
@@ -283,7 +284,8 @@ def _entry_event(number: int | None, entry: dict[str, Any], base_url: str) -> No
 def _parse_parameters(status: dict[str, Any], bundle: dict[str, Any], base_url: str) -> Notification:
     values: dict[str, Any] = {}
     raw_events: list[list[dict[str, Any]]] = []
-    for param in status.get("parameter", []):
+    params = status.get("parameter")
+    for param in params if isinstance(params, list) else []:
         if not isinstance(param, dict):
             continue
         name = param.get("name")
@@ -310,7 +312,7 @@ def _parse_parameters(status: dict[str, Any], bundle: dict[str, Any], base_url: 
     else:
         entries = _entries_by_url(bundle, base_url)
         for parts in raw_events:
-            by_name = {p.get("name"): p for p in parts}
+            by_name = {p["name"]: p for p in parts if isinstance(p.get("name"), str)}
             number_part, focus_part, ts_part = (
                 by_name.get(n) for n in ("event-number", "focus", "timestamp")
             )

@@ -43,6 +43,6 @@ def parse_reference(reference: str, base_url: str) -> ResourceRef:
             raise ForeignHostError(detail="reference outside the facility's registered base URL")
         ref = relative
     match = _RELATIVE.match(ref)
-    if match is None:
+    if match is None or not match["id"].strip("."):  # "." and ".." are path segments, not FHIR ids
         raise NotificationError("bad_reference", "focus is not a Type/id reference")
     return ResourceRef(match["type"], match["id"], match["version"])

@@ -15,11 +15,14 @@ Dedup keys, per source (a duplicate delivery maps to the same key and is stored 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from app.db.models import SubscriptionLedger, string_bounds, truncated
+from app.facilities.senders import MessageKey
 from app.fhir.notifications import (
     EVENT_TYPES,
     LEGACY_SHAPES,
@@ -30,6 +33,22 @@ from app.fhir.notifications import (
 )
 from app.fhir.resources import payload_hash
 from app.ingest.ledger import LedgerObservation, NumberedEvent
+
+# A sender's values reach bounded columns and indexes; they are made to fit here, before the shared
+# commit (one value that does not fit would fail every request in the batch):
+# - the subscription status (``subscription_ledger.last_status``) is cut to its column, visibly;
+# - keys (the subscription, part of the ledger's primary key, and the dedup key, in the inbox's unique
+#   index) must stay under a btree entry's ~2.7 kB: a longer one keeps its start and ends in a digest of
+#   the whole, so two different values never merge into one key.
+LAST_STATUS_MAX = string_bounds(SubscriptionLedger)["last_status"]
+KEY_MAX_CHARS = 512  # up to 4 bytes each in UTF-8: 2 kB, under the btree limit with the facility id
+
+
+def bounded_key(text: str) -> str:
+    if len(text) <= KEY_MAX_CHARS:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{text[: KEY_MAX_CHARS - len(digest) - 1]}…{digest}"
 
 
 def _unique() -> str:
@@ -67,11 +86,13 @@ class Refusal:
 
 @dataclass(frozen=True)
 class Intake:
-    """Everything one notification asks the writer to commit."""
+    """Everything one notification asks the writer to commit. ``message`` is the sender's message id
+    (Standard Webhooks): committed with the rows, and when already committed, nothing is."""
 
     entries: list[InboxEntry]
     refused: list[Refusal]
     observation: LedgerObservation
+    message: MessageKey | None = None
 
 
 def dedup_key(
@@ -110,7 +131,7 @@ def intake_for(
     numbers: list[NumberedEvent] = []
     use_numbers = event_identity == "number" and notification.shape not in LEGACY_SHAPES
     is_event = notification.type in EVENT_TYPES
-    subscription = notification.subscription
+    subscription = bounded_key(notification.subscription) if notification.subscription else None
     for event in notification.events if is_event else []:
         index: int | None = None
         number = event.event_number if use_numbers else None
@@ -125,6 +146,7 @@ def intake_for(
         else:
             keyed = event if number is not None else replace(event, event_number=None)
             key = dedup_key(subscription, keyed, fallback=_unique)
+        key = bounded_key(key)
         focus_type = event.focus.resource_type if event.focus else event.focus_type_hint
         entries.append(
             InboxEntry(
@@ -144,7 +166,7 @@ def intake_for(
         facility_id=facility_id,
         subscription=subscription or "",
         type=notification.type,
-        status=notification.status,
+        status=truncated(notification.status, LAST_STATUS_MAX) if notification.status else None,
         events_since_start=notification.events_since_start if use_numbers else None,
         numbers=numbers,
     )

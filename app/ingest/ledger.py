@@ -21,6 +21,7 @@ from typing import Any
 from app.fhir.notifications import NotificationType, Timestamp
 
 MAX_MISSING_RANGES = 100
+_BIGINT_MAX = 2**63 - 1  # gaps_observed is a bigint: a sender's far-apart numbers must not overflow it
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _open_gap(state: LedgerState, first: int, last: int) -> int:
     state.missing.append([first, last])
     if len(state.missing) > MAX_MISSING_RANGES:
         del state.missing[0]  # the oldest gap is the reconciler's by now; keep the row bounded
-    state.gaps_observed += last - first + 1
+    state.gaps_observed = min(state.gaps_observed + last - first + 1, _BIGINT_MAX)
     return last - first + 1
 
 

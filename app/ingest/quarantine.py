@@ -14,8 +14,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
-from app.db.models import QuarantinedNotification
-from app.fhir import jsonwire
+from app.db.models import QuarantinedNotification, string_bounds, truncated
+from app.fhir import pgsafe
 
 _UPSERT = text(
     """
@@ -26,6 +26,26 @@ _UPSERT = text(
     RETURNING id
     """
 )
+
+
+_BOUNDS = string_bounds(QuarantinedNotification)
+DETAIL_MAX = 500
+PATH_MAX = 1000
+
+
+def _text(value: str, limit: int) -> str:
+    """A sender's text (the request path, its content type) as a column holds it: no NUL, bounded."""
+    return truncated(pgsafe.clean(value), limit)
+
+
+def storable_json(body: Any, raw: bytes) -> str:
+    """The body as JSON text jsonb accepts, decimals as sent. A value JSON and jsonb cannot hold (NaN,
+    Infinity: the receiver's decoder refuses them, but a caller may not have used it) is kept as the
+    body's text, a JSON string, so that quarantine never fails."""
+    try:
+        return pgsafe.dumps(body)
+    except ValueError:
+        return pgsafe.dumps(raw.decode("utf-8", "replace"))
 
 
 @dataclass(frozen=True)
@@ -44,13 +64,13 @@ async def quarantine(engine: AsyncEngine, item: Quarantined) -> int:
     """Store ``item`` (committed when this returns) and return its quarantine id."""
     params = {
         "facility_id": item.facility_id,
-        "reason": item.reason,
-        "detail": item.detail[:500],
-        "method": item.method[:8],
-        "path": item.path[:1000],
-        "content_type": (item.content_type or "")[:128] or None,
+        "reason": _text(item.reason, _BOUNDS["reason"]),
+        "detail": _text(item.detail, DETAIL_MAX),
+        "method": _text(item.method, _BOUNDS["method"]),
+        "path": _text(item.path, PATH_MAX),
+        "content_type": _text(item.content_type, _BOUNDS["content_type"]) if item.content_type else None,
         "body_sha256": hashlib.sha256(item.raw).hexdigest(),
-        "body": jsonwire.dumps(item.body),
+        "body": storable_json(item.body, item.raw),
     }
     async with engine.begin() as conn:
         return int((await conn.execute(_UPSERT, params)).scalar_one())

@@ -5,8 +5,9 @@ lower-cased headers), the request path and the body as a stream of chunks. It ru
 order and stops at the first that fails; the HTTP edge (``app.api.endpoints.respond``) maps each outcome
 to a status code, ``Retry-After`` and an OperationOutcome in one place:
 
-1. the facility is known and enabled: ``UnknownFacility``; ``DbUnavailable("facility")`` when the lookup
-   cannot reach Postgres, ``Misconfigured`` when its secrets cannot be resolved;
+1. the facility is known and enabled: ``UnknownFacility`` (answered exactly as ``Unauthenticated`` is,
+   so that facility ids cannot be enumerated); ``DbUnavailable("facility")`` when the lookup cannot
+   reach Postgres, ``Misconfigured`` when its secrets cannot be resolved;
 2. a sender check that needs only headers (shared secret) passes, before the body is read:
    ``Unauthenticated``;
 3. a declared content type is JSON: ``UnsupportedMediaType``;
@@ -19,7 +20,11 @@ to a status code, ``Retry-After`` and an OperationOutcome in one place:
    bodiless delivery that is none is ``Rejected``; a JSON body that is none is kept in quarantine,
    ``Quarantined`` (``DbUnavailable("quarantine")`` when that commit fails);
 9. its events and its ledger observation are committed (group commit): ``Accepted``, or
-   ``DbUnavailable("commit")``. Only then is the doorbell rung.
+   ``DbUnavailable("commit")``; a body Postgres refuses even in a transaction of its own (the writer
+   retries a failed batch one request at a time) is kept in quarantine instead, ``Quarantined`` with
+   reason ``unstorable``. A Standard Webhooks message whose ``webhook-id`` is already committed (by any
+   receiver process) is a replay: ``Accepted`` with ``replay``, nothing stored. Only then is the
+   doorbell rung.
 
 Quarantine is *accepted* (the edge answers 202): the body is committed, retrying it unchanged cannot
 help, and a 4xx would make some servers put the whole subscription in ``error`` and stop every later
@@ -40,11 +45,12 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.errors import ConfigurationError, NotificationError
+from app.errors import ConfigurationError, NotificationError, Unstorable
+from app.facilities.senders import UNKNOWN_SENDER
 from app.facilities.webhooks import FacilityDirectory, ReceiverFacility
 from app.fhir import jsonwire, pgsafe
 from app.fhir.notifications import Delivery, parse_delivery
-from app.ingest.inbox import intake_for
+from app.ingest.inbox import Intake, intake_for
 from app.ingest.quarantine import Quarantined as QuarantineItem
 from app.ingest.quarantine import quarantine
 from app.ingest.writer import InboxWriter, WriteResult
@@ -136,6 +142,7 @@ class Accepted:
     stored: int
     duplicates: int
     refused: int
+    replay: bool = False  # the sender's message id was committed before (Standard Webhooks)
     slug: ClassVar[str] = "accepted"
 
 
@@ -164,7 +171,7 @@ def media_type(content_type: str | None) -> str:
 async def read_limited(stream: BodyStream, declared: str | None, limit: int) -> bytes:
     """The whole body, or BodyTooLarge as soon as the declared length or the bytes read exceed
     ``limit`` (a sender streaming gigabytes is cut off at the limit)."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
@@ -217,7 +224,7 @@ class Receiver:
             log.error("hooks.misconfigured", facility_id=facility_id, reason=exc.reason, detail=exc.detail)
             return Misconfigured(exc.reason)
         if facility is None:
-            return UnknownFacility()
+            return _unknown(facility_id, delivery.headers)
         labels.facility = facility.id
         headers = delivery.headers
         now = time.time()
@@ -255,12 +262,13 @@ class Receiver:
         if has_body:
             try:
                 body = jsonwire.loads(raw)  # decimals kept exact (app.fhir.jsonwire)
-            except ValueError:  # not JSON, not UTF-8/16/32, or NaN/Infinity
+            except ValueError:  # not JSON, not UTF-8/16/32, NaN/Infinity, or an integer past the digit limit
                 return InvalidJson("body is not valid JSON")
             if pgsafe.needs_cleaning(raw):
                 # Postgres cannot hold NUL or a lone surrogate: one such string would fail the whole batch.
                 body = pgsafe.clean(body)
-        announced = replace(delivery, announcement=facility.adapter.announcement(delivery.headers))
+        announcement = facility.adapter.announcement(delivery.headers)
+        announced = delivery if announcement is None else replace(delivery, announcement=announcement)
         try:
             if has_body and body is None:  # JSON `null` is a body, not an empty POST
                 raise NotificationError("not_a_notification", "the body is JSON null")
@@ -278,6 +286,8 @@ class Receiver:
             return await self._quarantine(facility, delivery, raw, body, exc, path)
         labels.shape, labels.type = notification.shape, notification.type
         intake = intake_for(facility.id, notification, event_identity=facility.event_identity)
+        if facility.sender is not None and (message := facility.sender.message_key(delivery.headers)):
+            intake = replace(intake, message=message)
         for refusal in intake.refused:
             # No outbound connection is ever made for these; the event number lets on-call find it.
             log.warning(
@@ -290,21 +300,17 @@ class Receiver:
         try:
             async with asyncio.timeout(self.commit_timeout_s):  # no extra task, unlike wait_for
                 result: WriteResult = await self.writer.commit(intake)
+        except Unstorable as exc:  # refused alone, not for a batch it shared: retrying cannot help
+            labels.shape = "unstorable"
+            return await self._quarantine(facility, delivery, raw, body, exc, path)
         except (SQLAlchemyError, psycopg.Error, OSError, TimeoutError) as exc:
             return _unavailable(facility.id, "commit", exc)
-        events(facility.id, "stored").inc(result.stored)
-        events(facility.id, "duplicate").inc(result.duplicates)
-        if result.gaps:
-            LEDGER_GAPS.labels(facility.id).inc(result.gaps)
-        if result.new_epoch:
-            log.info(
-                "hooks.subscription_new_epoch",
-                facility_id=facility.id,
-                subscription=intake.observation.subscription,
-            )
+        _record(facility.id, intake, result)
         if result.stored:
             self.ring(facility.id)
-        return Accepted(notification.type, result.stored, result.duplicates, len(intake.refused))
+        return Accepted(
+            notification.type, result.stored, result.duplicates, len(intake.refused), replay=result.replay
+        )
 
     async def _quarantine(  # noqa: PLR0917 - the request's parts, all needed for the row
         self,
@@ -334,6 +340,22 @@ class Receiver:
         return Quarantined(qid, exc.reason, exc.detail)
 
 
+def _record(facility_id: str, intake: Intake, result: WriteResult) -> None:
+    """Counters and log lines of a committed notification."""
+    events(facility_id, "stored").inc(result.stored)
+    events(facility_id, "duplicate").inc(result.duplicates)
+    if result.gaps:
+        LEDGER_GAPS.labels(facility_id).inc(result.gaps)
+    if result.new_epoch:
+        log.info(
+            "hooks.subscription_new_epoch",
+            facility_id=facility_id,
+            subscription=intake.observation.subscription,
+        )
+    if result.replay:
+        log.info("hooks.replay", facility_id=facility_id)
+
+
 def _authenticate(
     facility: ReceiverFacility, body: bytes, now: float, headers: Mapping[str, str]
 ) -> Unauthenticated | None:
@@ -346,6 +368,16 @@ def _authenticate(
     log.warning("hooks.unauthenticated", facility_id=facility.id, reason=reason, header=header)
     AUTH_FAILURES.labels(facility.id, reason).inc()
     return Unauthenticated(reason, header)
+
+
+def _unknown(facility_id: str, headers: Mapping[str, str]) -> UnknownFacility:
+    """Answered as a wrong secret is, after the same work (a header check, a log line, a count): an
+    unauthenticated caller must not be able to tell which facility ids exist. The id has a facility
+    id's shape (FacilityDirectory); the counter's label is not the id, whose values are the caller's."""
+    UNKNOWN_SENDER.check(headers, b"", time.time())
+    log.warning("hooks.unauthenticated", facility_id=facility_id, reason="unknown_facility", header="-")
+    AUTH_FAILURES.labels("-", "unknown_facility").inc()
+    return UnknownFacility()
 
 
 def _unavailable(facility_id: str, stage: str, exc: BaseException) -> DbUnavailable:

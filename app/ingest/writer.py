@@ -1,12 +1,17 @@
 """Group commit for the receiver: concurrent requests share one transaction.
 
 Each request hands its intake (inbox entries and a ledger observation) to ``InboxWriter.commit`` and
-waits; a few writer loops take everything queued (up to ``max_batch`` entries) and, in one transaction,
-lock the event-ledger rows of the subscriptions involved (in key order, so two loops never deadlock),
+waits; a few writer loops take everything queued (up to ``max_batch`` entries) and, in one transaction
+of two round trips (pipeline mode), claim the sender message ids (Standard Webhooks: a message already
+committed is a replay and stores nothing), lock the event-ledger rows of the subscriptions involved
+(both in key order, so two loops or two processes never deadlock),
 apply the observations in arrival order (which fixes each numbered event's epoch, part of its dedup
 key), insert the inbox rows in one statement with ON CONFLICT DO NOTHING on the dedup key, write the
 ledger rows back, commit, and only then wake the requests. A request is answered 2xx only after its
-rows are committed; if the transaction fails every waiting request gets the error (and answers 503).
+rows are committed. When the connection is lost every waiting request gets the error (and answers
+503); when the transaction fails on a healthy connection, each request is retried in a transaction of
+its own, so one request's unstorable value (``Unstorable``: the receiver quarantines that body) never
+fails the others sharing its batch.
 """
 
 from __future__ import annotations
@@ -21,16 +26,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.rows import namedtuple_row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import InboxRow, SubscriptionLedger, sql_types
+from app.errors import Unstorable
 from app.fhir import jsonwire
 from app.ingest.inbox import INBOX_COLUMNS, InboxEntry, Intake
 from app.ingest.ledger import LEDGER_COLUMNS, LEDGER_KEY, LedgerState, apply
-from app.metrics import COMMIT_BATCH, COMMIT_SECONDS
+from app.metrics import BATCHES_ISOLATED, COMMIT_BATCH, COMMIT_SECONDS
 
 CONNECT_TIMEOUT_S = 5
+
+log = structlog.get_logger("ingest.writer")
 
 
 # One statement writes the inbox rows and the ledger rows (a data-modifying CTE), so a batch costs four
@@ -66,6 +75,25 @@ _UPDATE_LEDGER = f"""
 _WRITE = f"WITH ledger AS ({_UPDATE_LEDGER}), ins AS ({_INSERT_INBOX}) SELECT facility_id, dedup_key FROM ins"  # noqa: S608 - constants only
 
 
+# Claims the batch's sender message ids (in key order: two receivers never deadlock on them). A row
+# inserted now (xmax = 0) is a first delivery; an existing one, committed by this or another process,
+# makes the copy a replay. Its window is extended to the latest copy's, which could still pass the
+# signature check. A copy racing an uncommitted first delivery waits for it: committed, it is a
+# replay; rolled back, this copy is the first.
+_CLAIM_MESSAGES = """
+    INSERT INTO webhook_messages AS w (facility_id, message_sha256, expires_at)
+    SELECT f, m, to_timestamp(e)
+    FROM unnest(%(facility_id)s::text[], %(sha256)s::text[], %(expires)s::bigint[]) AS u(f, m, e)
+    ORDER BY f, m
+    ON CONFLICT (facility_id, message_sha256)
+    DO UPDATE SET expires_at = greatest(w.expires_at, excluded.expires_at)
+    RETURNING w.facility_id, w.message_sha256, (w.xmax = 0) AS inserted
+"""
+# Message ids are kept a while past their window: the receivers' clocks may run behind Postgres's.
+_PRUNE_MESSAGES = "DELETE FROM webhook_messages WHERE expires_at < now() - interval '5 minutes'"
+PRUNE_INTERVAL_S = 60.0
+
+
 def with_epoch(entry: InboxEntry, epoch: int) -> InboxEntry:
     """The entry with its final dedup key: a numbered event's key names the epoch it belongs to, so a
     counter that restarted (a new epoch) is never taken for a duplicate of the old numbers."""
@@ -88,6 +116,38 @@ class WriteResult:
     duplicates: int
     gaps: int = 0
     new_epoch: bool = False
+    replay: bool = False  # the sender's message id was committed before: nothing stored
+
+
+# Data exception, integrity violation, program limit exceeded: what a request's own values cause (too
+# long, out of range, invalid, too large for an index); retrying them cannot help.
+_DATA_ERROR_CLASSES = ("22", "23", "54")
+
+
+def _refusal(exc: Exception) -> BaseException:
+    """What a request is answered when its transaction failed: its data's fault, or the database's."""
+    if isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in _DATA_ERROR_CLASSES:
+        # The SQLSTATE and class only: a server message can quote the refused value.
+        return Unstorable(f"the ledger refused a value ({exc.sqlstate}, {type(exc).__name__})")
+    return exc
+
+
+def _results(
+    jobs: list[_Job], outcomes: list[_Outcome], stored: Counter[tuple[str, str]]
+) -> list[WriteResult | BaseException]:
+    results: list[WriteResult | BaseException] = []
+    for outcome in outcomes:
+        if outcome.replay:
+            results.append(WriteResult(0, len(outcome.entries), replay=True))
+            continue
+        mine = 0
+        for entry in outcome.entries:
+            key = (entry.facility_id, entry.dedup_key)
+            if stored[key] > 0:
+                stored[key] -= 1
+                mine += 1
+        results.append(WriteResult(mine, len(outcome.entries) - mine, outcome.gaps, outcome.new_epoch))
+    return results
 
 
 @dataclass
@@ -102,6 +162,7 @@ class _Outcome:
     entries: list[InboxEntry]
     gaps: int = 0
     new_epoch: bool = False
+    replay: bool = False
 
 
 class InboxWriter:
@@ -115,6 +176,7 @@ class InboxWriter:
         # layer per batch); a broken one is replaced at the next batch, whose requests get the error.
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._connections: dict[int, psycopg.AsyncConnection[Any]] = {}
+        self._next_prune = 0.0
 
     async def start(self) -> None:
         self._tasks = [
@@ -164,29 +226,55 @@ class InboxWriter:
             COMMIT_BATCH.observe(len(jobs))
             started = time.perf_counter()
             try:
-                outcomes, stored = await self._transaction(slot, jobs)
+                answers = await self._commit(slot, jobs)
             except asyncio.CancelledError:
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(RuntimeError("receiver shutting down"))
                 raise
-            except Exception as exc:  # noqa: BLE001 - every waiting request must learn of the failure
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
             COMMIT_SECONDS.observe(time.perf_counter() - started)
-            for job, outcome in zip(jobs, outcomes, strict=True):
-                mine = 0
-                for entry in outcome.entries:
-                    key = (entry.facility_id, entry.dedup_key)
-                    if stored[key] > 0:
-                        stored[key] -= 1
-                        mine += 1
-                if not job.future.done():
-                    job.future.set_result(
-                        WriteResult(mine, len(outcome.entries) - mine, outcome.gaps, outcome.new_epoch)
-                    )
+            for job, answer in zip(jobs, answers, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(answer, BaseException):
+                    job.future.set_exception(answer)
+                else:
+                    job.future.set_result(answer)
+            if slot == 0 and time.monotonic() >= self._next_prune:  # between batches, answers sent
+                self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+                await self._prune_quietly()
+
+    async def _prune_quietly(self) -> None:
+        try:
+            await self.prune_messages()
+        except (psycopg.Error, OSError) as exc:  # the next round tries again; the table only grows meanwhile
+            log.warning("ingest.prune_failed", error=type(exc).__name__)
+
+    async def _commit(self, slot: int, jobs: list[_Job]) -> list[WriteResult | BaseException]:
+        """Each job's result or error. A batch that fails while its connection stays healthy failed
+        because of what some job holds: every job is then retried alone, so one tenant's unstorable
+        value fails only its own request (``Unstorable``) and the others commit."""
+        try:
+            return _results(jobs, *await self._transaction(slot, jobs))
+        except Exception as exc:  # noqa: BLE001 - every waiting request must learn of the failure
+            if len(jobs) == 1 or self._connection_lost(slot):
+                return [_refusal(exc)] * len(jobs)
+            first = exc
+        log.warning("ingest.batch_isolated", jobs=len(jobs), error=type(first).__name__)
+        BATCHES_ISOLATED.inc()
+        answers: list[WriteResult | BaseException] = []
+        for index, job in enumerate(jobs):
+            try:
+                answers += _results([job], *await self._transaction(slot, [job]))
+            except Exception as exc:  # noqa: BLE001 - this job's own failure, answered to it alone
+                if self._connection_lost(slot):  # the database went away meanwhile: no more tries
+                    return answers + [exc] * (len(jobs) - index)
+                answers.append(_refusal(exc))
+        return answers
+
+    def _connection_lost(self, slot: int) -> bool:
+        conn = self._connections.get(slot)
+        return conn is None or conn.closed or conn.broken
 
     async def _connection(self, slot: int) -> psycopg.AsyncConnection[Any]:
         conn = self._connections.get(slot)
@@ -203,13 +291,7 @@ class InboxWriter:
         for attempt in (1, 2):
             conn = await self._connection(slot)
             try:
-                async with conn.transaction(), conn.cursor() as cur:
-                    outcomes, ledger_rows = await self._apply_ledger(cur, jobs)
-                    inbox_rows = [_inbox_row(e) for outcome in outcomes for e in outcome.entries]
-                    await cur.execute(
-                        _WRITE, {"inbox": jsonwire.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
-                    )
-                    stored = Counter((r.facility_id, r.dedup_key) for r in await cur.fetchall())
+                return await self._write(conn, jobs)
             except psycopg.OperationalError:
                 if not (conn.broken or conn.closed):
                     raise
@@ -218,30 +300,104 @@ class InboxWriter:
                 # safe, because the inbox insert is idempotent on its dedup keys.
                 if attempt == 2:
                     raise
-                continue
-            return outcomes, stored
         raise AssertionError("unreachable")
 
-    async def _apply_ledger(
-        self, cur: psycopg.AsyncCursor[Any], jobs: list[_Job]
-    ) -> tuple[list[_Outcome], list[dict[str, Any]]]:
+    @staticmethod
+    async def _write(
+        conn: psycopg.AsyncConnection[Any], jobs: list[_Job]
+    ) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
+        """One transaction in two round trips (pipeline mode): BEGIN, claim the message ids and lock
+        the ledger rows, read both; then write the rows and the ledger, COMMIT, read what was stored.
+        Under load every round trip also waits for a turn of the busy event loop: fewer is faster."""
+        messages = _Messages.of(jobs)
         keys = sorted({job.intake.observation.key for job in jobs if job.intake is not None})
-        if not keys:
-            return [_Outcome(job.entries) for job in jobs], []
-        await cur.execute(
-            _LOCK_LEDGER, {"facility_id": [k[0] for k in keys], "subscription": [k[1] for k in keys]}
-        )
-        states = {(r.facility_id, r.subscription): LedgerState.from_row(r) for r in await cur.fetchall()}
-        now = datetime.now(UTC)
-        outcomes: list[_Outcome] = []
-        for job in jobs:
-            if job.intake is None:
-                outcomes.append(_Outcome(job.entries))
+        async with conn.pipeline(), conn.cursor() as claim, conn.cursor() as lock, conn.cursor() as write:
+            async with conn.transaction():
+                if messages.keys:
+                    await claim.execute(_CLAIM_MESSAGES, messages.params())
+                if keys:
+                    lock_params = {"facility_id": [k[0] for k in keys], "subscription": [k[1] for k in keys]}
+                    await lock.execute(_LOCK_LEDGER, lock_params)
+                replays = messages.replays
+                if messages.keys:
+                    replays |= messages.committed_before(await claim.fetchall())
+                rows = await lock.fetchall() if keys else []
+                states = {(r.facility_id, r.subscription): LedgerState.from_row(r) for r in rows}
+                live = [job for index, job in enumerate(jobs) if index not in replays]
+                live_outcomes = _apply_ledger(states, live)
+                inbox_rows = [_inbox_row(e) for outcome in live_outcomes for e in outcome.entries]
+                ledger_rows = [_ledger_row(state) for state in states.values()]
+                await write.execute(
+                    _WRITE, {"inbox": jsonwire.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
+                )
+            stored = Counter((r.facility_id, r.dedup_key) for r in await write.fetchall())
+        next_live = iter(live_outcomes)
+        outcomes = [
+            _Outcome(job.entries, replay=True) if index in replays else next(next_live)
+            for index, job in enumerate(jobs)
+        ]
+        return outcomes, stored
+
+    async def prune_messages(self) -> int:
+        """Forget the sender message ids whose replay window has closed; returns how many."""
+        conn = await self._connection(0)
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(_PRUNE_MESSAGES)
+            return cur.rowcount
+
+
+@dataclass
+class _Messages:
+    """The sender message ids of a batch (Standard Webhooks): each key's first job, the latest end of
+    its replay window, and the jobs that repeat a key earlier in the same batch."""
+
+    first: dict[tuple[str, str], int]
+    expires: dict[tuple[str, str], int]
+    replays: set[int]
+
+    @classmethod
+    def of(cls, jobs: list[_Job]) -> _Messages:
+        found = cls({}, {}, set())
+        for index, job in enumerate(jobs):
+            intake = job.intake
+            if intake is None or intake.message is None:
                 continue
-            applied = apply(states[job.intake.observation.key], job.intake.observation, now)
-            entries = [
-                with_epoch(e, applied.epochs[e.ledger_index]) if e.ledger_index is not None else e
-                for e in job.entries
-            ]
-            outcomes.append(_Outcome(entries, applied.new_gaps, applied.new_epoch))
-        return outcomes, [_ledger_row(state) for state in states.values()]
+            key = (intake.observation.facility_id, intake.message.sha256)
+            if key in found.first:
+                found.replays.add(index)
+            found.first.setdefault(key, index)
+            found.expires[key] = max(found.expires.get(key, 0), intake.message.expires_at)
+        return found
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        return sorted(self.first)  # in key order: two transactions never wait on each other in a cycle
+
+    def params(self) -> dict[str, list[Any]]:
+        keys = self.keys
+        return {
+            "facility_id": [k[0] for k in keys],
+            "sha256": [k[1] for k in keys],
+            "expires": [self.expires[k] for k in keys],
+        }
+
+    def committed_before(self, rows: list[Any]) -> set[int]:
+        """The first jobs of the keys that ``_CLAIM_MESSAGES`` found already there."""
+        return {self.first[(r.facility_id, r.message_sha256)] for r in rows if not r.inserted}
+
+
+def _apply_ledger(states: dict[tuple[str, str], LedgerState], jobs: list[_Job]) -> list[_Outcome]:
+    """Apply each job's observation to the locked ledger rows, in arrival order."""
+    now = datetime.now(UTC)
+    outcomes: list[_Outcome] = []
+    for job in jobs:
+        if job.intake is None:
+            outcomes.append(_Outcome(job.entries))
+            continue
+        applied = apply(states[job.intake.observation.key], job.intake.observation, now)
+        entries = [
+            with_epoch(e, applied.epochs[e.ledger_index]) if e.ledger_index is not None else e
+            for e in job.entries
+        ]
+        outcomes.append(_Outcome(entries, applied.new_gaps, applied.new_epoch))
+    return outcomes

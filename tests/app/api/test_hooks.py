@@ -346,9 +346,12 @@ async def test_unknown_notification_type_is_quarantined(
     assert (response.status_code, _reason(response)) == (202, "unknown_notification_type")
 
 
-async def test_unknown_facility_is_404(receiver: httpx.AsyncClient, facilities: Facilities) -> None:
+async def test_unknown_facility_is_answered_as_an_unauthenticated_sender(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    """Not 404: that would let anyone enumerate facility ids (tests/app/api/test_sender_auth.py)."""
     response = await _post(receiver, "no-such-facility", backport_id_only([]))
-    assert (response.status_code, _reason(response)) == (404, "unknown_facility")
+    assert (response.status_code, _reason(response)) == (401, "unauthenticated")
 
 
 async def test_wrong_content_type_is_415(receiver: httpx.AsyncClient, facilities: Facilities) -> None:

@@ -176,6 +176,50 @@ async def test_standard_webhooks_accepts_any_listed_signature(
     assert (await _post(receiver, fid, BODY, headers)).status_code == 200
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+async def test_the_authorization_scheme_is_case_insensitive(
+    receiver: httpx.AsyncClient, facilities: Facilities, scheme: str
+) -> None:
+    """RFC 9110 §11.1: the auth-scheme is case-insensitive; the credentials are not."""
+    fid = facilities.add(shared_secret())
+    assert (await _post(receiver, fid, BODY, {"Authorization": f"{scheme} {SECRET}"})).status_code == 200
+    _reason_401(await _post(receiver, fid, BODY, {"Authorization": f"{scheme} {SECRET.upper()}"}))
+
+
+async def test_the_scheme_may_be_followed_by_several_spaces(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    fid = facilities.add(shared_secret())
+    assert (await _post(receiver, fid, BODY, {"Authorization": f"Bearer   {SECRET}"})).status_code == 200
+    _reason_401(await _post(receiver, fid, BODY, {"Authorization": f"Bearer{SECRET}"}))
+    _reason_401(await _post(receiver, fid, BODY, {"Authorization": f"Basic {SECRET}"}))
+
+
+async def test_an_unknown_facility_cannot_be_told_from_a_wrong_secret(
+    receiver: httpx.AsyncClient, facilities: Facilities
+) -> None:
+    """Same status, same body, byte for byte, whatever the facility's method and header: an
+    unauthenticated caller learns nothing about which facility ids exist."""
+    known = facilities.add(shared_secret())
+    api_key = facilities.add(shared_secret(header="X-Api-Key", scheme=None))
+    signed_by = facilities.add(signed("x-signature"), vendor="medplum")
+    no_webhook = facilities.add(None)
+    answers = [
+        await _post(receiver, "no-such-facility", BODY, {"Authorization": "Bearer guess"}),
+        await _post(receiver, "no-such-facility", BODY, {}),
+        await _post(receiver, known, BODY, {"Authorization": "Bearer guess"}),
+        await _post(receiver, known, BODY, {}),
+        await _post(receiver, api_key, BODY, {"Authorization": "Bearer guess"}),
+        await _post(receiver, signed_by, BODY, {"X-Signature": "00"}),
+        await _post(receiver, no_webhook, BODY, {"Authorization": "Bearer guess"}),
+    ]
+    assert {(a.status_code, a.content, a.headers["content-type"]) for a in answers} == {
+        (answers[0].status_code, answers[0].content, answers[0].headers["content-type"])
+    }
+    _reason_401(answers[0])
+    assert "no-such-facility" not in answers[0].text
+
+
 def test_the_original_webhook_form_still_validates() -> None:
     config = WebhookConfig.model_validate(
         {"header": "Authorization", "scheme": "Bearer", "secret": {"env": "X"}}

@@ -149,3 +149,15 @@ def test_inbox_entry_fields_are_inbox_columns() -> None:
 
     assert set(INBOX_COLUMNS) <= {c.name for c in InboxRow.__table__.columns}
     assert "ledger_index" not in INBOX_COLUMNS
+
+
+def test_far_apart_numbers_never_count_more_gaps_than_a_bigint_holds() -> None:
+    """gaps_observed is a bigint column: a sender's extreme numbers must not overflow it and fail the
+    shared commit (issue 10 item 2)."""
+    biggest = 2**63 - 1
+    state = LedgerState("f", "Subscription/s")
+    apply(state, _events(1), NOW)
+    apply(state, _events(biggest, at=None), NOW)
+    apply(state, _status("handshake", 2), NOW)  # a new epoch: the counter restarted
+    apply(state, _events(biggest, at=None), NOW)
+    assert state.gaps_observed == biggest
