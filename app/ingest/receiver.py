@@ -53,7 +53,7 @@ from app.fhir.notifications import Delivery, parse_delivery
 from app.ingest.inbox import Intake, intake_for
 from app.ingest.quarantine import Quarantined as QuarantineItem
 from app.ingest.quarantine import quarantine
-from app.ingest.writer import InboxWriter, WriteResult
+from app.ingest.writer import InboxWriter, WriteResult, WriterStopped
 from app.metrics import ACK_SECONDS, AUTH_FAILURES, LEDGER_GAPS, QUARANTINED, events, notifications
 
 log = structlog.get_logger("api.hooks")
@@ -217,8 +217,11 @@ class Receiver:
         self, facility_id: str, delivery: Delivery, stream: BodyStream, path: str, labels: _Labels
     ) -> Outcome:
         try:
-            facility = await self.facilities.get(facility_id)
-        except (SQLAlchemyError, OSError) as exc:
+            # Bounded like the commit: a Postgres that stops answering (rather than refusing) is a 503
+            # with Retry-After, not a request hanging until the sender gives up.
+            async with asyncio.timeout(self.commit_timeout_s):
+                facility = await self.facilities.get(facility_id)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
             return _unavailable(facility_id, "facility", exc)
         except ConfigurationError as exc:
             log.error("hooks.misconfigured", facility_id=facility_id, reason=exc.reason, detail=exc.detail)
@@ -303,7 +306,7 @@ class Receiver:
         except Unstorable as exc:  # refused alone, not for a batch it shared: retrying cannot help
             labels.shape = "unstorable"
             return await self._quarantine(facility, delivery, raw, body, exc, path)
-        except (SQLAlchemyError, psycopg.Error, OSError, TimeoutError) as exc:
+        except (SQLAlchemyError, psycopg.Error, OSError, TimeoutError, WriterStopped) as exc:
             return _unavailable(facility.id, "commit", exc)
         _record(facility.id, intake, result)
         if result.stored:

@@ -39,6 +39,11 @@ from app.metrics import BATCHES_ISOLATED, COMMIT_BATCH, COMMIT_SECONDS
 
 CONNECT_TIMEOUT_S = 5
 
+
+class WriterStopped(Exception):
+    """The writer stopped (the receiver is shutting down) before this commit ran: nothing was stored,
+    and the sender is told to retry (503), never a 500."""
+
 log = structlog.get_logger("ingest.writer")
 
 
@@ -177,6 +182,7 @@ class InboxWriter:
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._connections: dict[int, psycopg.AsyncConnection[Any]] = {}
         self._next_prune = 0.0
+        self._stopped = False
 
     async def start(self) -> None:
         self._tasks = [
@@ -184,6 +190,7 @@ class InboxWriter:
         ]
 
     async def stop(self) -> None:
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -195,7 +202,7 @@ class InboxWriter:
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
-                job.future.set_exception(RuntimeError("receiver shutting down"))
+                job.future.set_exception(WriterStopped("receiver shutting down"))
 
     async def write(self, entries: list[InboxEntry]) -> WriteResult:
         """Commit inbox entries that need no ledger (their keys are final)."""
@@ -212,6 +219,8 @@ class InboxWriter:
         return asyncio.get_running_loop().create_future()
 
     async def _submit(self, job: _Job) -> WriteResult:
+        if self._stopped:  # nobody would take it: the request must not wait for its timeout
+            raise WriterStopped("receiver shutting down")
         await self._queue.put(job)
         return await job.future
 
@@ -230,7 +239,7 @@ class InboxWriter:
             except asyncio.CancelledError:
                 for job in jobs:
                     if not job.future.done():
-                        job.future.set_exception(RuntimeError("receiver shutting down"))
+                        job.future.set_exception(WriterStopped("receiver shutting down"))
                 raise
             COMMIT_SECONDS.observe(time.perf_counter() - started)
             for job, answer in zip(jobs, answers, strict=True):
