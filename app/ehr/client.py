@@ -124,6 +124,15 @@ class EHRClient:
             raise UnparseableResource(f"{ref.resource_type} read returned another id")
         return FetchResult(ref, body, fetched_at)
 
+    def get_json(self, path: str, *, authenticated: bool = True) -> dict[str, Any]:
+        """One JSON object at ``path`` under the base URL (``metadata``, ``.well-known/...``), with the same
+        retries as a read. ``authenticated=False`` sends no token: the CapabilityStatement and the SMART
+        configuration are public, and probing them must not need credentials that may not work yet."""
+        response = self._get_with_retries(
+            f"{self.base_url}/{path.lstrip('/')}", gone_ok=False, authenticated=authenticated
+        )
+        return _json(response, path.split("?", 1)[0])
+
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """Every page of a search, following ``next`` links verbatim (resolved against the request URL,
         never rebuilt). Returns the raw searchset Bundles; callers pick entries through their adapter.
@@ -163,7 +172,9 @@ class EHRClient:
 
     # -- transport ---------------------------------------------------------------------------------
 
-    def _get_with_retries(self, url: str, *, gone_ok: bool, next_page: bool = False) -> httpx.Response:
+    def _get_with_retries(
+        self, url: str, *, gone_ok: bool, next_page: bool = False, authenticated: bool = True
+    ) -> httpx.Response:
         retrying = Retrying(
             retry=retry_if_exception(_worth_retrying_now),
             stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_delay_s),
@@ -172,6 +183,8 @@ class EHRClient:
         )
         for attempt in retrying:
             with attempt:
+                if not authenticated:
+                    return self._classify(self._get_authorized(url, None), gone_ok=gone_ok, next_page=False)
                 return self._get_once(url, gone_ok=gone_ok, next_page=next_page)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -186,7 +199,10 @@ class EHRClient:
                 raise EHRTokenExpired("401 after re-authentication")
         return self._classify(response, gone_ok=gone_ok, next_page=next_page)
 
-    def _get_authorized(self, url: str, token: str) -> httpx.Response:
+    def _get_authorized(self, url: str, token: str | None) -> httpx.Response:
+        headers = {"Accept": "application/fhir+json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         for _ in range(MAX_REDIRECTS + 1):
             if not is_under_base(url, self.base_url):
                 raise ForeignHostError("refusing a URL outside the facility's base URL")
@@ -194,10 +210,7 @@ class EHRClient:
                 with self._politeness.slot():
                     started = time.perf_counter()
                     try:
-                        response = self._http.get(
-                            url,
-                            headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
-                        )
+                        response = self._http.get(url, headers=headers)
                     finally:
                         elapsed = time.perf_counter() - started
             except httpx.HTTPError as exc:  # transport errors, and bodies that fail to decode

@@ -35,8 +35,8 @@ def _facility_ids(engine: Engine) -> list[str]:
 def test_apply_creates_then_reports_unchanged(invoke: Invoke, tmp_path: Path, cli_engine: Engine) -> None:
     path = _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://ehr.test/fhir"))
 
-    first = invoke("facilities", "apply", path)
-    again = invoke("facilities", "apply", path)
+    first = invoke("facilities", "apply", "--no-probe", path)
+    again = invoke("facilities", "apply", "--no-probe", path)
 
     assert first.exit_code == 0, first.output
     assert first.stdout.splitlines() == ["created 1, updated 0, unchanged 0", "  + fac-a"]
@@ -46,11 +46,17 @@ def test_apply_creates_then_reports_unchanged(invoke: Invoke, tmp_path: Path, cl
 
 def test_apply_reports_an_updated_facility(invoke: Invoke, tmp_path: Path) -> None:
     invoke(
-        "facilities", "apply", _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://a.test"))
+        "facilities",
+        "apply",
+        "--no-probe",
+        _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://a.test")),
     )
 
     result = invoke(
-        "facilities", "apply", _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://b.test"))
+        "facilities",
+        "apply",
+        "--no-probe",
+        _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://b.test")),
     )
 
     assert result.stdout.splitlines() == ["created 0, updated 1, unchanged 0", "  ~ fac-a"]
