@@ -1,0 +1,73 @@
+"""``facilities apply``, ``probe`` and ``show`` against ehrsim over real HTTP, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from tests.app.cli import conftest as cli_fixtures
+from tests.app.cli.conftest import Invoke
+from tests.integration.conftest import Sim
+
+# The CLI's own database and runner (tests/app/cli), here beside ehrsim.
+invoke = cli_fixtures.invoke
+cli_database_url = cli_fixtures.cli_database_url
+cli_engine = cli_fixtures.cli_engine
+_empty_ledger = cli_fixtures._empty_ledger
+
+
+def _yaml(tmp_path: Path, sim: Sim, profile: str, extra: str = "") -> Path:
+    key = tmp_path / "client.pem"
+    key.write_text(sim.private_key)
+    path = tmp_path / "facilities.yaml"
+    path.write_text(
+        f"""
+facilities:
+  - id: {profile}
+    vendor: {profile}
+    base_url: {sim.base(profile)}
+    auth:
+      client_id: ehr-ingest
+      private_key: {{file: {key}}}
+{extra}
+"""
+    )
+    return path
+
+
+def test_apply_probes_and_show_prints_what_was_found_and_chosen(
+    invoke: Invoke, tmp_path: Path, sim: Sim
+) -> None:
+    applied = invoke("facilities", "apply", _yaml(tmp_path, sim, "oracle"))
+    shown = invoke("facilities", "show", "oracle")
+    as_json = invoke("facilities", "show", "oracle", "--json")
+
+    assert applied.exit_code == 0, applied.output
+    assert applied.stdout.splitlines()[-1].startswith("probe oracle: ok, 8 types")
+    assert shown.exit_code == 0, shown.output
+    assert "ok" in shown.stdout.splitlines()[0]
+    observation = next(line for line in shown.stdout.splitlines() if "│ Observation" in line)
+    assert "patient-last-updated" in observation
+    assert "patient(required)" in observation
+    document = json.loads(as_json.stdout)
+    assert document["strategies"]["Observation"]["strategy"] == "patient-last-updated"
+    assert document["strategies"]["Observation"]["source"] == "adapter-default"
+    assert document["capabilities"]["export"] == ["group"]
+
+
+def test_a_yaml_override_is_applied_by_the_next_probe(
+    invoke: Invoke, tmp_path: Path, sim: Sim, cli_engine: Engine
+) -> None:
+    path = _yaml(tmp_path, sim, "generic", "    change_detection: {Observation: bulk-since}")
+
+    probed_at_apply = invoke("facilities", "apply", path)
+    probed = invoke("facilities", "probe", "generic")
+
+    assert probed_at_apply.exit_code == 0, probed_at_apply.output
+    assert probed.exit_code == 0, probed.output
+    with cli_engine.connect() as conn:
+        query = text("SELECT resource_type, strategy FROM resource_capabilities")
+        rows: dict[str, str] = {t: s for t, s in conn.execute(query).all()}
+    assert rows == {"Observation": "bulk-since", "Patient": "last-updated", "Condition": "last-updated"}
