@@ -69,5 +69,5 @@ def test_a_yaml_override_is_applied_by_the_next_probe(
     assert probed.exit_code == 0, probed.output
     with cli_engine.connect() as conn:
         query = text("SELECT resource_type, strategy FROM resource_capabilities")
-        rows: dict[str, str] = dict(conn.execute(query).tuples().all())
+        rows = {str(row[0]): str(row[1]) for row in conn.execute(query)}
     assert rows == {"Observation": "bulk-since", "Patient": "last-updated", "Condition": "last-updated"}
