@@ -339,6 +339,7 @@ class FacilitySubscription(Base):
     facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
     subscription_id: Mapped[str] = mapped_column(Text)
     resource: Mapped[dict[str, Any]]  # the Subscription as the server last answered it
+    requested: Mapped[dict[str, Any]]  # what we last asked for: an unchanged request is not sent again
     status: Mapped[str | None] = mapped_column(String(16))
     end: Mapped[datetime | None]
     heartbeat_s: Mapped[int | None] = mapped_column(Integer)

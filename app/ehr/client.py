@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin
 
 import httpx
@@ -60,6 +60,8 @@ RETRY_AFTER_CAP_S = 10.0
 MAX_REDIRECTS = 3
 MAX_QUERY_REISSUES = 2  # a search whose paging session expires is issued again at most this many times
 
+
+WriteMethod = Literal["POST", "PUT", "DELETE"]
 
 #: How a vendor's 500 is classified: from the status and the parsed body (an OperationOutcome or None).
 ServerErrorPolicy = Callable[[int, Any], IngestError]
@@ -132,6 +134,68 @@ class EHRClient:
             f"{self.base_url}/{path.lstrip('/')}", gone_ok=False, authenticated=authenticated
         )
         return _json(response, path.split("?", 1)[0])
+
+    def fetch_json(self, path: str) -> tuple[int, dict[str, Any] | None]:
+        """An authenticated GET of ``path`` under the base URL (``Subscription/{id}/$status``): the status
+        and the JSON object, with 404 and 410 answered rather than raised, as a read's are."""
+        response = self._get_with_retries(f"{self.base_url}/{path.lstrip('/')}", gone_ok=True)
+        if response.status_code in (404, 410):
+            return response.status_code, None
+        return response.status_code, _json(response, path.split("?", 1)[0])
+
+    def write(
+        self, method: WriteMethod, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any] | None]:
+        """``POST``/``PUT``/``DELETE`` at ``path`` under the base URL (managing our Subscription): the status
+        and the JSON object answered, if any. 404 and 410 are answers, not errors (the caller decides);
+        other failures raise as a read's do, with the same retries, re-authentication and host guard.
+        Redirects are not followed: a write is never re-sent elsewhere."""
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        retrying = Retrying(
+            retry=retry_if_exception(_worth_retrying_now),
+            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_delay_s),
+            wait=_wait_honouring_retry_after,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                response = self._write_once(method, url, body)
+                parsed = _json_or_none(response)
+                return response.status_code, parsed if isinstance(parsed, dict) else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_once(self, method: WriteMethod, url: str, body: dict[str, Any] | None) -> httpx.Response:
+        if not is_under_base(url, self.base_url):
+            raise ForeignHostError("refusing a URL outside the facility's base URL")
+        token = self._auth.token()
+        response = self._send(method, url, token, body)
+        if response.status_code == 401:
+            self._auth.invalidate(token)
+            response = self._send(method, url, self._auth.token(), body)
+            if response.status_code == 401:
+                raise EHRTokenExpired("401 after re-authentication")
+        if 200 <= response.status_code < 300 or response.status_code in (404, 410):
+            return response
+        return self._classify(response, gone_ok=False, next_page=False)
+
+    def _send(self, method: WriteMethod, url: str, token: str, body: dict[str, Any] | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+        content: bytes | None = None
+        if body is not None:
+            headers["Content-Type"] = "application/fhir+json"
+            content = jsonwire.dumps(body).encode()
+        try:
+            with self._politeness.slot():
+                started = time.perf_counter()
+                try:
+                    response = self._http.request(method, url, headers=headers, content=content)
+                finally:
+                    elapsed = time.perf_counter() - started
+        except httpx.HTTPError as exc:
+            ehr_request(self.facility_id, "transport_error").observe(elapsed)
+            raise EHRTransportError(type(exc).__name__) from exc
+        ehr_request(self.facility_id, str(response.status_code)).observe(elapsed)
+        return response
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """Every page of a search, following ``next`` links verbatim (resolved against the request URL,

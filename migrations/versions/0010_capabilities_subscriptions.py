@@ -66,6 +66,7 @@ def upgrade() -> None:
         sa.Column("facility_id", sa.String(64), sa.ForeignKey("facilities.id"), primary_key=True),
         sa.Column("subscription_id", sa.Text(), nullable=False),
         sa.Column("resource", JSONB, nullable=False),
+        sa.Column("requested", JSONB, nullable=False),
         sa.Column("status", sa.String(16)),
         sa.Column("end", _TS),
         sa.Column("heartbeat_s", sa.Integer()),
