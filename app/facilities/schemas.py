@@ -163,6 +163,8 @@ class SubscriptionConfig(BaseModel):
             raise ValueError("style criteria needs `criteria`")
         if self.style != "criteria" and not self.topic:
             raise ValueError(f"style {self.style} needs `topic`")
+        if self.lifetime_days is not None and self.renew_before_days >= self.lifetime_days:
+            raise ValueError("`renew_before_days` must be shorter than `lifetime_days`")
         return self
 
 

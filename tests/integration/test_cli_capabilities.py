@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, text
 
 from tests.app.cli import conftest as cli_fixtures
-from tests.app.cli.conftest import Invoke
+from tests.app.cli.conftest import Invoke, assert_one_line_error
 from tests.integration.conftest import Sim
 
 # The CLI's own database and runner (tests/app/cli), here beside ehrsim.
@@ -71,3 +72,67 @@ def test_a_yaml_override_is_applied_by_the_next_probe(
         query = text("SELECT resource_type, strategy FROM resource_capabilities")
         rows = {str(row[0]): str(row[1]) for row in conn.execute(query)}
     assert rows == {"Observation": "bulk-since", "Patient": "last-updated", "Condition": "last-updated"}
+
+
+def _subscribing_yaml(tmp_path: Path, sim: Sim, profile: str, subscription: bool = True) -> Path:
+    block = (
+        "    subscription: {style: criteria, criteria: Observation, endpoint: 'http://127.0.0.1:9/hooks'}"
+        if subscription
+        else ""
+    )
+    extra = f"""    webhook:
+      secret: {{env: CLI_SUBSCRIBE_SECRET}}
+{block}"""
+    path = _yaml(tmp_path, sim, profile, extra)
+    text_ = path.read_text().replace(
+        "      private_key:", "      scopes: [system/*.read, system/Subscription.cruds]\n      private_key:"
+    )
+    path.write_text(text_)
+    return path
+
+
+def test_subscribe_and_unsubscribe_through_the_cli_are_idempotent(
+    invoke: Invoke, tmp_path: Path, sim: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLI_SUBSCRIBE_SECRET", "cli-secret")
+    invoke("facilities", "apply", "--no-probe", _subscribing_yaml(tmp_path, sim, "hapi"))
+
+    first = invoke("subscribe", "hapi")
+    again = invoke("subscribe", "hapi")
+    removed = invoke("unsubscribe", "hapi")
+    nothing = invoke("unsubscribe", "hapi")
+
+    assert first.exit_code == 0, first.output
+    assert first.stdout.startswith("hapi: created Subscription/")
+    assert again.stdout.startswith("hapi: unchanged Subscription/")
+    assert "cli-secret" not in first.stdout + again.stdout
+    assert removed.stdout.strip() == "hapi: removed"
+    assert nothing.exit_code == 0
+    assert nothing.stdout.strip() == "hapi: no subscription to remove"
+    assert sim.admin("hapi", "subscriptions")["subscriptions"] == []
+
+
+def test_subscribe_without_a_subscription_block_exits_2(
+    invoke: Invoke, tmp_path: Path, sim: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLI_SUBSCRIBE_SECRET", "cli-secret")
+    invoke("facilities", "apply", "--no-probe", _subscribing_yaml(tmp_path, sim, "hapi", subscription=False))
+
+    result = invoke("subscribe", "hapi")
+
+    assert_one_line_error(result, 2, "no `subscription` block")
+
+
+def test_subscribe_refused_by_the_ehr_exits_1(invoke: Invoke, tmp_path: Path, sim: Sim) -> None:
+    # Epic serves no Subscription resource: the EHR refuses, nothing is recorded.
+    path = _subscribing_yaml(tmp_path, sim, "epic")
+    path.write_text(path.read_text().replace("    webhook:\n      secret: {env: CLI_SUBSCRIBE_SECRET}\n", ""))
+    invoke("facilities", "apply", "--no-probe", path)
+
+    result = invoke("subscribe", "epic")
+
+    assert_one_line_error(result, 1, "epic:")
+
+
+def test_subscribe_of_an_unknown_facility_exits_2(invoke: Invoke) -> None:
+    assert_one_line_error(invoke("subscribe", "nope"), 2, "unknown facility")

@@ -191,3 +191,28 @@ def test_a_subscription_forced_to_error_is_reactivated_and_its_window_recorded(
         assert [s["id"] for s in _at_ehr(sim, "generic")] == [subscribed.subscription_id]
     finally:
         unsubscribe(db, facility, client)
+
+
+def test_a_subscription_near_its_end_is_renewed_by_the_check(
+    db: Session, sim: Sim, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    facility = _facility(db, sim, "medplum", endpoint, monkeypatch)
+    facility.subscription = {**facility.subscription, "lifetime_days": 5, "renew_before_days": 3}
+    client = _client(sim, "medplum")
+    now = datetime.now(UTC).replace(microsecond=0)
+    first = subscribe(db, facility, client, now=now)
+    later = now + timedelta(days=2, hours=1)
+
+    soon = check_subscription(db, facility, client, now=now + timedelta(days=1))
+    renewed = check_subscription(db, facility, client, now=later)
+
+    try:
+        assert soon.action == "ok"
+        assert renewed.action == "renewed"
+        row = db.get(FacilitySubscription, "medplum")
+        assert row is not None
+        assert first.end == now + timedelta(days=5)
+        assert row.end == later + timedelta(days=5)
+        assert [s["end"] for s in _at_ehr(sim, "medplum")] == [row.end.strftime("%Y-%m-%dT%H:%M:%SZ")]
+    finally:
+        unsubscribe(db, facility, client)
