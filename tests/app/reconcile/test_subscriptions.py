@@ -25,14 +25,14 @@ def _webhook(method: str = "shared-secret") -> WebhookConfig:
 
 def test_backport_id_only_with_heartbeat_end_and_our_header() -> None:
     config = SubscriptionConfig(
-        style="backport-r4", endpoint="https://in.test/hooks/f", topic=TOPIC, heartbeat_s=60, lifetime_days=2
+        style="backport-r4", endpoint="https://in.test/hooks/f", topic=TOPIC, heartbeat_s=60, lifetime_days=10
     )
 
     resource = desired_subscription(config, _webhook(), now=NOW)
 
     assert resource["status"] == "requested"
     assert resource["criteria"] == TOPIC
-    assert resource["end"] == "2026-12-04T12:00:00Z"
+    assert resource["end"] == "2026-12-12T12:00:00Z"
     channel = resource["channel"]
     assert channel["header"] == ["Authorization: Bearer the-secret"]
     assert channel["_payload"]["extension"] == [{"url": PAYLOAD_EXT, "valueCode": "id-only"}]
@@ -72,3 +72,15 @@ def test_a_webhook_method_an_ehr_cannot_be_asked_for_is_a_configuration_error() 
 def test_a_topic_style_without_a_topic_is_refused_by_the_schema() -> None:
     with pytest.raises(ValueError, match="needs `topic`"):
         SubscriptionConfig.model_validate({"style": "r4b", "endpoint": "https://in.test/hooks/f"})
+
+
+def test_a_renewal_window_as_long_as_the_lifetime_is_refused_by_the_schema() -> None:
+    with pytest.raises(ValueError, match="renew_before_days"):
+        SubscriptionConfig.model_validate(
+            {
+                "style": "criteria",
+                "criteria": "Observation",
+                "endpoint": "https://in.test/h",
+                "lifetime_days": 3,
+            }
+        )
