@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.db.models import CapabilityEvent, Facility, FacilityCapabilities, ResourceCapabilities
 from app.ehr.client import EHRClient
 from app.ehr.pool import EHRClientPool
-from app.errors import IngestError, UnparseableResource
+from app.errors import EHRRejected, IngestError, UnparseableResource
 from app.reconcile import StrategyName
 from app.reconcile.capabilities import (
     Capabilities,
@@ -46,15 +46,18 @@ class ProbeOutcome:
 
 
 def fetch_capabilities(client: EHRClient) -> Capabilities:
-    """GET ``metadata`` and ``.well-known/smart-configuration`` (both public: no token is sent). A missing
-    SMART configuration is recorded as absent, not a failure: the token URL may be configured."""
+    """GET ``metadata`` and ``.well-known/smart-configuration`` (both public: no token is sent). A SMART
+    configuration the server refuses (4xx) is recorded as absent, not a failure: the token URL may be
+    configured."""
     statement = client.get_json("metadata", authenticated=False)
     if statement.get("resourceType") != "CapabilityStatement":
         raise UnparseableResource("metadata did not return a CapabilityStatement")
     smart: dict[str, Any] | None
     try:
         smart = client.get_json(".well-known/smart-configuration", authenticated=False)
-    except IngestError as exc:
+    except (EHRRejected, UnparseableResource) as exc:
+        # Refused or not JSON: the server has none. A transient failure fails the probe instead, so that
+        # a blip is never recorded as a capability gone.
         log.info("reconcile.probe.no_smart_configuration", facility_id=client.facility_id, reason=exc.reason)
         smart = None
     return parse_capabilities(statement, smart)

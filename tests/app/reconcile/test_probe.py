@@ -109,3 +109,35 @@ def test_a_body_that_is_no_capability_statement_is_a_failed_probe(db: Session) -
     outcome = probe_facility(db, facility, make_client(_ehr({"resourceType": "Bundle"}, [])), now=T0)
 
     assert (outcome.ok, outcome.reason) == (False, "unparseable_resource")
+
+
+def _flaky_smart(statement: dict[str, Any], smart_status: int) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json=statement)
+        return httpx.Response(smart_status, json={})
+
+    return httpx.MockTransport(handle)
+
+
+def test_a_smart_configuration_that_fails_transiently_fails_the_probe_and_records_nothing_gone(
+    db: Session,
+) -> None:
+    facility = make_facility(db)
+    statement = _statement(["_lastUpdated"], False)
+    probe_facility(db, facility, make_client(_ehr(statement, [])), now=T0)
+
+    outcome = probe_facility(db, facility, make_client(_flaky_smart(statement, 503), attempts=1), now=T0)
+
+    assert (outcome.ok, outcome.reason) == (False, "ehr_unavailable")
+    assert db.scalars(select(CapabilityEvent)).all() == []
+
+
+def test_a_server_without_a_smart_configuration_is_probed_and_says_so(db: Session) -> None:
+    facility = make_facility(db)
+
+    outcome = probe_facility(db, facility, make_client(_flaky_smart(_statement([], False), 404)), now=T0)
+
+    assert outcome.ok
+    assert outcome.capabilities is not None
+    assert not outcome.capabilities.smart
