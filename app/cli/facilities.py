@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,6 +11,8 @@ from app.cli import ledger, render
 from app.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from app.reconcile.probe import ProbeOutcome
 
 cli = typer.Typer(help="Facilities: the EHRs we ingest from.", no_args_is_help=True)
@@ -144,6 +146,7 @@ def show(
         caps = load_capabilities(session, facility_id)
         rows = resource_capabilities(session, facility_id)
         events = capability_events(session, facility_id)
+        subscription = _subscription_state(session, facility_id)
         document = {
             "facility": facility_id,
             "vendor": facility.vendor,
@@ -164,6 +167,7 @@ def show(
                 {"capability": e.capability, "change": e.change, "detected_at": e.detected_at.isoformat()}
                 for e in events
             ],
+            "subscription": subscription,
         }
     if as_json:
         render.line(json.dumps(document, sort_keys=True))
@@ -196,9 +200,34 @@ def show(
         ],
         title="change detection",
     )
+    if subscription is not None:
+        sub = subscription
+        render.line(
+            f"  Subscription/{sub['id']}: {sub['status']}, heartbeat {sub['heartbeat_s'] or 'none'} s, "
+            f"end {sub['end'] or 'none'}, last checked {sub['last_checked_at'] or 'never'}, "
+            f"re-activated {sub['reactivations']} times"
+            + (f", last error {sub['last_error']}" if sub["last_error"] else "")
+        )
     if events:
         render.table(
             ("detected", "capability", "change"),
             [(e.detected_at.isoformat(), e.capability, e.change) for e in events],
             title="capability changes",
         )
+
+
+def _subscription_state(session: Session, facility_id: str) -> dict[str, Any] | None:
+    from app.db.models import FacilitySubscription
+
+    row = session.get(FacilitySubscription, facility_id)
+    if row is None:
+        return None
+    return {
+        "id": row.subscription_id,
+        "status": row.status,
+        "heartbeat_s": row.heartbeat_s,
+        "end": row.end.isoformat() if row.end else None,
+        "last_checked_at": row.last_checked_at.isoformat() if row.last_checked_at else None,
+        "last_error": row.last_error,
+        "reactivations": row.reactivations,
+    }

@@ -99,11 +99,13 @@ def test_subscribe_and_unsubscribe_through_the_cli_are_idempotent(
 
     first = invoke("subscribe", "hapi")
     again = invoke("subscribe", "hapi")
+    shown = invoke("facilities", "show", "hapi", "--json")
     removed = invoke("unsubscribe", "hapi")
     nothing = invoke("unsubscribe", "hapi")
 
     assert first.exit_code == 0, first.output
     assert first.stdout.startswith("hapi: created Subscription/")
+    assert json.loads(shown.stdout)["subscription"]["status"] == "active"
     assert again.stdout.startswith("hapi: unchanged Subscription/")
     assert "cli-secret" not in first.stdout + again.stdout
     assert removed.stdout.strip() == "hapi: removed"
