@@ -159,6 +159,7 @@ def show(
                     "reason": r.strategy_reason,
                     "search_params": r.search_params,
                     "required_params": r.required_params,
+                    "spellings": r.spellings,
                     "history": r.history,
                 }
                 for r in rows

@@ -313,6 +313,8 @@ class ResourceCapabilities(Base):
     resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
     search_params: Mapped[list[str]] = mapped_column(JSONB)
     required_params: Mapped[list[str]] = mapped_column(JSONB)
+    # {recorded name: the server's spelling} where they differ (Epic's "_lastupdated"): queries use these
+    spellings: Mapped[dict[str, Any]]
     history: Mapped[bool] = mapped_column(Boolean)
     strategy: Mapped[str | None] = mapped_column(String(32))  # None: nothing allowed (see reason)
     strategy_source: Mapped[str] = mapped_column(String(32))

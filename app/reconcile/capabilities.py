@@ -50,6 +50,13 @@ class TypeCapabilities:
     #: Recorded parameters the server requires in every search of this type (athena, Oracle, Epic: patient).
     required_params: frozenset[str] = frozenset()
     history: bool = False
+    #: The server's own spelling of a recorded parameter where it differs (Epic: ``_lastUpdated`` →
+    #: ``_lastupdated``; ``patient`` → ``subject``): names are case-sensitive, queries must use these.
+    spellings: Mapping[str, str] = field(default_factory=dict)
+
+    def param(self, name: str) -> str:
+        """The name to send for the recorded parameter ``name``."""
+        return self.spellings.get(name, name)
 
     @property
     def last_updated(self) -> bool:
@@ -102,6 +109,7 @@ class Capabilities:
                     "search_params": sorted(c.search_params),
                     "required_params": sorted(c.required_params),
                     "history": c.history,
+                    "spellings": dict(sorted(c.spellings.items())),
                 }
                 for t, c in sorted(self.types.items())
             },
@@ -123,6 +131,7 @@ class Capabilities:
                 search_params=frozenset(c.get("search_params", ())),
                 required_params=frozenset(c.get("required_params", ())),
                 history=bool(c.get("history")),
+                spellings=dict(c.get("spellings") or {}),
             )
             for t, c in dict(data.get("types") or {}).items()
         }
@@ -185,10 +194,16 @@ def _recorded_name(name: str) -> str | None:
 def _type_capabilities(resource: Mapping[str, Any]) -> TypeCapabilities:
     params: set[str] = set()
     required: set[str] = set()
+    spellings: dict[str, str] = {}
     for param in _dicts(resource.get("searchParam")):
-        name = _recorded_name(str(param.get("name", "")))
+        advertised = str(param.get("name", ""))
+        name = _recorded_name(advertised)
         if name is None:
             continue
+        if name not in params and advertised != name:
+            spellings[name] = advertised
+        elif advertised == name:
+            spellings.pop(name, None)  # the standard spelling wins where both are listed
         params.add(name)
         if _is_required(param):
             required.add(name)
@@ -197,6 +212,7 @@ def _type_capabilities(resource: Mapping[str, Any]) -> TypeCapabilities:
         search_params=frozenset(params),
         required_params=frozenset(required),
         history="history-type" in interactions,
+        spellings=spellings,
     )
 
 

@@ -151,6 +151,7 @@ def record_capabilities(
                 resource_type=rtype,
                 search_params=sorted(caps.search_params) if caps else [],
                 required_params=sorted(caps.required_params) if caps else [],
+                spellings=dict(caps.spellings) if caps else {},
                 history=bool(caps and caps.history) or capabilities.history_system,
                 strategy=choice.strategy,
                 strategy_source=choice.source,

@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("resource_type", sa.String(64), primary_key=True),
         sa.Column("search_params", JSONB, nullable=False),
         sa.Column("required_params", JSONB, nullable=False),
+        sa.Column("spellings", JSONB, nullable=False),
         sa.Column("history", sa.Boolean(), nullable=False),
         sa.Column("strategy", sa.String(32)),
         sa.Column("strategy_source", sa.String(32), nullable=False),

@@ -64,6 +64,7 @@ def test_probe_finds_what_each_vendor_really_has(db: Session, sim: Sim) -> None:
     epic, oracle, meditech = found["epic"], found["oracle"], found["meditech"]
     # Epic: _lastupdated (its spelling) on DocumentReference only, patient required, no Subscription.
     assert epic.types["DocumentReference"].last_updated
+    assert epic.types["DocumentReference"].param("_lastUpdated") == "_lastupdated"
     assert not epic.types["Observation"].last_updated
     assert "patient" in epic.types["Observation"].required_params
     assert {"date", "issued"} <= epic.types["Observation"].search_params

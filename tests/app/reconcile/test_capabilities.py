@@ -47,6 +47,9 @@ def test_parse_records_the_parameters_that_matter_and_epics_spelling() -> None:
     )
 
     assert caps.types["Observation"].search_params == {"_lastUpdated", "patient", "issued"}
+    assert caps.types["Observation"].param("_lastUpdated") == "_lastupdated"  # what a query must send
+    assert caps.types["Condition"].param("patient") == "subject"
+    assert caps.types["Observation"].param("patient") == "patient"
     assert caps.types["Observation"].required_params == {"patient"}
     assert caps.types["Condition"].search_params == {"patient", "recorded-date"}
     assert caps.types["Condition"].history
