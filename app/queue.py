@@ -23,6 +23,8 @@ log = structlog.get_logger("queue")
 
 DRAIN_TASK = "ingest.drain_facility"
 SWEEP_TASK = "reconcile.sweep_inbox"
+CHECK_SUBSCRIPTIONS_TASK = "reconcile.check_subscriptions"  # beat: fans out one check per facility
+CHECK_SUBSCRIPTION_TASK = "reconcile.check_subscription"
 
 
 def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] | None = None) -> Celery:
@@ -41,7 +43,12 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
         task_queues=[_queue(settings.queue), _queue(settings.periodic_queue)],
-        task_routes={DRAIN_TASK: {"queue": settings.queue}, SWEEP_TASK: {"queue": settings.periodic_queue}},
+        task_routes={
+            DRAIN_TASK: {"queue": settings.queue},
+            SWEEP_TASK: {"queue": settings.periodic_queue},
+            CHECK_SUBSCRIPTIONS_TASK: {"queue": settings.periodic_queue},
+            CHECK_SUBSCRIPTION_TASK: {"queue": settings.periodic_queue},
+        },
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             # Longer than any task (the drain budget, then one last batch renewing its lease for at most

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     sweep_interval: timedelta = Field(
         default=timedelta(seconds=15), description="How often beat re-rings the doorbell from Postgres."
     )
+    subscription_check_interval: timedelta = Field(
+        default=timedelta(minutes=5),
+        description="How often each facility's subscription is checked ($status or a read), re-activated "
+        "when in error or off, and renewed before its end.",
+    )
 
 
 @lru_cache(maxsize=1)

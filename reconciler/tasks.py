@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import structlog
 
+from app.errors import IngestError
 from app.ingest.sweep import facilities_with_due_work
-from app.queue import SWEEP_TASK, enqueue_drain
+from app.queue import CHECK_SUBSCRIPTION_TASK, CHECK_SUBSCRIPTIONS_TASK, SWEEP_TASK, enqueue_drain
+from app.reconcile.subscriptions import (
+    check_subscription,
+    facilities_with_subscriptions,
+    record_check_failure,
+)
 from workers.celery_app import celery_app, runtime
 
 log = structlog.get_logger("reconciler")
@@ -23,3 +31,37 @@ def sweep_inbox() -> int:
     if due:
         log.info("reconcile.swept", facilities=len(due))
     return len(due)
+
+
+@celery_app.task(name=CHECK_SUBSCRIPTIONS_TASK)  # type: ignore[untyped-decorator]
+def check_subscriptions() -> int:
+    """Fan out one ``reconcile.check_subscription`` per facility with a subscription. Idempotent."""
+    rt = runtime()
+    with rt.sessions() as session:
+        facility_ids = facilities_with_subscriptions(session)
+    for facility_id in facility_ids:
+        celery_app.send_task(CHECK_SUBSCRIPTION_TASK, args=[facility_id])
+    return len(facility_ids)
+
+
+@celery_app.task(name=CHECK_SUBSCRIPTION_TASK)  # type: ignore[untyped-decorator]
+def check_facility_subscription(facility_id: str) -> str:
+    """Check one facility's subscription (app.reconcile.subscriptions.check_subscription). Running it twice
+    is harmless: an open reconcile window is not recorded twice, a re-activation is a PUT. Not retried: a
+    failure is recorded on the subscription's row and the next interval checks again."""
+    rt = runtime()
+    from app.facilities.service import get_facility
+
+    try:
+        with rt.sessions.begin() as session:
+            facility = get_facility(session, facility_id)
+            if facility is None:
+                return "none"
+            return check_subscription(
+                session, facility, rt.clients.get(facility), now=datetime.now(UTC)
+            ).action
+    except IngestError as exc:
+        with rt.sessions.begin() as session:
+            record_check_failure(session, facility_id, exc, now=datetime.now(UTC))
+        log.warning("reconcile.subscription.check_failed", facility_id=facility_id, reason=exc.reason)
+        return "failed"

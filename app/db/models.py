@@ -13,6 +13,13 @@
   highest number, epoch, open gaps, last notification and heartbeat. Written with the inbox rows.
 - ``quarantine``: authenticated JSON bodies that are no recognizable notification, kept for a human.
 - ``webhook_messages``: sender message ids committed, kept while a replay could still pass the signature.
+- ``facility_capabilities``: the last probe of each facility's CapabilityStatement and SMART configuration
+  (what it found, or why it failed); ``resource_capabilities``: per resource type, the search parameters
+  that matter for change detection and the strategy chosen (``app.reconcile.capabilities``);
+  ``capability_events``: a capability a later probe no longer found (the alerts page on them).
+- ``facility_subscriptions``: the Subscription we keep at each facility's EHR, as the server accepted it.
+- ``reconcile_requests``: time windows someone asked the reconciler to search again (a subscription found
+  in ``error``/``off``); the engine consumes them.
 """
 
 from __future__ import annotations
@@ -84,6 +91,10 @@ class Facility(Base):
     limits: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     mrn_system: Mapped[str | None] = mapped_column(Text)  # this facility's MRN identifier system (an OID URI)
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    # {resource type or "*": strategy name}: the YAML's ``change_detection`` overrides; {} means none
+    change_detection: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # The YAML's ``subscription`` block (app.facilities.schemas.SubscriptionConfig); {} means none
+    subscription: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -309,3 +320,87 @@ def string_bounds(model: type[Base]) -> dict[str, int]:
 def truncated(value: str, limit: int) -> str:
     """``value`` cut to ``limit`` characters, ending in "…" when it was cut (visibly not the original)."""
     return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+class FacilityCapabilities(Base):
+    """The last probe of a facility. ``capabilities`` is the last *successful* probe's finding
+    (``Capabilities.to_json``): a failed probe records its reason and keeps what was known."""
+
+    __tablename__ = "facility_capabilities"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    probed_at: Mapped[datetime]
+    ok: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(String(64))  # the error's reason slug when not ok
+    detail: Mapped[str | None] = mapped_column(Text)
+    capabilities: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    last_ok_at: Mapped[datetime | None]
+
+
+class ResourceCapabilities(Base):
+    __tablename__ = "resource_capabilities"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    search_params: Mapped[list[str]] = mapped_column(JSONB)
+    required_params: Mapped[list[str]] = mapped_column(JSONB)
+    # {recorded name: the server's spelling} where they differ (Epic's "_lastupdated"): queries use these
+    spellings: Mapped[dict[str, Any]]
+    history: Mapped[bool] = mapped_column(Boolean)
+    strategy: Mapped[str | None] = mapped_column(String(32))  # None: nothing allowed (see reason)
+    strategy_source: Mapped[str] = mapped_column(String(32))
+    strategy_reason: Mapped[str] = mapped_column(Text)
+    probed_at: Mapped[datetime]
+
+
+class CapabilityEvent(Base):
+    """A capability that a probe found gone (``change='gone'``) or back (``'back'``) since the last one."""
+
+    __tablename__ = "capability_events"
+    __table_args__ = (Index("ix_capability_events_facility_at", "facility_id", "detected_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    capability: Mapped[str] = mapped_column(Text)  # a Capabilities.keys() key: "Observation:_lastUpdated"
+    change: Mapped[str] = mapped_column(String(8))
+    detected_at: Mapped[datetime]
+
+
+class FacilitySubscription(Base):
+    __tablename__ = "facility_subscriptions"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(Text)
+    resource: Mapped[dict[str, Any]]  # the Subscription as the server last answered it
+    requested: Mapped[dict[str, Any]]  # what we last asked for: an unchanged request is not sent again
+    status: Mapped[str | None] = mapped_column(String(16))
+    end: Mapped[datetime | None]
+    heartbeat_s: Mapped[int | None] = mapped_column(Integer)
+    last_checked_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    reactivations: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ReconcileRequest(Base):
+    """A window ``[since, until)`` (``until`` None: up to now) of a facility to reconcile; ``consumed_at`` is
+    set by the reconciler engine once a run covering it has committed."""
+
+    __tablename__ = "reconcile_requests"
+    __table_args__ = (
+        Index(
+            "ix_reconcile_requests_open",
+            "facility_id",
+            postgresql_where=text("consumed_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    since: Mapped[datetime]
+    until: Mapped[datetime | None]
+    reason: Mapped[str] = mapped_column(String(64))
+    subscription_id: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    consumed_at: Mapped[datetime | None]

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin
 
 import httpx
@@ -60,6 +60,8 @@ RETRY_AFTER_CAP_S = 10.0
 MAX_REDIRECTS = 3
 MAX_QUERY_REISSUES = 2  # a search whose paging session expires is issued again at most this many times
 
+
+WriteMethod = Literal["POST", "PUT", "DELETE"]
 
 #: How a vendor's 500 is classified: from the status and the parsed body (an OperationOutcome or None).
 ServerErrorPolicy = Callable[[int, Any], IngestError]
@@ -124,6 +126,77 @@ class EHRClient:
             raise UnparseableResource(f"{ref.resource_type} read returned another id")
         return FetchResult(ref, body, fetched_at)
 
+    def get_json(self, path: str, *, authenticated: bool = True) -> dict[str, Any]:
+        """One JSON object at ``path`` under the base URL (``metadata``, ``.well-known/...``), with the same
+        retries as a read. ``authenticated=False`` sends no token: the CapabilityStatement and the SMART
+        configuration are public, and probing them must not need credentials that may not work yet."""
+        response = self._get_with_retries(
+            f"{self.base_url}/{path.lstrip('/')}", gone_ok=False, authenticated=authenticated
+        )
+        return _json(response, path.split("?", 1)[0])
+
+    def fetch_json(self, path: str) -> tuple[int, dict[str, Any] | None]:
+        """An authenticated GET of ``path`` under the base URL (``Subscription/{id}/$status``): the status
+        and the JSON object, with 404 and 410 answered rather than raised, as a read's are."""
+        response = self._get_with_retries(f"{self.base_url}/{path.lstrip('/')}", gone_ok=True)
+        if response.status_code in (404, 410):
+            return response.status_code, None
+        return response.status_code, _json(response, path.split("?", 1)[0])
+
+    def write(
+        self, method: WriteMethod, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any] | None]:
+        """``POST``/``PUT``/``DELETE`` at ``path`` under the base URL (managing our Subscription): the status
+        and the JSON object answered, if any. 404 and 410 are answers, not errors (the caller decides);
+        other failures raise as a read's do, with the same retries, re-authentication and host guard.
+        Redirects are not followed: a write is never re-sent elsewhere."""
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        retrying = Retrying(
+            retry=retry_if_exception(_worth_retrying_now),
+            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_delay_s),
+            wait=_wait_honouring_retry_after,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                response = self._write_once(method, url, body)
+                parsed = _json_or_none(response)
+                return response.status_code, parsed if isinstance(parsed, dict) else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_once(self, method: WriteMethod, url: str, body: dict[str, Any] | None) -> httpx.Response:
+        if not is_under_base(url, self.base_url):
+            raise ForeignHostError("refusing a URL outside the facility's base URL")
+        token = self._auth.token()
+        response = self._send(method, url, token, body)
+        if response.status_code == 401:
+            self._auth.invalidate(token)
+            response = self._send(method, url, self._auth.token(), body)
+            if response.status_code == 401:
+                raise EHRTokenExpired("401 after re-authentication")
+        if 200 <= response.status_code < 300 or response.status_code in (404, 410):
+            return response
+        return self._classify(response, gone_ok=False, next_page=False)
+
+    def _send(self, method: WriteMethod, url: str, token: str, body: dict[str, Any] | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+        content: bytes | None = None
+        if body is not None:
+            headers["Content-Type"] = "application/fhir+json"
+            content = jsonwire.dumps(body).encode()
+        try:
+            with self._politeness.slot():
+                started = time.perf_counter()
+                try:
+                    response = self._http.request(method, url, headers=headers, content=content)
+                finally:
+                    elapsed = time.perf_counter() - started
+        except httpx.HTTPError as exc:
+            ehr_request(self.facility_id, "transport_error").observe(elapsed)
+            raise EHRTransportError(type(exc).__name__) from exc
+        ehr_request(self.facility_id, str(response.status_code)).observe(elapsed)
+        return response
+
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """Every page of a search, following ``next`` links verbatim (resolved against the request URL,
         never rebuilt). Returns the raw searchset Bundles; callers pick entries through their adapter.
@@ -163,7 +236,9 @@ class EHRClient:
 
     # -- transport ---------------------------------------------------------------------------------
 
-    def _get_with_retries(self, url: str, *, gone_ok: bool, next_page: bool = False) -> httpx.Response:
+    def _get_with_retries(
+        self, url: str, *, gone_ok: bool, next_page: bool = False, authenticated: bool = True
+    ) -> httpx.Response:
         retrying = Retrying(
             retry=retry_if_exception(_worth_retrying_now),
             stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_delay_s),
@@ -172,6 +247,8 @@ class EHRClient:
         )
         for attempt in retrying:
             with attempt:
+                if not authenticated:
+                    return self._classify(self._get_authorized(url, None), gone_ok=gone_ok, next_page=False)
                 return self._get_once(url, gone_ok=gone_ok, next_page=next_page)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -186,7 +263,10 @@ class EHRClient:
                 raise EHRTokenExpired("401 after re-authentication")
         return self._classify(response, gone_ok=gone_ok, next_page=next_page)
 
-    def _get_authorized(self, url: str, token: str) -> httpx.Response:
+    def _get_authorized(self, url: str, token: str | None) -> httpx.Response:
+        headers = {"Accept": "application/fhir+json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         for _ in range(MAX_REDIRECTS + 1):
             if not is_under_base(url, self.base_url):
                 raise ForeignHostError("refusing a URL outside the facility's base URL")
@@ -194,10 +274,7 @@ class EHRClient:
                 with self._politeness.slot():
                     started = time.perf_counter()
                     try:
-                        response = self._http.get(
-                            url,
-                            headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
-                        )
+                        response = self._http.get(url, headers=headers)
                     finally:
                         elapsed = time.perf_counter() - started
             except httpx.HTTPError as exc:  # transport errors, and bodies that fail to decode

@@ -34,6 +34,8 @@ class EHRClientPool:
         redis_prefix: str = "ehri:",
         token_sink: TokenEventSink = token_events.log_only,
         transport: httpx.BaseTransport | None = None,
+        attempts: int = 4,
+        max_delay_s: float = 30.0,
     ) -> None:
         self._timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
         self._limits = httpx.Limits(
@@ -43,6 +45,8 @@ class EHRClientPool:
         self._prefix = redis_prefix
         self._token_sink = token_sink
         self._transport = transport
+        self._attempts = attempts
+        self._max_delay_s = max_delay_s
         self._memory_tokens = MemoryTokenCache()
         self._clients: dict[str, tuple[datetime, EHRClient]] = {}
         self._lock = threading.Lock()
@@ -89,6 +93,8 @@ class EHRClientPool:
             auth=auth,
             http=http,
             politeness=self._politeness(facility),
+            attempts=self._attempts,
+            max_delay_s=self._max_delay_s,
             server_error=adapter.server_error,
             paging_expired=adapter.paging_session_expired,
         )

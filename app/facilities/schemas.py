@@ -21,6 +21,16 @@ facilities:
       previous_secret: {env: GENERAL_WEBHOOK_SECRET_OLD}   # optional: still accepted while rotating
       tolerance_s: 300                    # standard-webhooks: replay window around webhook-timestamp
       event_identity: null                # number | event-id; default by vendor (athena: event-id)
+    change_detection:                     # optional: a strategy per resource type ("*": every type)
+      Observation: bulk-since             # any StrategyName (app.reconcile): last-updated, bulk-since...
+    subscription:                         # optional: what `ehr-ingest subscribe` keeps at the EHR
+      style: backport-r4                  # backport-r4 | r4b | r5 (topic) | criteria (Medplum, HAPI)
+      endpoint: https://ingest.example.org/hooks/general-hospital
+      topic: http://example.org/topics/any-change        # backport-r4, r4b, r5
+      criteria: Observation               # criteria: the R4 criteria; topics: an optional filter
+      payload: id-only                    # id-only | full-resource | empty
+      heartbeat_s: 60
+      lifetime_days: 30                   # optional: Subscription.end, renewed `renew_before_days` before
 ```
 Secrets are references (a file path or an environment variable name); their values never enter the database.
 
@@ -39,6 +49,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from app.reconcile import StrategyName
 
 Vendor = Literal["epic", "oracle", "athena", "meditech", "medplum", "hapi", "generic"]
 
@@ -130,6 +142,36 @@ class WebhookConfig(BaseModel):
         return self.header or DEFAULT_HEADERS[self.method]
 
 
+SubscriptionStyle = Literal["backport-r4", "r4b", "r5", "criteria"]
+
+
+class SubscriptionConfig(BaseModel):
+    """The subscription ``ehr-ingest subscribe`` creates at the EHR (app.reconcile.subscriptions). Our
+    authentication goes with it from the ``webhook`` block: a shared secret as a channel header, a signing
+    secret as the subscription's secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    style: SubscriptionStyle = "backport-r4"
+    endpoint: HttpUrl
+    topic: str | None = None
+    criteria: str | None = None
+    payload: Literal["id-only", "full-resource", "empty"] = "id-only"
+    heartbeat_s: int | None = Field(default=60, ge=1)
+    lifetime_days: int | None = Field(default=None, ge=1)
+    renew_before_days: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _topic_or_criteria(self) -> SubscriptionConfig:
+        if self.style == "criteria" and not self.criteria:
+            raise ValueError("style criteria needs `criteria`")
+        if self.style != "criteria" and not self.topic:
+            raise ValueError(f"style {self.style} needs `topic`")
+        if self.lifetime_days is not None and self.renew_before_days >= self.lifetime_days:
+            raise ValueError("`renew_before_days` must be shorter than `lifetime_days`")
+        return self
+
+
 class FacilityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -141,6 +183,8 @@ class FacilityConfig(BaseModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     mrn_system: str | None = Field(default=None, description="identifier system of this facility's MRNs")
     enabled: bool = True
+    change_detection: dict[str, StrategyName] = Field(default_factory=dict)
+    subscription: SubscriptionConfig | None = None
 
 
 class FacilitiesFile(BaseModel):

@@ -47,6 +47,8 @@ def _row_values(cfg: FacilityConfig) -> dict[str, Any]:
         "limits": cfg.limits.model_dump(mode="json"),
         "mrn_system": cfg.mrn_system,
         "enabled": cfg.enabled,
+        "change_detection": dict(cfg.change_detection),
+        "subscription": cfg.subscription.model_dump(mode="json") if cfg.subscription else {},
     }
 
 

@@ -44,6 +44,7 @@ class WriterStopped(Exception):
     """The writer stopped (the receiver is shutting down) before this commit ran: nothing was stored,
     and the sender is told to retry (503), never a 500."""
 
+
 log = structlog.get_logger("ingest.writer")
 
 

@@ -43,9 +43,16 @@ class Sim:
         events: list[str] | None = None,
         http: httpx.Client | None = None,
         attempts: int = 4,
+        scopes: list[str] | None = None,
     ) -> EHRClient:
         http = http or httpx.Client(timeout=10)
-        config = AuthConfig.model_validate({"client_id": "ehr-ingest", "private_key": {"env": "UNUSED"}})
+        config = AuthConfig.model_validate(
+            {
+                "client_id": "ehr-ingest",
+                "private_key": {"env": "UNUSED"},
+                "scopes": scopes or ["system/*.read"],
+            }
+        )
 
         def sink(facility_id: str, event: str, **_: object) -> None:
             if events is not None:
@@ -88,7 +95,8 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
                 {
                     "client_id": "ehr-ingest",
                     "public_key_file": str(public),
-                    "scopes": ["system/*.read", "system/*.rs"],
+                    # Subscription writes: `ehr-ingest subscribe` (tests/integration/test_subscriptions...).
+                    "scopes": ["system/*.read", "system/*.rs", "system/Subscription.cruds"],
                 }
             ],
         }

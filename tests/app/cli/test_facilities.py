@@ -35,8 +35,8 @@ def _facility_ids(engine: Engine) -> list[str]:
 def test_apply_creates_then_reports_unchanged(invoke: Invoke, tmp_path: Path, cli_engine: Engine) -> None:
     path = _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://ehr.test/fhir"))
 
-    first = invoke("facilities", "apply", path)
-    again = invoke("facilities", "apply", path)
+    first = invoke("facilities", "apply", "--no-probe", path)
+    again = invoke("facilities", "apply", "--no-probe", path)
 
     assert first.exit_code == 0, first.output
     assert first.stdout.splitlines() == ["created 1, updated 0, unchanged 0", "  + fac-a"]
@@ -46,11 +46,17 @@ def test_apply_creates_then_reports_unchanged(invoke: Invoke, tmp_path: Path, cl
 
 def test_apply_reports_an_updated_facility(invoke: Invoke, tmp_path: Path) -> None:
     invoke(
-        "facilities", "apply", _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://a.test"))
+        "facilities",
+        "apply",
+        "--no-probe",
+        _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://a.test")),
     )
 
     result = invoke(
-        "facilities", "apply", _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://b.test"))
+        "facilities",
+        "apply",
+        "--no-probe",
+        _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://b.test")),
     )
 
     assert result.stdout.splitlines() == ["created 0, updated 1, unchanged 0", "  ~ fac-a"]
@@ -106,3 +112,59 @@ def test_list_on_an_unmigrated_database_says_to_upgrade(invoke: Invoke) -> None:
     result = invoke("facilities", "list", database_url=UNMIGRATED_URL)
 
     assert_one_line_error(result, 2, "ehr-ingest db upgrade")
+
+
+def test_apply_probes_each_facility_and_records_an_unreachable_one_without_failing(
+    invoke: Invoke, tmp_path: Path, cli_engine: Engine
+) -> None:
+    path = _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="http://127.0.0.1:1/fhir"))
+
+    result = invoke("facilities", "apply", path)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[:2] == ["created 1, updated 0, unchanged 0", "  + fac-a"]
+    assert result.stdout.splitlines()[2].startswith("probe fac-a: failed (secret_missing)")
+    with cli_engine.connect() as conn:
+        row = conn.execute(text("SELECT ok, reason FROM facility_capabilities")).one()
+    assert tuple(row) == (False, "secret_missing")
+
+
+def test_probe_of_an_unknown_facility_exits_2(invoke: Invoke) -> None:
+    result = invoke("facilities", "probe", "nope")
+
+    assert_one_line_error(result, 2, "unknown facility 'nope'")
+
+
+def test_probe_of_an_unreachable_ehr_exits_1_and_show_says_why(invoke: Invoke, tmp_path: Path) -> None:
+    invoke(
+        "facilities",
+        "apply",
+        "--no-probe",
+        _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="http://127.0.0.1:1/fhir")),
+    )
+
+    probed = invoke("facilities", "probe", "fac-a")
+    shown = invoke("facilities", "show", "fac-a")
+
+    assert probed.exit_code == 1, probed.output
+    assert "probe fac-a: failed" in probed.stdout
+    assert shown.exit_code == 0, shown.output
+    assert "failed (secret_missing)" in shown.stdout.splitlines()[0]
+
+
+def test_show_of_a_facility_never_probed_says_how(invoke: Invoke, tmp_path: Path) -> None:
+    invoke(
+        "facilities",
+        "apply",
+        "--no-probe",
+        _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://a.test")),
+    )
+
+    result = invoke("facilities", "show", "fac-a")
+
+    assert result.exit_code == 0, result.output
+    assert "ehr-ingest facilities probe fac-a" in result.stdout
+
+
+def test_show_of_an_unknown_facility_exits_2(invoke: Invoke) -> None:
+    assert_one_line_error(invoke("facilities", "show", "nope", "--json"), 2, "unknown facility")
