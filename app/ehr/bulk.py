@@ -94,8 +94,9 @@ class UnparseableLine:
     error: str  # what is wrong, without content
 
 
-class LineQuarantine(Protocol):
-    def __call__(self, line: UnparseableLine) -> None: ...
+#: Where unparseable lines go (``app.ingest.quarantine.NdjsonQuarantine``); it must keep them before
+#: returning, since the export reads on.
+LineQuarantine = Callable[[UnparseableLine], None]
 
 
 class ExportLock(Protocol):
