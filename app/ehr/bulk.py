@@ -246,7 +246,7 @@ class BulkExport:
         while True:
             try:
                 response = self.client.send(
-                    "GET", url, ok=(202,), headers={"Prefer": "respond-async"}, pause_on_429=False
+                    "GET", url, ok=(202,), headers={"Prefer": "respond-async"}, busy_429=True
                 )
             except EHRRateLimited as exc:
                 wait = self._wait(exc.retry_after)

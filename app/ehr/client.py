@@ -180,16 +180,27 @@ class EHRClient:
         *,
         ok: tuple[int, ...] = (200,),
         headers: Mapping[str, str] | None = None,
-        pause_on_429: bool = True,
+        busy_429: bool = False,
     ) -> httpx.Response:
         """One request to a URL under the base (absolute, or relative to it), with the same token,
         politeness, retries and error classification as a read; an answer in ``ok`` is returned, any
-        other is raised. ``pause_on_429=False``: a 429 that means "busy", not "slow down" (a second
-        ``$export`` kick-off while a job runs), must not pause the facility's other reads."""
+        other is raised. ``busy_429``: a 429 here means "busy", not "slow down" (a second ``$export``
+        kick-off while a job runs): it neither pauses the facility's other reads nor is retried here,
+        but raised at once (``EHRRateLimited`` with its ``Retry-After``) for the caller to wait."""
         target = urljoin(f"{self.base_url}/", url)
-        return self._with_retries(
-            lambda: self._send_once(method, target, ok=ok, headers=headers, pause_on_429=pause_on_429)
-        )
+
+        def once() -> httpx.Response:
+            try:
+                return self._send_once(method, target, ok=ok, headers=headers, pause_on_429=not busy_429)
+            except EHRRateLimited as exc:
+                if busy_429:
+                    raise _Busy(exc) from exc
+                raise
+
+        try:
+            return self._with_retries(once)
+        except _Busy as busy:
+            raise busy.error from busy.error.__cause__
 
     @contextlib.contextmanager
     def stream(self, url: str, *, headers: Mapping[str, str] | None = None) -> Iterator[httpx.Response]:
@@ -321,6 +332,14 @@ class EHRClient:
             # errors): its adapter reads the status and the OperationOutcome, if any.
             raise self._server_error(status, _json_or_none(response))
         raise rejected(status)
+
+
+class _Busy(Exception):
+    """Carries a "busy" 429 past the retry tier (tenacity retries IngestErrors only)."""
+
+    def __init__(self, error: EHRRateLimited) -> None:
+        super().__init__(error.reason)
+        self.error = error
 
 
 def _json(response: httpx.Response, what: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from app.ehr.bulk import BulkDeletion, BulkExport, RedisExportLock, UnparseableLine, _split_lines
+from app.ehr.politeness import Unlimited
 from app.errors import BulkExportBusy, BulkExportFailed, BulkExportTimeout, ForeignHostError
 from app.fhir.references import ResourceRef
 from app.settings import Settings
@@ -222,6 +223,26 @@ def test_a_kickoff_refused_as_busy_waits_for_the_running_job_then_proceeds(
     with export.run("system") as job:
         assert len(list(job)) == 1
     assert clock.waits == [20.0, 20.0]
+
+
+class _Pauses(Unlimited):
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+
+def test_a_busy_kickoff_does_not_pause_the_facilitys_other_reads(settings: Settings, clock: Clock) -> None:
+    ehr = FakeEHR(kickoffs=[httpx.Response(429, headers={"Retry-After": "5"})])
+    ehr.polls = [httpx.Response(429, headers={"Retry-After": "1"})]  # a poll's 429 is a real rate limit
+    politeness = _Pauses()
+    client = make_client(httpx.MockTransport(ehr), attempts=2, politeness=politeness)
+    export = BulkExport(client, settings, quarantine=lambda _: None, sleep=clock.sleep, clock=clock)
+    with export.run("system") as job:
+        list(job)
+    assert clock.waits == [5.0]  # the busy 429 waited by us, not retried inside the client
+    assert politeness.pauses == [1.0]
 
 
 def test_a_server_busy_longer_than_the_wait_is_bulk_export_busy(make_export: MakeExport) -> None:
