@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
         print(f"== {module_name}", flush=True)
         try:
             importlib.import_module(module_name).main()
-        except (Exception, SystemExit):  # one benchmark's failure must not hide the others' figures
+        except (Exception, SystemExit):  # noqa: BLE001 - one failing benchmark must not hide the others
             traceback.print_exc()
             failed.append(module_name)
     if failed:

@@ -370,7 +370,7 @@ class BulkRun:
             self.stats.files += 1
             for number, raw, oversize in self._lines(file):
                 self.stats.lines += 1
-                if number % RENEW_EVERY_LINES == 0:
+                if self.stats.lines % RENEW_EVERY_LINES == 0:
                     self._renew()
                 yield from self._items(file, number, raw, oversize)
         log.info(
