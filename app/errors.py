@@ -43,7 +43,9 @@ How the drain treats a failure is a class distinction:
         │   ├── PagingSessionExpired        paging_session_expired   paging kept expiring (Epic 4113)
         │   ├── IdentifierNotFound          identifier_not_found     search found nothing (index lag)
         │   ├── NotFoundUnconfirmed         not_found_unconfirmed    a 404 not yet a deletion: read again
-        │   └── RevivalUnverified           revival_unverified       a payload over a tombstone: read first
+        │   ├── RevivalUnverified           revival_unverified       a payload over a tombstone: read first
+        │   ├── BulkExportBusy              bulk_export_busy         a $export of the facility already runs
+        │   └── BulkExportTimeout           bulk_export_timeout      a $export not complete in time: cancelled
         └── PermanentEHRError
             ├── EHRAuthRejected             ehr_auth_rejected        revoked credentials, wrong key
             │   ├── SmartConfigInvalid      smart_config_invalid
@@ -56,7 +58,9 @@ How the drain treats a failure is a class distinction:
             ├── EHRServerErrorPermanent     ehr_server_error_permanent  500 the adapter calls permanent
             ├── PagingLoop                  paging_loop
             ├── TooManyRedirects            too_many_redirects
-            └── UnparseableResource         unparseable_resource     not the FHIR resource we asked for
+            ├── UnparseableResource         unparseable_resource     not the FHIR resource we asked for
+            ├── BulkExportFailed            bulk_export_failed       the server failed or refused a $export
+            └── BulkLineUnparseable         bulk_line_unparseable    an ndjson line: quarantined, file goes on
 
 A 410 is a deletion, stored as a tombstone. A 404 becomes one only once confirmed (read again after a
 back-off, announced as a delete, or a vendor whose adapter says its 404 is final): until then it is
@@ -260,6 +264,24 @@ class RevivalUnverified(TransientEHRError):
     reason = "revival_unverified"
 
 
+class BulkExportBusy(TransientEHRError):
+    """A Bulk Data export of the facility is already running: ours (the per-facility lock) or, past the
+    wait we allow, one the server says is in progress (429 on kick-off)."""
+
+    reason = "bulk_export_busy"
+
+    def __init__(self, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class BulkExportTimeout(TransientEHRError):
+    """A Bulk Data export did not complete within the time we give it: cancelled at the server (DELETE
+    on its status URL), to be kicked off again on the next run."""
+
+    reason = "bulk_export_timeout"
+
+
 class PermanentEHRError(EHRError):
     reason = "ehr_permanent"
     abstract = True
@@ -318,6 +340,21 @@ class TooManyRedirects(PermanentEHRError):
 
 class UnparseableResource(PermanentEHRError):
     reason = "unparseable_resource"
+
+
+class BulkExportFailed(PermanentEHRError):
+    """The server refused the kick-off (4xx), reported the job failed, or answered a manifest we cannot
+    read; the job is cancelled."""
+
+    reason = "bulk_export_failed"
+
+
+class BulkLineUnparseable(PermanentEHRError):
+    """One ndjson line of an export that is no FHIR resource (bad JSON, no resourceType/id, too long):
+    kept in quarantine with its file and line number; the rest of the file is read on. Never raised out of
+    an export: it names the quarantine rows."""
+
+    reason = "bulk_line_unparseable"
 
 
 _REJECTED_BY_STATUS: dict[int, type[EHRRejected]] = {

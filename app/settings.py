@@ -64,6 +64,33 @@ class Settings(BaseSettings):
     )
     worker_metrics_host: str = Field(default="127.0.0.1", description="Address the worker metrics bind to.")
 
+    # Bulk Data ($export)
+    bulk_retry_after_cap: timedelta = Field(
+        default=timedelta(minutes=5),
+        description="Longest Retry-After honoured between $export status polls (Oracle asks 600 s, hours"
+        " seen): we poll again after at most this long.",
+    )
+    bulk_poll_interval: timedelta = Field(
+        default=timedelta(seconds=10), description="Wait between status polls when the server names none."
+    )
+    bulk_timeout: timedelta = Field(
+        default=timedelta(hours=2),
+        description="A $export not complete this long after its kick-off is cancelled (DELETE) and fails"
+        " as bulk_export_timeout.",
+    )
+    bulk_kickoff_wait: timedelta = Field(
+        default=timedelta(minutes=15),
+        description="How long a kick-off the server refuses as busy (429: a job already runs) is retried.",
+    )
+    bulk_max_line_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        description="Longest ndjson line read; a longer one is quarantined (memory stays bounded).",
+    )
+    bulk_lock_ttl: timedelta = Field(
+        default=timedelta(seconds=60),
+        description="Lease of the one-export-per-facility lock in Redis, renewed while the export runs.",
+    )
+
     # Reconciler
     sweep_interval: timedelta = Field(
         default=timedelta(seconds=15), description="How often beat re-rings the doorbell from Postgres."

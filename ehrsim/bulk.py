@@ -2,22 +2,35 @@
 
 Kick-off answers 202 with ``Content-Location`` (the status URL); a status poll answers 202 with
 ``X-Progress`` and ``Retry-After`` until the profile's number of polls has passed, then 200 with the
-manifest; the files are ndjson. A client may run one job at a time: a second kick-off while its job is
-in progress answers 429. The data is a snapshot taken at kick-off.
+manifest; the files are ndjson, one or more per type (``bulk_file_resources``). A client may run one job
+at a time: a second kick-off while its job is in progress answers 429 with ``Retry-After`` (the IG's
+answer to too many concurrent requests). With ``_since`` and a profile that lists deletions
+(``bulk_deleted``), the manifest's ``deleted`` names ndjson files of ``transaction`` Bundles whose entries
+are ``DELETE {type}/{id}``: what was deleted since then. The data is a snapshot taken at kick-off.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from ehrsim.instants import format_instant
-from ehrsim.store import ResourceStore
+from ehrsim.store import Record, ResourceStore
+
+DELETIONS_PER_BUNDLE = 100
 
 
 class ExportBusy(Exception):
     """The client already has a job in progress."""
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    type: str
+    name: str
+    count: int
 
 
 @dataclass
@@ -26,16 +39,26 @@ class ExportJob:
     client_id: str
     request_url: str
     transaction_time_ms: int
-    files: dict[str, bytes]  # resource type -> ndjson
+    files: dict[str, bytes]  # file name -> ndjson
     polls_left: int
     done: bool = False
-    counts: dict[str, int] = field(default_factory=dict)
+    outputs: list[OutputFile] = field(default_factory=list)
+    deleted: list[OutputFile] = field(default_factory=list)
 
 
 class Exports:
-    def __init__(self, store: ResourceStore, polls_until_done: int) -> None:
+    def __init__(
+        self,
+        store: ResourceStore,
+        polls_until_done: int,
+        *,
+        list_deleted: bool = False,
+        file_resources: int = 0,
+    ) -> None:
         self._store = store
         self._polls_until_done = polls_until_done
+        self._list_deleted = list_deleted
+        self._file_resources = file_resources
         self._jobs: dict[str, ExportJob] = {}
         self._ids = itertools.count(1)
 
@@ -44,26 +67,42 @@ class Exports:
     ) -> ExportJob:
         if any(j.client_id == client_id and not j.done for j in self._jobs.values()):
             raise ExportBusy(client_id)
-        files: dict[str, bytes] = {}
-        counts: dict[str, int] = {}
-        for resource_type in types or self._store.resource_types:
-            bodies = [
-                r.body
-                for r in self._store.records_of(resource_type)
-                if not r.deleted and (since_ms is None or r.last_updated >= since_ms)
-            ]
-            if bodies:
-                files[resource_type] = b"\n".join(bodies) + b"\n"
-                counts[resource_type] = len(bodies)
         job = ExportJob(
             id=f"job-{next(self._ids)}",
             client_id=client_id,
             request_url=request_url,
             transaction_time_ms=now_ms,
-            files=files,
+            files={},
             polls_left=self._polls_until_done,
-            counts=counts,
         )
+        gone: list[Record] = []
+        for resource_type in types or self._store.resource_types:
+            live: list[bytes] = []
+            for r in self._store.records_of(resource_type):
+                if since_ms is not None and r.last_updated < since_ms:
+                    continue
+                if not r.deleted:
+                    live.append(r.body)
+                elif self._list_deleted and since_ms is not None:
+                    gone.append(r)
+            size = self._file_resources or max(1, len(live))
+            for n, start in enumerate(range(0, len(live), size), 1):
+                chunk = live[start : start + size]
+                name = f"{resource_type}-{n}.ndjson"
+                job.files[name] = b"\n".join(chunk) + b"\n"
+                job.outputs.append(OutputFile(resource_type, name, len(chunk)))
+        for n, start in enumerate(range(0, len(gone), DELETIONS_PER_BUNDLE), 1):
+            deletions = gone[start : start + DELETIONS_PER_BUNDLE]
+            bundle = {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {"request": {"method": "DELETE", "url": f"{r.resource_type}/{r.id}"}} for r in deletions
+                ],
+            }
+            name = f"deleted-{n}.ndjson"
+            job.files[name] = json.dumps(bundle, separators=(",", ":")).encode() + b"\n"
+            job.deleted.append(OutputFile("Bundle", name, 1))
         self._jobs[job.id] = job
         return job
 
@@ -83,13 +122,16 @@ class Exports:
 
     @staticmethod
     def manifest(job: ExportJob, file_base: str) -> dict[str, Any]:
-        return {
+        def entry(f: OutputFile) -> dict[str, Any]:
+            return {"type": f.type, "url": f"{file_base}/{job.id}/{f.name}", "count": f.count}
+
+        manifest: dict[str, Any] = {
             "transactionTime": format_instant(job.transaction_time_ms),
             "request": job.request_url,
             "requiresAccessToken": True,
-            "output": [
-                {"type": rtype, "url": f"{file_base}/{job.id}/{rtype}.ndjson", "count": job.counts[rtype]}
-                for rtype in job.files
-            ],
+            "output": [entry(f) for f in job.outputs],
             "error": [],
         }
+        if job.deleted:
+            manifest["deleted"] = [entry(f) for f in job.deleted]
+        return manifest

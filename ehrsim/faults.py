@@ -58,6 +58,9 @@ class FaultConfig(_Model):
     error_burst: ErrorBurst = ErrorBurst()
     slow_s: Annotated[float, Field(ge=0, le=60)] = 0.0  # added latency of every FHIR response
     broken_resources: list[str] = []  # "Type/id": read and searches that include it answer 500
+    # Reads are served by a replica this far behind: a read answers the version that was current then
+    # (404 for a resource created since), so a read right after a change can return the older version.
+    replica_lag_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
 
 
 class FaultUpdate(_Model):
@@ -72,6 +75,7 @@ class FaultUpdate(_Model):
     error_burst: ErrorBurst | None = None
     slow_s: Annotated[float, Field(ge=0, le=60)] | None = None
     broken_resources: list[str] | None = None
+    replica_lag_s: Annotated[float, Field(ge=0, le=3600)] | None = None
     actions: list[Action] = []
     reset: bool = False  # clear every standing fault first
 

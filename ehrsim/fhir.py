@@ -97,8 +97,12 @@ def capability_statement(base_url: str, token_url: str, profile: Profile, date: 
         resource: dict[str, Any] = {
             "type": rtype,
             "versioning": "versioned" if profile.meta else "no-version",
-            "readHistory": False,
-            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "readHistory": False,  # no vread
+            "interaction": [
+                {"code": "read"},
+                {"code": "search-type"},
+                *({"code": f"history-{level}"} for level in sorted(profile.history, reverse=True)),
+            ],
             "searchParam": _search_params(profile, rtype),
         }
         if rtype == "Patient" and "patient" in levels:

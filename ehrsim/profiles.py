@@ -34,6 +34,9 @@ ErrorCodes = Literal["fhir", "epic"]
 """How search refusals are coded: FHIR issue codes only, or Epic's numeric codes (4111, 4112, 4113,
 4127) in ``issue.details.coding``."""
 ExportLevel = Literal["system", "patient", "group"]
+HistoryLevel = Literal["type", "instance"]
+"""``{type}/_history?_since=`` (every version and deletion of a type since an instant) and
+``{type}/{id}/_history`` (one resource's versions)."""
 SubscriptionOperation = Literal["status", "events"]
 AuthMethod = Literal["private_key_jwt", "client_secret_basic", "client_secret_post"]
 BloodPressure = Literal["panel", "split", "mixed"]
@@ -89,6 +92,7 @@ class Profile:
     )
     meta: bool = True  # resources carry ``meta.versionId`` / ``meta.lastUpdated``
     uuid_version_ids: bool = False  # ``meta.versionId`` is a UUID (Medplum)
+    history: frozenset[HistoryLevel] = frozenset()  # the ``_history`` interactions served (HAPI, Medplum)
     padded_identifiers: bool = False  # identifier values padded with spaces (Epic)
     # The MRN's system (``{facility}`` is replaced by the facility id; Epic: a per-customer OID) and how it
     # is typed: v2-0203 ``MR``, or only by ``type.text`` (Epic: "EPI"), so consumers must know the system.
@@ -131,12 +135,16 @@ class Profile:
     export_levels: frozenset[ExportLevel] = frozenset({"system", "patient", "group"})
     bulk_retry_after_s: int = 2  # Retry-After on a bulk status poll
     bulk_polls_until_done: int = 1  # status polls answered 202 before the manifest
+    # The manifest lists what was deleted since ``_since`` (``deleted``: Bundles of DELETE requests). The
+    # IG makes it optional; whether MEDITECH and Oracle fill it is unverified: off there (configurable).
+    bulk_deleted: bool = False
+    bulk_file_resources: int = 0  # at most this many resources per file, a type split over several (0: one)
 
 
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile(name="generic", bulk_export=True),
+        Profile(name="generic", bulk_export=True, bulk_deleted=True),
         Profile(
             name="epic",
             resource_types=CLINICAL_TYPES,
@@ -228,6 +236,7 @@ PROFILES: dict[str, Profile] = {
             resource_types=CLINICAL_TYPES,
             observations=RICH_OBSERVATIONS,
             uuid_version_ids=True,
+            history=frozenset({"type", "instance"}),
             name_style="nickname",
             notification="medplum",
             subscription_operations=frozenset(),
@@ -248,6 +257,7 @@ PROFILES: dict[str, Profile] = {
             default_count=20,  # HAPI JPA server defaults: pages of 20, at most 200
             max_count=200,
             page_session_s=3600.0,  # HAPI drops cached search results after an hour by default
+            history=frozenset({"type", "instance"}),
             notification="hapi",
             subscription_operations=frozenset(),
             handshake=False,

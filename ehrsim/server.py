@@ -36,6 +36,7 @@ from ehrsim.fhir import (
     operation_outcome,
     smart_configuration,
 )
+from ehrsim.history import history_entry, history_next, history_window
 from ehrsim.instants import Clock, date_range, format_instant
 from ehrsim.notify import event_entries, status_parameters
 from ehrsim.profiles import SubscriptionOperation
@@ -54,7 +55,7 @@ from ehrsim.search import (
     page,
     vendor_outcome,
 )
-from ehrsim.store import Record
+from ehrsim.store import Record, Version
 from ehrsim.subscriptions import InvalidSubscription, Subscription, parse_resource
 
 __all__ = ["DEFAULT_COUNT", "DEFAULT_PUBLIC_BASE_URL", "MAX_COUNT", "create_app"]
@@ -98,7 +99,13 @@ class _Api:
         self.facilities = facilities
         self.clock = clock
         self.exports = {
-            fid: Exports(f.store, f.profile.bulk_polls_until_done) for fid, f in facilities.items()
+            fid: Exports(
+                f.store,
+                f.profile.bulk_polls_until_done,
+                list_deleted=f.profile.bulk_deleted,
+                file_resources=f.profile.bulk_file_resources,
+            )
+            for fid, f in facilities.items()
         }
         self.outbound: httpx.AsyncClient | None = None  # webhooks and JWKS fetches, set by the lifespan
 
@@ -216,12 +223,70 @@ class _Api:
         record = facility.store.get(resource_type, id_)
         if record is None:
             raise _outcome(404, "not-found", f"{resource_type}/{id_} is not known")
-        if record.deleted:
+        served = Version(record.version, record.version_id, record.last_updated, None)
+        if not record.deleted:
+            served = dataclasses.replace(served, body=record.body)
+        lag_s = facility.faults.config.replica_lag_s
+        if lag_s:
+            # A lagging replica answers: what was current lag_s ago (nothing, when it did not exist yet).
+            lagging = facility.store.as_of(resource_type, id_, int((self.clock() - lag_s) * 1000))
+            if lagging != served:
+                facility.faults.count("replica_lag")
+                if lagging is None:
+                    raise _outcome(404, "not-found", f"{resource_type}/{id_} is not known")
+                served = lagging
+        if served.body is None:
             raise _outcome(410, "deleted", f"{resource_type}/{id_} has been deleted")
-        headers = {"Last-Modified": formatdate(record.last_updated / 1000, usegmt=True)}
+        headers = {"Last-Modified": formatdate(served.last_updated / 1000, usegmt=True)}
         if facility.profile.meta:
-            headers["ETag"] = f'W/"{record.version_id}"'
-        return Response(record.body, headers=headers, media_type=FHIR_JSON)
+            headers["ETag"] = f'W/"{served.version_id}"'
+        return Response(served.body, headers=headers, media_type=FHIR_JSON)
+
+    # -- history -----------------------------------------------------------------------------------
+
+    async def type_history(self, request: Request) -> Response:
+        """``{type}/_history?_since=&_count=``: every version and deletion of the type since the instant,
+        newest first, paged over a snapshot taken by the first page (``_page_token``)."""
+        facility = await self._fhir_request(request)
+        resource_type = request.path_params["type"]
+        if "type" not in facility.profile.history:
+            raise _outcome(404, "not-supported", "type-level _history is not supported")
+        self._authorize(request, facility, resource_type, "s")
+        params = request.query_params
+        try:
+            now_ms = max(int(self.clock() * 1000), facility.store.last_change_ms)
+            window = history_window(params, facility.profile, now_ms)
+        except SearchError as exc:
+            raise _Problem(_fhir(exc.outcome, exc.status)) from None
+        start, stop = facility.store.window(resource_type, window.since_ms, window.until_ms + 1)
+        changes = facility.store.changes(resource_type, start, stop)[::-1]  # newest first
+        page_changes = changes[window.offset : window.offset + window.count]
+        base = self._base(request, facility)
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "type": "history",
+            "total": len(changes),
+            "link": [{"relation": "self", "url": str(request.url)}],
+            "entry": [history_entry(base, resource_type, id_, v) for id_, v in page_changes],
+        }
+        if window.offset + window.count < len(changes):
+            bundle["link"].append(
+                {"relation": "next", "url": history_next(base, resource_type, window, len(page_changes))}
+            )
+        return _fhir(bundle)
+
+    async def instance_history(self, request: Request) -> Response:
+        facility = await self._fhir_request(request)
+        resource_type, id_ = request.path_params["type"], request.path_params["id"]
+        if "instance" not in facility.profile.history:
+            raise _outcome(404, "not-supported", "instance _history is not supported")
+        self._authorize(request, facility, resource_type, "r")
+        versions = facility.store.versions(resource_type, id_)
+        if not versions:
+            raise _outcome(404, "not-found", f"{resource_type}/{id_} is not known")
+        base = self._base(request, facility)
+        entries = [history_entry(base, resource_type, id_, v) for v in reversed(versions)]
+        return _fhir({"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries})
 
     async def search_base(self, request: Request) -> Response:
         """``GET {base}?_getpages=...``: HAPI's next links name no type."""
@@ -527,7 +592,7 @@ class _Api:
         self._authorize(request, facility, "Patient", "r")
         job = self.exports[facility.id].get(request.path_params["job"])
         name = request.path_params["file"]
-        body = job.files.get(name.removesuffix(".ndjson")) if job is not None and job.done else None
+        body = job.files.get(name) if job is not None and job.done else None
         if body is None:
             raise _outcome(404, "not-found", "no such export file")
         return Response(body, media_type=NDJSON)
@@ -647,6 +712,8 @@ def create_app(
         Route("/{fac}/fhir/$export-file/{job}/{file}", api.export_file, methods=["GET"]),
         Route("/{fac}/fhir/Subscription/{id}/$status", api.subscription_status, methods=["GET"]),
         Route("/{fac}/fhir/Subscription/{id}/$events", api.subscription_events, methods=["GET"]),
+        Route("/{fac}/fhir/{type}/_history", api.type_history, methods=["GET"]),
+        Route("/{fac}/fhir/{type}/{id}/_history", api.instance_history, methods=["GET"]),
         Route("/{fac}/fhir/{type}", api.search, methods=["GET"]),
         Route("/{fac}/fhir/{type}", api.create_subscription, methods=["POST"]),
         Route("/{fac}/fhir/{type}/{id}", api.read, methods=["GET"]),

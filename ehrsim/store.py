@@ -34,6 +34,16 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class Version:
+    """One version of a resource as it was written: ``body`` None for a deletion."""
+
+    version: int
+    version_id: str
+    last_updated: int  # ms
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     kind: ChangeKind
     resource_type: str
@@ -70,13 +80,17 @@ class _Fenwick:
 
 
 class _TypeIndex:
-    __slots__ = ("live", "log_ids", "log_ts", "records")
+    __slots__ = ("live", "log_ids", "log_ts", "log_versions", "records", "versions")
 
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
         self.log_ts: list[int] = []
         self.log_ids: list[str] = []
+        self.log_versions: list[Version] = []  # the version each log entry wrote
         self.live = _Fenwick()
+        # Every version of every resource, oldest first (``_history``, a lagging replica's reads). The
+        # bodies are the records' own bytes, so a resource written once costs one list.
+        self.versions: dict[str, list[Version]] = {}
 
     def is_live(self, pos: int) -> bool:
         record = self.records[self.log_ids[pos]]
@@ -102,6 +116,11 @@ class ResourceStore:
         self._namespace = namespace
         self._last_ms = 0
         self._types = {t: _TypeIndex() for t in resource_types}
+
+    @property
+    def last_change_ms(self) -> int:
+        """The ``lastUpdated`` of the latest change (the clock may be behind it: changes are 1 ms apart)."""
+        return self._last_ms
 
     @property
     def resource_types(self) -> tuple[str, ...]:
@@ -137,6 +156,8 @@ class ResourceStore:
         body = json.dumps(resource, separators=(",", ":")).encode()
         if previous is not None and not previous.deleted:
             index.live.add(previous.log_pos, -1)
+        written = Version(version, version_id, ts, body)
+        index.versions.setdefault(id_, []).append(written)
         index.records[id_] = Record(
             resource_type,
             id_,
@@ -145,7 +166,7 @@ class ResourceStore:
             version,
             ts,
             deleted=False,
-            log_pos=self._log(index, id_, ts, 1),
+            log_pos=self._log(index, id_, ts, 1, written),
             version_id=version_id,
         )
         kind: ChangeKind = "create" if previous is None or previous.deleted else "update"
@@ -164,6 +185,8 @@ class ResourceStore:
             resource.pop("meta", None)
         record.resource = resource
         record.body = json.dumps(resource, separators=(",", ":")).encode()
+        version = Version(record.version, record.version_id, record.last_updated, record.body)
+        self._types[record.resource_type].versions.setdefault(record.id, []).append(version)
         # The change itself happens now (notifications carry this time); the search index does not move.
         return Change("update", record.resource_type, record.id, record.version, self._next_ms())
 
@@ -177,7 +200,9 @@ class ResourceStore:
         record.version_id = self._version_id(resource_type, id_, record.version)
         record.last_updated = ts = self._next_ms()
         record.deleted = True
-        record.log_pos = self._log(index, id_, ts, 0)
+        tombstone = Version(record.version, record.version_id, ts, None)
+        index.versions.setdefault(id_, []).append(tombstone)
+        record.log_pos = self._log(index, id_, ts, 0, tombstone)
         return Change("delete", resource_type, id_, record.version, ts)
 
     def window(self, resource_type: str, lo: int | None, hi: int | None) -> tuple[int, int]:
@@ -222,8 +247,29 @@ class ResourceStore:
         return self._last_ms
 
     @staticmethod
-    def _log(index: _TypeIndex, id_: str, ts: int, live: int) -> int:
+    def _log(index: _TypeIndex, id_: str, ts: int, live: int, version: Version) -> int:
         index.log_ts.append(ts)
         index.log_ids.append(id_)
+        index.log_versions.append(version)
         index.live.append(live)
         return len(index.log_ts) - 1
+
+    # -- history -------------------------------------------------------------------------------------
+
+    def versions(self, resource_type: str, id_: str) -> list[Version]:
+        """Every version of one resource, oldest first (empty when it never existed)."""
+        return list(self._types[resource_type].versions.get(id_, ()))
+
+    def as_of(self, resource_type: str, id_: str, ts: int) -> Version | None:
+        """The version that was current at ``ts`` (ms), or None when the resource did not exist yet."""
+        found = None
+        for version in self._types[resource_type].versions.get(id_, ()):
+            if version.last_updated > ts:
+                break
+            found = version
+        return found
+
+    def changes(self, resource_type: str, start: int, stop: int) -> list[tuple[str, Version]]:
+        """``(id, version)`` of the log entries at positions ``[start, stop)``, in the log's order."""
+        index = self._types[resource_type]
+        return list(zip(index.log_ids[start:stop], index.log_versions[start:stop], strict=True))

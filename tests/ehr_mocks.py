@@ -9,6 +9,7 @@ import httpx
 
 from app.ehr.auth import SmartBackendAuth
 from app.ehr.client import EHRClient
+from app.ehr.politeness import Politeness
 from app.facilities.schemas import AuthConfig
 from app.vendors import adapter_for
 from devstack.keys import write_keypair
@@ -33,6 +34,7 @@ def make_client(
     token_url: str | None = TOKEN_URL,
     facility_id: str = "fac-1",
     vendor: str = "generic",
+    politeness: Politeness | None = None,
 ) -> EHRClient:
     """The client as the pool builds it for ``vendor`` (its adapter's error policies)."""
     http = httpx.Client(transport=transport, follow_redirects=False)
@@ -52,6 +54,7 @@ def make_client(
         base_url=BASE,
         auth=auth,
         http=http,
+        politeness=politeness,
         attempts=attempts,
         max_delay_s=5,
         server_error=adapter.server_error,

@@ -12,8 +12,9 @@ decides when a 404 is a deletion). Redirects are followed only inside the base U
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -219,26 +220,79 @@ class EHRClient:
         raise PagingSessionExpired(f"{resource_type} search: paging expired {MAX_QUERY_REISSUES + 1} times")
 
     def _pages(self, url: str, resource_type: str) -> list[dict[str, Any]]:
-        bundles: list[dict[str, Any]] = []
-        for _ in range(10_000):  # a bound against a server that links a page to itself forever
-            response = self._get_with_retries(url, gone_ok=False, next_page=bool(bundles))
+        return list(self._iter_pages(url, resource_type))
+
+    def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """The pages of a search one at a time, as they arrive (a backfill holds one page, not all of
+        them). A paging session that expires midway raises ``PagingSessionExpired``: the pages already
+        yielded were real, so only the caller knows whether to start again."""
+        first = str(httpx.URL(f"{self.base_url}/{resource_type}", params=params))
+        return self._iter_pages(first, resource_type)
+
+    def _iter_pages(self, url: str, resource_type: str) -> Iterator[dict[str, Any]]:
+        for n in range(10_000):  # a bound against a server that links a page to itself forever
+            response = self._get_with_retries(url, gone_ok=False, next_page=n > 0)
             bundle = _json(response, f"{resource_type} search")
             if bundle.get("resourceType") != "Bundle":
                 raise UnparseableResource(f"{resource_type} search did not return a Bundle")
-            bundles.append(bundle)
+            yield bundle
             next_url = next(
                 (link.get("url") for link in bundle.get("link", []) if link.get("relation") == "next"), None
             )
             if not isinstance(next_url, str) or not next_url:
-                return bundles
+                return
             url = urljoin(url, next_url)
         raise PagingLoop("search paging did not end")
 
-    # -- transport ---------------------------------------------------------------------------------
+    # -- requests other than reads and searches (Bulk Data) ----------------------------------------
 
-    def _get_with_retries(
-        self, url: str, *, gone_ok: bool, next_page: bool = False, authenticated: bool = True
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        ok: tuple[int, ...] = (200,),
+        headers: Mapping[str, str] | None = None,
+        busy_429: bool = False,
     ) -> httpx.Response:
+        """One request to a URL under the base (absolute, or relative to it), with the same token,
+        politeness, retries and error classification as a read; an answer in ``ok`` is returned, any
+        other is raised. ``busy_429``: a 429 here means "busy", not "slow down" (a second ``$export``
+        kick-off while a job runs): it neither pauses the facility's other reads nor is retried here,
+        but raised at once (``EHRRateLimited`` with its ``Retry-After``) for the caller to wait."""
+        target = urljoin(f"{self.base_url}/", url)
+
+        def once() -> httpx.Response:
+            try:
+                return self._send_once(method, target, ok=ok, headers=headers, pause_on_429=not busy_429)
+            except EHRRateLimited as exc:
+                if busy_429:
+                    raise _Busy(exc) from exc
+                raise
+
+        try:
+            return self._with_retries(once)
+        except _Busy as busy:
+            raise busy.error from busy.error.__cause__
+
+    @contextlib.contextmanager
+    def stream(self, url: str, *, headers: Mapping[str, str] | None = None) -> Iterator[httpx.Response]:
+        """A GET whose body is read as it arrives (``iter_bytes``), never held whole: Bulk Data files.
+        Opening it (up to the status line and headers) is retried and classified like a read; the
+        politeness slot is held while it opens, not while the body streams, so a long download takes
+        one request of the facility's budget, not its concurrency for minutes."""
+        target = urljoin(f"{self.base_url}/", url)
+        response = self._with_retries(
+            lambda: self._send_once("GET", target, ok=(200,), headers=headers, stream=True)
+        )
+        try:
+            yield response
+        except httpx.HTTPError as exc:  # the body broke off midway (reset, read timeout)
+            raise EHRTransportError(type(exc).__name__) from exc
+        finally:
+            response.close()
+
+    def _with_retries(self, call: Callable[[], httpx.Response]) -> httpx.Response:
         retrying = Retrying(
             retry=retry_if_exception(_worth_retrying_now),
             stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_delay_s),
@@ -247,10 +301,49 @@ class EHRClient:
         )
         for attempt in retrying:
             with attempt:
-                if not authenticated:
-                    return self._classify(self._get_authorized(url, None), gone_ok=gone_ok, next_page=False)
-                return self._get_once(url, gone_ok=gone_ok, next_page=next_page)
+                return call()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        *,
+        ok: tuple[int, ...],
+        headers: Mapping[str, str] | None,
+        pause_on_429: bool = True,
+        stream: bool = False,
+    ) -> httpx.Response:
+        token = self._auth.token()
+        response = self._request(method, url, token, headers=headers, stream=stream)
+        if response.status_code == 401:
+            response.close()
+            self._auth.invalidate(token)
+            response = self._request(method, url, self._auth.token(), headers=headers, stream=stream)
+            if response.status_code == 401:
+                response.close()
+                raise EHRTokenExpired("401 after re-authentication")
+        if response.status_code in ok:
+            return response
+        try:
+            if stream:
+                response.read()  # an error body is small: read it for the classification
+        except httpx.HTTPError as exc:
+            raise EHRTransportError(type(exc).__name__) from exc
+        finally:
+            response.close()
+        return self._classify(response, gone_ok=False, next_page=False, pause_on_429=pause_on_429)
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def _get_with_retries(
+        self, url: str, *, gone_ok: bool, next_page: bool = False, authenticated: bool = True
+    ) -> httpx.Response:
+        if not authenticated:
+            return self._with_retries(
+                lambda: self._classify(self._get_authorized(url, None), gone_ok=gone_ok, next_page=False)
+            )
+        return self._with_retries(lambda: self._get_once(url, gone_ok=gone_ok, next_page=next_page))
 
     def _get_once(self, url: str, *, gone_ok: bool, next_page: bool) -> httpx.Response:
         token = self._auth.token()
@@ -264,9 +357,20 @@ class EHRClient:
         return self._classify(response, gone_ok=gone_ok, next_page=next_page)
 
     def _get_authorized(self, url: str, token: str | None) -> httpx.Response:
-        headers = {"Accept": "application/fhir+json"}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
+        return self._request("GET", url, token)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        token: str | None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        sent = {"Accept": "application/fhir+json", **(headers or {})}
+        if token is not None:  # None: a public document (CapabilityStatement, SMART configuration)
+            sent["Authorization"] = f"Bearer {token}"
         for _ in range(MAX_REDIRECTS + 1):
             if not is_under_base(url, self.base_url):
                 raise ForeignHostError("refusing a URL outside the facility's base URL")
@@ -274,7 +378,8 @@ class EHRClient:
                 with self._politeness.slot():
                     started = time.perf_counter()
                     try:
-                        response = self._http.get(url, headers=headers)
+                        request = self._http.build_request(method, url, headers=sent)
+                        response = self._http.send(request, stream=stream)
                     finally:
                         elapsed = time.perf_counter() - started
             except httpx.HTTPError as exc:  # transport errors, and bodies that fail to decode
@@ -282,19 +387,22 @@ class EHRClient:
                 raise EHRTransportError(type(exc).__name__) from exc
             ehr_request(self.facility_id, str(response.status_code)).observe(elapsed)
             if response.is_redirect:
+                response.close()
                 url = urljoin(url, response.headers.get("location", ""))
                 continue
             return response
         raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
 
-    def _classify(self, response: httpx.Response, *, gone_ok: bool, next_page: bool) -> httpx.Response:
+    def _classify(
+        self, response: httpx.Response, *, gone_ok: bool, next_page: bool, pause_on_429: bool = True
+    ) -> httpx.Response:
         status = response.status_code
         if status == 200 or (gone_ok and status in (404, 410)):
             return response
         if next_page and 400 <= status < 500 and self._paging_expired(status, _json_or_none(response)):
             raise PagingSessionExpired(f"{status}: the paging session expired")
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
-        if retry_after is not None and status in (429, 503):
+        if retry_after is not None and (status == 503 or (status == 429 and pause_on_429)):
             self._politeness.pause(retry_after)
         if status == 429:
             raise EHRRateLimited("429 from EHR", retry_after=retry_after)
@@ -305,6 +413,14 @@ class EHRClient:
             # errors): its adapter reads the status and the OperationOutcome, if any.
             raise self._server_error(status, _json_or_none(response))
         raise rejected(status)
+
+
+class _Busy(Exception):
+    """Carries a "busy" 429 past the retry tier (tenacity retries IngestErrors only)."""
+
+    def __init__(self, error: EHRRateLimited) -> None:
+        super().__init__(error.reason)
+        self.error = error
 
 
 def _json(response: httpx.Response, what: str) -> dict[str, Any]:

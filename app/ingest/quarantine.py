@@ -10,11 +10,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from app.db.models import QuarantinedNotification, string_bounds, truncated
+from app.ehr.bulk import UnparseableLine
+from app.errors import BulkLineUnparseable
 from app.fhir import pgsafe
 
 _UPSERT = text(
@@ -74,6 +76,33 @@ async def quarantine(engine: AsyncEngine, item: Quarantined) -> int:
     }
     async with engine.begin() as conn:
         return int((await conn.execute(_UPSERT, params)).scalar_one())
+
+
+class NdjsonQuarantine:
+    """Where a Bulk Data export's unparseable ndjson lines go (``app.ehr.bulk``): one row per file path and
+    line number, committed at once (the export goes on; nothing it met is lost). The body is
+    ``{"path", "line", "text"}``, the line as text (undecodable bytes replaced); reading the same export
+    again counts a delivery instead of adding a row."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __call__(self, line: UnparseableLine) -> None:
+        text_ = line.raw.decode("utf-8", "replace")
+        body = {"path": line.path, "line": line.line, "text": text_}
+        identity = f"{line.path}\n{line.line}\n".encode() + line.raw
+        params = {
+            "facility_id": line.facility_id,
+            "reason": BulkLineUnparseable.reason,
+            "detail": f"line {line.line}: {line.error}"[:500],
+            "method": "GET",
+            "path": line.path[:1000],
+            "content_type": "application/fhir+ndjson",
+            "body_sha256": hashlib.sha256(identity).hexdigest(),
+            "body": pgsafe.dumps(body),
+        }
+        with self._engine.begin() as conn:
+            conn.execute(_UPSERT, params)
 
 
 def list_quarantined(

@@ -1,0 +1,238 @@
+"""What the reconciler's strategies meet: ``_history`` (HAPI, Medplum), deletions and split files in
+``$export``, and reads from a lagging replica."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from ehrsim.instants import format_instant
+from ehrsim.server import create_app
+
+if TYPE_CHECKING:
+    from tests.ehrsim.conftest import Assertions, FakeClock, Form, MakeConfig, OpenSim, Run
+
+pytestmark = pytest.mark.anyio
+
+FHIR = "/general/fhir"
+PREFER = {"Prefer": "respond-async"}
+
+
+@pytest.fixture
+def open_sim(
+    make_config: MakeConfig, clock: FakeClock, assertion: Assertions, form: Form, run: Run
+) -> OpenSim:
+    @asynccontextmanager
+    async def open_(profile: str, **facility: Any) -> AsyncIterator[httpx.AsyncClient]:
+        config = make_config(profile=profile, **facility)
+        async with run(create_app(config, clock=clock)) as client:
+            response = await client.post("/general/oauth2/token", data=form(assertion()))
+            assert response.status_code == 200, response.text
+            client.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+            yield client
+
+    return open_
+
+
+async def _truth(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    resources: list[dict[str, Any]] = (await client.get("/_admin/general/truth")).json()["resources"]
+    return resources
+
+
+async def _changes(client: httpx.AsyncClient, clock: FakeClock, n: int) -> str:
+    """Advance the clock, make ``n`` changes; the instant before them."""
+    clock.advance(60)
+    since = format_instant(int(clock.now * 1000))
+    clock.advance(1)
+    response = await client.post("/_admin/general/activity", json={"changes": n})
+    assert response.status_code == 200
+    return since
+
+
+async def _history_pages(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
+    bundles: list[dict[str, Any]] = []
+    next_url: str | None = url
+    while next_url is not None:
+        response = await client.get(next_url)
+        assert response.status_code == 200, response.text
+        bundles.append(response.json())
+        next_url = next((link["url"] for link in bundles[-1]["link"] if link["relation"] == "next"), None)
+        assert len(bundles) < 100
+    return bundles
+
+
+async def _export(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    kickoff = await client.get(url, headers=PREFER)
+    assert kickoff.status_code == 202, kickoff.text
+    while (poll := await client.get(kickoff.headers["content-location"])).status_code == 202:
+        assert int(poll.headers["retry-after"]) > 0
+    manifest: dict[str, Any] = poll.json()
+    return manifest
+
+
+# -- _history --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", ["hapi", "medplum"])
+async def test_type_history_since_lists_every_change_and_deletion_newest_first(
+    open_sim: OpenSim, clock: FakeClock, profile: str
+) -> None:
+    async with open_sim(profile, patients=8) as client:
+        since = await _changes(client, clock, 60)
+        bundles = await _history_pages(client, f"{FHIR}/Observation/_history?_since={since}&_count=7")
+        truth = await _truth(client)
+    entries = [e for b in bundles for e in b["entry"]]
+    assert all(b["type"] == "history" for b in bundles)
+    assert len(bundles) > 1
+    stamps = [e["response"]["lastModified"] for e in entries]
+    assert stamps == sorted(stamps, reverse=True)
+    assert all(s >= since for s in stamps)
+    deleted = {r["id"] for r in truth if r["resourceType"] == "Observation" and r["deleted"]}
+    deletions = {e["request"]["url"].split("/")[1] for e in entries if e["request"]["method"] == "DELETE"}
+    assert deletions == deleted
+    assert deleted
+    assert all("resource" not in e for e in entries if e["request"]["method"] == "DELETE")
+    # The newest entry of each live resource is its current version.
+    newest: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        newest.setdefault(e["fullUrl"].rsplit("/", 1)[1], e)
+    current = {
+        r["id"]: r["versionId"] for r in truth if r["resourceType"] == "Observation" and not r["deleted"]
+    }
+    for rid, entry in newest.items():
+        if rid in current:
+            assert entry["resource"]["meta"]["versionId"] == current[rid]
+
+
+async def test_type_history_pages_do_not_shift_while_changes_go_on(
+    open_sim: OpenSim, clock: FakeClock
+) -> None:
+    async with open_sim("hapi", patients=8) as client:
+        since = await _changes(client, clock, 40)
+        first = (await client.get(f"{FHIR}/Observation/_history?_since={since}&_count=5")).json()
+        await _changes(client, clock, 40)  # newer changes after the snapshot
+        rest = await _history_pages(client, next(x["url"] for x in first["link"] if x["relation"] == "next"))
+    entries = first["entry"] + [e for b in rest for e in b["entry"]]
+    keys = [(e["fullUrl"], e["response"]["etag"]) for e in entries]
+    assert len(keys) == len(set(keys)) == first["total"]
+
+
+async def test_instance_history_lists_every_version_newest_first(open_sim: OpenSim, clock: FakeClock) -> None:
+    async with open_sim("hapi", patients=8) as client:
+        await _changes(client, clock, 80)
+        truth = await _truth(client)
+        target = max(
+            (r for r in truth if r["resourceType"] == "Observation"), key=lambda r: int(r["versionId"])
+        )
+        bundle = (await client.get(f"{FHIR}/Observation/{target['id']}/_history")).json()
+    versions = [e["response"]["etag"] for e in bundle["entry"]]
+    assert versions == [f'W/"{v}"' for v in range(int(target["versionId"]), 0, -1)]
+    assert bundle["entry"][-1]["request"]["method"] == "POST"
+
+
+async def test_history_is_served_only_where_the_vendor_has_it(open_sim: OpenSim) -> None:
+    async with open_sim("hapi") as client:
+        statement = (await client.get(f"{FHIR}/metadata")).json()
+    observation = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Observation")
+    assert {"code": "history-type"} in observation["interaction"]
+    assert {"code": "history-instance"} in observation["interaction"]
+    async with open_sim("oracle") as client:
+        refused = await client.get(f"{FHIR}/Observation/_history")
+        statement = (await client.get(f"{FHIR}/metadata")).json()
+    assert refused.status_code == 404
+    observation = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Observation")
+    assert all(not i["code"].startswith("history") for i in observation["interaction"])
+
+
+# -- $export ---------------------------------------------------------------------------------------------
+
+
+async def test_export_since_lists_what_was_deleted_as_bundles_of_deletes(
+    open_sim: OpenSim, clock: FakeClock
+) -> None:
+    async with open_sim("generic", patients=10) as client:
+        since = await _changes(client, clock, 80)
+        manifest = await _export(client, f"{FHIR}/$export?_since={since}")
+        lines = [
+            json.loads(line)
+            for f in manifest["deleted"]
+            for line in (await client.get(f["url"])).text.splitlines()
+        ]
+        truth = await _truth(client)
+    deleted = {(r["resourceType"], r["id"]) for r in truth if r["deleted"]}
+    listed = {tuple(e["request"]["url"].split("/")) for b in lines for e in b["entry"]}
+    assert deleted
+    assert listed == deleted
+    assert all(b["type"] == "transaction" for b in lines)
+    assert {e["request"]["method"] for b in lines for e in b["entry"]} == {"DELETE"}
+
+
+async def test_export_without_since_or_where_unverified_lists_no_deletions(
+    open_sim: OpenSim, clock: FakeClock
+) -> None:
+    async with open_sim("generic", patients=10) as client:
+        await _changes(client, clock, 80)
+        assert "deleted" not in await _export(client, f"{FHIR}/$export")
+    async with open_sim("meditech", patients=10) as client:
+        since = await _changes(client, clock, 80)
+        assert "deleted" not in await _export(client, f"{FHIR}/Patient/$export?_since={since}")
+
+
+async def test_export_splits_a_type_over_files_of_bounded_size(open_sim: OpenSim) -> None:
+    async with open_sim("generic", patients=12, profile_overrides={"bulk_file_resources": 5}) as client:
+        manifest = await _export(client, f"{FHIR}/$export?_type=Observation")
+        counts = [o["count"] for o in manifest["output"]]
+        ids = [
+            json.loads(line)["id"]
+            for o in manifest["output"]
+            for line in (await client.get(o["url"])).text.splitlines()
+        ]
+        truth = await _truth(client)
+    assert len(counts) > 1
+    assert max(counts) == 5
+    live = {r["id"] for r in truth if r["resourceType"] == "Observation" and not r["deleted"]}
+    assert sorted(ids) == sorted(live)
+
+
+async def test_a_second_kickoff_while_a_job_runs_is_refused_with_retry_after(open_sim: OpenSim) -> None:
+    async with open_sim("generic") as client:
+        first = await client.get(f"{FHIR}/$export", headers=PREFER)
+        second = await client.get(f"{FHIR}/$export", headers=PREFER)
+    assert (first.status_code, second.status_code) == (202, 429)
+    assert int(second.headers["retry-after"]) > 0
+    assert second.json()["issue"][0]["code"] == "throttled"
+
+
+# -- lagging replica -------------------------------------------------------------------------------------
+
+
+async def test_a_lagging_replica_serves_the_older_version_until_it_catches_up(
+    open_sim: OpenSim, clock: FakeClock
+) -> None:
+    async with open_sim("generic", patients=10) as client:
+        await client.post("/_admin/general/faults", json={"replica_lag_s": 30})
+        await _changes(client, clock, 60)
+        truth = await _truth(client)
+        updated = next(
+            r
+            for r in truth
+            if r["resourceType"] == "Observation" and not r["deleted"] and r["versionId"] != "1"
+        )
+        created = next(
+            r for r in truth if r["versionId"] == "1" and r["lastUpdated"] > updated["lastUpdated"]
+        )
+        behind = await client.get(f"{FHIR}/Observation/{updated['id']}")
+        not_yet = await client.get(f"{FHIR}/{created['resourceType']}/{created['id']}")
+        clock.advance(31)
+        caught_up = await client.get(f"{FHIR}/Observation/{updated['id']}")
+        state = (await client.get("/_admin/general/faults")).json()
+    assert behind.status_code == 200
+    assert int(behind.json()["meta"]["versionId"]) < int(updated["versionId"])
+    assert not_yet.status_code == 404
+    assert caught_up.json()["meta"]["versionId"] == updated["versionId"]
+    assert state["applied"]["replica_lag"] >= 2
