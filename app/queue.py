@@ -23,6 +23,7 @@ log = structlog.get_logger("queue")
 
 DRAIN_TASK = "ingest.drain_facility"
 SWEEP_TASK = "reconcile.sweep_inbox"
+ADT_TASK = "hl7v2.process_facility"
 
 
 def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] | None = None) -> Celery:
@@ -41,7 +42,11 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
         task_queues=[_queue(settings.queue), _queue(settings.periodic_queue)],
-        task_routes={DRAIN_TASK: {"queue": settings.queue}, SWEEP_TASK: {"queue": settings.periodic_queue}},
+        task_routes={
+            DRAIN_TASK: {"queue": settings.queue},
+            ADT_TASK: {"queue": settings.queue},
+            SWEEP_TASK: {"queue": settings.periodic_queue},
+        },
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             # Longer than any task (the drain budget, then one last batch renewing its lease for at most
@@ -72,6 +77,21 @@ def enqueue_drain(celery: Celery, queue: str, facility_id: str, *, retry: bool =
     """The one way a drain is asked for: by the receiver's doorbell, a drain handing on the rest of its
     work, and the sweeper. Raises the broker's error; callers decide whether that matters."""
     celery.send_task(DRAIN_TASK, args=[facility_id], queue=queue, retry=retry)
+
+
+def enqueue_adt(celery: Celery, queue: str, facility_id: str, *, retry: bool = True) -> None:
+    """Ask for the facility's due ADT rows to be processed (the MLLP listener and the sweeper)."""
+    celery.send_task(ADT_TASK, args=[facility_id], queue=queue, retry=retry)
+
+
+def ring_adt(celery: Celery, queue: str, facility_id: str) -> bool:
+    """The MLLP listener's doorbell: a failure is logged, not raised (the sweeper rings again)."""
+    try:
+        enqueue_adt(celery, queue, facility_id, retry=False)
+    except Exception as exc:  # noqa: BLE001 - any broker failure means "the sweeper will do it"
+        log.warning("queue.doorbell_failed", facility_id=facility_id, error=type(exc).__name__)
+        return False
+    return True
 
 
 class Doorbell:

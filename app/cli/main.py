@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-from app.cli import db, dead_letters, dev, facilities, quarantine, serve
+from app.cli import adt, db, dead_letters, dev, facilities, mllp, quarantine, serve
 
 # No locals in tracebacks: a bug's traceback must not print settings, secrets or a resource body.
 cli = typer.Typer(
@@ -39,6 +39,8 @@ cli.add_typer(facilities.cli, name="facilities")
 cli.add_typer(db.cli, name="db")
 cli.add_typer(dead_letters.cli, name="dead-letters")
 cli.add_typer(quarantine.cli, name="quarantine")
+cli.add_typer(mllp.cli, name="mllp")
+cli.add_typer(adt.cli, name="adt")
 cli.command("serve")(serve.serve)
 cli.command("sim")(dev.sim)
 cli.command("demo")(dev.demo)
