@@ -164,6 +164,10 @@ class Listener:
                 MLLP_CONNECTIONS.dec()
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The listener is stopping: end this connection quietly (asyncio's stream callback reports
+            # a cancelled connection task as an error). Nothing is lost: an un-ACKed message is resent.
+            pass
         finally:
             self._connections.discard(task)
             writer.close()
@@ -199,6 +203,7 @@ class Listener:
         try:
             parsed = parse(raw)
             header = parsed.header
+            facility = self._route_oversized(header, peer) if isinstance(event, Oversized) else None
             if isinstance(event, Oversized):
                 raise MessageRejected("message_too_large", f"{event.size} bytes")
             facility = self.directory.route(header, peer)
@@ -209,6 +214,13 @@ class Listener:
                 exc = MessageRejected("message_too_large", f"{event.size} bytes")
             return await self._reject(exc, raw, header, facility, peer)
         return await self._accept(parsed, facility, header)
+
+    def _route_oversized(self, header: Header, peer: str) -> Hl7Facility | None:
+        """The facility of a message refused for its size, when its head names one (for quarantine)."""
+        try:
+            return self.directory.route(header, peer)
+        except MessageRejected:
+            return None
 
     async def _accept(self, parsed: Parsed, facility: Hl7Facility, header: Header) -> tuple[bytes, AckCode]:
         row = _row(parsed, facility)

@@ -6,7 +6,9 @@ from __future__ import annotations
 AUTHORITY = "GENHOSP"
 
 
-def a01(control_id: str = "MSG00001", mrn: str = "M0000001", *, app: str = "EPIC", fac: str = "GENHOSP") -> bytes:
+def a01(
+    control_id: str = "MSG00001", mrn: str = "M0000001", *, app: str = "EPIC", fac: str = "GENHOSP"
+) -> bytes:
     segments = [
         f"MSH|^~\\&|{app}|{fac}|EHRI|EHRI|20261202130507-0500||ADT^A01^ADT_A01|{control_id}|P|2.5.1",
         "EVN|A01|20261202130500",

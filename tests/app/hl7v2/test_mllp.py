@@ -23,7 +23,9 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 @settings(max_examples=300, deadline=None)
 @given(bodies=st.lists(_BODY, min_size=1, max_size=8), cuts=st.lists(st.integers(0, 10_000), max_size=40))
-def test_any_split_of_a_stream_into_reads_gives_the_same_messages(bodies: list[bytes], cuts: list[int]) -> None:
+def test_any_split_of_a_stream_into_reads_gives_the_same_messages(
+    bodies: list[bytes], cuts: list[int]
+) -> None:
     stream = b"".join(frame(b) for b in bodies)
     assert _decode(_split(stream, cuts)) == [Frame(b) for b in bodies]
 
