@@ -34,7 +34,9 @@ FROM adt_inbox
 
 
 def upgrade() -> None:
-    op.add_column("facilities", sa.Column("hl7v2", JSONB(), server_default=sa.text("'{}'::jsonb"), nullable=False))
+    op.add_column(
+        "facilities", sa.Column("hl7v2", JSONB(), server_default=sa.text("'{}'::jsonb"), nullable=False)
+    )
     op.create_table(
         "adt_inbox",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -90,8 +92,7 @@ def upgrade() -> None:
     )
     op.execute(ADT_EVENTS_VIEW)
     op.execute(
-        "COMMENT ON VIEW adt_events IS "
-        "'One row per distinct HL7 v2 ADT message; see README, For consumers.'"
+        "COMMENT ON VIEW adt_events IS 'One row per distinct HL7 v2 ADT message; see README, For consumers.'"
     )
 
 

@@ -135,7 +135,8 @@ def test_a40_rereads_the_non_surviving_patient_and_records_the_merge(db: Session
     assert tuple(row) == ("done", survivor["id"], prior["id"])
     both = db.execute(
         text(
-            "SELECT count(*) FROM resources WHERE facility_id = 'epic' AND resource_type = 'Patient' AND resource_id IN (:a, :b)"
+            "SELECT count(*) FROM resources WHERE facility_id = 'epic' AND resource_type = 'Patient'"
+            " AND resource_id IN (:a, :b)"
         ),
         {"a": survivor["id"], "b": prior["id"]},
     ).scalar()

@@ -51,10 +51,10 @@ def mllp_engine(mllp_database: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def clean(mllp_engine: Engine) -> Iterator[Engine]:
+def clean(mllp_engine: Engine) -> Engine:
     with mllp_engine.begin() as conn:
         conn.execute(text("TRUNCATE adt_inbox, adt_quarantine"))
-    yield mllp_engine
+    return mllp_engine
 
 
 @dataclass

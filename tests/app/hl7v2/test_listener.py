@@ -3,6 +3,7 @@ once, AR with quarantine, AE (never AA) when Postgres cannot take a message, pee
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -132,7 +133,8 @@ def test_postgres_connection_killed_gives_no_aa_and_the_next_message_is_stored(
     with clean.begin() as conn:
         killed = conn.execute(
             text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'ehri_mllp_test'"
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'ehri_mllp_test'"
             )
         ).scalar()
     assert killed
@@ -172,10 +174,8 @@ def test_a_peer_no_facility_allows_is_closed_before_reading(mllp_engine: Engine,
             only_remote = [f for f in load_directory(session).facilities if f.id == "adt-remote"]
         running.listener.directory = Directory(only_remote)
         sock = socket.create_connection(("127.0.0.1", running.port), timeout=5)
-        try:
+        with contextlib.suppress(OSError):  # the listener may have closed already
             sock.sendall(frame(a01("P1")))
-        except OSError:
-            pass
         assert sock.recv(1024) == b""  # closed, no ACK
         sock.close()
     finally:
