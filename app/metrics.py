@@ -113,7 +113,11 @@ MLLP_ACK_SECONDS = Histogram(
     ["code"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-MLLP_CONNECTIONS = Gauge("ehri_mllp_connections_open", "MLLP connections open now.")
+# livesum: under a worker's multiprocess registry (which imports this module too) the gauge adds no pid
+# label, so every served sample keeps to ids and slugs.
+MLLP_CONNECTIONS = Gauge(
+    "ehri_mllp_connections_open", "MLLP connections open now.", multiprocess_mode="livesum"
+)
 MLLP_REFUSED_PEERS = Counter(
     "ehri_mllp_refused_connections_total",
     "Connections closed before reading: no facility allows the address.",
