@@ -4,6 +4,7 @@ message answered AA is in Postgres, and the senders' resends of the rest are sto
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
@@ -19,11 +20,16 @@ from sqlalchemy.orm import Session
 
 from devstack.database import clear_redis_prefix
 from devstack.processes import Proc, Stack, free_port, wait_until
+from devstack.scenario import Scenario
+from ehrsim.generator import mrn_system
+from ehrsim.profiles import get_profile
 from tests.app.hl7v2.conftest import HL7V2, Client, msa
 from tests.app.hl7v2.samples import a01, oru
 from tests.conftest import REDIS_URL, make_facility, migrated_database
 
 pytestmark = pytest.mark.e2e
+
+FACILITY = "fac-e2e"  # the e2e scenario's facility (tests/e2e/conftest.py)
 
 
 @dataclass
@@ -185,3 +191,41 @@ def test_kill_9_while_messages_arrive_loses_no_aa_and_resends_are_stored_once(li
         engine.dispose()
     assert total == distinct == len(attempted)
     assert listening.stored() == attempted
+
+
+def test_an_adt_message_reaches_the_real_worker_which_resolves_the_patient(scenario: Scenario) -> None:
+    """The composition root end to end: the listener process commits and rings, a real Celery worker
+    runs ``hl7v2.process_facility`` against ehrsim over HTTP, and ``adt_events`` shows the patient."""
+    stack = scenario.start(workers=1, beat=False)
+    scenario.make_changes(FACILITY, 10)
+    assert scenario.wait_for_ledger(FACILITY, timeout=90).ok
+    engine = create_engine(scenario.database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE facilities SET hl7v2 = CAST(:b AS jsonb), mrn_system = :s WHERE id = :f"),
+                {
+                    "b": json.dumps(
+                        {**HL7V2, "refresh": ["Patient", "Condition"]}
+                    ),  # generic serves no Encounter
+                    "s": mrn_system(get_profile("generic"), FACILITY),
+                    "f": FACILITY,
+                },
+            )
+            patient_id, mrn = conn.execute(text("SELECT patient_id, mrn FROM patients LIMIT 1")).one()
+        port = free_port()
+        argv = [str(Path(sys.executable).parent / "ehr-ingest"), "mllp", "serve", "--port", str(port)]
+        stack.start("mllp", [*argv, "--metrics-port", "0"])
+        wait_until(lambda: _accepts(port), timeout=30, what="the MLLP listener")
+        assert msa(Client(port).send(a01("E2E1", mrn=mrn)))[0] == "AA"
+
+        def resolved() -> bool:
+            with engine.connect() as conn:
+                row = conn.execute(
+                    text("SELECT status, patient_id FROM adt_events WHERE control_id = 'E2E1'")
+                ).one()
+            return tuple(row) == ("done", patient_id)
+
+        wait_until(resolved, timeout=60, what="the ADT event resolved by the worker")
+    finally:
+        engine.dispose()
