@@ -155,7 +155,7 @@ class Listener:
         try:
             if not self.directory.peer_allowed(peer):
                 MLLP_REFUSED_PEERS.inc()
-                log.warning("hl7v2.peer_refused")
+                log.warning("hl7v2.peer_refused", peer=peer)  # an engine's address, no patient data
                 return
             MLLP_CONNECTIONS.inc()
             try:

@@ -105,7 +105,7 @@ def parse(raw: bytes) -> Parsed:
     if len(encoding) < 4 or len(set(encoding + field_sep)) != len(encoding) + 1:
         raise MessageRejected("unparseable_msh", "MSH-2 does not declare four distinct delimiters")
     try:
-        message = hl7.parse(text)
+        message = hl7.parse(_segments_we_read(text))
         header = _header(message, field_sep, encoding)
     except (HL7Exception, IndexError, KeyError, ValueError) as exc:
         raise MessageRejected("unparseable_msh", f"MSH unreadable ({type(exc).__name__})") from exc
@@ -114,6 +114,20 @@ def parse(raw: bytes) -> Parsed:
     if not header.sending_application:
         raise MessageRejected("unparseable_msh", "MSH-3 (sending application) is empty")
     return Parsed(header=header, adt=_adt(message), text=text)
+
+
+# Only these segments are read (the first of each); python-hl7 parses every segment it is given, and real
+# ADT messages carry many more (NK1, OBX, AL1, DG1, IN1, Z-segments), all kept in the raw message.
+_READ = ("MSH", "EVN", "PID", "PV1", "MRG")
+
+
+def _segments_we_read(text: str) -> str:
+    seen: dict[str, str] = {}
+    for segment in text.split("\r"):
+        name = segment[:3]
+        if name in _READ and name not in seen:
+            seen[name] = segment
+    return "\r".join(seen[name] for name in _READ if name in seen)
 
 
 def _get(message: Any, segment: str, field: int, rep: int = 1, comp: int = 1) -> str:

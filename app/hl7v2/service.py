@@ -16,6 +16,7 @@ reason. Idempotent: a duplicate task finds nothing to claim; a repeated fetch co
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable
@@ -27,7 +28,14 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import INBOX_DEAD, INBOX_DONE, INBOX_PENDING, Facility
+from app.db.models import (
+    DELETION_NOT_FOUND,
+    DELETION_NOT_FOUND_ANNOUNCED,
+    INBOX_DEAD,
+    INBOX_DONE,
+    INBOX_PENDING,
+    Facility,
+)
 from app.ehr.client import EHRClient
 from app.errors import AdtNoPatient, IngestError
 from app.facilities.schemas import Hl7v2Config
@@ -222,6 +230,9 @@ def _merged_patient(
     outcome = fetched.reads[ResourceRef("Patient", prior_id)]
     if isinstance(outcome, IngestError):
         return outcome
+    if outcome.deletion == DELETION_NOT_FOUND:
+        # The A40 announced that this patient is gone (merged away): its 404 is an announced deletion.
+        outcome = dataclasses.replace(outcome, deletion=DELETION_NOT_FOUND_ANNOUNCED)
     return prior_id, [outcome]
 
 

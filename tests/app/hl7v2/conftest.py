@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,7 +70,13 @@ class Running:
 
 
 def start_listener(
-    conninfo: str, engine: Engine, *, max_bytes: int = 1_048_576, idle_s: float = 30, loops: int = 1
+    conninfo: str,
+    engine: Engine,
+    *,
+    max_bytes: int = 1_048_576,
+    idle_s: float = 30,
+    loops: int = 1,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[Running]:
     """A listener on a free port in a background loop (one writer connection unless ``loops``: a
     killed connection is then the one the next message uses)."""
@@ -88,7 +95,7 @@ def start_listener(
         ListenerConfig(max_message_bytes=max_bytes, idle_timeout_s=idle_s, doorbell_interval_s=0.01),
         ring=rings.append,
     )
-    port = asyncio.run_coroutine_threadsafe(listener.start("127.0.0.1", 0), loop).result(timeout=30)
+    port = asyncio.run_coroutine_threadsafe(listener.start("127.0.0.1", 0, tls=tls), loop).result(timeout=30)
     running = Running(port, listener, loop, rings)
     try:
         yield running
