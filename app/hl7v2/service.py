@@ -224,8 +224,13 @@ def _merged_patient(
         prior_id = _resolved.get((facility.id, prior))
     if prior_id is None:
         prior_id = session.execute(_KNOWN_PATIENT, {"facility": facility.id, "mrn": prior}).scalar()
-    if prior_id is None:
-        return None, []
+    if prior_id is None:  # never seen by us: the EHR may still find it by its MRN
+        assert facility.mrn_system is not None
+        search = pipeline.fetch(Work(identifiers=[("Patient", f"{facility.mrn_system}|{prior}")]), now=now)
+        found = next(iter(search.identifiers.values()))
+        if not isinstance(found, list):
+            return None, []  # not found (or not now): the merge is in adt_events, nothing to re-read
+        return found[0].resource_id, found[:1]
     fetched = pipeline.fetch(Work(reads=[ResourceRef("Patient", prior_id)]), now=now)
     outcome = fetched.reads[ResourceRef("Patient", prior_id)]
     if isinstance(outcome, IngestError):

@@ -141,3 +141,20 @@ def test_a40_rereads_the_non_surviving_patient_and_records_the_merge(db: Session
         {"a": survivor["id"], "b": prior["id"]},
     ).scalar()
     assert both == 2
+
+
+def test_a40_for_a_prior_patient_never_seen_finds_it_by_its_mrn(db: Session, sim: Sim) -> None:
+    facility = _facility(db, sim)
+    survivor, prior = [r for r in _truth(sim) if r["resourceType"] == "Patient"][:2]
+    _adt(
+        db,
+        "MERGE2",
+        _mrn_of(sim, survivor["id"]).strip(),
+        event="A40",
+        prior=_mrn_of(sim, prior["id"]).strip(),
+    )
+    process_claimed(db, facility, sim.client("epic"), claim(db, "epic", patients=10, lease=LEASE), Settings())
+    row = db.execute(
+        text("SELECT patient_id, merged_patient_id FROM adt_events WHERE control_id = 'MERGE2'")
+    ).one()
+    assert tuple(row) == (survivor["id"], prior["id"])

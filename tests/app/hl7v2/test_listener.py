@@ -192,3 +192,33 @@ def test_an_idle_connection_is_closed(listener: Running) -> None:
     assert sock.recv(1024) == b""
     assert time.monotonic() - started < 8
     sock.close()
+
+
+def test_concurrent_connections_are_group_committed_and_each_gets_its_aa(
+    mllp_database: str, clean: Engine
+) -> None:
+    import threading
+
+    from app.cli.mllp import make_url_conninfo
+
+    gen = start_listener(make_url_conninfo(mllp_database), clean, loops=2)
+    running = next(gen)
+    answers: dict[str, str] = {}
+
+    def sender(i: int) -> None:
+        client = Client(running.port)
+        for n in range(40):
+            answers[f"G{i}-{n}"] = msa(client.send(a01(f"G{i}-{n}")))[0]
+        client.close()
+
+    try:
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        next(gen, None)
+    assert set(answers.values()) == {"AA"}
+    assert len(answers) == 320
+    assert _rows(clean, "SELECT count(*) FROM adt_inbox") == [(320,)]
