@@ -24,6 +24,8 @@ How the drain treats a failure is a class distinction:
     ├── InternalError                       internal_error           deferred (a bug, the database gone)
     ├── NotificationError                   (receiver's own reasons) answered 4xx / quarantined
     │   └── Unstorable                      unstorable               Postgres refused it, alone: quarantined
+    ├── MessageRejected                     (MLLP listener's reasons) answered AR / quarantined
+    ├── AdtNoPatient                        adt_no_mrn               permanent (PID-3 has no MRN of ours)
     ├── ForeignHostError                    foreign_host             permanent (SSRF guard: no connection)
     ├── NeedsBackfill                       needs_backfill           permanent until the reconciler polls
     └── EHRError
@@ -146,6 +148,37 @@ class Unstorable(NotificationError):
 
     def __init__(self, detail: str) -> None:
         super().__init__("unstorable", detail)
+
+
+#: Why the MLLP listener answered ``AR`` (kept in ``adt_quarantine``): MSA-3 and ERR carry the slug.
+#: README lists them from here (tests/test_reasons.py).
+AdtRejectReason = Literal[
+    "unparseable_msh",
+    "unknown_facility",
+    "peer_not_allowed_for_facility",
+    "unsupported_message_type",
+    "message_too_large",
+]
+
+
+class MessageRejected(IngestError):
+    """An HL7 v2 message the listener refuses (``AR``); each raise names one ``AdtRejectReason``."""
+
+    reason = "bad_message"
+    abstract = True
+    permanent = True
+
+    def __init__(self, reason: AdtRejectReason, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(detail)
+
+
+class AdtNoPatient(IngestError):
+    """An ADT message whose PID-3 has no identifier of the facility's MRN assigning authority: there is
+    no patient to resolve over FHIR (the message stays in ``adt_events``)."""
+
+    reason = "adt_no_mrn"
+    permanent = True
 
 
 class ForeignHostError(IngestError):
@@ -400,3 +433,8 @@ def handling(cls: type[IngestError]) -> str:
 def notification_reasons() -> tuple[NotificationReason, ...]:
     """Every reason the receiver can refuse or quarantine a body with."""
     return get_args(NotificationReason)
+
+
+def adt_reject_reasons() -> tuple[AdtRejectReason, ...]:
+    """Every reason the MLLP listener can answer ``AR`` with."""
+    return get_args(AdtRejectReason)

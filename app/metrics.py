@@ -100,3 +100,34 @@ STALE_WRITES = Counter(
 @lru_cache(maxsize=4096)
 def ehr_request(facility: str, status: str) -> Histogram:
     return EHR_REQUEST_SECONDS.labels(facility, status)
+
+
+# -- MLLP listener (HL7 v2 ADT) -------------------------------------------------------------------------
+from prometheus_client import Gauge  # noqa: E402 - grouped with the listener's metrics
+
+MLLP_MESSAGES = Counter(
+    "ehri_mllp_messages_total",
+    "HL7 v2 messages by facility (- when unknown), event and outcome (stored, duplicate, an AR reason, "
+    "database_unavailable).",
+    ["facility", "event", "outcome"],
+)
+MLLP_ACK_SECONDS = Histogram(
+    "ehri_mllp_ack_seconds",
+    "Time from a complete MLLP frame to its ACK written, by ACK code.",
+    ["code"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+# livesum: under a worker's multiprocess registry (which imports this module too) the gauge adds no pid
+# label, so every served sample keeps to ids and slugs.
+MLLP_CONNECTIONS = Gauge(
+    "ehri_mllp_connections_open", "MLLP connections open now.", multiprocess_mode="livesum"
+)
+MLLP_REFUSED_PEERS = Counter(
+    "ehri_mllp_refused_connections_total",
+    "Connections closed before reading: no facility allows the address.",
+)
+
+
+@lru_cache(maxsize=8192)
+def mllp_messages(facility: str, event: str, outcome: str) -> Counter:
+    return MLLP_MESSAGES.labels(facility, event, outcome)

@@ -25,6 +25,7 @@ DRAIN_TASK = "ingest.drain_facility"
 SWEEP_TASK = "reconcile.sweep_inbox"
 CHECK_SUBSCRIPTIONS_TASK = "reconcile.check_subscriptions"  # beat: fans out one check per facility
 CHECK_SUBSCRIPTION_TASK = "reconcile.check_subscription"
+ADT_TASK = "hl7v2.process_facility"
 
 
 def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] | None = None) -> Celery:
@@ -45,6 +46,7 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
         task_queues=[_queue(settings.queue), _queue(settings.periodic_queue)],
         task_routes={
             DRAIN_TASK: {"queue": settings.queue},
+            ADT_TASK: {"queue": settings.queue},
             SWEEP_TASK: {"queue": settings.periodic_queue},
             CHECK_SUBSCRIPTIONS_TASK: {"queue": settings.periodic_queue},
             CHECK_SUBSCRIPTION_TASK: {"queue": settings.periodic_queue},
@@ -79,6 +81,21 @@ def enqueue_drain(celery: Celery, queue: str, facility_id: str, *, retry: bool =
     """The one way a drain is asked for: by the receiver's doorbell, a drain handing on the rest of its
     work, and the sweeper. Raises the broker's error; callers decide whether that matters."""
     celery.send_task(DRAIN_TASK, args=[facility_id], queue=queue, retry=retry)
+
+
+def enqueue_adt(celery: Celery, queue: str, facility_id: str, *, retry: bool = True) -> None:
+    """Ask for the facility's due ADT rows to be processed (the MLLP listener and the sweeper)."""
+    celery.send_task(ADT_TASK, args=[facility_id], queue=queue, retry=retry)
+
+
+def ring_adt(celery: Celery, queue: str, facility_id: str) -> bool:
+    """The MLLP listener's doorbell: a failure is logged, not raised (the sweeper rings again)."""
+    try:
+        enqueue_adt(celery, queue, facility_id, retry=False)
+    except Exception as exc:  # noqa: BLE001 - any broker failure means "the sweeper will do it"
+        log.warning("queue.doorbell_failed", facility_id=facility_id, error=type(exc).__name__)
+        return False
+    return True
 
 
 class Doorbell:

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
 
     # Receiver
     max_body_bytes: int = 1_048_576
+    # The MLLP listener (``ehr-ingest mllp serve``): largest HL7 v2 message (AR above), how long a
+    # connection may stay silent before it is closed, and optional TLS (both files, PEM).
+    mllp_max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    mllp_idle_timeout: timedelta = Field(default=timedelta(minutes=10))
+    mllp_tls_cert: str | None = None
+    mllp_tls_key: str | None = None
     commit_batch_max: int = Field(default=256, description="Most notifications committed in one transaction.")
 
     # Workers

@@ -7,8 +7,15 @@ from datetime import UTC, datetime
 import structlog
 
 from app.errors import IngestError
+from app.hl7v2.service import due_facilities as facilities_with_due_adt
 from app.ingest.sweep import facilities_with_due_work
-from app.queue import CHECK_SUBSCRIPTION_TASK, CHECK_SUBSCRIPTIONS_TASK, SWEEP_TASK, enqueue_drain
+from app.queue import (
+    CHECK_SUBSCRIPTION_TASK,
+    CHECK_SUBSCRIPTIONS_TASK,
+    SWEEP_TASK,
+    enqueue_adt,
+    enqueue_drain,
+)
 from app.reconcile.subscriptions import (
     check_subscription,
     facilities_with_subscriptions,
@@ -26,8 +33,11 @@ def sweep_inbox() -> int:
     rt = runtime()
     with rt.sessions() as session:
         due = facilities_with_due_work(session)
+        due_adt = facilities_with_due_adt(session)
     for facility_id in due:
         enqueue_drain(celery_app, rt.settings.queue, facility_id)
+    for facility_id in due_adt:  # HL7 v2 ADT rows (adt_inbox) are swept the same way
+        enqueue_adt(celery_app, rt.settings.queue, facility_id)
     if due:
         log.info("reconcile.swept", facilities=len(due))
     return len(due)

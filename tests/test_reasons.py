@@ -12,6 +12,7 @@ from app.errors import (
     EHRServerErrorPermanent,
     IngestError,
     TransientEHRError,
+    adt_reject_reasons,
     handling,
     notification_reasons,
     reasons,
@@ -43,10 +44,17 @@ def test_readme_lists_exactly_the_receivers_notification_reasons() -> None:
     assert re.findall(r"`([a-z_]+)`", listed) == list(notification_reasons())
 
 
+def test_readme_lists_exactly_the_mllp_listeners_reject_reasons() -> None:
+    text = README.read_text(encoding="utf-8")
+    listed = text.split("<!-- adt-reasons:start -->")[1].split("<!-- adt-reasons:end -->")[0]
+    assert re.findall(r"`([a-z_]+)`", listed) == list(adt_reject_reasons())
+
+
 def test_branches_of_the_tree_carry_no_reason_a_row_could_show() -> None:
     branches = {"error", "configuration", "ehr_error", "ehr_transient", "ehr_permanent", "politeness_wait"}
     assert branches.isdisjoint(reasons())
     assert "bad_notification" not in reasons()
+    assert "bad_message" not in reasons()
 
 
 def test_transient_and_permanent_are_class_distinctions() -> None:

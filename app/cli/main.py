@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-from app.cli import db, dead_letters, dev, facilities, quarantine, serve, subscriptions
+from app.cli import adt, db, dead_letters, dev, facilities, mllp, quarantine, serve, subscriptions
 
 # No locals in tracebacks: a bug's traceback must not print settings, secrets or a resource body.
 cli = typer.Typer(
@@ -41,6 +41,8 @@ cli.add_typer(dead_letters.cli, name="dead-letters")
 cli.add_typer(quarantine.cli, name="quarantine")
 cli.command("subscribe")(subscriptions.subscribe)
 cli.command("unsubscribe")(subscriptions.unsubscribe)
+cli.add_typer(mllp.cli, name="mllp")
+cli.add_typer(adt.cli, name="adt")
 cli.command("serve")(serve.serve)
 cli.command("sim")(dev.sim)
 cli.command("demo")(dev.demo)

@@ -20,6 +20,8 @@
 - ``facility_subscriptions``: the Subscription we keep at each facility's EHR, as the server accepted it.
 - ``reconcile_requests``: time windows someone asked the reconciler to search again (a subscription found
   in ``error``/``off``); the engine consumes them.
+- ``adt_inbox``: HL7 v2 ADT messages, committed before their ``AA``, and the patient re-reads they ask
+  for; ``adt_quarantine``: v2 messages answered ``AR``.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class Facility(Base):
     # {"requests_per_second": ..., "burst": ..., "concurrency": ...}; {} means the defaults
     limits: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     mrn_system: Mapped[str | None] = mapped_column(Text)  # this facility's MRN identifier system (an OID URI)
+    # The HL7 v2 ADT feed (``Hl7v2Config`` as JSON) or {} when the facility sends none.
+    hl7v2: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     # {resource type or "*": strategy name}: the YAML's ``change_detection`` overrides; {} means none
     change_detection: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
@@ -292,6 +296,70 @@ class QuarantinedNotification(Base):
     body_sha256: Mapped[str] = mapped_column(String(64))
     body: Mapped[dict[str, Any] | list[Any]] = mapped_column(JSONB)
     # The same body delivered again (sender retries) counts here instead of adding rows.
+    deliveries: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class AdtMessage(Base):
+    """One HL7 v2 ADT message, committed before its ``AA`` (``app.hl7v2``): the raw message as received,
+    the fields consumers read (the ``adt_events`` view), and the work it asks for (re-read the patient
+    over FHIR), claimed like inbox rows. Deduplicated per facility on MSH-10."""
+
+    __tablename__ = "adt_inbox"
+    __table_args__ = (
+        UniqueConstraint("facility_id", "control_id"),
+        Index(
+            "ix_adt_inbox_claimable",
+            "facility_id",
+            "next_attempt_at",
+            postgresql_where=text(f"status = '{INBOX_PENDING}'"),
+        ),
+        Index("ix_adt_inbox_patient", "facility_id", "mrn"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    control_id: Mapped[str] = mapped_column(Text)  # MSH-10
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    raw: Mapped[str] = mapped_column(Text)  # the message as received (Z-segments included)
+    version: Mapped[str | None] = mapped_column(String(16))  # MSH-12
+    message_type: Mapped[str | None] = mapped_column(String(16))  # MSH-9.1
+    event_type: Mapped[str | None] = mapped_column(String(16))  # MSH-9.2 (or EVN-1)
+    message_time: Mapped[datetime | None]  # MSH-7
+    mrn: Mapped[str | None] = mapped_column(Text)  # PID-3 with the facility's assigning authority, trimmed
+    prior_mrn: Mapped[str | None] = mapped_column(Text)  # A40: MRG-1, the non-surviving patient
+    visit_number: Mapped[str | None] = mapped_column(Text)  # PV1-19
+    patient_class: Mapped[str | None] = mapped_column(Text)  # PV1-2
+    location: Mapped[str | None] = mapped_column(Text)  # PV1-3 as sent (components ^-joined)
+    admit_time: Mapped[datetime | None]  # PV1-44
+    discharge_time: Mapped[datetime | None]  # PV1-45
+    patient_id: Mapped[str | None] = mapped_column(String(128))  # the FHIR Patient id, once resolved
+    merged_patient_id: Mapped[str | None] = mapped_column(String(128))  # A40: the non-surviving FHIR id
+    status: Mapped[str] = mapped_column(String(16), server_default=text(f"'{INBOX_PENDING}'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    lease_until: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    claim_token: Mapped[str | None] = mapped_column(UUID(as_uuid=False))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    done_at: Mapped[datetime | None]
+
+
+class AdtQuarantined(Base):
+    """An HL7 v2 message answered ``AR``: its MSH could not be parsed, its sender is no facility, it is no
+    ADT message we take. Kept for a human; the same bytes again count ``deliveries``."""
+
+    __tablename__ = "adt_quarantine"
+    __table_args__ = (UniqueConstraint("raw_sha256"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str | None] = mapped_column(String(64))  # when the sender was recognised
+    peer: Mapped[str] = mapped_column(String(64))  # the connecting address
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    raw_sha256: Mapped[str] = mapped_column(String(64))
+    raw: Mapped[bytes] = mapped_column(postgresql.BYTEA)
     deliveries: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     received_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_received_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -172,6 +172,56 @@ class SubscriptionConfig(BaseModel):
         return self
 
 
+#: The ADT events that announce "this patient changed" (A40 merges one patient into another).
+ADT_EVENTS = ("A01", "A02", "A03", "A04", "A05", "A08", "A11", "A12", "A13", "A28", "A31", "A40")
+
+
+class Hl7v2Config(BaseModel):
+    """The facility's HL7 v2 ADT feed (``ehr-ingest mllp serve``): who it is on the wire, where it may
+    connect from, and what a "patient changed" event makes us re-read over FHIR.
+
+    ```yaml
+    hl7v2:
+      sending_application: EPIC           # MSH-3 (namespace id, compared case-sensitively, trimmed)
+      sending_facility: GENHOSP           # MSH-4; null: any facility of that application
+      allowed_peers: [10.1.2.0/24, 127.0.0.1]   # addresses or networks the engine connects from
+      mrn_authority: GENHOSP              # PID-3.4: which repetition is the MRN (FHIR system: mrn_system)
+      refresh: [Patient, Encounter]       # FHIR types re-read on every event ({type}?patient={id})
+      refresh_by_event: {A08: [Patient]}  # per event, instead of ``refresh``
+    ```
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sending_application: str = Field(min_length=1, max_length=180)
+    sending_facility: str | None = Field(default=None, max_length=180)
+    allowed_peers: list[str] = Field(min_length=1)
+    mrn_authority: str = Field(min_length=1, max_length=180)
+    refresh: list[str] = Field(default_factory=lambda: ["Patient", "Encounter"])
+    refresh_by_event: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _valid(self) -> Hl7v2Config:
+        import ipaddress
+
+        for peer in self.allowed_peers:
+            try:
+                ipaddress.ip_network(peer, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allowed_peers: {peer!r} is no address or network") from exc
+        unknown = sorted(set(self.refresh_by_event) - set(ADT_EVENTS))
+        if unknown:
+            raise ValueError(f"refresh_by_event: unknown events {', '.join(unknown)}")
+        for types in [self.refresh, *self.refresh_by_event.values()]:
+            for t in types:
+                if not t.isalpha() or not t[:1].isupper():
+                    raise ValueError(f"refresh: {t!r} is no FHIR resource type")
+        return self
+
+    def types_for(self, event: str) -> list[str]:
+        return self.refresh_by_event.get(event, self.refresh)
+
+
 class FacilityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -182,9 +232,16 @@ class FacilityConfig(BaseModel):
     webhook: WebhookConfig | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     mrn_system: str | None = Field(default=None, description="identifier system of this facility's MRNs")
+    hl7v2: Hl7v2Config | None = None
     enabled: bool = True
     change_detection: dict[str, StrategyName] = Field(default_factory=dict)
     subscription: SubscriptionConfig | None = None
+
+    @model_validator(mode="after")
+    def _hl7v2_needs_mrn_system(self) -> FacilityConfig:
+        if self.hl7v2 is not None and self.mrn_system is None:
+            raise ValueError("hl7v2 needs `mrn_system`: the FHIR identifier system of PID-3's MRN")
+        return self
 
 
 class FacilitiesFile(BaseModel):
@@ -198,4 +255,10 @@ class FacilitiesFile(BaseModel):
         duplicated = sorted({i for i in ids if ids.count(i) > 1})
         if duplicated:
             raise ValueError(f"duplicate facility ids: {', '.join(duplicated)}")
+        senders = [
+            (f.hl7v2.sending_application, f.hl7v2.sending_facility) for f in self.facilities if f.hl7v2
+        ]
+        clashing = sorted({f"{a}/{f or '*'}" for a, f in senders if senders.count((a, f)) > 1})
+        if clashing:
+            raise ValueError(f"two facilities declare the same HL7 v2 sender: {', '.join(clashing)}")
         return self

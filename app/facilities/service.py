@@ -46,6 +46,7 @@ def _row_values(cfg: FacilityConfig) -> dict[str, Any]:
         "webhook": cfg.webhook.model_dump(mode="json") if cfg.webhook else {},
         "limits": cfg.limits.model_dump(mode="json"),
         "mrn_system": cfg.mrn_system,
+        "hl7v2": cfg.hl7v2.model_dump(mode="json") if cfg.hl7v2 else {},
         "enabled": cfg.enabled,
         "change_detection": dict(cfg.change_detection),
         "subscription": cfg.subscription.model_dump(mode="json") if cfg.subscription else {},

@@ -1,0 +1,204 @@
+"""The durable write before ``AA``: ADT messages committed to ``adt_inbox`` (group commit), refused ones
+to ``adt_quarantine``.
+
+Concurrent messages (one in flight per connection, many connections) are committed together, one
+transaction per batch: a connection's ``AA`` leaves only once the batch holding its message committed.
+A batch that fails is retried row by row, so one sender's poison row fails alone. A duplicate MSH-10 for
+the facility is stored once (``ON CONFLICT DO NOTHING``) and acknowledged again. Every failure reaches
+the waiting connection, which then answers ``AE`` (never ``AA``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import namedtuple_row
+
+from app.db.models import INBOX_DONE, INBOX_PENDING
+
+CONNECT_TIMEOUT_S = 5
+
+_COLUMNS = {
+    "facility_id": "text",
+    "control_id": "text",
+    "raw": "text",
+    "version": "text",
+    "message_type": "text",
+    "event_type": "text",
+    "message_time": "timestamptz",
+    "mrn": "text",
+    "prior_mrn": "text",
+    "visit_number": "text",
+    "patient_class": "text",
+    "location": "text",
+    "admit_time": "timestamptz",
+    "discharge_time": "timestamptz",
+    "status": "text",
+}
+_NAMES = ", ".join(_COLUMNS)
+_INSERT = f"""
+INSERT INTO adt_inbox ({_NAMES})
+SELECT {_NAMES} FROM jsonb_to_recordset(%s::jsonb) AS r({", ".join(f"{c} {t}" for c, t in _COLUMNS.items())})
+ON CONFLICT (facility_id, control_id) DO NOTHING
+RETURNING facility_id, control_id
+"""  # noqa: S608 - assembled from the constants above
+_QUARANTINE = """
+INSERT INTO adt_quarantine (facility_id, peer, reason, detail, raw_sha256, raw)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (raw_sha256) DO UPDATE SET deliveries = adt_quarantine.deliveries + 1, last_received_at = now()
+RETURNING id
+"""
+
+
+@dataclass(frozen=True)
+class AdtRow:
+    facility_id: str
+    control_id: str
+    raw: str
+    version: str | None
+    message_type: str | None
+    event_type: str | None
+    message_time: datetime | None
+    mrn: str | None
+    prior_mrn: str | None
+    visit_number: str | None
+    patient_class: str | None
+    location: str | None
+    admit_time: datetime | None
+    discharge_time: datetime | None
+    work: bool  # a "patient changed" event: pending work; else stored done (kept for adt_events)
+
+    def record(self) -> dict[str, Any]:
+        values = asdict(self)
+        del values["work"]
+        for key, value in values.items():
+            if isinstance(value, datetime):
+                values[key] = value.isoformat()
+            elif isinstance(value, str):
+                values[key] = value.replace("\x00", "\ufffd")  # Postgres text holds no NUL
+        values["status"] = INBOX_PENDING if self.work else INBOX_DONE
+        return values
+
+
+@dataclass
+class _Job:
+    row: AdtRow
+    future: asyncio.Future[bool]
+
+
+class AdtWriter:
+    """``await write(row)`` returns True when this call stored the row, False for a duplicate; raises
+    when it could not be committed."""
+
+    def __init__(self, conninfo: str, *, max_batch: int = 256, loops: int = 2) -> None:
+        self._conninfo = conninfo
+        self._max_batch = max_batch
+        self._loops = loops
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connections: dict[int, psycopg.AsyncConnection[Any]] = {}
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(i), name=f"adt-writer-{i}") for i in range(self._loops)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for conn in self._connections.values():
+            await conn.close()
+        self._connections.clear()
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("listener shutting down"))
+
+    async def write(self, row: AdtRow) -> bool:
+        job = _Job(row, asyncio.get_running_loop().create_future())
+        await self._queue.put(job)
+        return await job.future
+
+    async def quarantine(
+        self, *, facility_id: str | None, peer: str, reason: str, detail: str, raw: bytes
+    ) -> int:
+        """Keep a refused message (committed when this returns); its id."""
+        conn = await self._connect(-1)
+        digest = hashlib.sha256(raw).hexdigest()
+        try:
+            async with conn.transaction():
+                cur = await conn.execute(
+                    _QUARANTINE, (facility_id, peer[:64], reason, detail[:500], digest, raw)
+                )
+                row = await cur.fetchone()
+        except psycopg.Error:
+            await conn.close()
+            raise
+        assert row is not None
+        return int(row[0])
+
+    async def _connect(self, slot: int) -> psycopg.AsyncConnection[Any]:
+        conn = self._connections.get(slot)
+        if conn is None or conn.closed or conn.broken:
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, connect_timeout=CONNECT_TIMEOUT_S, row_factory=namedtuple_row, autocommit=True
+            )
+            self._connections[slot] = conn
+        return conn
+
+    async def _run(self, slot: int) -> None:
+        while True:
+            jobs = [await self._queue.get()]
+            while len(jobs) < self._max_batch and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            try:
+                await self._commit(slot, jobs)
+            except asyncio.CancelledError:
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError("listener shutting down"))
+                raise
+
+    async def _commit(self, slot: int, jobs: list[_Job]) -> None:
+        try:
+            stored = await self._insert(slot, [job.row for job in jobs])
+        except psycopg.OperationalError as exc:  # the database: every waiting connection answers AE
+            self._fail(jobs, exc)
+            return
+        except psycopg.Error as exc:
+            if len(jobs) == 1:
+                self._fail(jobs, exc)
+                return
+            for job in jobs:  # one row's data failed the batch: each alone, so it fails alone
+                await self._commit(slot, [job])
+            return
+        for job in jobs:
+            key = (job.row.facility_id, job.row.control_id.replace("\x00", "\ufffd"))
+            mine = key in stored
+            stored.discard(key)  # the same message twice in one batch: the first stored it
+            if not job.future.done():
+                job.future.set_result(mine)
+
+    @staticmethod
+    def _fail(jobs: list[_Job], exc: BaseException) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+    async def _insert(self, slot: int, rows: list[AdtRow]) -> set[tuple[str, str]]:
+        conn = await self._connect(slot)
+        try:
+            async with conn.transaction():
+                cur = await conn.execute(_INSERT, (json.dumps([r.record() for r in rows]),))
+                return {(r.facility_id, r.control_id) for r in await cur.fetchall()}
+        except psycopg.OperationalError:
+            await conn.close()
+            raise

@@ -1,0 +1,352 @@
+"""Events → work: an ADT "patient changed" event makes us re-read the patient over FHIR.
+
+Rows are claimed per patient (every due row of up to ``patients`` MRNs at once, so a burst of A08s for
+one patient is one fetch); for each patient: the MRN (PID-3 of the facility's assigning authority,
+trimmed) is resolved by the pipeline's identifier search (``Patient?identifier=mrn_system|value``,
+cached per process), then the FHIR types the facility's ``hl7v2`` block names for the rows' events are
+read with ``{type}?patient={id}`` (patient-scoped, as Epic requires), normalized by the vendor's adapter
+and stored through ``Pipeline.store`` (version guard, history, change feed). An A40 also re-reads the
+non-surviving patient (its id from earlier messages or the ``patients`` view) and records it on the row
+(``merged_patient_id``); both ids stay in ``resources``.
+
+Failures are values: a transient one backs the rows off in Postgres (``next_attempt_at``), up to
+``max_attempts``; a permanent one, or a row with no MRN of ours (``adt_no_mrn``), is ``dead`` with its
+reason. Idempotent: a duplicate task finds nothing to claim; a repeated fetch converges on the same rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.models import (
+    DELETION_NOT_FOUND,
+    DELETION_NOT_FOUND_ANNOUNCED,
+    INBOX_DEAD,
+    INBOX_DONE,
+    INBOX_PENDING,
+    Facility,
+)
+from app.ehr.client import EHRClient
+from app.errors import AdtNoPatient, IngestError
+from app.facilities.schemas import Hl7v2Config
+from app.fhir.references import ResourceRef
+from app.ingest.drain import backoff
+from app.ingest.pipeline.normalize import normalize
+from app.ingest.pipeline.observed import Observed
+from app.ingest.pipeline.references import ReferenceCache
+from app.ingest.pipeline.service import Pipeline, Work
+from app.settings import Settings
+
+log = structlog.get_logger("hl7v2.service")
+
+_CLAIM = text(
+    f"""
+    WITH due AS (
+        SELECT DISTINCT coalesce(mrn, '') AS mrn FROM adt_inbox
+        WHERE facility_id = :facility AND status = '{INBOX_PENDING}' AND next_attempt_at <= now()
+          AND (lease_until IS NULL OR lease_until < now())
+        LIMIT :patients
+    ), rows AS (
+        SELECT id FROM adt_inbox
+        WHERE facility_id = :facility AND status = '{INBOX_PENDING}' AND next_attempt_at <= now()
+          AND (lease_until IS NULL OR lease_until < now())
+          AND coalesce(mrn, '') IN (SELECT mrn FROM due)
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE adt_inbox a SET lease_until = now() + :lease, claim_token = :token, attempts = a.attempts + 1
+    FROM rows WHERE a.id = rows.id
+    RETURNING a.id, a.mrn, a.prior_mrn, a.event_type, a.attempts
+    """  # noqa: S608 - statuses are constants
+)
+_DONE = text(
+    f"""
+    UPDATE adt_inbox SET status = '{INBOX_DONE}', done_at = now(), lease_until = NULL, reason = NULL,
+           detail = NULL, patient_id = :patient_id,
+           merged_patient_id = CASE WHEN event_type = 'A40' THEN :merged ELSE merged_patient_id END
+    WHERE id = ANY(:ids) AND claim_token = :token
+    """  # noqa: S608
+)
+_RETRY = text(
+    f"""
+    UPDATE adt_inbox SET
+        status = CASE WHEN attempts >= :max_attempts OR :permanent THEN '{INBOX_DEAD}' ELSE status END,
+        next_attempt_at = now() + :delay, lease_until = NULL, reason = :reason, detail = :detail
+    WHERE id = ANY(:ids) AND claim_token = :token
+    """  # noqa: S608
+)
+_KNOWN_PATIENT = text(
+    """
+    SELECT patient_id FROM adt_inbox WHERE facility_id = :facility AND mrn = :mrn AND patient_id IS NOT NULL
+    UNION ALL
+    SELECT patient_id FROM patients WHERE facility_id = :facility AND mrn = :mrn
+    LIMIT 1
+    """
+)
+FACILITIES_WITH_DUE_ADT = text(
+    f"""
+    SELECT DISTINCT facility_id FROM adt_inbox
+    WHERE status = '{INBOX_PENDING}' AND next_attempt_at <= now()
+      AND (lease_until IS NULL OR lease_until < now())
+    """  # noqa: S608
+)
+
+
+@dataclass(frozen=True)
+class ClaimedAdt:
+    id: int
+    mrn: str | None
+    prior_mrn: str | None
+    event_type: str | None
+    attempts: int
+
+
+@dataclass
+class PatientWork:
+    mrn: str | None
+    rows: list[ClaimedAdt] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[int]:
+        return [r.id for r in self.rows]
+
+
+@dataclass
+class Claim:
+    token: str
+    patients: list[PatientWork]
+
+
+@dataclass
+class AdtReport:
+    patients: int = 0
+    rows: int = 0
+    done: int = 0
+    retried: int = 0
+    dead: int = 0
+    stored: int = 0
+
+
+# Patient ids resolved from MRNs, per process (an MRN names one patient until a merge).
+_resolved: dict[tuple[str, str], str] = {}
+_resolved_lock = threading.Lock()
+
+
+def claim(session: Session, facility_id: str, *, patients: int, lease: timedelta) -> Claim:
+    token = str(uuid.uuid4())
+    rows = session.execute(
+        _CLAIM, {"facility": facility_id, "patients": patients, "lease": lease, "token": token}
+    ).all()
+    by_mrn: dict[str | None, PatientWork] = {}
+    for r in rows:
+        by_mrn.setdefault(r.mrn, PatientWork(r.mrn)).rows.append(
+            ClaimedAdt(r.id, r.mrn, r.prior_mrn, r.event_type, r.attempts)
+        )
+    return Claim(token, list(by_mrn.values()))
+
+
+def _config(facility: Facility) -> Hl7v2Config:
+    return Hl7v2Config.model_validate(facility.hl7v2)
+
+
+def _search_patient_scoped(
+    pipeline: Pipeline, resource_type: str, patient_id: str
+) -> list[Observed] | IngestError:
+    try:
+        bundles = pipeline.client.search(resource_type, {"patient": patient_id})
+    except IngestError as exc:
+        return exc
+    fetched_at = datetime.now(UTC)
+    return [
+        Observed(pipeline.facility_id, resource_type, str(r["id"]), r, fetched_at)
+        for bundle in bundles
+        for r in pipeline.adapter.search_entries(bundle)
+        if r.get("resourceType") == resource_type and isinstance(r.get("id"), str)
+    ]
+
+
+@dataclass
+class _Fetched:
+    patient_id: str
+    merged_patient_id: str | None
+    observed: list[Observed]
+
+
+def _fetch_patient(
+    session: Session, pipeline: Pipeline, facility: Facility, work: PatientWork, *, now: datetime
+) -> _Fetched | IngestError:
+    assert work.mrn is not None
+    assert facility.mrn_system is not None
+    key = (facility.id, work.mrn)
+    found = pipeline.fetch(Work(identifiers=[("Patient", f"{facility.mrn_system}|{work.mrn}")]), now=now)
+    resolved = next(iter(found.identifiers.values()))
+    if isinstance(resolved, IngestError):
+        return resolved
+    patient_id = resolved[0].resource_id
+    with _resolved_lock:
+        _resolved[key] = patient_id
+    observed = list(resolved)
+    config = _config(facility)
+    types: list[str] = []
+    for row in work.rows:
+        types += [t for t in config.types_for(row.event_type or "") if t != "Patient" and t not in types]
+    for resource_type in types:
+        items = _search_patient_scoped(pipeline, resource_type, patient_id)
+        if isinstance(items, IngestError):
+            return items
+        normalized, _ = normalize(pipeline.adapter, items, now=now)
+        observed += normalized
+    merged = _merged_patient(session, pipeline, facility, work, now=now)
+    if isinstance(merged, IngestError):
+        return merged
+    merged_id, merged_observed = merged
+    return _Fetched(patient_id, merged_id, observed + merged_observed)
+
+
+def _merged_patient(
+    session: Session, pipeline: Pipeline, facility: Facility, work: PatientWork, *, now: datetime
+) -> tuple[str | None, list[Observed]] | IngestError:
+    """A40: re-read the non-surviving patient (a 404/410 is stored as its tombstone; a live one keeps its
+    ``replaced-by`` link in the stored body). Unknown to us: nothing to re-read, nothing recorded."""
+    prior = next((r.prior_mrn for r in work.rows if r.event_type == "A40" and r.prior_mrn), None)
+    if prior is None:
+        return None, []
+    with _resolved_lock:
+        prior_id = _resolved.get((facility.id, prior))
+    if prior_id is None:
+        prior_id = session.execute(_KNOWN_PATIENT, {"facility": facility.id, "mrn": prior}).scalar()
+    if prior_id is None:  # never seen by us: the EHR may still find it by its MRN
+        assert facility.mrn_system is not None
+        search = pipeline.fetch(Work(identifiers=[("Patient", f"{facility.mrn_system}|{prior}")]), now=now)
+        found = next(iter(search.identifiers.values()))
+        if not isinstance(found, list):
+            return None, []  # not found (or not now): the merge is in adt_events, nothing to re-read
+        return found[0].resource_id, found[:1]
+    fetched = pipeline.fetch(Work(reads=[ResourceRef("Patient", prior_id)]), now=now)
+    outcome = fetched.reads[ResourceRef("Patient", prior_id)]
+    if isinstance(outcome, IngestError):
+        return outcome
+    if outcome.deletion == DELETION_NOT_FOUND:
+        # The A40 announced that this patient is gone (merged away): its 404 is an announced deletion.
+        outcome = dataclasses.replace(outcome, deletion=DELETION_NOT_FOUND_ANNOUNCED)
+    return prior_id, [outcome]
+
+
+def process_claimed(
+    session: Session,
+    facility: Facility,
+    client: EHRClient,
+    claimed: Claim,
+    settings: Settings,
+    *,
+    references: ReferenceCache | None = None,
+    now: datetime | None = None,
+) -> AdtReport:
+    """Fetch and store every claimed patient; the caller commits (one transaction per call)."""
+    now = now or datetime.now(UTC)
+    pipeline = Pipeline.for_facility(facility, client, settings, references)
+    report = AdtReport(patients=len(claimed.patients))
+    for work in claimed.patients:
+        report.rows += len(work.rows)
+        outcome: _Fetched | IngestError = (
+            _fetch_patient(session, pipeline, facility, work, now=now)
+            if work.mrn is not None
+            else AdtNoPatient("PID-3 has no identifier of the facility's MRN assigning authority")
+        )
+        if isinstance(outcome, IngestError):
+            _fail(session, settings, facility.id, claimed.token, work, outcome, report)
+            continue
+        with session.begin_nested():
+            stats = pipeline.store(session, outcome.observed)
+            session.execute(
+                _DONE,
+                {
+                    "ids": work.ids,
+                    "token": claimed.token,
+                    "patient_id": outcome.patient_id,
+                    "merged": outcome.merged_patient_id,
+                },
+            )
+        report.done += len(work.rows)
+        report.stored += stats.applied
+    session.flush()
+    return report
+
+
+def _fail(  # noqa: PLR0917 - one call site, the row's whole context
+    session: Session,
+    settings: Settings,
+    facility_id: str,
+    token: str,
+    work: PatientWork,
+    exc: IngestError,
+    report: AdtReport,
+) -> None:
+    attempts = max(r.attempts for r in work.rows)
+    permanent = bool(exc.permanent)
+    delay = backoff(settings, attempts, exc.retry_after)
+    session.execute(
+        _RETRY,
+        {
+            "ids": work.ids,
+            "token": token,
+            "max_attempts": settings.max_attempts,
+            "permanent": permanent,
+            "delay": delay,
+            "reason": exc.reason,
+            "detail": str(exc)[:500],
+        },
+    )
+    if permanent or attempts >= settings.max_attempts:
+        report.dead += len(work.rows)
+    else:
+        report.retried += len(work.rows)
+    log.info("hl7v2.patient_failed", facility_id=facility_id, reason=exc.reason, rows=len(work.rows))
+
+
+def process_facility(
+    sessions: sessionmaker[Session],
+    client_for: Callable[[Facility], EHRClient],
+    facility_id: str,
+    settings: Settings,
+    *,
+    references: ReferenceCache | None = None,
+    patients: int = 20,
+    rounds: int = 50,
+) -> AdtReport:
+    """Claim and process rounds of patients until none is due (or ``rounds`` ran: the caller re-enqueues).
+    Each claim commits before any EHR read, so no transaction waits on the EHR."""
+    total = AdtReport()
+    for _ in range(rounds):
+        with sessions.begin() as session:
+            facility = session.get(Facility, facility_id)
+            if facility is None or not facility.hl7v2:
+                return total
+            claimed = claim(session, facility_id, patients=patients, lease=settings.lease_max_hold)
+            session.expunge(facility)
+        if not claimed.patients:
+            return total
+        client = client_for(facility)
+        with sessions.begin() as session:
+            session.add(facility)
+            report = process_claimed(session, facility, client, claimed, settings, references=references)
+        for name in ("patients", "rows", "done", "retried", "dead", "stored"):
+            setattr(total, name, getattr(total, name) + getattr(report, name))
+    return total
+
+
+def due_facilities(session: Session) -> list[str]:
+    return sorted(session.execute(FACILITIES_WITH_DUE_ADT).scalars().all())
+
+
+def describe(report: AdtReport) -> dict[str, Any]:
+    return {k: getattr(report, k) for k in ("patients", "rows", "done", "retried", "dead", "stored")}
