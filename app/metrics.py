@@ -96,3 +96,15 @@ STALE_WRITES = Counter(
 @lru_cache(maxsize=4096)
 def ehr_request(facility: str, status: str) -> Histogram:
     return EHR_REQUEST_SECONDS.labels(facility, status)
+
+
+RECONCILE_RECOVERED = Counter(
+    "ehri_reconcile_recovered_total",
+    "Changes the reconciler applied that no notification had delivered.",
+    ["facility", "resource_type", "strategy"],
+)
+RECONCILE_RUNS = Counter(
+    "ehri_reconcile_runs_total",
+    "Reconcile runs per facility and resource type, by outcome (complete, partial, a reason slug).",
+    ["facility", "resource_type", "outcome"],
+)

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     sweep_interval: timedelta = Field(
         default=timedelta(seconds=15), description="How often beat re-rings the doorbell from Postgres."
     )
+    reconcile_tick: timedelta = Field(
+        default=timedelta(seconds=30),
+        description="How often beat asks which facilities are due a reconcile (each has its own interval).",
+    )
+    reconcile_time_budget: timedelta = Field(
+        default=timedelta(minutes=4),
+        description="A reconcile run past this commits what it has, stops and continues on the next tick.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -13,7 +13,7 @@ decides when a 404 is a deletion). Redirects are followed only inside the base U
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -145,19 +145,40 @@ class EHRClient:
                 )
         raise PagingSessionExpired(f"{resource_type} search: paging expired {MAX_QUERY_REISSUES + 1} times")
 
+    def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """The pages of a search one at a time, as ``search`` reads them, for callers that commit each
+        page before reading the next (the reconciler). When the server forgets the search between two
+        pages, the query is issued again and its pages come again from the first: callers must be
+        idempotent. A page that fails after the retries raises, and nothing more is yielded."""
+        first = str(httpx.URL(f"{self.base_url}/{resource_type}", params=params))
+        for run in range(MAX_QUERY_REISSUES + 1):
+            try:
+                yield from self._iter_pages(first, resource_type)
+                return
+            except PagingSessionExpired:
+                log.info(
+                    "ehr.search.session_expired",
+                    facility_id=self.facility_id,
+                    resource_type=resource_type,
+                    run=run + 1,
+                )
+        raise PagingSessionExpired(f"{resource_type} search: paging expired {MAX_QUERY_REISSUES + 1} times")
+
     def _pages(self, url: str, resource_type: str) -> list[dict[str, Any]]:
-        bundles: list[dict[str, Any]] = []
-        for _ in range(10_000):  # a bound against a server that links a page to itself forever
-            response = self._get_with_retries(url, gone_ok=False, next_page=bool(bundles))
+        return list(self._iter_pages(url, resource_type))
+
+    def _iter_pages(self, url: str, resource_type: str) -> Iterator[dict[str, Any]]:
+        for index in range(10_000):  # a bound against a server that links a page to itself forever
+            response = self._get_with_retries(url, gone_ok=False, next_page=index > 0)
             bundle = _json(response, f"{resource_type} search")
             if bundle.get("resourceType") != "Bundle":
                 raise UnparseableResource(f"{resource_type} search did not return a Bundle")
-            bundles.append(bundle)
+            yield bundle
             next_url = next(
                 (link.get("url") for link in bundle.get("link", []) if link.get("relation") == "next"), None
             )
             if not isinstance(next_url, str) or not next_url:
-                return bundles
+                return
             url = urljoin(url, next_url)
         raise PagingLoop("search paging did not end")
 

@@ -21,6 +21,14 @@ facilities:
       previous_secret: {env: GENERAL_WEBHOOK_SECRET_OLD}   # optional: still accepted while rotating
       tolerance_s: 300                    # standard-webhooks: replay window around webhook-timestamp
       event_identity: null                # number | event-id; default by vendor (athena: event-id)
+    reconcile:                            # optional; every key has a default
+      interval: PT5M                      # how often the reconciler polls this facility
+      types: [Patient, Observation]       # default: the vendor adapter's reconcile types
+      strategy: {Observation: last-updated}  # per type; default: the vendor adapter's
+      overlap: PT5M                       # re-read this much before the watermark (never below the vendor's)
+      recrawl_interval: PT24H             # full re-crawl comparing content (finds deletions, silent edits)
+      initial_since: 2026-01-01T00:00:00Z # a facility seen for the first time is backfilled from here
+      group: null                         # a Group id whose members join the cohort
 ```
 Secrets are references (a file path or an environment variable name); their values never enter the database.
 
@@ -36,9 +44,12 @@ Sender authentication methods (the receiver checks them before parsing anything)
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from app.reconcile import StrategyName
 
 Vendor = Literal["epic", "oracle", "athena", "meditech", "medplum", "hapi", "generic"]
 
@@ -126,6 +137,20 @@ class WebhookConfig(BaseModel):
         return self.header or DEFAULT_HEADERS[self.method]
 
 
+class ReconcileConfig(BaseModel):
+    """The reconciler's settings for one facility; unset keys take the vendor adapter's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval: timedelta = Field(default=timedelta(minutes=5), gt=timedelta(0))
+    types: list[str] | None = None
+    strategy: dict[str, StrategyName] = Field(default_factory=dict)
+    overlap: timedelta | None = Field(default=None, ge=timedelta(0))
+    recrawl_interval: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
+    initial_since: AwareDatetime | None = None
+    group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+
+
 class FacilityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -137,6 +162,7 @@ class FacilityConfig(BaseModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     mrn_system: str | None = Field(default=None, description="identifier system of this facility's MRNs")
     enabled: bool = True
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
 
 
 class FacilitiesFile(BaseModel):

@@ -47,6 +47,7 @@ def _row_values(cfg: FacilityConfig) -> dict[str, Any]:
         "limits": cfg.limits.model_dump(mode="json"),
         "mrn_system": cfg.mrn_system,
         "enabled": cfg.enabled,
+        "reconcile": cfg.reconcile.model_dump(mode="json", exclude_defaults=True),
     }
 
 
