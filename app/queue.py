@@ -23,6 +23,8 @@ log = structlog.get_logger("queue")
 
 DRAIN_TASK = "ingest.drain_facility"
 SWEEP_TASK = "reconcile.sweep_inbox"
+RECONCILE_FAN_OUT_TASK = "reconcile.fan_out"
+RECONCILE_TASK = "reconcile.poll_facility"
 
 
 def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] | None = None) -> Celery:
@@ -41,7 +43,12 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
         task_queues=[_queue(settings.queue), _queue(settings.periodic_queue)],
-        task_routes={DRAIN_TASK: {"queue": settings.queue}, SWEEP_TASK: {"queue": settings.periodic_queue}},
+        task_routes={
+            DRAIN_TASK: {"queue": settings.queue},
+            SWEEP_TASK: {"queue": settings.periodic_queue},
+            RECONCILE_FAN_OUT_TASK: {"queue": settings.periodic_queue},
+            RECONCILE_TASK: {"queue": settings.periodic_queue},
+        },
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             # Longer than any task (the drain budget, then one last batch renewing its lease for at most
@@ -72,6 +79,11 @@ def enqueue_drain(celery: Celery, queue: str, facility_id: str, *, retry: bool =
     """The one way a drain is asked for: by the receiver's doorbell, a drain handing on the rest of its
     work, and the sweeper. Raises the broker's error; callers decide whether that matters."""
     celery.send_task(DRAIN_TASK, args=[facility_id], queue=queue, retry=retry)
+
+
+def enqueue_reconcile(celery: Celery, queue: str, facility_id: str, *, trigger: str = "schedule") -> None:
+    """Ask for a reconcile of one facility (on the periodic queue: never behind a backlog of drains)."""
+    celery.send_task(RECONCILE_TASK, args=[facility_id, trigger], queue=queue)
 
 
 class Doorbell:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.queue import SWEEP_TASK
+from app.queue import RECONCILE_FAN_OUT_TASK, SWEEP_TASK
 from app.settings import Settings
 
 
@@ -15,5 +15,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.sweep_interval.total_seconds(),
             # a sweep not started within its interval is superseded by the next: they never pile up
             "options": {"expires": settings.sweep_interval.total_seconds()},
+        },
+        "reconcile-fan-out": {
+            "task": RECONCILE_FAN_OUT_TASK,
+            "schedule": settings.reconcile_tick.total_seconds(),
+            "options": {"expires": settings.reconcile_tick.total_seconds()},
         },
     }
