@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-from app.cli import db, dead_letters, dev, facilities, quarantine, serve
+from app.cli import backfill, db, dead_letters, dev, facilities, quarantine, reconcile, serve
 
 # No locals in tracebacks: a bug's traceback must not print settings, secrets or a resource body.
 cli = typer.Typer(
@@ -39,6 +39,8 @@ cli.add_typer(facilities.cli, name="facilities")
 cli.add_typer(db.cli, name="db")
 cli.add_typer(dead_letters.cli, name="dead-letters")
 cli.add_typer(quarantine.cli, name="quarantine")
+cli.add_typer(reconcile.cli, name="reconcile")
+cli.command("backfill")(backfill.backfill)
 cli.command("serve")(serve.serve)
 cli.command("sim")(dev.sim)
 cli.command("demo")(dev.demo)
