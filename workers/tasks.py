@@ -6,7 +6,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from app.ingest.drain import drain_facility as drain
-from app.queue import DRAIN_TASK, enqueue_drain
+from app.queue import DRAIN_TASK, enqueue_drain, enqueue_reconcile
 from workers.celery_app import celery_app, runtime
 
 log = structlog.get_logger("workers.tasks")
@@ -26,6 +26,9 @@ def drain_facility(self: object, facility_id: str) -> dict[str, int]:
         report = drain(rt.sessions, rt.clients.get, facility_id, rt.settings, references=rt.references)
         if report.more:
             enqueue_drain(celery_app, rt.settings.queue, facility_id)
+        if report.reconcile_requested:
+            # The request is in Postgres already: this only saves waiting for the fan-out's next tick.
+            enqueue_reconcile(celery_app, rt.settings.periodic_queue, facility_id, trigger="no-focus")
         if report.claimed:
             log.info(
                 "ingest.drained",
