@@ -92,15 +92,17 @@ Progress = Callable[[TypeReport], None]
 
 @contextmanager
 def facility_lock(sessions: sessionmaker[Session], facility_id: str) -> Iterator[bool]:
-    with sessions() as holder:
-        locked = bool(holder.execute(queries.TRY_LOCK, {"fid": facility_id}).scalar())
-        holder.commit()  # the lock is session-level: it outlives this transaction, not the connection
+    """Whether this process now holds the facility's reconcile lock, until the block ends. The lock is
+    session-level, on a connection of its own outside the pool's reuse (a pooled connection would carry
+    it into other sessions), in autocommit: no transaction stays open for the run."""
+    engine = sessions.kw["bind"]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        locked = bool(conn.execute(queries.TRY_LOCK, {"fid": facility_id}).scalar())
         try:
             yield locked
         finally:
             if locked:
-                holder.execute(queries.UNLOCK, {"fid": facility_id})
-                holder.commit()
+                conn.execute(queries.UNLOCK, {"fid": facility_id})
 
 
 def is_due(session: Session, facility: Facility, plan: FacilityPlan, now: datetime) -> bool:

@@ -4,107 +4,16 @@ notifications at all: whatever reaches Postgres, the reconciler found."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Facility, ReconcileWatermark, RecoveredChange
-from app.ehr.pool import EHRClientPool
-from app.facilities.schemas import FacilitiesFile
-from app.facilities.service import apply_facilities
 from app.fhir.references import ResourceRef
 from app.fhir.resources import content_hash
-from app.reconcile.service import FAILED, reconcile_facility
-from app.settings import Settings
-from devstack.keys import write_keypair
-from devstack.processes import Stack, free_port
-from ehrsim.generator import mrn_system
-from ehrsim.profiles import get_profile
-from tests.conftest import engine_for, migrated_database
-
-# facility id → (ehrsim profile, the types reconciled)
-FACILITIES = {
-    "rc-generic": ("generic", ["Patient", "Observation", "Condition"]),
-    "rc-hapi": ("hapi", ["Patient", "Observation", "Condition", "Encounter"]),
-    "rc-oracle": ("oracle", ["Patient", "Observation", "Condition", "MedicationRequest"]),
-    "rc-athena": ("athena", ["Patient", "Observation", "Condition"]),
-    "rc-epic": ("epic", ["Patient", "Observation", "Condition", "MedicationRequest"]),
-}
-
-
-@dataclass
-class World:
-    sim_url: str
-    sessions: sessionmaker[Session]
-    clients: EHRClientPool
-
-    def admin(self, facility: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        url = f"{self.sim_url}/_admin/{facility}/{path}"
-        response = httpx.post(url, json=body, timeout=30) if body is not None else httpx.get(url, timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def reconcile(self, facility: str, **kwargs: Any) -> Any:
-        return reconcile_facility(self.sessions, self.clients.get, facility, Settings(), **kwargs)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    workdir: Path = tmp_path_factory.mktemp("reconcile")
-    private, public = write_keypair(workdir, "client")
-    port = free_port()
-    sim_facilities = [
-        {
-            "id": fid,
-            "profile": profile,
-            "seed": 5,
-            "patients": 3,
-            "profile_overrides": {"token_flaky_400_rate": 0},
-            "clients": [
-                {"client_id": "ehr-ingest", "public_key_file": str(public), "scopes": ["system/*.read"]}
-            ],
-        }
-        for fid, (profile, _) in FACILITIES.items()
-    ]
-    config = workdir / "ehrsim.yaml"
-    config.write_text(
-        yaml.safe_dump({"public_base_url": f"http://127.0.0.1:{port}", "facilities": sim_facilities})
-    )
-    ours = FacilitiesFile.model_validate(
-        {
-            "facilities": [
-                {
-                    "id": fid,
-                    "vendor": profile,
-                    "base_url": f"http://127.0.0.1:{port}/{fid}/fhir",
-                    "mrn_system": mrn_system(get_profile(profile), fid),
-                    "auth": {"client_id": "ehr-ingest", "private_key": {"file": str(private)}},
-                    # a re-crawl on every run: deletions and silent edits are found at once
-                    "reconcile": {"types": types, "recrawl_interval": "PT0.001S"},
-                }
-                for fid, (profile, types) in FACILITIES.items()
-            ]
-        }
-    )
-    stack = Stack(workdir, dict(__import__("os").environ))
-    stack.start_ehrsim(config, port)
-    with migrated_database(f"ehri_rc_{port}") as url, engine_for(url) as engine:
-        sessions = sessionmaker(engine)
-        with sessions.begin() as session:
-            apply_facilities(session, ours)
-        clients = EHRClientPool(timeout_s=10)
-        try:
-            yield World(f"http://127.0.0.1:{port}", sessions, clients)
-        finally:
-            clients.close()
-            stack.stop()
+from app.reconcile.service import FAILED
+from tests.integration.reconcile_world import FACILITIES, World
 
 
 def _unmatched(world: World, facility: str) -> list[str]:
@@ -211,7 +120,8 @@ def test_a_failing_search_page_stops_the_type_and_keeps_its_watermark(world: Wor
             )
         }
     world.admin(facility, "activity", {"changes": 10})
-    world.admin(facility, "faults", {"error_burst": {"requests": 50, "status": 503}})
+    # the first search, retries and all
+    world.admin(facility, "faults", {"error_burst": {"requests": 4, "status": 503}})
     try:
         report = world.reconcile(facility)
     finally:
