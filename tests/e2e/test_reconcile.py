@@ -175,3 +175,40 @@ def test_a_reconcile_killed_mid_run_loses_nothing_and_its_watermark_is_never_ahe
     wait_until(lambda: not _ledger_ok(scenario, visible), timeout=60, what="every change after the kill")
     assert _not_ahead(scenario, after) == []
     assert _recovered(scenario) == _changed(before, visible)
+
+
+def test_notifications_dropped_by_the_sender_are_recovered_and_counted(scenario: Scenario) -> None:
+    """30 % of notifications dropped. Changes are made in one burst, so a resource with any delivered
+    notification is fetched at its latest version by the webhook path; the rest are the reconciler's
+    to find: exactly those are recovered."""
+    _configure(scenario, interval="PT1H")  # the first run (an empty EHR) now, the next one on request
+    scenario.start(workers=1, concurrency=2, beat=True, env=ENV)
+    wait_until(
+        lambda: bool(_sql(scenario, "SELECT 1 FROM reconcile_runs WHERE outcome = 'complete'")),
+        timeout=30,
+        what="the first reconcile",
+    )
+    _faults(scenario, {"drop_rate": 0.3})
+    scenario.make_changes(FACILITY, 60)
+    truth = _visible([], scenario.truth(FACILITY))
+
+    def drained() -> bool:
+        return scenario.sender_counters(FACILITY)["pending"] == 0 and scenario.ledger(FACILITY).drained
+
+    wait_until(drained, timeout=60, what="every delivered notification drained")
+    assert scenario.sender_counters(FACILITY)["dropped"] > 0
+    notified = {
+        (r.focus_type, r.focus_id)
+        for r in _sql(scenario, "SELECT focus_type, focus_id FROM inbox WHERE facility_id = :f", f=FACILITY)
+    }
+    never_notified = [r for r in truth if (r["resourceType"], r["id"]) not in notified]
+    assert never_notified, "with 30 % dropped some resource should have no notification at all"
+
+    # what the interval's next run would do, asked for now (as a notification without a focus asks)
+    _sql(
+        scenario,
+        "INSERT INTO reconcile_runs (facility_id, trigger, outcome) VALUES (:f, 'test', 'requested')",
+        f=FACILITY,
+    )
+    wait_until(lambda: not _ledger_ok(scenario, truth), timeout=30, what="every change after the reconcile")
+    assert _recovered(scenario) == len(never_notified)
