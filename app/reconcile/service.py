@@ -156,7 +156,7 @@ def reconcile_facility(
             pipeline = Pipeline.for_facility(facility, client, settings, references)
             plan = plan_for(facility, pipeline.adapter, types=types, strategy=strategy)
             started = datetime.now(UTC)
-            if only_if_due and not is_due(session, facility, plan, started):
+            if only_if_due and (not facility.enabled or not is_due(session, facility, plan, started)):
                 report.skipped = True
                 return report
             session.execute(

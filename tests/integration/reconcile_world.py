@@ -33,6 +33,28 @@ FACILITIES = {
     "rc-athena": ("athena", ["Patient", "Observation", "Condition"]),
     "rc-epic": ("epic", ["Patient", "Observation", "Condition", "MedicationRequest"]),
 }
+#: Facilities whose re-crawl is an hour away after the first run: their change searches are what runs.
+CHANGE_SEARCH_ONLY = {
+    "rc-oracle-lu": ("oracle", ["Patient", "Observation", "Condition"]),
+    "rc-athena-lu": ("athena", ["Patient", "Observation", "Condition"]),
+}
+ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY}
+
+
+class Recording(httpx.BaseTransport):
+    """The real transport, remembering each request's URL and answer status (to check query shapes)."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self.seen: list[tuple[str, int]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        self.seen.append((str(request.url), response.status_code))
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 @dataclass
@@ -41,6 +63,7 @@ class World:
     sessions: sessionmaker[Session]
     clients: EHRClientPool
     database_url: str
+    transport: Recording
 
     def admin(self, facility: str, path: str, body: dict[str, Any] | None = None) -> Any:
         url = f"{self.sim_url}/_admin/{facility}/{path}"
@@ -68,7 +91,7 @@ def reconcile_world(workdir: Path) -> Iterator[World]:
                 {"client_id": "ehr-ingest", "public_key_file": str(public), "scopes": ["system/*.read"]}
             ],
         }
-        for fid, (profile, _) in FACILITIES.items()
+        for fid, (profile, _) in ALL.items()
     ]
     config = workdir / "ehrsim.yaml"
     config.write_text(
@@ -84,9 +107,12 @@ def reconcile_world(workdir: Path) -> Iterator[World]:
                     "mrn_system": mrn_system(get_profile(profile), fid),
                     "auth": {"client_id": "ehr-ingest", "private_key": {"file": str(private)}},
                     # a re-crawl on every run: deletions and silent edits are found at once
-                    "reconcile": {"types": types, "recrawl_interval": "PT0.001S"},
+                    "reconcile": {
+                        "types": types,
+                        "recrawl_interval": "PT1H" if fid in CHANGE_SEARCH_ONLY else "PT0.001S",
+                    },
                 }
-                for fid, (profile, types) in FACILITIES.items()
+                for fid, (profile, types) in ALL.items()
             ]
         }
     )
@@ -96,9 +122,10 @@ def reconcile_world(workdir: Path) -> Iterator[World]:
         sessions = sessionmaker(engine)
         with sessions.begin() as session:
             apply_facilities(session, ours)
-        clients = EHRClientPool(timeout_s=10)
+        transport = Recording()
+        clients = EHRClientPool(timeout_s=10, transport=transport)
         try:
-            yield World(f"http://127.0.0.1:{port}", sessions, clients, url)
+            yield World(f"http://127.0.0.1:{port}", sessions, clients, url, transport)
         finally:
             clients.close()
             stack.stop()
