@@ -132,6 +132,8 @@ def backfill(
         clients.close()
         shared.close()
         engine.dispose()
+    if report.failure is not None:
+        render.fail(f"{facility}: cannot reconcile ({report.failure}): {report.failure_detail}")
     if not report.locked:
         render.fail(
             f"{facility}: another reconcile of this facility is running; try again", render.EXIT_FAILED

@@ -28,7 +28,6 @@ facilities:
       overlap: PT5M                       # re-read this much before the watermark (never below the vendor's)
       recrawl_interval: PT24H             # full re-crawl comparing content (finds deletions, silent edits)
       initial_since: 2026-01-01T00:00:00Z # a facility seen for the first time is backfilled from here
-      group: null                         # a Group id whose members join the cohort
 ```
 Secrets are references (a file path or an environment variable name); their values never enter the database.
 
@@ -148,7 +147,6 @@ class ReconcileConfig(BaseModel):
     overlap: timedelta | None = Field(default=None, ge=timedelta(0))
     recrawl_interval: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
     initial_since: AwareDatetime | None = None
-    group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 class FacilityConfig(BaseModel):

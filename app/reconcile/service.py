@@ -32,7 +32,7 @@ from app.db.models import (
     ReconcileWatermark,
 )
 from app.ehr.pool import ClientFactory
-from app.errors import ConfigInvalid, IngestError
+from app.errors import ConfigInvalid, ConfigurationError, IngestError
 from app.ingest.pipeline.observed import Observed
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Pipeline, Work
@@ -70,6 +70,8 @@ class RunReport:
     skipped: bool = False  # not due yet
     run_id: int | None = None
     types: list[TypeReport] = field(default_factory=list)
+    failure: str | None = None  # the reason nothing could run (the facility's configuration)
+    failure_detail: str = ""
 
     @property
     def more(self) -> bool:
@@ -78,7 +80,7 @@ class RunReport:
 
     @property
     def outcome(self) -> str:
-        if any(t.outcome == FAILED for t in self.types):
+        if self.failure is not None or any(t.outcome == FAILED for t in self.types):
             return FAILED
         return PARTIAL if self.more else COMPLETE
 
@@ -152,10 +154,28 @@ def reconcile_facility(
             facility = session.get(Facility, facility_id)
             if facility is None:
                 raise ConfigInvalid(f"no facility {facility_id}")
-            client = client_for(facility)
-            pipeline = Pipeline.for_facility(facility, client, settings, references)
-            plan = plan_for(facility, pipeline.adapter, types=types, strategy=strategy)
             started = datetime.now(UTC)
+            try:
+                client = client_for(facility)
+                pipeline = Pipeline.for_facility(facility, client, settings, references)
+                plan = plan_for(facility, pipeline.adapter, types=types, strategy=strategy)
+            except ConfigurationError as exc:
+                # Nothing can run until a human fixes it: a failed run says why (status, alerts), and the
+                # next interval tries again, not every tick.
+                log.warning("reconcile.unconfigured", facility_id=facility_id, reason=exc.reason)
+                session.add(
+                    ReconcileRun(
+                        facility_id=facility_id,
+                        trigger=trigger,
+                        started_at=started,
+                        finished_at=started,
+                        outcome=FAILED,
+                        reasons={"-": exc.reason},
+                    )
+                )
+                session.commit()
+                report.failure, report.failure_detail = exc.reason, str(exc)
+                return report
             if only_if_due and (not facility.enabled or not is_due(session, facility, plan, started)):
                 report.skipped = True
                 return report

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from app.cli.main import cli
-from app.db.models import ReconcileRun, ReconcileWatermark
+from app.db.models import Facility, ReconcileRun, ReconcileWatermark
 from app.reconcile.schedule import due_facilities
 from app.reconcile.service import PARTIAL, facility_lock
 from app.settings import Settings, get_settings
@@ -99,3 +99,25 @@ def test_backfill_of_an_unknown_facility_is_a_usage_error(world: World, cli_env:
     result = CliRunner().invoke(cli, ["backfill", "nowhere"])
     assert result.exit_code == 2
     assert "unknown facility" in result.stderr
+
+
+def test_a_facility_whose_key_cannot_be_read_records_a_failed_run_and_waits_an_interval(
+    world: World,
+) -> None:
+    with world.sessions.begin() as session:
+        template = session.get(Facility, FACILITY)
+        assert template is not None
+        broken = Facility(
+            id="rc-broken",
+            vendor="generic",
+            base_url=template.base_url,
+            auth={**template.auth, "private_key": {"file": "/nonexistent/key.pem"}},
+            webhook={},
+        )
+        session.add(broken)
+    report = world.reconcile("rc-broken", only_if_due=True)
+    assert (report.outcome, report.failure) == ("failed", "secret_missing")
+    with world.sessions() as session:
+        run = session.scalars(select(ReconcileRun).where(ReconcileRun.facility_id == "rc-broken")).one()
+        assert (run.outcome, run.reasons) == ("failed", {"-": "secret_missing"})
+        assert "rc-broken" not in due_facilities(session)  # not every tick: the next interval
