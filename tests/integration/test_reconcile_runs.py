@@ -84,6 +84,10 @@ def test_backfill_runs_the_reconciler_on_demand_and_status_shows_its_watermarks(
     assert [t["resource_type"] for t in report["types"]] == ["Patient", "Condition"]
     assert {t["strategy"] for t in report["types"]} == {"patient-last-updated"}
 
+    again = CliRunner().invoke(cli, ["backfill", facility], env={"COLUMNS": "200"})  # resumable: again
+    assert again.exit_code == 0, again.output
+    assert f"backfill {facility}: complete" in again.stdout
+
     status = CliRunner().invoke(cli, ["reconcile", "status", facility], env={"COLUMNS": "200"})
     assert status.exit_code == 0, status.output
     with world.sessions() as session:
