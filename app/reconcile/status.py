@@ -40,15 +40,15 @@ def reconcile_status(
     marks = select(ReconcileWatermark).order_by(
         ReconcileWatermark.facility_id, ReconcileWatermark.resource_type, ReconcileWatermark.strategy
     )
-    last = (
-        select(ReconcileRun)
-        .distinct(ReconcileRun.facility_id)
+    latest = (
+        select(func.max(ReconcileRun.id))
         .where(ReconcileRun.outcome.is_distinct_from("requested"))
-        .order_by(ReconcileRun.facility_id, ReconcileRun.started_at.desc())
+        .group_by(ReconcileRun.facility_id)
     )
     if facility_id is not None:
         marks = marks.where(ReconcileWatermark.facility_id == facility_id)
-        last = last.where(ReconcileRun.facility_id == facility_id)
+        latest = latest.where(ReconcileRun.facility_id == facility_id)
+    last = select(ReconcileRun).where(ReconcileRun.id.in_(latest)).order_by(ReconcileRun.facility_id)
     rows = [
         TypeStatus(
             w.facility_id,
