@@ -5,7 +5,9 @@ watermarks are never ahead of what is committed."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -212,3 +214,25 @@ def test_notifications_dropped_by_the_sender_are_recovered_and_counted(scenario:
     )
     wait_until(lambda: not _ledger_ok(scenario, truth), timeout=30, what="every change after the reconcile")
     assert _recovered(scenario) == len(never_notified)
+
+
+def test_two_beats_and_three_workers_reconcile_each_facility_once_per_interval(scenario: Scenario) -> None:
+    _configure(scenario, interval="PT2S")
+    stack = scenario.start(workers=3, concurrency=1, beat=True, env=ENV)
+    celery_beat = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "--schedule"]
+    second = stack.start("beat2", [*celery_beat, str(scenario.workdir / "beat2-schedule")])
+
+    def runs() -> list[Any]:
+        return _sql(
+            scenario,
+            "SELECT started_at, finished_at FROM reconcile_runs"
+            " WHERE facility_id = :f AND outcome = 'complete' ORDER BY started_at",
+            f=FACILITY,
+        )
+
+    wait_until(lambda: len(runs()) >= 4, timeout=30, what="four reconcile runs")
+    assert second.alive()  # both beats fanned out all along
+    done = runs()
+    for earlier, later in itertools.pairwise(done):
+        assert later.started_at >= earlier.finished_at  # never two at once
+        assert (later.started_at - earlier.started_at).total_seconds() >= 2 - 0.05  # once per interval
