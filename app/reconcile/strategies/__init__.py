@@ -8,8 +8,9 @@ from types import MappingProxyType
 
 from app.reconcile import StrategyName
 from app.reconcile.strategies.base import Strategy
+from app.reconcile.strategies.created_date import CreatedDate
 from app.reconcile.strategies.last_updated import LastUpdated
-from app.reconcile.strategies.per_patient import CreatedDate, PatientLastUpdated
+from app.reconcile.strategies.patient_last_updated import PatientLastUpdated
 
 STRATEGIES: Mapping[StrategyName, Strategy] = MappingProxyType(
     {s.name: s for s in (LastUpdated(), PatientLastUpdated(), CreatedDate())}

@@ -1,7 +1,6 @@
-"""The per-patient strategies: ``patient-last-updated`` (Oracle, athena: ``_lastUpdated`` only together
-with ``patient``) and ``created-date`` (Epic: no ``_lastUpdated``, no ``meta``; the type's admin date
-per patient). Both re-crawl the cohort periodically, comparing content, which also catches the edits a
-``_lastUpdated`` ignores (Oracle's minor edits) and finds deletions.
+"""What the per-patient strategies (``patient_last_updated``, ``created_date``) share. Both re-crawl the
+cohort periodically, comparing content, which also catches the edits a ``_lastUpdated`` ignores
+(Oracle's minor edits) and finds deletions.
 
 Types with no patient to scope them by (Patient itself) are crawled whole: that is also how a facility
 that sends nothing tells us about new patients. The watermark becomes the run's start only once every
@@ -11,29 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from app.reconcile import StrategyName
-from app.reconcile.strategies.base import (
-    Page,
-    Scope,
-    crawl,
-    date_value,
-    entries,
-    last_updated_value,
-)
+from app.reconcile.strategies.base import Page, Scope, crawl, entries
 
 
-def _whole_type(scope: Scope) -> Iterator[Page]:
+def whole_type(scope: Scope) -> Iterator[Page]:
     stored = scope.stored_ids(scope.resource_type, None)
     params = {"_count": str(scope.facts.page_size)}
     yield from crawl(scope, params, stored, high_water=scope.started_at)
 
 
-def _search(scope: Scope, params: dict[str, str]) -> Iterator[Page]:
+def search(scope: Scope, params: dict[str, str]) -> Iterator[Page]:
     for bundle in scope.client.search_pages(scope.resource_type, params):
         yield Page(found=entries(scope, bundle), high_water=scope.started_at)
 
 
-def _per_patient(scope: Scope, changes: dict[str, str] | None) -> Iterator[Page]:
+def per_patient(scope: Scope, changes: dict[str, str] | None) -> Iterator[Page]:
     """Per patient: the change search (``changes`` parameters), or a crawl when a re-crawl is due or
     nothing narrower can be asked (no watermark yet, no parameter for this type)."""
     facts = scope.facts
@@ -46,33 +37,6 @@ def _per_patient(scope: Scope, changes: dict[str, str] | None) -> Iterator[Page]
             for page in crawl(scope, params, stored, high_water=scope.started_at):
                 yield Page(page.found, page.reads, page.high_water, recrawled=page.recrawled and last)
         else:
-            yield from _search(scope, {**params, **changes})
+            yield from search(scope, {**params, **changes})
     if not patients:
         yield Page(high_water=scope.started_at, recrawled=scope.recrawl)
-
-
-class PatientLastUpdated:
-    name: StrategyName = "patient-last-updated"
-
-    def pages(self, scope: Scope) -> Iterator[Page]:
-        if scope.resource_type in scope.facts.unscoped_types:
-            yield from _whole_type(scope)
-            return
-        changes = None
-        if scope.since is not None:
-            changes = {scope.facts.last_updated_param: last_updated_value(scope.facts, scope.since)}
-        yield from _per_patient(scope, changes)
-
-
-class CreatedDate:
-    name: StrategyName = "created-date"
-
-    def pages(self, scope: Scope) -> Iterator[Page]:
-        if scope.resource_type in scope.facts.unscoped_types:
-            yield from _whole_type(scope)
-            return
-        param = scope.facts.created_date_params.get(scope.resource_type)
-        changes = None
-        if scope.since is not None and param is not None:
-            changes = {param: date_value(scope.since)}
-        yield from _per_patient(scope, changes)
