@@ -10,7 +10,7 @@ How the drain treats a failure is a class distinction:
 - **deferred** (``ConfigurationError``, ``InternalError``): never retried in-process (retrying cannot
   help until a human or a restart changes something); backed off in Postgres with the same bounded
   budget, then dead-lettered, so a secret mounted late heals by itself and nothing spins.
-- **permanent** (``PermanentEHRError``, ``ForeignHostError``, ``NeedsBackfill``): dead-lettered at once with
+- **permanent** (``PermanentEHRError``, ``ForeignHostError``): dead-lettered at once with
   the reason; ``ehr-ingest dead-letters replay`` once the cause is fixed.
 
 ::
@@ -27,7 +27,7 @@ How the drain treats a failure is a class distinction:
     ├── MessageRejected                     (MLLP listener's reasons) answered AR / quarantined
     ├── AdtNoPatient                        adt_no_mrn               permanent (PID-3 has no MRN of ours)
     ├── ForeignHostError                    foreign_host             permanent (SSRF guard: no connection)
-    ├── NeedsBackfill                       needs_backfill           permanent until the reconciler polls
+    ├── NeedsBackfill                       needs_backfill           old dead letters only (now: a reconcile)
     └── EHRError
         ├── TransientEHRError
         │   ├── EHRTransportError           ehr_transport            connect/read timeouts, resets, DNS
@@ -189,7 +189,9 @@ class ForeignHostError(IngestError):
 
 
 class NeedsBackfill(IngestError):
-    """A notification that names no resource: only a backfill of the facility can find what changed."""
+    """A notification that names no resource. No longer raised: the drain requests a reconcile of the
+    facility instead (``app.reconcile.requests``); kept so that dead letters of earlier versions are still
+    listed with their reason and replayed (which now requests that reconcile)."""
 
     reason = "needs_backfill"
     permanent = True

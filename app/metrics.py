@@ -131,3 +131,15 @@ MLLP_REFUSED_PEERS = Counter(
 @lru_cache(maxsize=8192)
 def mllp_messages(facility: str, event: str, outcome: str) -> Counter:
     return MLLP_MESSAGES.labels(facility, event, outcome)
+
+
+RECONCILE_RECOVERED = Counter(
+    "ehri_reconcile_recovered_total",
+    "Changes the reconciler applied that no notification had delivered.",
+    ["facility", "resource_type", "strategy"],
+)
+RECONCILE_RUNS = Counter(
+    "ehri_reconcile_runs_total",
+    "Reconcile runs per facility and resource type, by outcome (complete, partial, a reason slug).",
+    ["facility", "resource_type", "outcome"],
+)

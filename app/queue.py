@@ -26,6 +26,8 @@ SWEEP_TASK = "reconcile.sweep_inbox"
 CHECK_SUBSCRIPTIONS_TASK = "reconcile.check_subscriptions"  # beat: fans out one check per facility
 CHECK_SUBSCRIPTION_TASK = "reconcile.check_subscription"
 ADT_TASK = "hl7v2.process_facility"
+RECONCILE_FAN_OUT_TASK = "reconcile.fan_out"
+RECONCILE_TASK = "reconcile.poll_facility"
 
 
 def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] | None = None) -> Celery:
@@ -50,6 +52,8 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
             SWEEP_TASK: {"queue": settings.periodic_queue},
             CHECK_SUBSCRIPTIONS_TASK: {"queue": settings.periodic_queue},
             CHECK_SUBSCRIPTION_TASK: {"queue": settings.periodic_queue},
+            RECONCILE_FAN_OUT_TASK: {"queue": settings.periodic_queue},
+            RECONCILE_TASK: {"queue": settings.periodic_queue},
         },
         broker_connection_retry_on_startup=True,
         broker_transport_options={
@@ -96,6 +100,11 @@ def ring_adt(celery: Celery, queue: str, facility_id: str) -> bool:
         log.warning("queue.doorbell_failed", facility_id=facility_id, error=type(exc).__name__)
         return False
     return True
+
+
+def enqueue_reconcile(celery: Celery, queue: str, facility_id: str, *, trigger: str = "schedule") -> None:
+    """Ask for a reconcile of one facility (on the periodic queue: never behind a backlog of drains)."""
+    celery.send_task(RECONCILE_TASK, args=[facility_id, trigger], queue=queue)
 
 
 class Doorbell:

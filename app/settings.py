@@ -106,6 +106,14 @@ class Settings(BaseSettings):
         description="How often each facility's subscription is checked ($status or a read), re-activated "
         "when in error or off, and renewed before its end.",
     )
+    reconcile_tick: timedelta = Field(
+        default=timedelta(seconds=30),
+        description="How often beat asks which facilities are due a reconcile (each has its own interval).",
+    )
+    reconcile_time_budget: timedelta = Field(
+        default=timedelta(minutes=4),
+        description="A reconcile run past this commits what it has, stops and continues on the next tick.",
+    )
 
 
 @lru_cache(maxsize=1)

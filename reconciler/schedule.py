@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.queue import CHECK_SUBSCRIPTIONS_TASK, SWEEP_TASK
+from app.queue import CHECK_SUBSCRIPTIONS_TASK, RECONCILE_FAN_OUT_TASK, SWEEP_TASK
 from app.settings import Settings
 
 
@@ -20,5 +20,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": CHECK_SUBSCRIPTIONS_TASK,
             "schedule": settings.subscription_check_interval.total_seconds(),
             "options": {"expires": settings.subscription_check_interval.total_seconds()},
+        },
+        "reconcile-fan-out": {
+            "task": RECONCILE_FAN_OUT_TASK,
+            "schedule": settings.reconcile_tick.total_seconds(),
+            "options": {"expires": settings.reconcile_tick.total_seconds()},
         },
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from app.errors import IngestError
 from app.hl7v2.service import due_facilities as facilities_with_due_adt
@@ -12,10 +13,15 @@ from app.ingest.sweep import facilities_with_due_work
 from app.queue import (
     CHECK_SUBSCRIPTION_TASK,
     CHECK_SUBSCRIPTIONS_TASK,
+    RECONCILE_FAN_OUT_TASK,
+    RECONCILE_TASK,
     SWEEP_TASK,
     enqueue_adt,
     enqueue_drain,
+    enqueue_reconcile,
 )
+from app.reconcile.schedule import due_facilities
+from app.reconcile.service import reconcile_facility
 from app.reconcile.subscriptions import (
     check_subscription,
     facilities_with_subscriptions,
@@ -75,3 +81,43 @@ def check_facility_subscription(facility_id: str) -> str:
             record_check_failure(session, facility_id, exc, now=datetime.now(UTC))
         log.warning("reconcile.subscription.check_failed", facility_id=facility_id, reason=exc.reason)
         return "failed"
+
+
+@celery_app.task(name=RECONCILE_FAN_OUT_TASK)  # type: ignore[untyped-decorator]
+def fan_out() -> int:
+    """One reconcile task per facility that is due. A duplicate beat sends duplicates; each run checks
+    again, under the facility's lock, that it is still due, so a facility is reconciled once per
+    interval whatever the number of beats and workers."""
+    rt = runtime()
+    with rt.sessions() as session:
+        due = due_facilities(session)
+    for facility_id in due:
+        enqueue_reconcile(celery_app, rt.settings.periodic_queue, facility_id)
+    return len(due)
+
+
+@celery_app.task(name=RECONCILE_TASK, bind=True)  # type: ignore[untyped-decorator]
+def poll_facility(self: object, facility_id: str, trigger: str = "schedule") -> dict[str, int]:
+    """Reconcile one facility if it is due (``app.reconcile.service``).
+
+    Idempotent: a second task while one runs finds the facility locked; one after finds it not due.
+    Retry policy: none here. A failed type keeps its watermark and is retried at the next interval; a
+    run stopped at its time budget is continued by the next tick."""
+    rt = runtime()
+    task_id = getattr(getattr(self, "request", None), "id", None)
+    with bound_contextvars(facility_id=facility_id, task_id=task_id):
+        report = reconcile_facility(
+            rt.sessions,
+            rt.clients.get,
+            facility_id,
+            rt.settings,
+            trigger=trigger,
+            only_if_due=True,
+            references=rt.references,
+        )
+    return {
+        "locked": int(report.locked),
+        "skipped": int(report.skipped),
+        "applied": report.total("applied"),
+        "recovered": report.total("recovered"),
+    }

@@ -7,7 +7,7 @@ from structlog.contextvars import bound_contextvars
 
 from app.hl7v2.service import describe, process_facility
 from app.ingest.drain import drain_facility as drain
-from app.queue import ADT_TASK, DRAIN_TASK, enqueue_adt, enqueue_drain
+from app.queue import ADT_TASK, DRAIN_TASK, enqueue_adt, enqueue_drain, enqueue_reconcile
 from workers.celery_app import celery_app, runtime
 
 log = structlog.get_logger("workers.tasks")
@@ -27,6 +27,9 @@ def drain_facility(self: object, facility_id: str) -> dict[str, int]:
         report = drain(rt.sessions, rt.clients.get, facility_id, rt.settings, references=rt.references)
         if report.more:
             enqueue_drain(celery_app, rt.settings.queue, facility_id)
+        if report.reconcile_requested:
+            # The request is in Postgres already: this only saves waiting for the fan-out's next tick.
+            enqueue_reconcile(celery_app, rt.settings.periodic_queue, facility_id, trigger="no-focus")
         if report.claimed:
             log.info(
                 "ingest.drained",

@@ -8,7 +8,19 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-from app.cli import adt, db, dead_letters, dev, facilities, mllp, quarantine, serve, subscriptions
+from app.cli import (
+    adt,
+    backfill,
+    db,
+    dead_letters,
+    dev,
+    facilities,
+    mllp,
+    quarantine,
+    reconcile,
+    serve,
+    subscriptions,
+)
 
 # No locals in tracebacks: a bug's traceback must not print settings, secrets or a resource body.
 cli = typer.Typer(
@@ -43,6 +55,8 @@ cli.command("subscribe")(subscriptions.subscribe)
 cli.command("unsubscribe")(subscriptions.unsubscribe)
 cli.add_typer(mllp.cli, name="mllp")
 cli.add_typer(adt.cli, name="adt")
+cli.add_typer(reconcile.cli, name="reconcile")
+cli.command("backfill")(backfill.backfill)
 cli.command("serve")(serve.serve)
 cli.command("sim")(dev.sim)
 cli.command("demo")(dev.demo)

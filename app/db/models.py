@@ -99,6 +99,8 @@ class Facility(Base):
     change_detection: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     # The YAML's ``subscription`` block (app.facilities.schemas.SubscriptionConfig); {} means none
     subscription: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # the YAML's ``reconcile:`` block (``app.facilities.schemas.ReconcileConfig``); {} means the defaults
+    reconcile: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -363,6 +365,56 @@ class AdtQuarantined(Base):
     deliveries: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     received_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ReconcileWatermark(Base):
+    """How far the reconciler has seen one facility's changes of one type by one strategy."""
+
+    __tablename__ = "reconcile_watermarks"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    strategy: Mapped[str] = mapped_column(String(32), primary_key=True)
+    watermark: Mapped[datetime | None]
+    recrawled_at: Mapped[datetime | None]
+    last_run_at: Mapped[datetime | None]
+    last_outcome: Mapped[str | None] = mapped_column(String(16))
+    last_reason: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ReconcileRun(Base):
+    __tablename__ = "reconcile_runs"
+    __table_args__ = (Index("ix_reconcile_runs_facility_id", "facility_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    trigger: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    pages: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    resources: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    applied: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    recovered: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    reasons: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+
+
+class RecoveredChange(Base):
+    """A change the reconciler applied that no notification had delivered (the coverage ledger)."""
+
+    __tablename__ = "reconcile_recovered"
+    __table_args__ = (Index("ix_reconcile_recovered_facility_id", "facility_id", "resource_type"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(128))
+    version_id: Mapped[str | None] = mapped_column(String(128))
+    deleted: Mapped[bool] = mapped_column(Boolean)
+    strategy: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
+    recovered_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 def sql_types(model: type[Base], columns: Iterable[str]) -> dict[str, str]:

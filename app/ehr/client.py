@@ -219,15 +219,27 @@ class EHRClient:
                 )
         raise PagingSessionExpired(f"{resource_type} search: paging expired {MAX_QUERY_REISSUES + 1} times")
 
+    def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """The pages of a search one at a time, as ``search`` reads them, for callers that commit each
+        page before reading the next (the reconciler). When the server forgets the search between two
+        pages, the query is issued again and its pages come again from the first: callers must be
+        idempotent. A page that fails after the retries raises, and nothing more is yielded."""
+        first = str(httpx.URL(f"{self.base_url}/{resource_type}", params=params))
+        for run in range(MAX_QUERY_REISSUES + 1):
+            try:
+                yield from self._iter_pages(first, resource_type)
+                return
+            except PagingSessionExpired:
+                log.info(
+                    "ehr.search.session_expired",
+                    facility_id=self.facility_id,
+                    resource_type=resource_type,
+                    run=run + 1,
+                )
+        raise PagingSessionExpired(f"{resource_type} search: paging expired {MAX_QUERY_REISSUES + 1} times")
+
     def _pages(self, url: str, resource_type: str) -> list[dict[str, Any]]:
         return list(self._iter_pages(url, resource_type))
-
-    def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
-        """The pages of a search one at a time, as they arrive (a backfill holds one page, not all of
-        them). A paging session that expires midway raises ``PagingSessionExpired``: the pages already
-        yielded were real, so only the caller knows whether to start again."""
-        first = str(httpx.URL(f"{self.base_url}/{resource_type}", params=params))
-        return self._iter_pages(first, resource_type)
 
     def _iter_pages(self, url: str, resource_type: str) -> Iterator[dict[str, Any]]:
         for n in range(10_000):  # a bound against a server that links a page to itself forever

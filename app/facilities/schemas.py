@@ -31,6 +31,13 @@ facilities:
       payload: id-only                    # id-only | full-resource | empty
       heartbeat_s: 60
       lifetime_days: 30                   # optional: Subscription.end, renewed `renew_before_days` before
+    reconcile:                            # optional; every key has a default
+      interval: PT5M                      # how often the reconciler polls this facility
+      types: [Patient, Observation]       # default: the vendor adapter's reconcile types
+      strategy: {Observation: last-updated}  # per type; default: the vendor adapter's
+      overlap: PT5M                       # re-read this much before the watermark (never below the vendor's)
+      recrawl_interval: PT24H             # full re-crawl comparing content (finds deletions, silent edits)
+      initial_since: 2026-01-01T00:00:00Z # a facility seen for the first time is backfilled from here
 ```
 Secrets are references (a file path or an environment variable name); their values never enter the database.
 
@@ -46,9 +53,10 @@ Sender authentication methods (the receiver checks them before parsing anything)
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from app.reconcile import StrategyName
 
@@ -222,6 +230,19 @@ class Hl7v2Config(BaseModel):
         return self.refresh_by_event.get(event, self.refresh)
 
 
+class ReconcileConfig(BaseModel):
+    """The reconciler's settings for one facility; unset keys take the vendor adapter's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval: timedelta = Field(default=timedelta(minutes=5), gt=timedelta(0))
+    types: list[str] | None = None
+    strategy: dict[str, StrategyName] = Field(default_factory=dict)
+    overlap: timedelta | None = Field(default=None, ge=timedelta(0))
+    recrawl_interval: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
+    initial_since: AwareDatetime | None = None
+
+
 class FacilityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -242,6 +263,8 @@ class FacilityConfig(BaseModel):
         if self.hl7v2 is not None and self.mrn_system is None:
             raise ValueError("hl7v2 needs `mrn_system`: the FHIR identifier system of PID-3's MRN")
         return self
+
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
 
 
 class FacilitiesFile(BaseModel):

@@ -50,6 +50,7 @@ def _row_values(cfg: FacilityConfig) -> dict[str, Any]:
         "enabled": cfg.enabled,
         "change_detection": dict(cfg.change_detection),
         "subscription": cfg.subscription.model_dump(mode="json") if cfg.subscription else {},
+        "reconcile": cfg.reconcile.model_dump(mode="json", exclude_defaults=True),
     }
 
 

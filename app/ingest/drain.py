@@ -43,7 +43,7 @@ from app.db.models import (
     Facility,
 )
 from app.ehr.client import EHRClient
-from app.errors import IngestError, InternalError, NeedsBackfill, NotFoundUnconfirmed, RevivalUnverified
+from app.errors import IngestError, InternalError, NotFoundUnconfirmed, RevivalUnverified
 from app.fhir import jsonwire
 from app.fhir.references import ResourceRef
 from app.fhir.resources import resource_meta
@@ -53,6 +53,7 @@ from app.ingest.pipeline.observed import Observed, Outcome
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Fetched, IdentifierKey, Pipeline, Work
 from app.metrics import BATCH_SECONDS, DRAIN_SECONDS, INBOX_ROWS, STALE_WRITES
+from app.reconcile.requests import request_reconcile
 from app.settings import Settings
 from app.vendors.base import VendorAdapter
 
@@ -81,6 +82,7 @@ class DrainReport:
     dead: int = 0
     stale: int = 0
     more: bool = False
+    reconcile_requested: bool = False  # a notification named nothing: the facility is to be reconciled
     reasons: dict[str, int] = field(default_factory=dict)
     rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (outcome, reason or "-") -> rows
 
@@ -293,20 +295,20 @@ def _record(
         )
     if plan.no_focus:
         # An `empty` notification (a payload-less POST, backport `empty`) names nothing to fetch: only
-        # a backfill of the facility can find what changed. Until the reconciler polls, these rows are
-        # dead letters with that reason (visible, countable, replayable), never quietly done.
-        error = NeedsBackfill(
-            "the notification names no resource; backfill this facility since the row's received_at"
-        )
-        _record_failure(
+        # a reconcile of the facility can find what changed. The request is durable and written with
+        # the rows' outcome (app.reconcile.requests), so the rows are done: the reconciler has them.
+        request_reconcile(session, plan.facility_id, "no-focus")
+        _mark(
             session,
+            queries.MARK_DONE,
             plan.no_focus,
-            error,
-            facility_id=plan.facility_id,
-            resource_type="-",
-            settings=settings,
+            {"reason": None, "token": _token(plan.no_focus)},
             report=report,
+            outcome="done",
+            reason=None,
+            facility_id=plan.facility_id,
         )
+        report.reconcile_requested = True
     return report
 
 
@@ -629,6 +631,7 @@ def _accumulate(total: DrainReport, report: DrainReport) -> None:
     total.retried += report.retried
     total.dead += report.dead
     total.stale += report.stale
+    total.reconcile_requested = total.reconcile_requested or report.reconcile_requested
     for reason, n in report.reasons.items():
         total.reasons[reason] = total.reasons.get(reason, 0) + n
     for key, n in report.rows.items():

@@ -17,6 +17,7 @@ from app.fhir.normalize import Normalized, SummaryOptions, normalize_resource, p
 from app.fhir.normalize.names import ISO21090_PREFERRED
 from app.fhir.notifications import Announcement, EventIdentity, NotificationShape
 from app.reconcile import StrategyName
+from app.reconcile.facts import DEFAULT_TYPES, SearchFacts
 
 
 class VendorAdapter(Protocol):
@@ -27,6 +28,16 @@ class VendorAdapter(Protocol):
     def default_change_detection(self) -> StrategyName:
         """The change-detection strategy this vendor allows when nothing else is known (DESIGN.md table);
         a facility's probed capabilities and its YAML may choose another per resource type."""
+        ...
+
+    @property
+    def search_facts(self) -> SearchFacts:
+        """What this vendor's search API lets the reconciler ask (parameter spellings, precision, limits)."""
+        ...
+
+    @property
+    def reconcile_types(self) -> tuple[str, ...]:
+        """The resource types reconciled when a facility's YAML names none."""
         ...
 
     @property
@@ -96,6 +107,8 @@ class DefaultAdapter:
 
     vendor: str = "generic"
     default_change_detection: StrategyName = "last-updated"
+    search_facts: SearchFacts = SearchFacts()
+    reconcile_types: tuple[str, ...] = DEFAULT_TYPES
     event_identity: EventIdentity = "number"
     not_found_is_final: bool = False
     # Standard FHIR: the Subscriptions Backport, R4B and R5 notification Bundles, a legacy R4 rest-hook's

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from app.reconcile import StrategyName
+from app.reconcile.facts import SearchFacts
 from app.vendors.base import DefaultAdapter
 
 
@@ -20,6 +21,8 @@ class EpicAdapter(DefaultAdapter):
     default_change_detection: StrategyName = (
         "created-date"  # no _lastUpdated and no meta: admin dates per patient plus a cohort re-crawl
     )
+    # ``_lastupdated`` (so spelled) exists on DocumentReference alone; Patient searches cap at 100 (4127).
+    search_facts = SearchFacts(last_updated_param="_lastupdated", sort_last_updated=False)
     batch_read = False
     batch_max = 1
     paging_expired_codes = frozenset({"4113"})

@@ -12,11 +12,15 @@
 from __future__ import annotations
 
 from app.reconcile import StrategyName
+from app.reconcile.facts import SearchFacts
 from app.vendors.base import DefaultAdapter
 
 
 class OracleAdapter(DefaultAdapter):
     vendor = "oracle"
     default_change_detection: StrategyName = "patient-last-updated"  # _lastUpdated only per patient
+    # At most two ``_lastUpdated`` values, never with ``date``; only clinically significant edits move it
+    # (the re-crawl finds the rest).
+    search_facts = SearchFacts(last_updated_max_values=2, last_updated_with_dates=False)
     batch_read = False
     server_error_outcome_is_final = True

@@ -1,7 +1,7 @@
 """Webhook message ids seen (Standard Webhooks ``webhook-id``): a replay inside the window is stored once.
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-02
 """
 

@@ -2,7 +2,7 @@
 keep at each EHR, and reconcile requests (windows to search again).
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-02
 """
 

@@ -7,7 +7,7 @@ MSH-10 per facility), its rows are claimed per patient rather than per resource,
 load never contends with the webhook receiver's group commits on one table's indexes.
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0010
 Create Date: 2026-12-02
 """
 

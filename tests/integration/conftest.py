@@ -18,6 +18,7 @@ from app.facilities.schemas import AuthConfig
 from app.vendors import adapter_for
 from devstack.keys import write_keypair
 from devstack.processes import Stack, free_port
+from tests.integration.reconcile_world import World, reconcile_world
 
 PROFILES = ["epic", "oracle", "athena", "meditech", "medplum", "hapi", "generic"]
 
@@ -113,3 +114,10 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
         yield Sim(f"http://127.0.0.1:{port}", private.read_text())
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The reconciler's own ehrsim and database (``tests.integration.reconcile_world``)."""
+    with reconcile_world(tmp_path_factory.mktemp("reconcile")) as w:
+        yield w

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from app.ingest.dead_letters import replay_dead_letters
 from app.ingest.drain import claim, process_batch
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Pipeline
@@ -207,16 +208,36 @@ def test_identifier_only_focus_is_resolved_by_search_and_never_dropped(
     assert db.execute(text("SELECT resource_id FROM resources")).scalar_one() == "doc-1"
 
 
-def test_an_event_naming_no_resource_is_a_visible_dead_letter_not_done(
+def test_an_event_naming_no_resource_requests_a_reconcile_of_its_facility(
     db: Session, settings: Settings
 ) -> None:
-    """HAPI's payload-less POST: only a backfill can tell what changed, so the row must not look handled."""
+    """HAPI's payload-less POST: only a reconcile can tell what changed. The request is durable, in the
+    same transaction as the row's outcome, so the row is done rather than a dead letter."""
     facility = make_facility(db)
     db.execute(text("INSERT INTO inbox (facility_id, dedup_key) VALUES ('fac-1', 'empty-1')"))
     rows = claim(db, "fac-1", limit=10, lease=LEASE)
     report = process_batch(db, facility, make_client(_ehr({})), rows, settings)
-    assert report.dead == 1
-    assert db.execute(text("SELECT status, reason FROM inbox")).one() == ("dead", "needs_backfill")
+    assert (report.dead, report.done, report.reconcile_requested) == (0, 1, True)
+    assert db.execute(text("SELECT status, reason FROM inbox")).one() == ("done", None)
+    requested = db.execute(text("SELECT facility_id, trigger, outcome FROM reconcile_runs")).one()
+    assert tuple(requested) == ("fac-1", "no-focus", "requested")
+
+
+def test_a_needs_backfill_dead_letter_replayed_requests_a_reconcile(db: Session, settings: Settings) -> None:
+    """Dead letters left by earlier versions (reason needs_backfill) are replayable: the replay now ends
+    in a reconcile request, not in the same dead letter."""
+    facility = make_facility(db)
+    db.execute(
+        text(
+            "INSERT INTO inbox (facility_id, dedup_key, status, reason) "
+            "VALUES ('fac-1', 'empty-1', 'dead', 'needs_backfill')"
+        )
+    )
+    assert replay_dead_letters(db, facility="fac-1", reason="needs_backfill", ids=None) == {"fac-1": 1}
+    rows = claim(db, "fac-1", limit=10, lease=LEASE)
+    report = process_batch(db, facility, make_client(_ehr({})), rows, settings)
+    assert report.reconcile_requested
+    assert db.execute(text("SELECT status FROM inbox")).scalar_one() == "done"
 
 
 def test_a_worker_whose_lease_ran_out_cannot_record_outcomes_over_the_new_owner(

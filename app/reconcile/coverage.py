@@ -1,0 +1,83 @@
+"""Coverage: the changes a reconcile applied that no notification had delivered (*recovered*).
+
+What a page's write changed is told by the stored rows before and after it, in the same transaction:
+a key whose (content, deleted, version) moved was applied by this write. It is recovered unless a
+notification for it is still on its way (a pending inbox row): then the webhook path would have
+delivered it too, and the reconciler merely came first.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from app.db.models import RecoveredChange
+from app.ingest.pipeline.observed import Observed
+from app.metrics import RECONCILE_RECOVERED
+from app.reconcile import queries
+
+Key = tuple[str, str]
+State = tuple[str, bool, str | None]
+
+
+def _state(session: Session, facility_id: str, keys: list[Key]) -> dict[Key, State]:
+    if not keys:
+        return {}
+    rows = session.execute(
+        queries.SNAPSHOT,
+        {"fid": facility_id, "resource_type": [k[0] for k in keys], "resource_id": [k[1] for k in keys]},
+    )
+    return {(r.resource_type, r.resource_id): (r.content_hash, r.deleted, r.version_id) for r in rows}
+
+
+def _keys(items: list[Observed]) -> list[Key]:
+    return list(dict.fromkeys((o.resource_type, o.resource_id) for o in items))
+
+
+def snapshot(session: Session, facility_id: str, items: list[Observed]) -> dict[Key, State]:
+    return _state(session, facility_id, _keys(items))
+
+
+def record(
+    session: Session,
+    facility_id: str,
+    items: list[Observed],
+    before: dict[Key, State],
+    *,
+    strategy: str,
+    run_id: int | None,
+) -> int:
+    """Record what the write of ``items`` recovered (caller commits); returns how many."""
+    keys = _keys(items)
+    after = _state(session, facility_id, keys)
+    changed = [k for k in keys if k in after and after[k] != before.get(k)]
+    if not changed:
+        return 0
+    pending = {
+        (r.focus_type, r.focus_id)
+        for r in session.execute(
+            queries.NOTIFIED_PENDING,
+            {"fid": facility_id, "types": [k[0] for k in changed], "ids": [k[1] for k in changed]},
+        )
+    }
+    recovered = [k for k in changed if k not in pending]
+    if not recovered:
+        return 0
+    session.execute(
+        insert(RecoveredChange),
+        [
+            {
+                "facility_id": facility_id,
+                "resource_type": k[0],
+                "resource_id": k[1],
+                "version_id": after[k][2],
+                "deleted": after[k][1],
+                "strategy": strategy,
+                "run_id": run_id,
+            }
+            for k in recovered
+        ],
+    )
+    for resource_type, _ in recovered:
+        RECONCILE_RECOVERED.labels(facility_id, resource_type, strategy).inc()
+    return len(recovered)

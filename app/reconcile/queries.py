@@ -1,0 +1,54 @@
+"""The reconciler's reusable SQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+#: One reconcile per facility at a time, across every process: a session-level advisory lock held on a
+#: connection of its own for the run (released when the run ends or its process dies).
+TRY_LOCK = text("SELECT pg_try_advisory_lock(hashtextextended('ehri-reconcile:' || :fid, 0))")
+UNLOCK = text("SELECT pg_advisory_unlock(hashtextextended('ehri-reconcile:' || :fid, 0))")
+
+#: The facility's cohort: its stored patients, and the subjects of its other stored resources.
+COHORT = text(
+    """
+    SELECT resource_id AS patient FROM resources
+     WHERE facility_id = :fid AND resource_type = 'Patient' AND NOT deleted
+    UNION
+    SELECT substr(ref, 9) FROM (
+        SELECT coalesce(resource->'subject'->>'reference', resource->'patient'->>'reference') AS ref
+          FROM resources WHERE facility_id = :fid AND resource_type <> 'Patient' AND NOT deleted
+    ) s WHERE ref LIKE 'Patient/%'
+    ORDER BY 1
+    """
+)
+
+STORED_IDS = text(
+    "SELECT resource_id FROM resources WHERE facility_id = :fid AND resource_type = :rtype AND NOT deleted"
+)
+STORED_IDS_OF_PATIENT = text(
+    """
+    SELECT resource_id FROM resources
+     WHERE facility_id = :fid AND resource_type = :rtype AND NOT deleted
+       AND coalesce(resource->'subject'->>'reference', resource->'patient'->>'reference') = :ref
+    """
+)
+
+#: What is stored now for some keys: told before and after a page's write, the difference is applied.
+SNAPSHOT = text(
+    """
+    SELECT r.resource_type, r.resource_id, r.content_hash, r.deleted, r.version_id
+    FROM resources r
+    JOIN unnest(CAST(:resource_type AS text[]), CAST(:resource_id AS text[])) AS k(resource_type, resource_id)
+      ON r.facility_id = :fid AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id
+    """
+)
+
+#: Resources a notification is on its way for (a pending inbox row): their change is not recovered.
+NOTIFIED_PENDING = text(
+    """
+    SELECT DISTINCT focus_type, focus_id FROM inbox
+     WHERE facility_id = :fid AND status = 'pending' AND focus_type = ANY(CAST(:types AS text[]))
+       AND focus_id = ANY(CAST(:ids AS text[]))
+    """
+)

@@ -1,0 +1,131 @@
+"""An ehrsim of its own (one facility per profile, sending nothing) and a database of its own (the
+reconciler commits page by page) for the reconciler's integration tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.ehr.pool import EHRClientPool
+from app.facilities.schemas import FacilitiesFile
+from app.facilities.service import apply_facilities
+from app.reconcile.service import reconcile_facility
+from app.settings import Settings
+from devstack.keys import write_keypair
+from devstack.processes import Stack, free_port
+from ehrsim.generator import mrn_system
+from ehrsim.profiles import get_profile
+from tests.conftest import engine_for, migrated_database
+
+# facility id → (ehrsim profile, the types reconciled)
+FACILITIES = {
+    "rc-generic": ("generic", ["Patient", "Observation", "Condition"]),
+    "rc-hapi": ("hapi", ["Patient", "Observation", "Condition", "Encounter"]),
+    "rc-oracle": ("oracle", ["Patient", "Observation", "Condition", "MedicationRequest"]),
+    "rc-athena": ("athena", ["Patient", "Observation", "Condition"]),
+    "rc-epic": ("epic", ["Patient", "Observation", "Condition", "MedicationRequest"]),
+}
+#: Facilities whose re-crawl is an hour away after the first run: their change searches are what runs.
+CHANGE_SEARCH_ONLY = {
+    "rc-oracle-lu": ("oracle", ["Patient", "Observation", "Condition"]),
+    "rc-athena-lu": ("athena", ["Patient", "Observation", "Condition"]),
+}
+ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY}
+
+
+class Recording(httpx.BaseTransport):
+    """The real transport, remembering each request's URL and answer status (to check query shapes)."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self.seen: list[tuple[str, int]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        self.seen.append((str(request.url), response.status_code))
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@dataclass
+class World:
+    sim_url: str
+    sessions: sessionmaker[Session]
+    clients: EHRClientPool
+    database_url: str
+    transport: Recording
+
+    def admin(self, facility: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        url = f"{self.sim_url}/_admin/{facility}/{path}"
+        response = httpx.post(url, json=body, timeout=30) if body is not None else httpx.get(url, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def reconcile(self, facility: str, settings: Settings | None = None, **kwargs: Any) -> Any:
+        return reconcile_facility(self.sessions, self.clients.get, facility, settings or Settings(), **kwargs)
+
+
+@contextmanager
+def reconcile_world(workdir: Path) -> Iterator[World]:
+    """ehrsim with ``FACILITIES`` and a migrated database with them registered; stopped and dropped after."""
+    private, public = write_keypair(workdir, "client")
+    port = free_port()
+    sim_facilities = [
+        {
+            "id": fid,
+            "profile": profile,
+            "seed": 5,
+            "patients": 3,
+            "profile_overrides": {"token_flaky_400_rate": 0},
+            "clients": [
+                {"client_id": "ehr-ingest", "public_key_file": str(public), "scopes": ["system/*.read"]}
+            ],
+        }
+        for fid, (profile, _) in ALL.items()
+    ]
+    config = workdir / "ehrsim.yaml"
+    config.write_text(
+        yaml.safe_dump({"public_base_url": f"http://127.0.0.1:{port}", "facilities": sim_facilities})
+    )
+    ours = FacilitiesFile.model_validate(
+        {
+            "facilities": [
+                {
+                    "id": fid,
+                    "vendor": profile,
+                    "base_url": f"http://127.0.0.1:{port}/{fid}/fhir",
+                    "mrn_system": mrn_system(get_profile(profile), fid),
+                    "auth": {"client_id": "ehr-ingest", "private_key": {"file": str(private)}},
+                    # a re-crawl on every run: deletions and silent edits are found at once
+                    "reconcile": {
+                        "types": types,
+                        "recrawl_interval": "PT1H" if fid in CHANGE_SEARCH_ONLY else "PT0.001S",
+                    },
+                }
+                for fid, (profile, types) in ALL.items()
+            ]
+        }
+    )
+    stack = Stack(workdir, dict(os.environ))
+    stack.start_ehrsim(config, port)
+    with migrated_database(f"ehri_rc_{port}") as url, engine_for(url) as engine:
+        sessions = sessionmaker(engine)
+        with sessions.begin() as session:
+            apply_facilities(session, ours)
+        transport = Recording()
+        clients = EHRClientPool(timeout_s=10, transport=transport)
+        try:
+            yield World(f"http://127.0.0.1:{port}", sessions, clients, url, transport)
+        finally:
+            clients.close()
+            stack.stop()
