@@ -573,6 +573,13 @@ class _Api:
             facility.apply_faults(FaultUpdate(reset=True))
         return _json(facility.faults.state())
 
+    async def mllp(self, request: Request) -> Response:
+        """The HL7 v2 feed's ground truth: counters, and every message with its status (``ehrsim.mllp``)."""
+        facility = self._facility(request)
+        if facility.mllp is None:
+            return _json({"error": f"facility {facility.id} has no mllp feed"}, 404)
+        return _json(facility.mllp.state())
+
     async def subscriptions(self, request: Request) -> Response:
         facility = self._facility(request)
         return _json(
@@ -619,6 +626,7 @@ def create_app(
         async with httpx.AsyncClient(transport=webhook_transport, timeout=120.0) as client:
             api.outbound = client
             tasks = [asyncio.create_task(s.run(client)) for s in senders]
+            tasks += [asyncio.create_task(f.mllp.run()) for f in facilities.values() if f.mllp is not None]
             try:
                 yield
             finally:
@@ -636,6 +644,7 @@ def create_app(
         Route("/_admin/{fac}/requests", api.requests, methods=["GET"]),
         Route("/_admin/{fac}/faults", api.faults, methods=["GET", "POST", "DELETE"]),
         Route("/_admin/{fac}/subscriptions", api.subscriptions, methods=["GET"]),
+        Route("/_admin/{fac}/mllp", api.mllp, methods=["GET"]),
         Route("/{fac}/oauth2/token", api.token, methods=["POST"]),
         Route("/{fac}/fhir/.well-known/smart-configuration", api.smart_configuration, methods=["GET"]),
         Route("/{fac}/fhir/metadata", api.metadata, methods=["GET"]),
