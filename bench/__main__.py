@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.pipeline", "bench.ehrsim_bench", "bench.webhook"]
+BENCHMARKS = ["bench.pipeline", "bench.ehrsim_bench", "bench.webhook", "bench.mllp"]
 
 
 def main(argv: list[str]) -> int:
