@@ -58,11 +58,17 @@ class Facility:
             assert self.sender is not None  # created above whenever there is a webhook
             self.sender.add(self._configured_subscription(config.webhook))
         self.mllp: MllpSender | None = None
+        self._encounter_status: dict[str, str] = {}  # as last announced: an update's event is its transition
         if config.mllp is not None:
             self.mllp = MllpSender(config.id, config.mllp, self._wire(), self.faults)
         self._generator = Generator(self.store, config.seed, config.id, self.profile)
         # The chart that exists before the subscription starts: no notifications.
         self._generator.populate(config.patients)
+        if self.mllp is not None:
+            for record in (
+                self.store.records_of("Encounter") if "Encounter" in self.store.resource_types else []
+            ):
+                self._encounter_status[record.id] = str(record.resource.get("status"))
 
     @property
     def supports_subscriptions(self) -> bool:
@@ -74,10 +80,11 @@ class Facility:
     def scaled(self, seconds: float) -> float:
         return seconds * self.time_scale
 
-    def activity(self, changes: int) -> None:
-        """Perform ``changes`` seeded changes, each queued as a notification for matching subscriptions."""
+    def activity(self, changes: int, *, adt: bool = False) -> None:
+        """Perform ``changes`` seeded changes, each queued as a notification for matching subscriptions
+        (``adt``: Patient and Encounter changes only, the mix of an ADT feed)."""
         for _ in range(changes):
-            change = self._generator.step()
+            change = self._generator.step_adt() if adt else self._generator.step()
             if self.sender is not None and self.sender.subscriptions:
                 record = self.store.get(change.resource_type, change.id)
                 resource = record.resource if record is not None and not record.deleted else None
@@ -107,9 +114,12 @@ class Facility:
         record = self.store.get(change.resource_type, change.id)
         if record is None:
             return
-        event = adt_event(change, record.resource)
+        status = record.resource.get("status")
+        event = adt_event(change, record.resource, self._encounter_status.get(change.id))
         if event is None:
             return
+        if change.resource_type == "Encounter" and isinstance(status, str):
+            self._encounter_status[change.id] = status
         if change.resource_type == "Patient":
             self.mllp.enqueue(change, event, record.resource)
             return

@@ -7,9 +7,9 @@ so the feed and the FHIR API tell the same story:
 |---|---|
 | Patient create / update | A04 register / A08 update |
 | Encounter create | A01 admit (PV1-44 = ``period.start``) |
-| Encounter update to ``finished`` | A03 discharge (PV1-45 = ``period.end``) |
-| Encounter update to ``entered-in-error``, Encounter delete | A11 cancel admit |
-| any other Encounter update | A08 update |
+| Encounter update that makes it ``finished`` | A03 discharge (PV1-45 = ``period.end``) |
+| Encounter update that makes it ``entered-in-error``, Encounter delete | A11 cancel admit |
+| any other Encounter update (Oracle's narrative-only edits) | A08 update |
 
 ehrsim has no merges (no A40) and its encounters carry no location (no A02 transfer). PID-3 repeats the
 patient's identifiers: its FHIR id typed ``PI``, then the MRN (trimmed) typed ``MR`` with the facility's
@@ -58,22 +58,28 @@ def assigning_authority(namespace: str, mrn_system: str) -> str:
     return f"{_escape(namespace)}&{_escape(mrn_system)}&URI"
 
 
-def adt_event(change: Change, resource: dict[str, Any] | None) -> str | None:
-    """The ADT trigger event of a change (the table above); ``None`` when it announces nothing."""
+def adt_event(
+    change: Change, resource: dict[str, Any] | None, previous_status: str | None = None
+) -> str | None:
+    """The ADT trigger event of a change (the table above); ``None`` when it announces nothing.
+    ``previous_status``: the Encounter's status before an update, when known."""
     if change.resource_type == "Patient":
         # ehrsim never deletes patients (a merge would be A40).
         return None if change.kind == "delete" else ("A04" if change.kind == "create" else "A08")
     if change.resource_type == "Encounter":
-        return _encounter_event(change, resource)
+        return _encounter_event(change, resource, previous_status)
     return None
 
 
-def _encounter_event(change: Change, resource: dict[str, Any] | None) -> str:
+def _encounter_event(change: Change, resource: dict[str, Any] | None, previous_status: str | None) -> str:
     if change.kind == "create":
         return "A01"
     if change.kind == "delete":
         return "A11"
-    return {"finished": "A03", "entered-in-error": "A11"}.get(str((resource or {}).get("status")), "A08")
+    status = str((resource or {}).get("status"))
+    if status == previous_status:
+        return "A08"
+    return {"finished": "A03", "entered-in-error": "A11"}.get(status, "A08")
 
 
 def render_adt(

@@ -540,12 +540,15 @@ class _Api:
     async def activity(self, request: Request) -> Response:
         facility = self._facility(request)
         try:
-            changes = (await request.json())["changes"]
-        except (ValueError, KeyError, TypeError):
-            changes = None
+            body = await request.json()
+            changes, adt = body["changes"], body.get("adt", False)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            changes, adt = None, False
         if not isinstance(changes, int) or isinstance(changes, bool) or not 0 <= changes <= MAX_ACTIVITY:
             return _json({"error": f'body must be {{"changes": 0..{MAX_ACTIVITY}}}'}, 400)
-        facility.activity(changes)
+        if not isinstance(adt, bool) or (adt and "Encounter" not in facility.store.resource_types):
+            return _json({"error": '"adt": true needs a profile with Encounters (not generic)'}, 400)
+        facility.activity(changes, adt=adt)
         return _json({"changes": changes})
 
     async def truth(self, request: Request) -> Response:

@@ -135,6 +135,38 @@ async def test_each_patient_and_encounter_change_is_one_message_matching_the_fhi
             _assert_matches_fhir(received.message, store, resource_type, id_)
 
 
+async def test_adt_activity_is_patient_and_encounter_changes_only(
+    feed: Feed, acks: AckServer, wait: Wait
+) -> None:
+    async with feed(acks.port) as client:
+        response = await client.post("/_admin/general/activity", json={"changes": 200, "adt": True})
+        assert response.status_code == 200
+        state = await _drained(client, wait)
+        store = _store(client)
+    messages = state["messages"]
+    assert len(messages) == 200  # every change was a Patient or Encounter change, each announced once
+    assert {"A01", "A03", "A04", "A08", "A11"} <= {m["event"] for m in messages}
+    by_visit: dict[str, list[hl7.Message]] = defaultdict(list)
+    for received in acks.received:
+        if _field(received.message, "PV1", 2) != "N":
+            by_visit[str(received.message.segment("PV1")(19)(1)(1))].append(received.message)
+    admitted_then_discharged = 0
+    for visit, visit_messages in by_visit.items():
+        events = [_field(m, "EVN", 1) for m in visit_messages]
+        record = store.get("Encounter", visit)
+        if events[:2] == ["A01", "A03"]:
+            admitted_then_discharged += 1
+            discharge = visit_messages[1].segment("PV1")
+            assert str(discharge(45)) == _hl7_ts(record.resource["period"]["end"])
+    assert admitted_then_discharged > 0
+
+
+async def test_adt_activity_needs_encounters(make_config: MakeConfig, run: Run) -> None:
+    async with run(create_app(make_config(profile="generic"))) as client:
+        response = await client.post("/_admin/general/activity", json={"changes": 1, "adt": True})
+    assert response.status_code == 400
+
+
 def _assert_matches_fhir(message: hl7.Message, store: Any, resource_type: str, id_: str) -> None:
     """The last message about a resource says what its FHIR resource says now."""
     assert _field(message, "MSH", 12) == "2.5.1"
