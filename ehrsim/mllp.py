@@ -222,6 +222,8 @@ class MllpSender:
         try:
             while True:
                 await self._wait_for_work()
+                if self._connection is not None and self._connection.reader.at_eof():
+                    self._disconnect()  # the listener closed it while idle (its idle timeout): not a failure
                 if self._connection is None:
                     self._connection = await self._connect()
                     if self._connection is None:

@@ -32,6 +32,7 @@ def always_aa(control_id: str, seen: int) -> str | None:
 @dataclass
 class AckServer:
     respond: Callable[[str, int], str | None] = always_aa
+    idle_timeout_s: float | None = None  # close a connection that sent nothing for this long
     received: list[Received] = field(default_factory=list)
     connections: int = 0
     closed: int = 0  # connections that ended
@@ -67,7 +68,7 @@ class AckServer:
         buffer = bytearray()
         reads = 0
         try:
-            while chunk := await reader.read(65536):
+            while chunk := await self._read(reader):
                 buffer += chunk
                 reads += 1
                 while (end := buffer.find(END_BLOCK)) >= 0:
@@ -83,6 +84,13 @@ class AckServer:
             if buffer:
                 self.partial_frames += 1
             writer.close()
+
+    async def _read(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            async with asyncio.timeout(self.idle_timeout_s):
+                return await reader.read(65536)
+        except TimeoutError:
+            return b""  # idle: close it
 
     async def _answer(self, writer: asyncio.StreamWriter, frame: bytes, connection: int, reads: int) -> None:
         message = hl7.parse(frame.decode())

@@ -379,6 +379,25 @@ async def test_a_listener_down_for_a_while_gets_the_queue_when_it_is_back(
     assert acks.connections >= 2
 
 
+async def test_a_connection_the_listener_closed_while_idle_is_reopened_without_a_failed_attempt(
+    feed: Feed, acks: AckServer, wait: Wait
+) -> None:
+    acks.idle_timeout_s = 0.3
+    async with feed(acks.port) as client:
+        await _activity(client, 30)
+        await _drained(client, wait)
+
+        async def idle_closed() -> bool:
+            return acks.closed == 1
+
+        await wait(idle_closed)
+        await _activity(client, 30)
+        state = await _drained(client, wait)
+    assert acks.connections == 2
+    assert all(m["status"] == "acked" and m["attempts"] == 1 for m in state["messages"])
+    assert state["stats"]["connections_lost"] == 0
+
+
 async def test_link_down_queues_until_it_is_cleared(feed: Feed, acks: AckServer, wait: Wait) -> None:
     async with feed(acks.port) as client:
         await _activity(client, 30)
