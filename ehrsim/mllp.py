@@ -209,8 +209,17 @@ class MllpSender:
         if self._wake is not None:
             self._wake.set()
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open and the listener has not closed its end."""
+        return self._connection is not None and not self._connection.reader.at_eof()
+
     def state(self) -> dict[str, Any]:
-        return {"stats": self.stats.as_dict(), "messages": [m.as_dict() for m in self.messages]}
+        return {
+            "connected": self.connected,
+            "stats": self.stats.as_dict(),
+            "messages": [m.as_dict() for m in self.messages],
+        }
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -222,7 +231,7 @@ class MllpSender:
         try:
             while True:
                 await self._wait_for_work()
-                if self._connection is not None and self._connection.reader.at_eof():
+                if self._connection is not None and not self.connected:
                     self._disconnect()  # the listener closed it while idle (its idle timeout): not a failure
                 if self._connection is None:
                     self._connection = await self._connect()

@@ -388,13 +388,16 @@ async def test_a_connection_the_listener_closed_while_idle_is_reopened_without_a
         await _drained(client, wait)
 
         async def idle_closed() -> bool:
-            return acks.closed == 1
+            return acks.closed == 1 and not (await _state(client))["connected"]
 
         await wait(idle_closed)
         await _activity(client, 30)
         state = await _drained(client, wait)
-    assert acks.connections == 2
-    assert all(m["status"] == "acked" and m["attempts"] == 1 for m in state["messages"])
+    assert acks.connections == 2, state["stats"]
+    assert all(m["status"] == "acked" and m["attempts"] == 1 for m in state["messages"]), (
+        state["stats"],
+        [m for m in state["messages"] if m["attempts"] != 1],
+    )
     assert state["stats"]["connections_lost"] == 0
 
 
