@@ -26,7 +26,7 @@ def _mllp(port: int, **overrides: object) -> dict[str, object]:
         "port": port,
         "sending_application": "EPIC",
         "sending_facility": "GENHOSP",
-        "ack_timeout_s": 0.2,
+        "ack_timeout_s": 2.0,  # the tests of timeouts shorten it
         "backoff_initial_s": 0.005,
         "backoff_max_s": 0.05,
         "max_attempts": 1000,
@@ -240,14 +240,14 @@ def test_a_profile_without_a_v2_feed_is_refused(make_config: MakeConfig) -> None
 
 async def test_no_ack_is_resent_after_the_timeout(feed: Feed, acks: AckServer, wait: Wait) -> None:
     acks.respond = lambda control_id, seen: None if seen == 1 else "AA"
-    async with feed(acks.port) as client:
+    async with feed(acks.port, mllp={"ack_timeout_s": 0.1}) as client:
         await _activity(client, 40)
         state = await _drained(client, wait)
     for message in state["messages"]:
         assert message["status"] == "acked"
-        assert message["attempts"] == 2
-        assert acks.seen(message["control_id"]) == 2
-    assert state["stats"]["ack_timeouts"] == len(state["messages"])
+        assert message["attempts"] >= 2  # more when a loaded machine answers late
+        assert acks.seen(message["control_id"]) == message["attempts"]
+    assert state["stats"]["ack_timeouts"] == sum(m["attempts"] - 1 for m in state["messages"])
 
 
 async def test_ae_is_resent_and_ar_is_given_up_without_stopping_the_feed(
@@ -309,12 +309,14 @@ async def test_a_connection_dropped_mid_message_is_reopened_and_the_message_rese
 async def test_a_lost_ack_makes_the_listener_see_the_message_again(
     feed: Feed, acks: AckServer, wait: Wait
 ) -> None:
-    async with feed(acks.port, faults={"mllp": {"ack_lost_rate": 0.3}}) as client:
-        await _activity(client, 150)
+    faults = {"mllp": {"ack_lost_rate": 0.3}}
+    async with feed(acks.port, mllp={"ack_timeout_s": 0.1}, faults=faults) as client:
+        await _activity(client, 120)
         state = await _drained(client, wait, within_s=20)
-    lost = state["stats"]["acks_lost"]
-    assert lost > 0
-    assert len(acks.received) == len(state["messages"]) + lost
+    stats = state["stats"]
+    assert stats["acks_lost"] > 0
+    assert stats["ack_timeouts"] >= stats["acks_lost"]  # a loaded machine may also answer late
+    assert len(acks.received) == len(state["messages"]) + stats["ack_timeouts"]
     assert all(m["status"] == "acked" for m in state["messages"])
     assert sum(1 for m in state["messages"] if acks.seen(m["control_id"]) > 1) > 0
 
