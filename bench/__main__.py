@@ -9,7 +9,7 @@ import importlib
 import sys
 import traceback
 
-BENCHMARKS = ["bench.pipeline", "bench.ehrsim_bench", "bench.webhook", "bench.backfill"]
+BENCHMARKS = ["bench.pipeline", "bench.ehrsim_bench", "bench.webhook", "bench.backfill", "bench.mllp"]
 
 
 def main(argv: list[str]) -> int:

@@ -75,3 +75,44 @@ def check_ledger(session: Session, facility_id: str, truth: list[dict[str, Any]]
             report.matched += 1
     report.inbox = {r.status: int(r.n) for r in session.execute(_INBOX, {"fid": facility_id})}
     return report
+
+
+@dataclass
+class AdtLedgerReport:
+    """The MLLP half of the ledger check: ehrsim's record of its ADT messages (``GET
+    /_admin/{facility}/mllp`` ``messages``) against the control ids (MSH-10) the product stored.
+    Control ids only: no PID or PV1 value is read or reported."""
+
+    facility_id: str
+    sent: int = 0
+    acked: int = 0
+    pending: int = 0  # messages ehrsim still holds (queued, or waiting for an ACK)
+    rejected: list[str] = field(default_factory=list)  # answered AR: ehrsim will not resend them
+    failed: list[str] = field(default_factory=list)  # given up after ehrsim's max_attempts
+    acked_not_stored: list[str] = field(default_factory=list)  # AA without a stored message: lost
+
+    @property
+    def ok(self) -> bool:
+        return self.pending == 0 and not self.acked_not_stored and not self.failed
+
+
+def check_adt_ledger(
+    facility_id: str, messages: list[dict[str, Any]], stored_control_ids: set[str]
+) -> AdtLedgerReport:
+    """Every message the EHR saw acknowledged ``AA`` must be stored; ``stored_control_ids`` are the
+    facility's distinct MSH-10 values in Postgres (``adt_events``)."""
+    report = AdtLedgerReport(facility_id, sent=len(messages))
+    for message in messages:
+        control_id = str(message["control_id"])
+        status = message["status"]
+        if status == "acked":
+            report.acked += 1
+            if control_id not in stored_control_ids:
+                report.acked_not_stored.append(control_id)
+        elif status == "pending":
+            report.pending += 1
+        elif status == "rejected":
+            report.rejected.append(control_id)
+        else:
+            report.failed.append(control_id)
+    return report

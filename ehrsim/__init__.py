@@ -6,7 +6,8 @@ and client-secret auth, read and search with the vendor's parameters, errors and
 the vendor refuses), bulk ``$export`` at the levels it serves, Subscription resources and their
 ``$status``/``$events`` where the vendor has them, a CapabilityStatement saying exactly that, seeded
 clinical data,
-admin-triggered activity, a sender that notifies subscriptions in the vendor's style, and faults
+admin-triggered activity, a sender that notifies subscriptions in the vendor's style, an HL7 v2 ADT feed
+over MLLP for the Epic, Oracle and MEDITECH profiles (``ehrsim.mllp``), and faults
 switchable at start and at runtime (``ehrsim.faults``). ``ehrsim/README.md`` documents them all.
 Minimal config::
 

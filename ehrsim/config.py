@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ehrsim.faults import FaultConfig
+from ehrsim.hl7 import PROFILE_VERSIONS, VERSIONS
 from ehrsim.profiles import NotificationStyle, customize, get_profile
 
 
@@ -69,6 +70,32 @@ class WebhookConfig(_Model):
     concurrency: Annotated[int, Field(ge=1)] = 8  # notifications in flight at once
 
 
+class MllpConfig(_Model):
+    """The facility's HL7 v2 ADT feed (epic, oracle and meditech profiles): where the MLLP sender
+    connects, who it says it is (MSH-3/4), the version it speaks and how it retries. Durations are
+    taken as given (not scaled by ``time_scale``)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)]
+    sending_application: Annotated[str, Field(min_length=1)] = "EHRSIM"  # MSH-3
+    sending_facility: str | None = None  # MSH-4; default: the facility id upper-cased
+    receiving_application: str = "EHR-INGEST"  # MSH-5
+    receiving_facility: str = "EHR-INGEST"  # MSH-6
+    version: str | None = None  # MSH-12; default: the profile's (epic 2.5.1, oracle 2.3, meditech 2.4)
+    mrn_authority: str | None = None  # PID-3.4 namespace; default: Epic "EPI", else MSH-4
+    ack_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # no ACK by then: resend
+    backoff_initial_s: Annotated[float, Field(ge=0)] = 1.0  # before a reconnect or a resend after AE
+    backoff_max_s: Annotated[float, Field(ge=0)] = 30.0
+    max_attempts: Annotated[int, Field(ge=1)] = 20  # complete sends of one message, then given up
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: str | None) -> str | None:
+        if value is not None and value not in VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(VERSIONS)}")
+        return value
+
+
 class FacilityConfig(_Model):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
     profile: str = "generic"
@@ -78,6 +105,7 @@ class FacilityConfig(_Model):
     time_scale: Annotated[float, Field(gt=0)] = 1.0  # multiplies the profile's durations (tests: 0.001)
     clients: list[ClientConfig] = []
     webhook: WebhookConfig | None = None
+    mllp: MllpConfig | None = None  # an HL7 v2 ADT feed over MLLP (epic, oracle, meditech)
     faults: FaultConfig = FaultConfig()
     profile_overrides: dict[str, Any] = {}  # Profile fields to change, e.g. {"token_flaky_400_rate": 0}
 
@@ -90,6 +118,14 @@ class FacilityConfig(_Model):
     @model_validator(mode="after")
     def _valid_overrides(self) -> FacilityConfig:
         customize(get_profile(self.profile), self.profile_overrides)
+        return self
+
+    @model_validator(mode="after")
+    def _mllp_profile(self) -> FacilityConfig:
+        if self.mllp is not None and self.mllp.version is None and self.profile not in PROFILE_VERSIONS:
+            raise ValueError(
+                f"mllp: the {self.profile} profile has no HL7 v2 feed (give mllp.version to have one)"
+            )
         return self
 
 

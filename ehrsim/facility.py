@@ -8,8 +8,10 @@ from typing import Any
 from ehrsim.auth import TokenIssuer
 from ehrsim.config import FacilityConfig, WebhookConfig
 from ehrsim.faults import Faults, FaultUpdate
-from ehrsim.generator import Generator
+from ehrsim.generator import Generator, mrn_system
+from ehrsim.hl7 import ADT_TYPES, PROFILE_VERSIONS, Wire, adt_event, assigning_authority
 from ehrsim.instants import Clock, format_instant
+from ehrsim.mllp import MllpSender
 from ehrsim.profiles import Profile, RetryPolicy, customize, get_profile
 from ehrsim.search import SearchCache
 from ehrsim.sender import Sender, SenderStats
@@ -55,9 +57,18 @@ class Facility:
         if config.webhook is not None:
             assert self.sender is not None  # created above whenever there is a webhook
             self.sender.add(self._configured_subscription(config.webhook))
+        self.mllp: MllpSender | None = None
+        self._encounter_status: dict[str, str] = {}  # as last announced: an update's event is its transition
+        if config.mllp is not None:
+            self.mllp = MllpSender(config.id, config.mllp, self._wire(), self.faults)
         self._generator = Generator(self.store, config.seed, config.id, self.profile)
         # The chart that exists before the subscription starts: no notifications.
         self._generator.populate(config.patients)
+        if self.mllp is not None:
+            for record in (
+                self.store.records_of("Encounter") if "Encounter" in self.store.resource_types else []
+            ):
+                self._encounter_status[record.id] = str(record.resource.get("status"))
 
     @property
     def supports_subscriptions(self) -> bool:
@@ -69,14 +80,53 @@ class Facility:
     def scaled(self, seconds: float) -> float:
         return seconds * self.time_scale
 
-    def activity(self, changes: int) -> None:
-        """Perform ``changes`` seeded changes, each queued as a notification for matching subscriptions."""
+    def activity(self, changes: int, *, adt: bool = False) -> None:
+        """Perform ``changes`` seeded changes, each queued as a notification for matching subscriptions
+        (``adt``: Patient and Encounter changes only, the mix of an ADT feed)."""
         for _ in range(changes):
-            change = self._generator.step()
+            change = self._generator.step_adt() if adt else self._generator.step()
             if self.sender is not None and self.sender.subscriptions:
                 record = self.store.get(change.resource_type, change.id)
                 resource = record.resource if record is not None and not record.deleted else None
                 self.sender.enqueue(change, resource, self._identifier_focus(change, resource))
+            if self.mllp is not None and change.resource_type in ADT_TYPES:
+                self._announce_adt(change)
+
+    def _wire(self) -> Wire:
+        """Who the facility is on its HL7 v2 feed (``mllp:`` in the config, defaults per profile)."""
+        mllp = self.config.mllp
+        assert mllp is not None  # called only for a facility with a feed
+        sending_facility = mllp.sending_facility or self.id.upper()
+        namespace = mllp.mrn_authority or self.profile.mrn_type_text or sending_facility
+        return Wire(
+            sending_application=mllp.sending_application,
+            sending_facility=sending_facility,
+            receiving_application=mllp.receiving_application,
+            receiving_facility=mllp.receiving_facility,
+            version=mllp.version or PROFILE_VERSIONS[self.config.profile],
+            mrn_authority=assigning_authority(namespace, mrn_system(self.profile, self.id)),
+        )
+
+    def _announce_adt(self, change: Change) -> None:
+        """Queue the ADT message of a Patient or Encounter change, rendered from the stored content (a
+        deleted Encounter's last content)."""
+        assert self.mllp is not None  # checked by the caller
+        record = self.store.get(change.resource_type, change.id)
+        if record is None:
+            return
+        status = record.resource.get("status")
+        event = adt_event(change, record.resource, self._encounter_status.get(change.id))
+        if event is None:
+            return
+        if change.resource_type == "Encounter" and isinstance(status, str):
+            self._encounter_status[change.id] = status
+        if change.resource_type == "Patient":
+            self.mllp.enqueue(change, event, record.resource)
+            return
+        subject = str((record.resource.get("subject") or {}).get("reference", ""))
+        patient = self.store.get("Patient", subject.removeprefix("Patient/"))
+        if patient is not None:
+            self.mllp.enqueue(change, event, patient.resource, record.resource)
 
     def _identifier_focus(self, change: Change, resource: dict[str, Any] | None) -> dict[str, Any] | None:
         """The identifier an event names instead of a reference, for the profile's share of the creates
@@ -112,6 +162,8 @@ class Facility:
     def apply_faults(self, update: FaultUpdate) -> None:
         now = self.clock()
         self.faults.update(update, now)
+        if self.mllp is not None:
+            self.mllp.faults_changed()
         for action in update.actions:
             self.faults.count(action)
             if action == "restart-counters" and self.sender is not None:

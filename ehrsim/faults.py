@@ -48,6 +48,17 @@ class ErrorBurst(_Model):
     status: Literal[500, 502, 503, 504] = 503
 
 
+class MllpFaults(_Model):
+    """Faults of the MLLP sender (``ehrsim.mllp``); a POST naming ``mllp`` replaces all of them."""
+
+    drop_connection_rate: Fraction = 0.0  # the connection is closed halfway through writing a frame
+    ack_lost_rate: Fraction = 0.0  # the ACK is ignored: the message is resent after ack_timeout_s
+    duplicate_rate: Fraction = 0.0  # an acknowledged message is sent once more (same MSH-10)
+    reorder_rate: Fraction = 0.0  # the next queued message is sent before this one
+    split_rate: Fraction = 0.0  # the frame is written as three TCP segments
+    link_down: bool = False  # the connection is closed and not reopened: messages queue until cleared
+
+
 class FaultConfig(_Model):
     drop_rate: Fraction = 0.0  # notifications never sent (recorded as dropped, reason fault-drop)
     duplicate_rate: Fraction = 0.0  # notifications delivered twice
@@ -61,6 +72,7 @@ class FaultConfig(_Model):
     # Reads are served by a replica this far behind: a read answers the version that was current then
     # (404 for a resource created since), so a read right after a change can return the older version.
     replica_lag_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    mllp: MllpFaults = MllpFaults()
 
 
 class FaultUpdate(_Model):
@@ -76,6 +88,7 @@ class FaultUpdate(_Model):
     slow_s: Annotated[float, Field(ge=0, le=60)] | None = None
     broken_resources: list[str] | None = None
     replica_lag_s: Annotated[float, Field(ge=0, le=3600)] | None = None
+    mllp: MllpFaults | None = None
     actions: list[Action] = []
     reset: bool = False  # clear every standing fault first
 

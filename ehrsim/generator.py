@@ -167,6 +167,24 @@ class Generator:
             create = self._create_other
         return create(patient)
 
+    def step_adt(self) -> Change:
+        """One Patient or Encounter change, the mix of an ADT feed: ~10% registrations, ~30% demographic
+        updates, ~30% admissions (an ``in-progress`` Encounter), ~25% discharges or cancels (an update of
+        an open or finished Encounter) and ~5% deleted Encounters."""
+        roll = self._rng.random()
+        encounters = [r.id for r in self._store.records_of("Encounter") if not r.deleted]
+        if roll < 0.1 or not self._patients:
+            return self._create_patient()
+        if roll < 0.4:
+            return self._update("Patient", self._patients[self._rng.randrange(len(self._patients))])
+        if roll < 0.7 or not encounters:
+            patient = self._patients[self._rng.randrange(len(self._patients))]
+            return self._create_encounter(patient, status="in-progress")
+        encounter = encounters[self._rng.randrange(len(encounters))]
+        if roll < 0.95:
+            return self._update("Encounter", encounter)
+        return self._delete("Encounter", encounter)
+
     # -- creates -----------------------------------------------------------------------------------
 
     def _new_id(self, resource_type: str, prefix: str) -> str:
@@ -311,10 +329,10 @@ class Generator:
         choices = [make for rtype, make in makers.items() if rtype in self._types]
         return self._rng.choice(choices)(patient) if choices else self._create_condition(patient)
 
-    def _create_encounter(self, patient: str) -> Change:
+    def _create_encounter(self, patient: str, *, status: str = "finished") -> Change:
         start = self._rng.randrange(365)
         content = {
-            "status": "finished",
+            "status": status,
             "class": {
                 "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                 "code": self._rng.choice(("AMB", "IMP", "EMER")),
@@ -451,7 +469,7 @@ class Generator:
 
 
 _TOGGLES: dict[str, tuple[str, tuple[str, str]]] = {
-    "Encounter": ("status", ("finished", "entered-in-error")),
+    "Encounter": ("status", ("finished", "entered-in-error")),  # in-progress becomes finished
     "MedicationRequest": ("status", ("active", "completed")),
     "DocumentReference": ("docStatus", ("preliminary", "final")),
 }

@@ -605,12 +605,15 @@ class _Api:
     async def activity(self, request: Request) -> Response:
         facility = self._facility(request)
         try:
-            changes = (await request.json())["changes"]
-        except (ValueError, KeyError, TypeError):
-            changes = None
+            body = await request.json()
+            changes, adt = body["changes"], body.get("adt", False)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            changes, adt = None, False
         if not isinstance(changes, int) or isinstance(changes, bool) or not 0 <= changes <= MAX_ACTIVITY:
             return _json({"error": f'body must be {{"changes": 0..{MAX_ACTIVITY}}}'}, 400)
-        facility.activity(changes)
+        if not isinstance(adt, bool) or (adt and "Encounter" not in facility.store.resource_types):
+            return _json({"error": '"adt": true needs a profile with Encounters (not generic)'}, 400)
+        facility.activity(changes, adt=adt)
         return _json({"changes": changes})
 
     async def truth(self, request: Request) -> Response:
@@ -637,6 +640,13 @@ class _Api:
         elif request.method == "DELETE":
             facility.apply_faults(FaultUpdate(reset=True))
         return _json(facility.faults.state())
+
+    async def mllp(self, request: Request) -> Response:
+        """The HL7 v2 feed's ground truth: counters, and every message with its status (``ehrsim.mllp``)."""
+        facility = self._facility(request)
+        if facility.mllp is None:
+            return _json({"error": f"facility {facility.id} has no mllp feed"}, 404)
+        return _json(facility.mllp.state())
 
     async def subscriptions(self, request: Request) -> Response:
         facility = self._facility(request)
@@ -684,6 +694,7 @@ def create_app(
         async with httpx.AsyncClient(transport=webhook_transport, timeout=120.0) as client:
             api.outbound = client
             tasks = [asyncio.create_task(s.run(client)) for s in senders]
+            tasks += [asyncio.create_task(f.mllp.run()) for f in facilities.values() if f.mllp is not None]
             try:
                 yield
             finally:
@@ -701,6 +712,7 @@ def create_app(
         Route("/_admin/{fac}/requests", api.requests, methods=["GET"]),
         Route("/_admin/{fac}/faults", api.faults, methods=["GET", "POST", "DELETE"]),
         Route("/_admin/{fac}/subscriptions", api.subscriptions, methods=["GET"]),
+        Route("/_admin/{fac}/mllp", api.mllp, methods=["GET"]),
         Route("/{fac}/oauth2/token", api.token, methods=["POST"]),
         Route("/{fac}/fhir/.well-known/smart-configuration", api.smart_configuration, methods=["GET"]),
         Route("/{fac}/fhir/metadata", api.metadata, methods=["GET"]),
