@@ -294,7 +294,10 @@ def _bench_listener(workdir: Path) -> tuple[Result, int | None] | None:
         facilities = workdir / "facilities.yaml"
         _facilities_file(facilities)
         subprocess.run(
-            [_ehr_ingest(), "facilities", "apply", str(facilities)], env=env, check=True, timeout=120
+            [_ehr_ingest(), "facilities", "apply", "--no-probe", str(facilities)],
+            env=env,
+            check=True,
+            timeout=120,
         )
         port = free_port()
         proc: Proc = stack.start(
