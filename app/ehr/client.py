@@ -152,18 +152,9 @@ class EHRClient:
         other failures raise as a read's do, with the same retries, re-authentication and host guard.
         Redirects are not followed: a write is never re-sent elsewhere."""
         url = f"{self.base_url}/{path.lstrip('/')}"
-        retrying = Retrying(
-            retry=retry_if_exception(_worth_retrying_now),
-            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_delay_s),
-            wait=_wait_honouring_retry_after,
-            reraise=True,
-        )
-        for attempt in retrying:
-            with attempt:
-                response = self._write_once(method, url, body)
-                parsed = _json_or_none(response)
-                return response.status_code, parsed if isinstance(parsed, dict) else None
-        raise AssertionError("unreachable")  # pragma: no cover
+        response = self._with_retries(lambda: self._write_once(method, url, body))
+        parsed = _json_or_none(response)
+        return response.status_code, parsed if isinstance(parsed, dict) else None
 
     def _write_once(self, method: WriteMethod, url: str, body: dict[str, Any] | None) -> httpx.Response:
         if not is_under_base(url, self.base_url):

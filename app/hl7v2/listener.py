@@ -30,6 +30,7 @@ from app.hl7v2.message import Header, Parsed, parse
 from app.hl7v2.mllp import Frame, FrameDecoder, Oversized, frame
 from app.hl7v2.routing import Directory, Hl7Facility
 from app.metrics import MLLP_ACK_SECONDS, MLLP_CONNECTIONS, MLLP_REFUSED_PEERS, mllp_messages
+from app.pacing import Pacer
 
 log = structlog.get_logger("hl7v2.listener")
 
@@ -51,41 +52,6 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-class Pacer:
-    """Rings the doorbell for facilities with new rows, coalesced per facility, at most once per
-    interval, in a thread (publishing to the broker blocks). A failed ring is logged by ``ring``; the
-    sweeper rings again from Postgres."""
-
-    def __init__(self, ring: Callable[[str], object], interval_s: float) -> None:
-        self._ring = ring
-        self._interval_s = interval_s
-        self._pending: set[str] = set()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="adt-doorbell")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def ring(self, facility_id: str) -> None:
-        self._pending.add(facility_id)
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._pending = self._pending, set()
-            for facility_id in sorted(batch):
-                await asyncio.to_thread(self._ring, facility_id)
-            await asyncio.sleep(self._interval_s)
-
-
 class Listener:
     def __init__(
         self,
@@ -100,7 +66,9 @@ class Listener:
         self._load_directory = load_directory
         self._config = config
         self._now = now
-        self._pacer = Pacer(ring, config.doorbell_interval_s) if ring is not None else None
+        self._pacer = (
+            Pacer(ring, config.doorbell_interval_s, name="adt-doorbell") if ring is not None else None
+        )
         self.directory = Directory([])
         self._server: asyncio.Server | None = None
         self._refresh: asyncio.Task[None] | None = None
