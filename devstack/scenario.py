@@ -33,6 +33,8 @@ class Scenario:
     sim_port: int = field(default_factory=free_port)
     receiver_port: int = field(default_factory=free_port)
     stack: Stack | None = None
+    # Our facilities' politeness ``limits`` (None: the product's defaults, 20 requests/s per facility).
+    limits: dict[str, Any] | None = None
     _webhook_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -107,6 +109,7 @@ class Scenario:
                         "scopes": ["system/*.read"],
                     },
                     "webhook": {"header": "Authorization", "scheme": "Bearer", "secret": {"env": env_name}},
+                    **({"limits": self.limits} if self.limits is not None else {}),
                 }
             )
         (self.workdir / "ehrsim.yaml").write_text(
