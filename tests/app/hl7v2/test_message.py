@@ -103,3 +103,11 @@ def test_an_unreadable_msh_is_answered_with_standard_delimiters_and_the_recovere
     raw = b"MSH|^~|EPIC|GENHOSP|||||ADT^A01|C77|P|2.5.1"
     ack = build_ack(None, "AR", now=NOW, reason="unparseable_msh", control_id=recover_control_id(raw))
     assert b"\rMSA|AR|C77|unparseable_msh\r" in ack
+
+
+def test_the_mrn_authority_is_the_namespace_of_a_full_hd() -> None:
+    """Epic sends PID-3.4 as a whole HD (``EPI&<oid>&ISO``, as ehrsim does): ``mrn_authority`` names HD.1."""
+    raw = a01().replace(f"^^^{AUTHORITY}^MR".encode(), b"^^^EPI&1.2.840.114350.1.13.0.1.7.5.737384.14&ISO^MR")
+    parsed = parse(raw)
+    assert parsed.adt.mrn("EPI") == "M0000001"
+    assert parsed.adt.mrn("EPI&1.2.840.114350.1.13.0.1.7.5.737384.14&ISO") is None
