@@ -39,6 +39,7 @@ from app.ingest.pipeline.service import Pipeline, Work
 from app.metrics import RECONCILE_RUNS
 from app.reconcile import StrategyName, coverage, queries
 from app.reconcile.plan import FacilityPlan, TypePlan, plan_for
+from app.reconcile.probe import load_capabilities
 from app.reconcile.requests import REQUESTED
 from app.reconcile.strategies import STRATEGIES
 from app.reconcile.strategies.base import Page, Scope
@@ -158,7 +159,13 @@ def reconcile_facility(
             try:
                 client = client_for(facility)
                 pipeline = Pipeline.for_facility(facility, client, settings, references)
-                plan = plan_for(facility, pipeline.adapter, types=types, strategy=strategy)
+                plan = plan_for(
+                    facility,
+                    pipeline.adapter,
+                    types=types,
+                    strategy=strategy,
+                    capabilities=load_capabilities(session, facility_id),
+                )
             except ConfigurationError as exc:
                 # Nothing can run until a human fixes it: a failed run says why (status, alerts), and the
                 # next interval tries again, not every tick.
@@ -179,6 +186,7 @@ def reconcile_facility(
             if only_if_due and (not facility.enabled or not is_due(session, facility, plan, started)):
                 report.skipped = True
                 return report
+            _log_fallbacks(plan)
             session.execute(
                 delete(ReconcileRun).where(
                     ReconcileRun.facility_id == facility_id, ReconcileRun.outcome == REQUESTED
@@ -216,6 +224,18 @@ def reconcile_facility(
         recovered=report.total("recovered"),
     )
     return report
+
+
+def _log_fallbacks(plan: FacilityPlan) -> None:
+    for type_plan in plan.types:
+        if type_plan.reason is not None:
+            log.info(
+                "reconcile.strategy_fallback",
+                facility_id=plan.facility_id,
+                resource_type=type_plan.resource_type,
+                strategy=type_plan.strategy,
+                reason=type_plan.reason,
+            )
 
 
 def _finish(sessions: sessionmaker[Session], report: RunReport) -> None:

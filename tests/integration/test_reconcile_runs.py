@@ -8,11 +8,19 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from typer.testing import CliRunner
 
 from app.cli.main import cli
-from app.db.models import Facility, ReconcileRun, ReconcileWatermark
+from app.db.models import (
+    Facility,
+    FacilityCapabilities,
+    ReconcileRun,
+    ReconcileWatermark,
+    ResourceCapabilities,
+)
+from app.reconcile.capabilities import Capabilities, TypeCapabilities
+from app.reconcile.probe import record_capabilities
 from app.reconcile.schedule import due_facilities
 from app.reconcile.service import PARTIAL, facility_lock
 from app.settings import Settings, get_settings
@@ -125,3 +133,30 @@ def test_a_facility_whose_key_cannot_be_read_records_a_failed_run_and_waits_an_i
         run = session.scalars(select(ReconcileRun).where(ReconcileRun.facility_id == "rc-broken")).one()
         assert (run.outcome, run.reasons) == ("failed", {"-": "secret_missing"})
         assert "rc-broken" not in due_facilities(session)  # not every tick: the next interval
+
+
+def test_a_run_uses_the_strategy_the_last_successful_probe_chose(world: World) -> None:
+    facility = "rc-generic"
+    per_patient = Capabilities(
+        types={
+            "Observation": TypeCapabilities(
+                search_params=frozenset({"_lastUpdated", "patient"}), required_params=frozenset({"patient"})
+            )
+        }
+    )
+    with world.sessions.begin() as session:
+        row = session.get(Facility, facility)
+        assert row is not None
+        record_capabilities(session, row, per_patient, now=datetime.now(UTC))
+    try:
+        report = world.reconcile(facility)
+    finally:
+        with world.sessions.begin() as session:
+            session.execute(delete(ResourceCapabilities).where(ResourceCapabilities.facility_id == facility))
+            session.execute(delete(FacilityCapabilities).where(FacilityCapabilities.facility_id == facility))
+    assert report.outcome == "complete"
+    assert {t.resource_type: t.strategy for t in report.types} == {
+        "Patient": "last-updated",  # not advertised by this probe: the adapter's default
+        "Observation": "patient-last-updated",
+        "Condition": "last-updated",
+    }
