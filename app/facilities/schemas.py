@@ -21,8 +21,6 @@ facilities:
       previous_secret: {env: GENERAL_WEBHOOK_SECRET_OLD}   # optional: still accepted while rotating
       tolerance_s: 300                    # standard-webhooks: replay window around webhook-timestamp
       event_identity: null                # number | event-id; default by vendor (athena: event-id)
-    change_detection:                     # optional: a strategy per resource type ("*": every type)
-      Observation: bulk-since             # any StrategyName (app.reconcile): last-updated, bulk-since...
     subscription:                         # optional: what `ehr-ingest subscribe` keeps at the EHR
       style: backport-r4                  # backport-r4 | r4b | r5 (topic) | criteria (Medplum, HAPI)
       endpoint: https://ingest.example.org/hooks/general-hospital
@@ -34,7 +32,9 @@ facilities:
     reconcile:                            # optional; every key has a default
       interval: PT5M                      # how often the reconciler polls this facility
       types: [Patient, Observation]       # default: the vendor adapter's reconcile types
-      strategy: {Observation: last-updated}  # per type; default: the vendor adapter's
+      strategy: {Observation: last-updated}  # per type ("*": every type); default: what the probe
+                                          # chose, else the vendor adapter's. (The top-level
+                                          # `change_detection:` of before is a deprecated alias.)
       overlap: PT5M                       # re-read this much before the watermark (never below the vendor's)
       recrawl_interval: PT24H             # full re-crawl comparing content (finds deletions, silent edits)
       initial_since: 2026-01-01T00:00:00Z # a facility seen for the first time is backfilled from here
@@ -56,9 +56,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
+import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from app.reconcile import StrategyName
+
+log = structlog.get_logger("facilities")
 
 Vendor = Literal["epic", "oracle", "athena", "meditech", "medplum", "hapi", "generic"]
 
@@ -255,6 +258,7 @@ class FacilityConfig(BaseModel):
     mrn_system: str | None = Field(default=None, description="identifier system of this facility's MRNs")
     hl7v2: Hl7v2Config | None = None
     enabled: bool = True
+    #: Deprecated alias of ``reconcile.strategy`` (folded into it on load).
     change_detection: dict[str, StrategyName] = Field(default_factory=dict)
     subscription: SubscriptionConfig | None = None
 
@@ -265,6 +269,16 @@ class FacilityConfig(BaseModel):
         return self
 
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
+
+    @model_validator(mode="after")
+    def _fold_change_detection(self) -> FacilityConfig:
+        """The deprecated top-level ``change_detection:`` is ``reconcile.strategy`` (which wins per type):
+        one override mechanism, read by the probe and the engine alike."""
+        if self.change_detection:
+            log.warning("facilities.deprecated_key", facility_id=self.id, key="change_detection")
+            self.reconcile.strategy = {**self.change_detection, **self.reconcile.strategy}
+            self.change_detection = {}
+        return self
 
 
 class FacilitiesFile(BaseModel):

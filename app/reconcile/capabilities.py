@@ -4,7 +4,7 @@ Pure: no I/O, no clock. ``parse_capabilities`` reads a CapabilityStatement and a
 fetched by ``app.reconcile.probe``) into ``Capabilities``; ``choose_strategies`` picks one
 ``StrategyName`` per resource type and ``explain_strategies`` says why:
 
-1. the facilities YAML override (``change_detection``: per type, or ``"*"`` for every type), even where
+1. the facilities YAML override (``reconcile.strategy``: per type, or ``"*"`` for every type), even where
    the capabilities do not advertise what it needs (the reason says so: the operator may know better);
 2. else the vendor adapter's ``default_change_detection`` when the capabilities allow it;
 3. else the best the capabilities allow, in the order of ``PREFERENCE``;

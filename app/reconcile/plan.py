@@ -1,25 +1,48 @@
-"""Which strategy reconciles which type of a facility, from data only: the facility's YAML
-(``reconcile:``) over its vendor adapter's defaults. (The probed capabilities join here at merge.)"""
+"""Which strategy reconciles which type of a facility, from data only. Per type, the first of:
+
+1. the facilities YAML override, ``reconcile.strategy`` (per type, or ``"*"`` for every type; the
+   deprecated top-level ``change_detection:`` is read as an alias, ``reconcile.strategy`` winning): what
+   the operator names must run, so one this reconciler cannot run is a ``ConfigInvalid``;
+2. the choice the last successful probe's capabilities allow (``app.reconcile.capabilities``, without the
+   override: the YAML is read here, as it is now). A choice this reconciler does not implement yet
+   (``bulk-since``, ``events``) falls back (``TypePlan.reason``, which the run logs) to the first
+   implemented strategy the capabilities allow (``PREFERENCE`` order), else to the adapter default;
+3. the vendor adapter's ``default_change_detection`` (never probed, or the type not advertised).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal, cast
 
 from app.db.models import Facility
 from app.errors import ConfigInvalid
 from app.facilities.schemas import ReconcileConfig
 from app.reconcile import StrategyName
+from app.reconcile.capabilities import (
+    PREFERENCE,
+    Capabilities,
+    TypeCapabilities,
+    allowed,
+    explain_strategies,
+)
 from app.reconcile.strategies import STRATEGIES
 from app.vendors.base import VendorAdapter
 
 DEFAULT_OVERLAP = timedelta(minutes=1)
+
+#: Where a type's strategy came from.
+PlanSource = Literal["override", "probe", "probe-fallback", "adapter-default"]
 
 
 @dataclass(frozen=True)
 class TypePlan:
     resource_type: str
     strategy: StrategyName
+    source: PlanSource = "adapter-default"
+    reason: str | None = None  # why a probed choice was not run (``probe-fallback``)
 
 
 @dataclass(frozen=True)
@@ -36,23 +59,67 @@ def reconcile_config(facility: Facility) -> ReconcileConfig:
     return ReconcileConfig.model_validate(facility.reconcile or {})
 
 
+def strategy_overrides(facility: Facility) -> dict[str, StrategyName]:
+    """The facility's YAML overrides ({type or "*": strategy}): ``reconcile.strategy`` over what a row
+    applied before the alias was folded in still holds in its legacy ``change_detection`` column."""
+    legacy = cast(dict[str, StrategyName], dict(facility.change_detection or {}))
+    return {**legacy, **reconcile_config(facility).strategy}
+
+
+def _choose(
+    resource_type: str,
+    adapter: VendorAdapter,
+    overrides: Mapping[str, StrategyName],
+    probed: Mapping[str, StrategyName],
+    capabilities: Capabilities | None,
+) -> TypePlan:
+    override = overrides.get(resource_type, overrides.get("*"))
+    if override is not None:
+        return TypePlan(resource_type, override, "override")
+    default = adapter.default_change_detection
+    choice = probed.get(resource_type)
+    if choice is None or capabilities is None:
+        return TypePlan(resource_type, default, "adapter-default")
+    if choice in STRATEGIES:
+        return TypePlan(resource_type, choice, "probe")
+    caps = capabilities.types.get(resource_type, TypeCapabilities())
+    options = allowed(caps, capabilities, resource_type)
+    fallback = next((s for s in PREFERENCE if s in options and s in STRATEGIES), default)
+    reason = f"probed choice {choice} not implemented yet; {fallback} instead"
+    return TypePlan(resource_type, fallback, "probe-fallback", reason)
+
+
 def plan_for(
     facility: Facility,
     adapter: VendorAdapter,
     *,
     types: list[str] | None = None,
     strategy: StrategyName | None = None,
+    capabilities: Capabilities | None = None,
 ) -> FacilityPlan:
-    """The facility's plan; ``types`` and ``strategy`` narrow or override it (the backfill CLI).
-    Raises ``ConfigInvalid`` for a strategy this reconciler cannot run."""
+    """The facility's plan; ``types`` and ``strategy`` narrow or override it (the backfill CLI);
+    ``capabilities``: what the last successful probe found (None: never probed). Raises ``ConfigInvalid``
+    for a strategy this reconciler cannot run."""
     config = reconcile_config(facility)
     chosen = types or config.types or list(adapter.reconcile_types)
+    overrides: Mapping[str, StrategyName] = (
+        {"*": strategy} if strategy is not None else strategy_overrides(facility)
+    )
+    probed: dict[str, StrategyName] = {}
+    if capabilities is not None:
+        probed = {
+            t: c.strategy
+            for t, c in explain_strategies(capabilities, adapter).items()
+            if c.strategy is not None
+        }
     plans = []
     for resource_type in chosen:
-        name = strategy or config.strategy.get(resource_type) or adapter.default_change_detection
-        if name not in STRATEGIES:
-            raise ConfigInvalid(f"{facility.id}: strategy {name} for {resource_type} is not available")
-        plans.append(TypePlan(resource_type, name))
+        plan = _choose(resource_type, adapter, overrides, probed, capabilities)
+        if plan.strategy not in STRATEGIES:
+            raise ConfigInvalid(
+                f"{facility.id}: strategy {plan.strategy} for {resource_type} is not available"
+            )
+        plans.append(plan)
     overlap = max(
         config.overlap if config.overlap is not None else DEFAULT_OVERLAP, adapter.search_facts.min_overlap
     )

@@ -29,6 +29,7 @@ from app.reconcile.capabilities import (
     gone,
     parse_capabilities,
 )
+from app.reconcile.plan import strategy_overrides
 from app.vendors.registry import adapter_for
 
 log = structlog.get_logger("reconcile.probe")
@@ -64,7 +65,8 @@ def fetch_capabilities(client: EHRClient) -> Capabilities:
 
 
 def overrides_of(facility: Facility) -> dict[str, StrategyName]:
-    return cast(dict[str, StrategyName], dict(facility.change_detection or {}))
+    """The YAML's overrides, the same the engine runs (``reconcile.strategy``, its deprecated alias)."""
+    return strategy_overrides(facility)
 
 
 def probe_facility(session: Session, facility: Facility, client: EHRClient, *, now: datetime) -> ProbeOutcome:

@@ -9,11 +9,21 @@ from sqlalchemy import text
 TRY_LOCK = text("SELECT pg_try_advisory_lock(hashtextextended('ehri-reconcile:' || :fid, 0))")
 UNLOCK = text("SELECT pg_advisory_unlock(hashtextextended('ehri-reconcile:' || :fid, 0))")
 
-#: The facility's cohort: its stored patients, and the subjects of its other stored resources.
+#: The facility's cohort: its stored patients, the subjects of its other stored resources, and the
+#: patients its HL7 v2 ADT feed named (``adt_inbox.patient_id``, resolved to FHIR ids), unless merged
+#: away by an A40 or stored as deleted.
 COHORT = text(
     """
     SELECT resource_id AS patient FROM resources
      WHERE facility_id = :fid AND resource_type = 'Patient' AND NOT deleted
+    UNION
+    SELECT a.patient_id FROM adt_inbox a
+     WHERE a.facility_id = :fid AND a.patient_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM adt_inbox m
+                        WHERE m.facility_id = :fid AND m.merged_patient_id = a.patient_id)
+       AND NOT EXISTS (SELECT 1 FROM resources r
+                        WHERE r.facility_id = :fid AND r.resource_type = 'Patient'
+                          AND r.resource_id = a.patient_id AND r.deleted)
     UNION
     SELECT substr(ref, 9) FROM (
         SELECT coalesce(resource->'subject'->>'reference', resource->'patient'->>'reference') AS ref

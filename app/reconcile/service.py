@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,6 +28,7 @@ from app.db.models import (
     DELETION_NOT_FOUND,
     DELETION_NOT_FOUND_CONFIRMED,
     Facility,
+    ReconcileRequest,
     ReconcileRun,
     ReconcileWatermark,
 )
@@ -39,6 +40,7 @@ from app.ingest.pipeline.service import Pipeline, Work
 from app.metrics import RECONCILE_RUNS
 from app.reconcile import StrategyName, coverage, queries
 from app.reconcile.plan import FacilityPlan, TypePlan, plan_for
+from app.reconcile.probe import load_capabilities
 from app.reconcile.requests import REQUESTED
 from app.reconcile.strategies import STRATEGIES
 from app.reconcile.strategies.base import Page, Scope
@@ -72,6 +74,9 @@ class RunReport:
     types: list[TypeReport] = field(default_factory=list)
     failure: str | None = None  # the reason nothing could run (the facility's configuration)
     failure_detail: str = ""
+    #: The open ``reconcile_requests`` this run covers (consumed when it completes), and their earliest start.
+    requests: list[int] = field(default_factory=list)
+    window_since: datetime | None = None
 
     @property
     def more(self) -> bool:
@@ -109,7 +114,8 @@ def facility_lock(sessions: sessionmaker[Session], facility_id: str) -> Iterator
 
 def is_due(session: Session, facility: Facility, plan: FacilityPlan, now: datetime) -> bool:
     """Due when it never ran, its interval has passed since the last run began, the last run stopped at
-    its budget or never finished, or a reconcile was requested (a notification without a focus). A run
+    its budget or never finished, or a reconcile was requested (a notification without a focus, or a
+    window in ``reconcile_requests``: a subscription found in error or off). A run
     without an outcome is either running (it holds the facility's lock: the new one will not start) or
     died (its lock went with its connection): so it is continued at once."""
     last = session.execute(
@@ -123,9 +129,19 @@ def is_due(session: Session, facility: Facility, plan: FacilityPlan, now: dateti
             ReconcileRun.facility_id == facility.id, ReconcileRun.outcome == REQUESTED
         )
     )
-    if last is None or requested is not None:
+    if last is None or requested is not None or _open_requests(session, facility.id):
         return True
     return bool(last.outcome in {PARTIAL, None} or now - last.started_at >= plan.interval)
+
+
+def _open_requests(session: Session, facility_id: str) -> list[tuple[int, datetime]]:
+    """The facility's open ``reconcile_requests``: (id, window start)."""
+    rows = session.execute(
+        select(ReconcileRequest.id, ReconcileRequest.since).where(
+            ReconcileRequest.facility_id == facility_id, ReconcileRequest.consumed_at.is_(None)
+        )
+    ).all()
+    return [(int(r.id), r.since) for r in rows]
 
 
 def reconcile_facility(
@@ -144,7 +160,9 @@ def reconcile_facility(
 ) -> RunReport:
     """Reconcile one facility now (``only_if_due``: unless it is not due). Idempotent and resumable.
     ``since`` (a backfill) searches from there instead of the watermark; the watermark still only moves
-    forward."""
+    forward. Open ``reconcile_requests`` of the facility lower every type's search to their earliest
+    window start, and are consumed once a run of the facility's whole plan has completed (every page
+    committed); a run that fails or stops at its budget leaves them open for the next."""
     report = RunReport(facility_id)
     with facility_lock(sessions, facility_id) as locked:
         if not locked:
@@ -158,7 +176,13 @@ def reconcile_facility(
             try:
                 client = client_for(facility)
                 pipeline = Pipeline.for_facility(facility, client, settings, references)
-                plan = plan_for(facility, pipeline.adapter, types=types, strategy=strategy)
+                plan = plan_for(
+                    facility,
+                    pipeline.adapter,
+                    types=types,
+                    strategy=strategy,
+                    capabilities=load_capabilities(session, facility_id),
+                )
             except ConfigurationError as exc:
                 # Nothing can run until a human fixes it: a failed run says why (status, alerts), and the
                 # next interval tries again, not every tick.
@@ -179,6 +203,11 @@ def reconcile_facility(
             if only_if_due and (not facility.enabled or not is_due(session, facility, plan, started)):
                 report.skipped = True
                 return report
+            _log_fallbacks(plan)
+            if types is None:  # a run narrowed to some types does not cover a facility's window
+                windows = _open_requests(session, facility_id)
+                report.requests = [i for i, _ in windows]
+                report.window_since = min((w for _, w in windows), default=None)
             session.execute(
                 delete(ReconcileRun).where(
                     ReconcileRun.facility_id == facility_id, ReconcileRun.outcome == REQUESTED
@@ -198,6 +227,7 @@ def reconcile_facility(
                 run_id=report.run_id,
                 started=started,
                 since=since,
+                window_since=report.window_since,
                 deadline=deadline,
                 progress=progress,
             )
@@ -218,6 +248,18 @@ def reconcile_facility(
     return report
 
 
+def _log_fallbacks(plan: FacilityPlan) -> None:
+    for type_plan in plan.types:
+        if type_plan.reason is not None:
+            log.info(
+                "reconcile.strategy_fallback",
+                facility_id=plan.facility_id,
+                resource_type=type_plan.resource_type,
+                strategy=type_plan.strategy,
+                reason=type_plan.reason,
+            )
+
+
 def _finish(sessions: sessionmaker[Session], report: RunReport) -> None:
     with sessions() as session:
         run = session.get(ReconcileRun, report.run_id)
@@ -227,6 +269,15 @@ def _finish(sessions: sessionmaker[Session], report: RunReport) -> None:
         run.pages, run.resources = report.total("pages"), report.total("resources")
         run.applied, run.recovered = report.total("applied"), report.total("recovered")
         run.reasons = {t.resource_type: t.reason for t in report.types if t.reason}
+        if report.requests and report.outcome == COMPLETE:
+            session.execute(
+                update(ReconcileRequest)
+                .where(ReconcileRequest.id.in_(report.requests), ReconcileRequest.consumed_at.is_(None))
+                .values(consumed_at=run.finished_at)
+            )
+            log.info(
+                "reconcile.requests_consumed", facility_id=report.facility_id, count=len(report.requests)
+            )
         session.commit()
 
 
@@ -243,6 +294,7 @@ def _run_type(
     run_id: int | None,
     started: datetime,
     since: datetime | None,
+    window_since: datetime | None,
     deadline: float,
     progress: Progress | None,
 ) -> TypeReport:
@@ -255,6 +307,8 @@ def _run_type(
     lower = since if since is not None else watermark
     if lower is None and since is None:
         lower = plan.initial_since
+    if lower is not None and window_since is not None:
+        lower = min(lower, window_since)  # a requested window: searched again from its start
     scope = Scope(
         client=pipeline.client,
         adapter=pipeline.adapter,

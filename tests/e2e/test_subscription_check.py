@@ -1,7 +1,7 @@
 """The subscription check as the real processes run it: beat fans out ``reconcile.check_subscriptions``,
 a worker checks the facility's subscription with its own EHR client, finds it forced to ``error`` in
 ehrsim, records the window since its last good event and re-activates it (the real receiver answers the
-handshake)."""
+handshake); the reconciler's next run covers that window and marks it consumed."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ def test_beat_and_a_worker_reactivate_a_subscription_in_error_and_record_its_win
     # `ehr-ingest subscribe` runs here: it reads the webhook secret from the environment as the CLI would.
     monkeypatch.setenv("EHRI_DEMO_WEBHOOK_SECRET_0", scenario.webhook_secret(FACILITY))
     _allow_subscription_writes(scenario)
-    scenario.start(workers=1, beat=True, env={"EHRI_SUBSCRIPTION_CHECK_INTERVAL": "PT1S"})
+    scenario.start(
+        workers=1, beat=True, env={"EHRI_SUBSCRIPTION_CHECK_INTERVAL": "PT1S", "EHRI_RECONCILE_TICK": "PT1S"}
+    )
     engine = make_engine(scenario.database_url, pool_size=1)
     pool = EHRClientPool()
     try:
@@ -90,8 +92,25 @@ def test_beat_and_a_worker_reactivate_a_subscription_in_error_and_record_its_win
         what="the worker's re-activation",
     )
     wait_until(lambda: _status_at_ehr(scenario, sub_id) == "active", timeout=30, what="the new handshake")
-    since = _scalar(
-        scenario,
-        "SELECT since FROM reconcile_requests WHERE reason = 'subscription_error' AND consumed_at IS NULL",
-    )
+    since = _scalar(scenario, "SELECT since FROM reconcile_requests WHERE reason = 'subscription_error'")
     assert since == handshake_at
+    # the window makes the facility due: the reconciler's next run covers it and consumes it
+    wait_until(
+        lambda: (
+            _scalar(
+                scenario,
+                "SELECT consumed_at IS NOT NULL FROM reconcile_requests WHERE reason = 'subscription_error'",
+            )
+            is True
+        ),
+        timeout=60,
+        what="the reconciler consuming the window",
+    )
+    assert (
+        _scalar(
+            scenario,
+            "SELECT count(*) FROM reconcile_runs r JOIN reconcile_requests q ON q.facility_id = r.facility_id"
+            " WHERE r.outcome = 'complete' AND r.finished_at = q.consumed_at",
+        )
+        == 1
+    )

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 
-from app.db.models import Facility, ReconcileWatermark, RecoveredChange
+from app.db.models import INBOX_DONE, AdtMessage, Facility, ReconcileWatermark, RecoveredChange
 from app.fhir.references import ResourceRef
 from app.fhir.resources import content_hash
 from app.reconcile.service import FAILED
@@ -168,3 +168,41 @@ def test_the_per_patient_change_search_is_what_the_vendor_accepts_and_finds_the_
     assert all(w.endswith("not tombstoned") or w.endswith("behind") for w in wrong), wrong
     if facility == "rc-athena-lu":
         assert not [w for w in wrong if w.endswith("behind")]
+
+
+def test_patients_named_by_the_adt_feed_join_the_per_patient_cohort(world: World) -> None:
+    facility = "rc-oracle-lu"
+    assert world.reconcile(facility).outcome == "complete"
+    with world.sessions.begin() as session:
+        rows = [
+            ("adt-c1", "A04", "adt-only-patient", None),  # known only from ADT: nothing stored for it
+            ("adt-c2", "A08", "adt-merged-away", None),
+            ("adt-c3", "A40", "adt-survivor", "adt-merged-away"),  # merged adt-merged-away into it
+        ]
+        session.add_all(
+            AdtMessage(
+                facility_id=facility,
+                control_id=control_id,
+                raw="MSH|...",
+                event_type=event,
+                patient_id=patient,
+                merged_patient_id=merged,
+                status=INBOX_DONE,
+            )
+            for control_id, event, patient, merged in rows
+        )
+    world.transport.seen.clear()
+    try:
+        report = world.reconcile(facility, types=["Observation"])
+    finally:
+        with world.sessions.begin() as session:
+            session.execute(delete(AdtMessage).where(AdtMessage.facility_id == facility))
+
+    assert report.outcome == "complete", [(t.resource_type, t.reason) for t in report.types]
+    patients = {
+        httpx.URL(url).params.get("patient")
+        for url, _ in world.transport.seen
+        if f"/{facility}/fhir/Observation?" in url
+    }
+    assert {"adt-only-patient", "adt-survivor"} <= patients
+    assert "adt-merged-away" not in patients
