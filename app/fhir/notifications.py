@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 from app.errors import ForeignHostError, NotificationError
-from app.fhir.references import ResourceRef, parse_reference
+from app.fhir.references import ResourceRef, parse_reference, resource_ref
 
 NotificationType = Literal["handshake", "heartbeat", "event-notification", "query-status", "query-event"]
 # "medplum" is the header-announced bare resource, named after the server whose format it is (data only:
@@ -401,7 +401,7 @@ def _resource_ref(resource: dict[str, Any], base_url: str) -> ResourceRef:
     rtype, rid = resource.get("resourceType"), resource.get("id")
     if not isinstance(rtype, str) or not isinstance(rid, str):
         raise NotificationError("not_a_notification", "a bare resource needs resourceType and id")
-    ref = parse_reference(f"{rtype}/{rid}", base_url)
+    ref = resource_ref(rtype, rid)  # its own type and id: never a path or URL to resolve
     meta = resource.get("meta")
     version = meta.get("versionId") if isinstance(meta, dict) else None
     if isinstance(version, str) and version.strip():

@@ -30,6 +30,23 @@ class ResourceRef:
         return f"{self.resource_type}/{self.resource_id}"
 
 
+_TYPE_ONLY = re.compile(rf"{_TYPE}")
+_ID_ONLY = re.compile(_ID)
+
+
+def resource_ref(resource_type: str, resource_id: str) -> ResourceRef:
+    """The reference of a resource named by its own ``resourceType`` and ``id`` (a bare resource, a
+    payload): both must be what FHIR allows, never a path or a URL to be resolved. Raises
+    NotificationError otherwise."""
+    if (
+        _TYPE_ONLY.fullmatch(resource_type) is None
+        or _ID_ONLY.fullmatch(resource_id) is None
+        or not resource_id.strip(".")
+    ):
+        raise NotificationError("bad_reference", "resourceType or id is not a FHIR type or id")
+    return ResourceRef(resource_type, resource_id)
+
+
 def parse_reference(reference: str, base_url: str) -> ResourceRef:
     """Parse a focus reference. Raises ForeignHostError for an absolute URL outside ``base_url`` and
     NotificationError for anything that is not a resource reference."""

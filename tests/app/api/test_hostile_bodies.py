@@ -122,6 +122,10 @@ def test_hostile_payload_mode_paths_are_never_a_5xx(
         + b"}",  # beyond Python's int-parsing digit limit: ValueError, not JSONDecodeError
         b'{"resourceType":"Observation","id":"o1","value":1e999}',
         b"[" * 100_000,
+        # a bare resource whose own id or type is a URL (found by hypothesis: ForeignHostError, a 500)
+        b'{"resourceType":"Observation","id":"https://ehr.test/fhir/Patient/p1"}',
+        b'{"resourceType":"https://evil.test/Patient","id":"p1"}',
+        b'{"resourceType":"Observation","id":"p1/_history/2"}',
     ],
 )
 def test_reported_malformed_bodies_are_a_400_or_a_quarantine(
