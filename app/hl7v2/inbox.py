@@ -22,6 +22,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 
 from app.db.models import INBOX_DONE, INBOX_PENDING
+from app.ingest.writer import WriterStopped
 
 CONNECT_TIMEOUT_S = 5
 
@@ -95,7 +96,8 @@ class _Job:
 
 class AdtWriter:
     """``await write(row)`` returns True when this call stored the row, False for a duplicate; raises
-    when it could not be committed."""
+    when it could not be committed, and ``WriterStopped`` at once after ``stop`` (nothing stored: the
+    listener answers AE, so the sender's engine resends to the next listener)."""
 
     def __init__(self, conninfo: str, *, max_batch: int = 256, loops: int = 2) -> None:
         self._conninfo = conninfo
@@ -104,11 +106,14 @@ class AdtWriter:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: dict[int, psycopg.AsyncConnection[Any]] = {}
+        self._stopped = False
 
     async def start(self) -> None:
+        self._stopped = False
         self._tasks = [asyncio.create_task(self._run(i), name=f"adt-writer-{i}") for i in range(self._loops)]
 
     async def stop(self) -> None:
+        self._stopped = True  # first: a write arriving while the loops wind down is refused, never queued
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -120,9 +125,11 @@ class AdtWriter:
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
-                job.future.set_exception(RuntimeError("listener shutting down"))
+                job.future.set_exception(WriterStopped())
 
     async def write(self, row: AdtRow) -> bool:
+        if self._stopped or not self._tasks:
+            raise WriterStopped
         job = _Job(row, asyncio.get_running_loop().create_future())
         await self._queue.put(job)
         return await job.future
@@ -162,9 +169,7 @@ class AdtWriter:
             try:
                 await self._commit(slot, jobs)
             except asyncio.CancelledError:
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(RuntimeError("listener shutting down"))
+                self._fail(jobs, WriterStopped())
                 raise
 
     async def _commit(self, slot: int, jobs: list[_Job]) -> None:

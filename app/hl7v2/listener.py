@@ -29,6 +29,7 @@ from app.hl7v2.inbox import AdtRow, AdtWriter
 from app.hl7v2.message import Header, Parsed, parse
 from app.hl7v2.mllp import Frame, FrameDecoder, Oversized, frame
 from app.hl7v2.routing import Directory, Hl7Facility
+from app.ingest.writer import WriterStopped
 from app.metrics import MLLP_ACK_SECONDS, MLLP_CONNECTIONS, MLLP_REFUSED_PEERS, mllp_messages
 from app.pacing import Pacer
 
@@ -195,10 +196,11 @@ class Listener:
         event = header.event_type if header.event_type in ADT_EVENTS else "other"
         try:
             stored = await self._writer.write(row)
-        except (psycopg.Error, OSError, RuntimeError) as exc:
-            mllp_messages(facility.id, event, "database_unavailable").inc()
-            log.warning("hl7v2.not_stored", facility_id=facility.id, error=type(exc).__name__)
-            return build_ack(header, "AE", now=self._now(), reason="database_unavailable"), "AE"
+        except (psycopg.Error, OSError, WriterStopped) as exc:
+            why = "shutting_down" if isinstance(exc, WriterStopped) else "database_unavailable"
+            mllp_messages(facility.id, event, why).inc()
+            log.warning("hl7v2.not_stored", facility_id=facility.id, reason=why, error=type(exc).__name__)
+            return build_ack(header, "AE", now=self._now(), reason=why), "AE"
         mllp_messages(facility.id, event, "stored" if stored else "duplicate").inc()
         if stored and row.work and self._pacer is not None:
             self._pacer.ring(facility.id)
