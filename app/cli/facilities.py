@@ -147,6 +147,7 @@ def show(
         rows = resource_capabilities(session, facility_id)
         events = capability_events(session, facility_id)
         subscription = _subscription_state(session, facility_id)
+        plan, plan_error = _plan(facility, caps)
         document = {
             "facility": facility_id,
             "vendor": facility.vendor,
@@ -169,6 +170,16 @@ def show(
                 for e in events
             ],
             "subscription": subscription,
+            "plan": {
+                t.resource_type: {
+                    "strategy": t.strategy,
+                    "source": t.source,
+                    "probed": t.probed,
+                    "reason": t.reason,
+                }
+                for t in plan
+            },
+            "plan_error": plan_error,
         }
     if as_json:
         render.line(json.dumps(document, sort_keys=True))
@@ -201,6 +212,16 @@ def show(
         ],
         title="change detection",
     )
+    if plan_error is not None:
+        render.line(f"  reconcile plan: {plan_error}")
+    render.table(
+        ("type", "probe chose", "runs", "because", "why"),
+        [
+            (t.resource_type, t.probed or "-", t.strategy, _SOURCE_LABELS[t.source], t.reason or "")
+            for t in plan
+        ],
+        title="reconcile plan",
+    )
     if subscription is not None:
         sub = subscription
         render.line(
@@ -215,6 +236,27 @@ def show(
             [(e.detected_at.isoformat(), e.capability, e.change) for e in events],
             title="capability changes",
         )
+
+
+_SOURCE_LABELS = {
+    "override": "yaml override",
+    "probe": "probe",
+    "probe-fallback": "probe (fallback)",
+    "adapter-default": "adapter default",
+}
+
+
+def _plan(facility: Any, caps: Any) -> tuple[tuple[Any, ...], str | None]:
+    """The plan the reconciler runs (``app.reconcile.plan``), or why it cannot be made."""
+    from app.errors import ConfigInvalid
+    from app.reconcile.plan import plan_for
+    from app.vendors.registry import adapter_for
+
+    try:
+        plan = plan_for(facility, adapter_for(facility.vendor), capabilities=caps)
+    except ConfigInvalid as exc:
+        return (), exc.detail
+    return plan.types, None
 
 
 def _subscription_state(session: Session, facility_id: str) -> dict[str, Any] | None:

@@ -7,7 +7,11 @@
    override: the YAML is read here, as it is now). A choice this reconciler does not implement yet
    (``bulk-since``, ``events``) falls back (``TypePlan.reason``, which the run logs) to the first
    implemented strategy the capabilities allow (``PREFERENCE`` order), else to the adapter default;
-3. the vendor adapter's ``default_change_detection`` (never probed, or the type not advertised).
+3. the vendor adapter's ``default_change_detection`` (never probed, the type not advertised, or the probe
+   allowed nothing for it: said in ``TypePlan.reason``).
+
+Each ``TypePlan`` says where its strategy came from (``source``) and what the probe alone chose
+(``probed``), for ``facilities show``: the one rule, told where it is applied.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from app.reconcile import StrategyName
 from app.reconcile.capabilities import (
     PREFERENCE,
     Capabilities,
+    StrategyChoice,
     TypeCapabilities,
     allowed,
     explain_strategies,
@@ -42,7 +47,12 @@ class TypePlan:
     resource_type: str
     strategy: StrategyName
     source: PlanSource = "adapter-default"
-    reason: str | None = None  # why a probed choice was not run (``probe-fallback``)
+    #: Why the probe's choice was not run (``probe-fallback``; ``adapter-default`` when the probe allowed
+    #: nothing for the type).
+    reason: str | None = None
+    #: What the last successful probe's capabilities alone choose (no override, no fallback); None when
+    #: never probed, the type not seen, or nothing allowed.
+    probed: StrategyName | None = None
 
 
 @dataclass(frozen=True)
@@ -70,23 +80,27 @@ def _choose(
     resource_type: str,
     adapter: VendorAdapter,
     overrides: Mapping[str, StrategyName],
-    probed: Mapping[str, StrategyName],
+    probed: Mapping[str, StrategyChoice],
     capabilities: Capabilities | None,
 ) -> TypePlan:
+    raw = probed.get(resource_type)
+    choice = raw.strategy if raw is not None else None
     override = overrides.get(resource_type, overrides.get("*"))
     if override is not None:
-        return TypePlan(resource_type, override, "override")
+        return TypePlan(resource_type, override, "override", probed=choice)
     default = adapter.default_change_detection
-    choice = probed.get(resource_type)
     if choice is None or capabilities is None:
-        return TypePlan(resource_type, default, "adapter-default")
+        reason = None
+        if raw is not None and capabilities is not None:
+            reason = f"probe allowed nothing ({raw.reason}); {adapter.vendor} default {default} instead"
+        return TypePlan(resource_type, default, "adapter-default", reason)
     if choice in STRATEGIES:
-        return TypePlan(resource_type, choice, "probe")
+        return TypePlan(resource_type, choice, "probe", probed=choice)
     caps = capabilities.types.get(resource_type, TypeCapabilities())
     options = allowed(caps, capabilities, resource_type)
     fallback = next((s for s in PREFERENCE if s in options and s in STRATEGIES), default)
     reason = f"probed choice {choice} not implemented yet; {fallback} instead"
-    return TypePlan(resource_type, fallback, "probe-fallback", reason)
+    return TypePlan(resource_type, fallback, "probe-fallback", reason, probed=choice)
 
 
 def plan_for(
@@ -105,13 +119,7 @@ def plan_for(
     overrides: Mapping[str, StrategyName] = (
         {"*": strategy} if strategy is not None else strategy_overrides(facility)
     )
-    probed: dict[str, StrategyName] = {}
-    if capabilities is not None:
-        probed = {
-            t: c.strategy
-            for t, c in explain_strategies(capabilities, adapter).items()
-            if c.strategy is not None
-        }
+    probed = explain_strategies(capabilities, adapter) if capabilities is not None else {}
     plans = []
     for resource_type in chosen:
         plan = _choose(resource_type, adapter, overrides, probed, capabilities)

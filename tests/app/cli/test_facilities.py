@@ -168,3 +168,44 @@ def test_show_of_a_facility_never_probed_says_how(invoke: Invoke, tmp_path: Path
 
 def test_show_of_an_unknown_facility_exits_2(invoke: Invoke) -> None:
     assert_one_line_error(invoke("facilities", "show", "nope", "--json"), 2, "unknown facility")
+
+
+def test_show_prints_the_probe_choice_beside_what_runs_and_why(
+    invoke: Invoke, tmp_path: Path, cli_engine: Engine
+) -> None:
+    import json
+
+    invoke(
+        "facilities",
+        "apply",
+        "--no-probe",
+        _write(tmp_path, FACILITY_YAML.format(id="fac-a", base_url="https://a.test")),
+    )
+    caps = {
+        "types": {
+            "Observation": {"search_params": ["_lastUpdated", "patient"], "required_params": ["patient"]}
+        }
+    }
+    with cli_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO facility_capabilities (facility_id, probed_at, ok, capabilities)"
+                " VALUES ('fac-a', now(), true, CAST(:c AS jsonb))"
+            ),
+            {"c": json.dumps(caps)},
+        )
+
+    shown = invoke("facilities", "show", "fac-a")
+    document = json.loads(invoke("facilities", "show", "fac-a", "--json").stdout)
+
+    assert shown.exit_code == 0, shown.output
+    observation = next(line for line in shown.stdout.splitlines() if "│ Observation" in line)
+    assert "patient-last-updated" in observation
+    assert "probe" in observation
+    assert document["plan"]["Observation"] == {
+        "strategy": "patient-last-updated",
+        "source": "probe",
+        "probed": "patient-last-updated",
+        "reason": None,
+    }
+    assert document["plan"]["Patient"]["source"] == "adapter-default"

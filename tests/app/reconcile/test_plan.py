@@ -108,3 +108,46 @@ def test_a_probed_choice_not_implemented_with_nothing_runnable_allowed() -> None
     assert _chosen(facility, only_export) == {"Observation": ("last-updated", "probe-fallback")}
     with pytest.raises(ConfigInvalid):  # MEDITECH: nothing this engine can run
         _chosen(_facility("meditech", types=["Observation"]), only_export)
+
+
+def _provenance(facility: Facility, capabilities: Capabilities | None) -> dict[str, tuple[Any, ...]]:
+    plan = plan_for(facility, adapter_for(facility.vendor), capabilities=capabilities)
+    return {t.resource_type: (t.probed, t.strategy, t.source) for t in plan.types}
+
+
+def test_each_type_plan_carries_the_raw_probed_choice_beside_what_runs() -> None:
+    # never probed: no raw choice
+    assert _provenance(_facility(), None)["Observation"] == (None, "last-updated", "adapter-default")
+    # probed and run
+    assert _provenance(_facility(), PER_PATIENT)["Observation"] == (
+        "patient-last-updated",
+        "patient-last-updated",
+        "probe",
+    )
+    # overridden: the probe's own choice is still told
+    overridden = _facility(strategy={"Observation": "created-date"})
+    assert _provenance(overridden, PER_PATIENT)["Observation"] == (
+        "patient-last-updated",
+        "created-date",
+        "override",
+    )
+    # not runnable yet: the raw choice is the one not run
+    exporting = Capabilities(types=PER_PATIENT.types, export=frozenset({"group"}))
+    assert _provenance(_facility("meditech"), exporting)["Observation"] == (
+        "bulk-since",
+        "patient-last-updated",
+        "probe-fallback",
+    )
+
+
+def test_a_probe_that_allowed_nothing_for_a_type_says_so_beside_the_adapter_default() -> None:
+    nothing = Capabilities(types={"Observation": TypeCapabilities()})
+    plan = plan_for(_facility(types=["Observation"]), adapter_for("generic"), capabilities=nothing)
+    (observation,) = plan.types
+    assert (observation.probed, observation.strategy, observation.source) == (
+        None,
+        "last-updated",
+        "adapter-default",
+    )
+    assert observation.reason is not None
+    assert observation.reason.startswith("probe allowed nothing")
