@@ -13,6 +13,9 @@ from app.errors import ConfigurationError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from app.db.models import Facility
+    from app.reconcile.capabilities import Capabilities
+    from app.reconcile.plan import TypePlan
     from app.reconcile.probe import ProbeOutcome
 
 cli = typer.Typer(help="Facilities: the EHRs we ingest from.", no_args_is_help=True)
@@ -246,7 +249,7 @@ _SOURCE_LABELS = {
 }
 
 
-def _plan(facility: Any, caps: Any) -> tuple[tuple[Any, ...], str | None]:
+def _plan(facility: Facility, caps: Capabilities | None) -> tuple[tuple[TypePlan, ...], str | None]:
     """The plan the reconciler runs (``app.reconcile.plan``), or why it cannot be made."""
     from app.errors import ConfigInvalid
     from app.reconcile.plan import plan_for
