@@ -22,7 +22,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 
 from app.db.models import INBOX_DONE, INBOX_PENDING
-from app.ingest.writer import WriterStopped
+from app.ingest.group_commit import WriterStopped
 
 CONNECT_TIMEOUT_S = 5
 

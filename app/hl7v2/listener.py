@@ -29,7 +29,7 @@ from app.hl7v2.inbox import AdtRow, AdtWriter
 from app.hl7v2.message import Header, Parsed, parse
 from app.hl7v2.mllp import Frame, FrameDecoder, Oversized, frame
 from app.hl7v2.routing import Directory, Hl7Facility
-from app.ingest.writer import WriterStopped
+from app.ingest.group_commit import WriterStopped
 from app.metrics import MLLP_ACK_SECONDS, MLLP_CONNECTIONS, MLLP_REFUSED_PEERS, mllp_messages
 from app.pacing import Pacer
 

@@ -50,10 +50,11 @@ from app.facilities.senders import UNKNOWN_SENDER
 from app.facilities.webhooks import FacilityDirectory, ReceiverFacility
 from app.fhir import jsonwire, pgsafe
 from app.fhir.notifications import Delivery, parse_delivery
+from app.ingest.group_commit import WriterStopped
 from app.ingest.inbox import Intake, intake_for
 from app.ingest.quarantine import Quarantined as QuarantineItem
 from app.ingest.quarantine import quarantine
-from app.ingest.writer import InboxWriter, WriteResult, WriterStopped
+from app.ingest.writer import InboxWriter, WriteResult
 from app.metrics import ACK_SECONDS, AUTH_FAILURES, LEDGER_GAPS, QUARANTINED, events, notifications
 
 log = structlog.get_logger("api.hooks")

@@ -1,10 +1,10 @@
 """Group commit for the receiver: concurrent requests share one transaction.
 
 Each request hands its intake (inbox entries and a ledger observation) to ``InboxWriter.commit`` and
-waits; a few writer loops take everything queued (up to ``max_batch`` entries) and, in one transaction
-of two round trips (pipeline mode), claim the sender message ids (Standard Webhooks: a message already
-committed is a replay and stores nothing), lock the event-ledger rows of the subscriptions involved
-(both in key order, so two loops or two processes never deadlock),
+waits; a few writer threads (``app.ingest.group_commit``) take everything queued (up to ``max_batch``
+entries) and, in one transaction of two round trips (pipeline mode), claim the sender message ids
+(Standard Webhooks: a message already committed is a replay and stores nothing), lock the event-ledger
+rows of the subscriptions involved (both in key order, so two threads or two processes never deadlock),
 apply the observations in arrival order (which fixes each numbered event's epoch, part of its dedup
 key), insert the inbox rows in one statement with ON CONFLICT DO NOTHING on the dedup key, write the
 ledger rows back, commit, and only then wake the requests. A request is answered 2xx only after its
@@ -17,7 +17,6 @@ fails the others sharing its batch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import Counter
@@ -27,23 +26,15 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg.rows import namedtuple_row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import InboxRow, SubscriptionLedger, sql_types
 from app.errors import Unstorable
 from app.fhir import jsonwire
+from app.ingest.group_commit import CONNECT_TIMEOUT_S, GroupCommit
 from app.ingest.inbox import INBOX_COLUMNS, InboxEntry, Intake
 from app.ingest.ledger import LEDGER_COLUMNS, LEDGER_KEY, LedgerState, apply
 from app.metrics import BATCHES_ISOLATED, COMMIT_BATCH, COMMIT_SECONDS
-
-CONNECT_TIMEOUT_S = 5
-
-
-class WriterStopped(Exception):
-    """The writer stopped (the receiver is shutting down) before this commit ran: nothing was stored,
-    and the sender is told to retry (503), never a 500."""
-
 
 log = structlog.get_logger("ingest.writer")
 
@@ -160,7 +151,6 @@ def _results(
 class _Job:
     intake: Intake | None
     entries: list[InboxEntry]
-    future: asyncio.Future[WriteResult]
 
 
 @dataclass
@@ -171,189 +161,121 @@ class _Outcome:
     replay: bool = False
 
 
-class InboxWriter:
+class InboxWriter(GroupCommit[_Job, WriteResult]):
     def __init__(self, engine: AsyncEngine, *, max_batch: int = 256, loops: int = 2) -> None:
-        self._engine = engine
-        self._max_batch = max_batch
-        self._loops = loops
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
-        # Each loop keeps one connection of its own (psycopg directly: the hot path cannot afford an ORM
-        # layer per batch); a broken one is replaced at the next batch, whose requests get the error.
-        self._conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._connections: dict[int, psycopg.AsyncConnection[Any]] = {}
+        # psycopg directly, one connection per writer thread: the hot path cannot afford an ORM layer per
+        # batch; a broken connection is replaced at the next batch, whose requests get the error.
+        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        super().__init__(conninfo, max_batch=max_batch, threads=loops, name="inbox-writer")
         self._next_prune = 0.0
-        self._stopped = False
-
-    async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._run(i), name=f"inbox-writer-{i}") for i in range(self._loops)
-        ]
-
-    async def stop(self) -> None:
-        self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for conn in self._connections.values():
-            await conn.close()
-        self._connections.clear()
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(WriterStopped("receiver shutting down"))
 
     async def write(self, entries: list[InboxEntry]) -> WriteResult:
         """Commit inbox entries that need no ledger (their keys are final)."""
         if not entries:
             return WriteResult(0, 0)
-        return await self._submit(_Job(None, entries, self._future()))
+        return await self.submit(_Job(None, entries), len(entries) + 1)
 
     async def commit(self, intake: Intake) -> WriteResult:
         """Commit one notification: its inbox entries and its event-ledger observation."""
-        return await self._submit(_Job(intake, intake.entries, self._future()))
+        return await self.submit(_Job(intake, intake.entries), len(intake.entries) + 1)
 
-    @staticmethod
-    def _future() -> asyncio.Future[WriteResult]:
-        return asyncio.get_running_loop().create_future()
-
-    async def _submit(self, job: _Job) -> WriteResult:
-        if self._stopped:  # nobody would take it: the request must not wait for its timeout
-            raise WriterStopped("receiver shutting down")
-        await self._queue.put(job)
-        return await job.future
-
-    async def _run(self, slot: int) -> None:
-        while True:
-            jobs = [await self._queue.get()]
-            size = len(jobs[0].entries) + 1
-            while size < self._max_batch and not self._queue.empty():
-                job = self._queue.get_nowait()
-                jobs.append(job)
-                size += len(job.entries) + 1
-            COMMIT_BATCH.observe(len(jobs))
-            started = time.perf_counter()
+    def after_batch(self, slot: int) -> None:
+        if slot == 0 and time.monotonic() >= self._next_prune:  # between batches, answers sent
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
             try:
-                answers = await self._commit(slot, jobs)
-            except asyncio.CancelledError:
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(WriterStopped("receiver shutting down"))
-                raise
-            COMMIT_SECONDS.observe(time.perf_counter() - started)
-            for job, answer in zip(jobs, answers, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(answer, BaseException):
-                    job.future.set_exception(answer)
-                else:
-                    job.future.set_result(answer)
-            if slot == 0 and time.monotonic() >= self._next_prune:  # between batches, answers sent
-                self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
-                await self._prune_quietly()
+                self._prune(self.connection(0))
+            except (psycopg.Error, OSError) as exc:  # the next round tries again; the table only grows
+                log.warning("ingest.prune_failed", error=type(exc).__name__)
 
-    async def _prune_quietly(self) -> None:
-        try:
-            await self.prune_messages()
-        except (psycopg.Error, OSError) as exc:  # the next round tries again; the table only grows meanwhile
-            log.warning("ingest.prune_failed", error=type(exc).__name__)
-
-    async def _commit(self, slot: int, jobs: list[_Job]) -> list[WriteResult | BaseException]:
+    def commit_batch(self, slot: int, items: list[_Job]) -> list[WriteResult | BaseException]:
         """Each job's result or error. A batch that fails while its connection stays healthy failed
         because of what some job holds: every job is then retried alone, so one tenant's unstorable
         value fails only its own request (``Unstorable``) and the others commit."""
+        COMMIT_BATCH.observe(len(items))
+        started = time.perf_counter()
         try:
-            return _results(jobs, *await self._transaction(slot, jobs))
+            answers = _results(items, *self._transaction(slot, items))
         except Exception as exc:  # noqa: BLE001 - every waiting request must learn of the failure
-            if len(jobs) == 1 or self._connection_lost(slot):
-                return [_refusal(exc)] * len(jobs)
+            if len(items) == 1 or self.connection_lost(slot):
+                return [_refusal(exc)] * len(items)
             first = exc
-        log.warning("ingest.batch_isolated", jobs=len(jobs), error=type(first).__name__)
+        else:
+            COMMIT_SECONDS.observe(time.perf_counter() - started)
+            return answers
+        log.warning("ingest.batch_isolated", jobs=len(items), error=type(first).__name__)
         BATCHES_ISOLATED.inc()
-        answers: list[WriteResult | BaseException] = []
-        for index, job in enumerate(jobs):
+        isolated: list[WriteResult | BaseException] = []
+        for index, job in enumerate(items):
             try:
-                answers += _results([job], *await self._transaction(slot, [job]))
+                isolated += _results([job], *self._transaction(slot, [job]))
             except Exception as exc:  # noqa: BLE001 - this job's own failure, answered to it alone
-                if self._connection_lost(slot):  # the database went away meanwhile: no more tries
-                    return answers + [exc] * (len(jobs) - index)
-                answers.append(_refusal(exc))
-        return answers
+                if self.connection_lost(slot):  # the database went away meanwhile: no more tries
+                    return isolated + [exc] * (len(items) - index)
+                isolated.append(_refusal(exc))
+        return isolated
 
-    def _connection_lost(self, slot: int) -> bool:
-        conn = self._connections.get(slot)
-        return conn is None or conn.closed or conn.broken
-
-    async def _connection(self, slot: int) -> psycopg.AsyncConnection[Any]:
-        conn = self._connections.get(slot)
-        if conn is None or conn.closed or conn.broken:
-            conn = await psycopg.AsyncConnection.connect(
-                self._conninfo, connect_timeout=CONNECT_TIMEOUT_S, row_factory=namedtuple_row
-            )
-            self._connections[slot] = conn
-        return conn
-
-    async def _transaction(
-        self, slot: int, jobs: list[_Job]
-    ) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
+    def _transaction(self, slot: int, jobs: list[_Job]) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
         for attempt in (1, 2):
-            conn = await self._connection(slot)
+            conn = self.connection(slot)
             try:
-                return await self._write(conn, jobs)
+                return _write(conn, jobs)
             except psycopg.OperationalError:
                 if not (conn.broken or conn.closed):
                     raise
-                self._connections.pop(slot, None)
+                self.drop_connection(slot)
                 # A connection that died while idle (Postgres restarted): one retry on a fresh one is
                 # safe, because the inbox insert is idempotent on its dedup keys.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    @staticmethod
-    async def _write(
-        conn: psycopg.AsyncConnection[Any], jobs: list[_Job]
-    ) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
-        """One transaction in two round trips (pipeline mode): BEGIN, claim the message ids and lock
-        the ledger rows, read both; then write the rows and the ledger, COMMIT, read what was stored.
-        Under load every round trip also waits for a turn of the busy event loop: fewer is faster."""
-        messages = _Messages.of(jobs)
-        keys = sorted({job.intake.observation.key for job in jobs if job.intake is not None})
-        async with conn.pipeline(), conn.cursor() as claim, conn.cursor() as lock, conn.cursor() as write:
-            async with conn.transaction():
-                if messages.keys:
-                    await claim.execute(_CLAIM_MESSAGES, messages.params())
-                if keys:
-                    lock_params = {"facility_id": [k[0] for k in keys], "subscription": [k[1] for k in keys]}
-                    await lock.execute(_LOCK_LEDGER, lock_params)
-                replays = messages.replays
-                if messages.keys:
-                    replays |= messages.committed_before(await claim.fetchall())
-                rows = await lock.fetchall() if keys else []
-                states = {(r.facility_id, r.subscription): LedgerState.from_row(r) for r in rows}
-                live = [job for index, job in enumerate(jobs) if index not in replays]
-                live_outcomes = _apply_ledger(states, live)
-                inbox_rows = [_inbox_row(e) for outcome in live_outcomes for e in outcome.entries]
-                ledger_rows = [_ledger_row(state) for state in states.values()]
-                await write.execute(
-                    _WRITE, {"inbox": jsonwire.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
-                )
-            stored = Counter((r.facility_id, r.dedup_key) for r in await write.fetchall())
-        next_live = iter(live_outcomes)
-        outcomes = [
-            _Outcome(job.entries, replay=True) if index in replays else next(next_live)
-            for index, job in enumerate(jobs)
-        ]
-        return outcomes, stored
-
     async def prune_messages(self) -> int:
         """Forget the sender message ids whose replay window has closed; returns how many."""
-        conn = await self._connection(0)
-        async with conn.transaction(), conn.cursor() as cur:
-            await cur.execute(_PRUNE_MESSAGES)
+
+        def prune() -> int:
+            with psycopg.Connection.connect(self.conninfo, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+                return self._prune(conn)
+
+        return await asyncio.to_thread(prune)
+
+    @staticmethod
+    def _prune(conn: psycopg.Connection[Any]) -> int:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_PRUNE_MESSAGES)
             return cur.rowcount
+
+
+def _write(
+    conn: psycopg.Connection[Any], jobs: list[_Job]
+) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
+    """One transaction in two round trips (pipeline mode): BEGIN, claim the message ids and lock the
+    ledger rows, read both; then write the rows and the ledger, COMMIT, read what was stored."""
+    messages = _Messages.of(jobs)
+    keys = sorted({job.intake.observation.key for job in jobs if job.intake is not None})
+    with conn.pipeline(), conn.cursor() as claim, conn.cursor() as lock, conn.cursor() as write:
+        with conn.transaction():
+            if messages.keys:
+                claim.execute(_CLAIM_MESSAGES, messages.params())
+            if keys:
+                lock_params = {"facility_id": [k[0] for k in keys], "subscription": [k[1] for k in keys]}
+                lock.execute(_LOCK_LEDGER, lock_params)
+            replays = messages.replays
+            if messages.keys:
+                replays |= messages.committed_before(claim.fetchall())
+            rows = lock.fetchall() if keys else []
+            states = {(r.facility_id, r.subscription): LedgerState.from_row(r) for r in rows}
+            live = [job for index, job in enumerate(jobs) if index not in replays]
+            live_outcomes = _apply_ledger(states, live)
+            inbox_rows = [_inbox_row(e) for outcome in live_outcomes for e in outcome.entries]
+            ledger_rows = [_ledger_row(state) for state in states.values()]
+            write.execute(_WRITE, {"inbox": jsonwire.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)})
+        stored = Counter((r.facility_id, r.dedup_key) for r in write.fetchall())
+    next_live = iter(live_outcomes)
+    outcomes = [
+        _Outcome(job.entries, replay=True) if index in replays else next(next_live)
+        for index, job in enumerate(jobs)
+    ]
+    return outcomes, stored
 
 
 @dataclass

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 
 from app.cli.mllp import make_url_conninfo
 from app.hl7v2.inbox import AdtRow, AdtWriter
-from app.ingest.writer import WriterStopped
+from app.ingest.group_commit import WriterStopped
 from tests.app.hl7v2.conftest import Client, start_listener
 from tests.app.hl7v2.samples import a01
 
