@@ -55,6 +55,7 @@ How the drain treats a failure is a class distinction:
             │   └── TokenResponseInvalid    token_response_invalid
             ├── EHRRejected                 ehr_http_4xx             another 4xx (the status is in detail)
             │   ├── EHRBadRequest           ehr_http_400
+            │   ├── SearchTooBroad          search_too_broad         matches too much (4127): narrow it
             │   ├── EHRForbidden            ehr_http_403
             │   └── EHRUnprocessable        ehr_http_422
             ├── EHRServerErrorPermanent     ehr_server_error_permanent  500 the adapter calls permanent
@@ -351,6 +352,13 @@ class EHRRejected(PermanentEHRError):
 
 class EHRBadRequest(EHRRejected):
     reason = "ehr_http_400"
+
+
+class SearchTooBroad(EHRRejected):
+    """A search refused because it matches too much (issue code ``too-costly``; Epic's Patient search
+    past 100 matches, 4127): ask narrower criteria."""
+
+    reason = "search_too_broad"
 
 
 class EHRForbidden(EHRRejected):

@@ -18,6 +18,7 @@ DATE_PARAMS: dict[str, dict[str, tuple[str, ...]]] = {
     "AllergyIntolerance": {"date": ("recordedDate",)},
     "DocumentReference": {"date": ("date",)},
     "Encounter": {"date": ("period", "start")},
+    "Patient": {"birthdate": ("birthDate",)},
 }
 
 

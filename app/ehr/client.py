@@ -44,6 +44,7 @@ from app.errors import (
     IngestError,
     PagingLoop,
     PagingSessionExpired,
+    SearchTooBroad,
     TooManyRedirects,
     TransientEHRError,
     UnparseableResource,
@@ -51,6 +52,7 @@ from app.errors import (
 )
 from app.fhir import jsonwire
 from app.fhir.base_url import is_under_base
+from app.fhir.outcomes import outcome_issue_codes
 from app.fhir.references import ResourceRef
 from app.fhir.resources import resource_meta
 from app.metrics import ehr_request
@@ -210,7 +212,9 @@ class EHRClient:
                 )
         raise PagingSessionExpired(f"{resource_type} search: paging expired {MAX_QUERY_REISSUES + 1} times")
 
-    def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+    def search_pages(
+        self, resource_type: str, params: Mapping[str, str | list[str]]
+    ) -> Iterator[dict[str, Any]]:
         """The pages of a search one at a time, as ``search`` reads them, for callers that commit each
         page before reading the next (the reconciler). When the server forgets the search between two
         pages, the query is issued again and its pages come again from the first: callers must be
@@ -415,6 +419,8 @@ class EHRClient:
             # Whether a 500 is worth retrying is the vendor's call (Oracle answers 500 for some permanent
             # errors): its adapter reads the status and the OperationOutcome, if any.
             raise self._server_error(status, _json_or_none(response))
+        if status in (400, 403) and "too-costly" in outcome_issue_codes(_json_or_none(response)):
+            raise SearchTooBroad(f"{status}: the search matches too much", status)
         raise rejected(status)
 
 

@@ -42,5 +42,9 @@ class SearchFacts:
     unscoped_types: frozenset[str] = frozenset({"Patient", "Medication", "Group", "Practitioner"})
     #: The created-date parameter per type (a type missing here has none: only the re-crawl sees it).
     created_date_params: Mapping[str, str] = field(default_factory=lambda: CREATED_DATE_PARAMS)
+    #: Whether Patients can be listed by a search without criteria. Epic's Patient search needs criteria
+    #: and refuses one matching more than 100 (4127): there, Patients are searched by birth-date ranges
+    #: narrowed until each is accepted, and known patients no range listed are read by id.
+    patients_listable: bool = True
     #: Page size asked for (``_count``).
     page_size: int = 100

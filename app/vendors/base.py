@@ -16,6 +16,7 @@ from app.errors import EHRServerError, EHRServerErrorPermanent, IngestError
 from app.fhir.normalize import Normalized, SummaryOptions, normalize_resource, pair_blood_pressure
 from app.fhir.normalize.names import ISO21090_PREFERRED
 from app.fhir.notifications import Announcement, EventIdentity, NotificationShape
+from app.fhir.outcomes import outcome_detail_codes, outcome_issue_codes
 from app.reconcile import StrategyName
 from app.reconcile.facts import DEFAULT_TYPES, SearchFacts
 
@@ -190,29 +191,3 @@ class DefaultAdapter:
 TRANSIENT_ISSUE_CODES = frozenset(
     {"transient", "lock-error", "no-store", "exception", "timeout", "throttled"}
 )
-
-
-def _issues(body: Any) -> list[dict[str, Any]]:
-    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
-        return []
-    issues = body.get("issue")
-    return [i for i in (issues if isinstance(issues, list) else []) if isinstance(i, dict)]
-
-
-def outcome_detail_codes(body: Any) -> frozenset[str]:
-    """The vendor codes in an OperationOutcome's ``issue.details.coding`` (Epic's 4113…), empty for
-    anything else."""
-    codes: set[str] = set()
-    for issue in _issues(body):
-        details = issue.get("details")
-        codings = details.get("coding") if isinstance(details, dict) else None
-        for coding in codings if isinstance(codings, list) else []:
-            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-                codes.add(coding["code"][:32])
-    return frozenset(codes)
-
-
-def outcome_issue_codes(body: Any) -> frozenset[str]:
-    """The issue codes of an OperationOutcome body (empty for anything else); codes are FHIR vocabulary,
-    never patient data, so they may be logged."""
-    return frozenset(str(i["code"])[:32] for i in _issues(body) if isinstance(i.get("code"), str))

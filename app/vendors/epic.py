@@ -22,7 +22,9 @@ class EpicAdapter(DefaultAdapter):
         "created-date"  # no _lastUpdated and no meta: admin dates per patient plus a cohort re-crawl
     )
     # ``_lastupdated`` (so spelled) exists on DocumentReference alone; Patient searches cap at 100 (4127).
-    search_facts = SearchFacts(last_updated_param="_lastupdated", sort_last_updated=False)
+    search_facts = SearchFacts(
+        last_updated_param="_lastupdated", sort_last_updated=False, patients_listable=False
+    )
     batch_read = False
     batch_max = 1
     paging_expired_codes = frozenset({"4113"})

@@ -38,7 +38,10 @@ CHANGE_SEARCH_ONLY = {
     "rc-oracle-lu": ("oracle", ["Patient", "Observation", "Condition"]),
     "rc-athena-lu": ("athena", ["Patient", "Observation", "Condition"]),
 }
-ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY}
+#: More patients than Epic lists in one Patient search (4127 past 100).
+WIDE = {"rc-epic-wide": ("epic", ["Patient"])}
+PATIENTS = {"rc-epic-wide": 130}
+ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY, **WIDE}
 
 
 class Recording(httpx.BaseTransport):
@@ -85,7 +88,7 @@ def reconcile_world(workdir: Path) -> Iterator[World]:
             "id": fid,
             "profile": profile,
             "seed": 5,
-            "patients": 3,
+            "patients": PATIENTS.get(fid, 3),
             "profile_overrides": {"token_flaky_400_rate": 0},
             "clients": [
                 {"client_id": "ehr-ingest", "public_key_file": str(public), "scopes": ["system/*.read"]}

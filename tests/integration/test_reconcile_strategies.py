@@ -60,7 +60,7 @@ def _unmatched(world: World, facility: str) -> list[str]:
 def _recovered(world: World, facility: str) -> int:
     """Recovered changes of the reconciled types (a Medication a MedicationRequest names is recovered
     too when no notification brought it, but it is not one of the changes counted here)."""
-    types = FACILITIES[facility][1]
+    types = ALL[facility][1]
     with world.sessions() as session:
         return int(
             session.scalar(
@@ -206,3 +206,21 @@ def test_patients_named_by_the_adt_feed_join_the_per_patient_cohort(world: World
     }
     assert {"adt-only-patient", "adt-survivor"} <= patients
     assert "adt-merged-away" not in patients
+
+
+def test_more_patients_than_epic_lists_in_one_search_are_all_found_by_narrower_ranges(world: World) -> None:
+    """Epic refuses a Patient search matching more than 100 (4127): the birth-date range is halved until
+    each part is accepted, and no patient is lost."""
+    facility = "rc-epic-wide"
+    world.transport.seen.clear()
+    report = world.reconcile(facility)
+    assert report.outcome == "complete", [(t.resource_type, t.reason) for t in report.types]
+    patient_searches = [
+        (url, status) for url, status in world.transport.seen if f"/{facility}/fhir/Patient?" in url
+    ]
+    assert any(status == 400 for _, status in patient_searches)  # the cap was met, and narrowed around
+    assert all("birthdate=" in url for url, _ in patient_searches)
+    truth = [r for r in world.admin(facility, "truth")["resources"] if r["resourceType"] == "Patient"]
+    assert len(truth) > 100
+    assert _unmatched(world, facility) == []
+    assert _recovered(world, facility) == sum(not r["deleted"] for r in truth)
