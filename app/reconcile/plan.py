@@ -63,6 +63,8 @@ class FacilityPlan:
     overlap: timedelta
     recrawl_interval: timedelta
     initial_since: datetime | None
+    #: The Group the YAML names as the facility's cohort (``bulk-since`` exports it).
+    export_group: str | None = None
 
 
 def reconcile_config(facility: Facility) -> ReconcileConfig:
@@ -138,4 +140,5 @@ def plan_for(
         overlap,
         config.recrawl_interval,
         config.initial_since,
+        config.group,
     )
