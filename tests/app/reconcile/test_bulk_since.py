@@ -3,8 +3,9 @@ Redis lease: what it asks, the pages it gives the engine, and when the job is ca
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -178,7 +179,7 @@ def test_giving_up_midway_cancels_the_job_frees_the_lease_and_moves_no_watermark
     ehr.files[f"{BASE}/files/Observation.ndjson"] = _ndjson(
         *(_resource("Observation", f"o{i}") for i in range(PAGE_SIZE + 1))
     )
-    pages = STRATEGIES["bulk-since"].pages(_scope(ehr, settings))
+    pages = cast(Generator[Page, None, None], STRATEGIES["bulk-since"].pages(_scope(ehr, settings)))
     first = next(pages)
     assert first.high_water is None
     assert ehr.deleted == []
