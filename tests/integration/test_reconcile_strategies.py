@@ -60,7 +60,7 @@ def _unmatched(world: World, facility: str) -> list[str]:
 def _recovered(world: World, facility: str) -> int:
     """Recovered changes of the reconciled types (a Medication a MedicationRequest names is recovered
     too when no notification brought it, but it is not one of the changes counted here)."""
-    types = FACILITIES[facility][1]
+    types = ALL[facility][1]
     with world.sessions() as session:
         return int(
             session.scalar(
