@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -100,8 +100,9 @@ def test_changes_since_the_watermark_are_exported_with_the_deleted_entries_and_c
     assert len(exports) == 3  # one job per type, one after the other
     for url in exports:
         assert url.path == f"/{SINCE}/fhir/Group/g-all/$export"
-        since = datetime.fromisoformat(url.params["_since"])
-        assert since == marks[url.params["_type"]] - timedelta(minutes=1)  # watermark - overlap
+        mark = marks[url.params["_type"]]
+        assert mark is not None
+        assert datetime.fromisoformat(url.params["_since"]) == mark - timedelta(minutes=1)  # - overlap
     assert _unmatched(world, SINCE) == []  # creates and updates at ehrsim's version, deletes tombstoned
     assert _recovered(world, SINCE) - baseline == _changed_keys(before, after, types)
     # the new watermark is each job's transactionTime: later than the old one, never past the export
@@ -204,7 +205,7 @@ def test_an_unparseable_line_is_quarantined_with_its_line_number_and_the_rest_is
             )
         ).all()
     # our job's own file: the same name under another job id, the same line number
-    got = [(row.path.rsplit("/", 1)[-1], row.body["line"]) for row in rows]
+    got = [(row.path.rsplit("/", 1)[-1], cast(dict[str, Any], row.body)["line"]) for row in rows]
     assert got == [(broken[0][0].rsplit("/", 1)[-1], broken[0][1])]
     assert rows[0].detail.startswith(f"line {broken[0][1]}: not JSON")
     # the rest of the file went on: every other resource is stored at ehrsim's version
