@@ -28,13 +28,9 @@ TRANSACTION_TIME = datetime(2026, 3, 1, 12, tzinfo=UTC)  # FakeEHR's manifest
 
 @pytest.fixture
 def settings(redis_prefix: str) -> Settings:
-    return Settings(
-        redis_url=REDIS_URL,
-        redis_prefix=redis_prefix,
-        bulk_retry_after_cap=timedelta(seconds=0.01),
-        bulk_poll_interval=timedelta(seconds=0.01),
-        bulk_kickoff_wait=timedelta(seconds=1),
-    )
+    """The strategy's export sleeps for real: Retry-After is honoured up to 10 ms."""
+    wait = timedelta(milliseconds=10)
+    return Settings(redis_url=REDIS_URL, redis_prefix=redis_prefix, bulk_retry_after_cap=wait)
 
 
 def _scope(
