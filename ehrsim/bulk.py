@@ -6,7 +6,8 @@ manifest; the files are ndjson, one or more per type (``bulk_file_resources``). 
 at a time: a second kick-off while its job is in progress answers 429 with ``Retry-After`` (the IG's
 answer to too many concurrent requests). With ``_since`` and a profile that lists deletions
 (``bulk_deleted``), the manifest's ``deleted`` names ndjson files of ``transaction`` Bundles whose entries
-are ``DELETE {type}/{id}``: what was deleted since then. The data is a snapshot taken at kick-off.
+are ``DELETE {type}/{id}``: what was deleted since then. The data is a snapshot taken at kick-off. A
+resource named in ``garbled`` (the ``bad_ndjson`` fault) is written cut short: its line is no JSON.
 """
 
 from __future__ import annotations
@@ -63,7 +64,14 @@ class Exports:
         self._ids = itertools.count(1)
 
     def kickoff(
-        self, client_id: str, request_url: str, types: list[str], since_ms: int | None, now_ms: int
+        self,
+        client_id: str,
+        request_url: str,
+        types: list[str],
+        since_ms: int | None,
+        now_ms: int,
+        *,
+        garbled: frozenset[str] = frozenset(),
     ) -> ExportJob:
         if any(j.client_id == client_id and not j.done for j in self._jobs.values()):
             raise ExportBusy(client_id)
@@ -82,7 +90,8 @@ class Exports:
                 if since_ms is not None and r.last_updated < since_ms:
                     continue
                 if not r.deleted:
-                    live.append(r.body)
+                    garble = f"{r.resource_type}/{r.id}" in garbled
+                    live.append(r.body[: len(r.body) // 2] if garble else r.body)
                 elif self._list_deleted and since_ms is not None:
                     gone.append(r)
             size = self._file_resources or max(1, len(live))

@@ -69,6 +69,8 @@ class FaultConfig(_Model):
     error_burst: ErrorBurst = ErrorBurst()
     slow_s: Annotated[float, Field(ge=0, le=60)] = 0.0  # added latency of every FHIR response
     broken_resources: list[str] = []  # "Type/id": read and searches that include it answer 500
+    bad_ndjson: list[str] = []  # "Type/id": its line in $export files is cut short (not JSON)
+    bulk_job_error: bool = False  # $export status polls answer 500 with an OperationOutcome: the job failed
     # Reads are served by a replica this far behind: a read answers the version that was current then
     # (404 for a resource created since), so a read right after a change can return the older version.
     replica_lag_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
@@ -87,6 +89,8 @@ class FaultUpdate(_Model):
     error_burst: ErrorBurst | None = None
     slow_s: Annotated[float, Field(ge=0, le=60)] | None = None
     broken_resources: list[str] | None = None
+    bad_ndjson: list[str] | None = None
+    bulk_job_error: bool | None = None
     replica_lag_s: Annotated[float, Field(ge=0, le=3600)] | None = None
     mllp: MllpFaults | None = None
     actions: list[Action] = []

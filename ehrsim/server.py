@@ -552,7 +552,12 @@ class _Api:
         retry_after = str(max(1, math.ceil(facility.scaled(facility.profile.bulk_retry_after_s))))
         try:
             job = self.exports[facility.id].kickoff(
-                token.client_id, str(request.url), types, since_ms, int(self.clock() * 1000)
+                token.client_id,
+                str(request.url),
+                types,
+                since_ms,
+                int(self.clock() * 1000),
+                garbled=frozenset(facility.faults.config.bad_ndjson),
             )
         except ExportBusy:
             raise _outcome(
@@ -576,6 +581,9 @@ class _Api:
         job = exports.get(job_id)
         if job is None:
             raise _outcome(404, "not-found", "no such export job")
+        if facility.faults.config.bulk_job_error:
+            facility.faults.count("bulk_job_error")
+            raise _outcome(500, "exception", "the export job failed")
         if not exports.poll(job):
             retry_after = str(max(1, math.ceil(facility.scaled(facility.profile.bulk_retry_after_s))))
             total = facility.profile.bulk_polls_until_done + 1

@@ -38,6 +38,7 @@ facilities:
       overlap: PT5M                       # re-read this much before the watermark (never below the vendor's)
       recrawl_interval: PT24H             # full re-crawl comparing content (finds deletions, silent edits)
       initial_since: 2026-01-01T00:00:00Z # a facility seen for the first time is backfilled from here
+      group: g-general                    # bulk-since: Group/{id}/$export (default: Patient/$export)
 ```
 Secrets are references (a file path or an environment variable name); their values never enter the database.
 
@@ -244,6 +245,9 @@ class ReconcileConfig(BaseModel):
     overlap: timedelta | None = Field(default=None, ge=timedelta(0))
     recrawl_interval: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
     initial_since: AwareDatetime | None = None
+    #: The EHR's Group of this facility's patients: ``bulk-since`` exports ``Group/{id}/$export`` (else
+    #: ``Patient/$export``).
+    group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 class FacilityConfig(BaseModel):

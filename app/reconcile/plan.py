@@ -5,7 +5,7 @@
    the operator names must run, so one this reconciler cannot run is a ``ConfigInvalid``;
 2. the choice the last successful probe's capabilities allow (``app.reconcile.capabilities``, without the
    override: the YAML is read here, as it is now). A choice this reconciler does not implement yet
-   (``bulk-since``, ``events``) falls back (``TypePlan.reason``, which the run logs) to the first
+   falls back (``TypePlan.reason``, which the run logs) to the first
    implemented strategy the capabilities allow (``PREFERENCE`` order), else to the adapter default;
 3. the vendor adapter's ``default_change_detection`` (never probed, the type not advertised, or the probe
    allowed nothing for it: said in ``TypePlan.reason``).
@@ -63,6 +63,8 @@ class FacilityPlan:
     overlap: timedelta
     recrawl_interval: timedelta
     initial_since: datetime | None
+    #: The Group the YAML names as the facility's cohort (``bulk-since`` exports it).
+    export_group: str | None = None
 
 
 def reconcile_config(facility: Facility) -> ReconcileConfig:
@@ -138,4 +140,5 @@ def plan_for(
         overlap,
         config.recrawl_interval,
         config.initial_since,
+        config.group,
     )

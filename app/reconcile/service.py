@@ -37,6 +37,7 @@ from app.errors import ConfigInvalid, ConfigurationError, IngestError
 from app.ingest.pipeline.observed import Observed
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Pipeline, Work
+from app.ingest.quarantine import NdjsonQuarantine
 from app.metrics import RECONCILE_RUNS
 from app.reconcile import StrategyName, coverage, queries
 from app.reconcile.plan import FacilityPlan, TypePlan, plan_for
@@ -230,6 +231,7 @@ def reconcile_facility(
                 window_since=report.window_since,
                 deadline=deadline,
                 progress=progress,
+                settings=settings,
             )
             report.types.append(result)
             RECONCILE_RUNS.labels(facility_id, type_plan.resource_type, result.reason or result.outcome).inc()
@@ -297,6 +299,7 @@ def _run_type(
     window_since: datetime | None,
     deadline: float,
     progress: Progress | None,
+    settings: Settings,
 ) -> TypeReport:
     result = TypeReport(type_plan.resource_type, type_plan.strategy)
     facility_id = plan.facility_id
@@ -319,6 +322,9 @@ def _run_type(
         recrawl=recrawled_at is None or started - recrawled_at >= plan.recrawl_interval,
         cohort=lambda: _cohort(sessions, facility_id),
         stored_ids=lambda rtype, patient: _stored_ids(sessions, facility_id, rtype, patient),
+        settings=settings,
+        quarantine=NdjsonQuarantine(sessions.kw["bind"]),
+        export_group=plan.export_group,
     )
     high: datetime | None = watermark
     recrawled = False

@@ -208,6 +208,41 @@ async def test_a_second_kickoff_while_a_job_runs_is_refused_with_retry_after(ope
     assert second.json()["issue"][0]["code"] == "throttled"
 
 
+async def test_a_bad_ndjson_resource_is_cut_short_in_its_file_and_the_rest_is_whole(
+    open_sim: OpenSim,
+) -> None:
+    async with open_sim("meditech", patients=4) as client:
+        truth = await _truth(client)
+        live = [r for r in truth if r["resourceType"] == "Observation" and not r["deleted"]]
+        bad = live[1]
+        await client.post("/_admin/general/faults", json={"bad_ndjson": [f"Observation/{bad['id']}"]})
+        manifest = await _export(client, f"{FHIR}/Patient/$export?_type=Observation")
+        lines = [line for o in manifest["output"] for line in (await client.get(o["url"])).text.splitlines()]
+    parsed, broken = [], []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line)["id"])
+        except ValueError:
+            broken.append(line)
+    assert len(broken) == 1
+    assert sorted(parsed) == sorted(r["id"] for r in live if r["id"] != bad["id"])
+
+
+async def test_a_failed_job_answers_its_polls_500_and_can_still_be_deleted(open_sim: OpenSim) -> None:
+    async with open_sim("meditech") as client:
+        await client.post("/_admin/general/faults", json={"bulk_job_error": True})
+        kickoff = await client.get(f"{FHIR}/Patient/$export", headers=PREFER)
+        assert kickoff.status_code == 202
+        status_url = kickoff.headers["content-location"]
+        poll = await client.get(status_url)
+        deleted = await client.delete(status_url)
+        again = await client.get(f"{FHIR}/Patient/$export", headers=PREFER)
+    assert poll.status_code == 500
+    assert poll.json()["resourceType"] == "OperationOutcome"
+    assert deleted.status_code == 202
+    assert again.status_code == 202  # the failed job no longer holds the client's one slot
+
+
 # -- lagging replica -------------------------------------------------------------------------------------
 
 

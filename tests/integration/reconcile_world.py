@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ from app.facilities.schemas import FacilitiesFile
 from app.facilities.service import apply_facilities
 from app.reconcile.service import reconcile_facility
 from app.settings import Settings
+from devstack.database import clear_redis_prefix
 from devstack.keys import write_keypair
 from devstack.processes import Stack, free_port
 from ehrsim.generator import mrn_system
 from ehrsim.profiles import get_profile
-from tests.conftest import engine_for, migrated_database
+from tests.conftest import REDIS_URL, engine_for, migrated_database
 
 # facility id → (ehrsim profile, the types reconciled)
 FACILITIES = {
@@ -32,6 +34,8 @@ FACILITIES = {
     "rc-oracle": ("oracle", ["Patient", "Observation", "Condition", "MedicationRequest"]),
     "rc-athena": ("athena", ["Patient", "Observation", "Condition"]),
     "rc-epic": ("epic", ["Patient", "Observation", "Condition", "MedicationRequest"]),
+    # bulk-since with a full export on every run (the re-crawl): MEDITECH lists no deletions
+    "rc-meditech": ("meditech", ["Patient", "Observation", "Condition"]),
 }
 #: Facilities whose re-crawl is an hour away after the first run: their change searches are what runs.
 CHANGE_SEARCH_ONLY = {
@@ -41,7 +45,13 @@ CHANGE_SEARCH_ONLY = {
 #: More patients than Epic lists in one Patient search (4127 past 100).
 WIDE = {"rc-epic-wide": ("epic", ["Patient"])}
 PATIENTS = {"rc-epic-wide": 130}
-ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY, **WIDE}
+#: bulk-since exporting ``_since`` the watermark (re-crawl an hour away), of a configured Group, from a
+#: MEDITECH that lists deletions (``bulk_deleted``: unverified for the vendor, off in its profile).
+BULK_SINCE = {"rc-meditech-since": ("meditech", ["Patient", "Observation", "Condition"])}
+ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY, **BULK_SINCE, **WIDE}
+#: Per facility: ehrsim profile overrides, and keys of our ``reconcile`` block, beyond the defaults.
+SIM_OVERRIDES: dict[str, dict[str, Any]] = {"rc-meditech-since": {"bulk_deleted": True}}
+RECONCILE_EXTRA: dict[str, dict[str, Any]] = {"rc-meditech-since": {"group": "g-all"}}
 
 
 class Recording(httpx.BaseTransport):
@@ -67,6 +77,9 @@ class World:
     clients: EHRClientPool
     database_url: str
     transport: Recording
+    #: What ``reconcile`` runs with unless given other settings: this world's Redis prefix (the bulk
+    #: export lease), ehrsim's bulk ``Retry-After`` (MEDITECH's 5 s) honoured up to 50 ms.
+    settings: Settings
 
     def admin(self, facility: str, path: str, body: dict[str, Any] | None = None) -> Any:
         url = f"{self.sim_url}/_admin/{facility}/{path}"
@@ -75,7 +88,9 @@ class World:
         return response.json()
 
     def reconcile(self, facility: str, settings: Settings | None = None, **kwargs: Any) -> Any:
-        return reconcile_facility(self.sessions, self.clients.get, facility, settings or Settings(), **kwargs)
+        return reconcile_facility(
+            self.sessions, self.clients.get, facility, settings or self.settings, **kwargs
+        )
 
 
 @contextmanager
@@ -89,7 +104,7 @@ def reconcile_world(workdir: Path) -> Iterator[World]:
             "profile": profile,
             "seed": 5,
             "patients": PATIENTS.get(fid, 3),
-            "profile_overrides": {"token_flaky_400_rate": 0},
+            "profile_overrides": {"token_flaky_400_rate": 0, **SIM_OVERRIDES.get(fid, {})},
             "clients": [
                 {"client_id": "ehr-ingest", "public_key_file": str(public), "scopes": ["system/*.read"]}
             ],
@@ -112,7 +127,8 @@ def reconcile_world(workdir: Path) -> Iterator[World]:
                     # a re-crawl on every run: deletions and silent edits are found at once
                     "reconcile": {
                         "types": types,
-                        "recrawl_interval": "PT1H" if fid in CHANGE_SEARCH_ONLY else "PT0.001S",
+                        "recrawl_interval": "PT0.001S" if fid in FACILITIES else "PT1H",
+                        **RECONCILE_EXTRA.get(fid, {}),
                     },
                 }
                 for fid, (profile, types) in ALL.items()
@@ -127,8 +143,15 @@ def reconcile_world(workdir: Path) -> Iterator[World]:
             apply_facilities(session, ours)
         transport = Recording()
         clients = EHRClientPool(timeout_s=10, transport=transport)
+        settings = Settings(
+            redis_url=REDIS_URL,
+            redis_prefix=f"ehri-rc-{port}:",
+            bulk_retry_after_cap=timedelta(milliseconds=50),
+            bulk_kickoff_wait=timedelta(seconds=2),
+        )
         try:
-            yield World(f"http://127.0.0.1:{port}", sessions, clients, url, transport)
+            yield World(f"http://127.0.0.1:{port}", sessions, clients, url, transport, settings)
         finally:
             clients.close()
             stack.stop()
+            clear_redis_prefix(REDIS_URL, settings.redis_prefix)

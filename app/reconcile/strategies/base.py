@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from app.ehr.bulk import LineQuarantine
 from app.ehr.client import EHRClient
 from app.fhir.references import ResourceRef
 from app.fhir.resources import resource_meta
 from app.reconcile import StrategyName
 from app.reconcile.facts import SearchFacts
+from app.settings import Settings
 from app.vendors.base import VendorAdapter
 
 
@@ -50,6 +52,13 @@ class Scope:
     recrawl: bool  # a full re-crawl is due (compare content, find what vanished)
     cohort: Callable[[], list[str]]  # the facility's patient ids
     stored_ids: Callable[[str, str | None], set[str]]  # live stored ids of a type (of one patient)
+    #: What a bulk export needs beyond the client: the settings (its caps and timeouts, the Redis lease;
+    #: None: ``get_settings()``), where unparseable ndjson lines go (None: the quarantine table of
+    #: ``settings.database_url``), and the Group the facility's YAML names as its cohort (None: the
+    #: patient-level export).
+    settings: Settings | None = None
+    quarantine: LineQuarantine | None = None
+    export_group: str | None = None
 
     @property
     def facts(self) -> SearchFacts:

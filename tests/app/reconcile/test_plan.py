@@ -13,6 +13,7 @@ from app.errors import ConfigInvalid
 from app.facilities.schemas import FacilityConfig
 from app.reconcile.capabilities import Capabilities, TypeCapabilities
 from app.reconcile.plan import plan_for
+from app.reconcile.strategies import STRATEGIES
 from app.vendors.registry import adapter_for
 
 # Observation searchable by _lastUpdated only together with a patient: the probe picks
@@ -86,9 +87,37 @@ def test_the_deprecated_change_detection_key_is_the_same_override_and_reconcile_
 
 def test_an_override_the_engine_cannot_run_is_a_configuration_error() -> None:
     with pytest.raises(ConfigInvalid):
-        _chosen(_facility(strategy={"Observation": "bulk-since"}), PER_PATIENT)
+        _chosen(_facility(strategy={"Observation": "events"}), PER_PATIENT)
 
 
+@pytest.fixture
+def without_bulk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine that cannot run ``bulk-since``: the only strategy a probe can choose that an engine
+    might lack (``events`` is never chosen from capabilities)."""
+    runnable = {k: v for k, v in STRATEGIES.items() if k != "bulk-since"}
+    monkeypatch.setattr("app.reconcile.plan.STRATEGIES", runnable)
+
+
+def test_meditech_runs_bulk_since_where_the_probe_found_export() -> None:
+    exporting = Capabilities(types=PER_PATIENT.types, export=frozenset({"group"}))
+    plan = plan_for(_facility("meditech"), adapter_for("meditech"), capabilities=exporting)
+    assert {t.resource_type: (t.strategy, t.source) for t in plan.types} == {
+        "Patient": ("bulk-since", "probe"),
+        "Observation": ("bulk-since", "probe"),
+    }
+    assert _chosen(_facility("meditech")) == {
+        "Patient": ("bulk-since", "adapter-default"),
+        "Observation": ("bulk-since", "adapter-default"),
+    }
+
+
+def test_the_yaml_group_is_what_bulk_since_exports() -> None:
+    plan = plan_for(_facility("meditech", group="g-7"), adapter_for("meditech"))
+    assert plan.export_group == "g-7"
+    assert plan_for(_facility("meditech"), adapter_for("meditech")).export_group is None
+
+
+@pytest.mark.usefixtures("without_bulk")
 def test_a_probed_choice_not_implemented_falls_back_to_what_the_capabilities_allow_with_a_reason() -> None:
     exporting = Capabilities(types=PER_PATIENT.types, export=frozenset({"group"}))
     # MEDITECH's default is bulk-since, which the capabilities allow: that is the probed choice
@@ -99,6 +128,7 @@ def test_a_probed_choice_not_implemented_falls_back_to_what_the_capabilities_all
     assert "bulk-since" in observation.reason
 
 
+@pytest.mark.usefixtures("without_bulk")
 def test_a_probed_choice_not_implemented_with_nothing_runnable_allowed() -> None:
     only_export = Capabilities(
         types={"Observation": TypeCapabilities(), "Patient": TypeCapabilities()}, export=frozenset({"system"})
@@ -115,6 +145,7 @@ def _provenance(facility: Facility, capabilities: Capabilities | None) -> dict[s
     return {t.resource_type: (t.probed, t.strategy, t.source) for t in plan.types}
 
 
+@pytest.mark.usefixtures("without_bulk")
 def test_each_type_plan_carries_the_raw_probed_choice_beside_what_runs() -> None:
     # never probed: no raw choice
     assert _provenance(_facility(), None)["Observation"] == (None, "last-updated", "adapter-default")

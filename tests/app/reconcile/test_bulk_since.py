@@ -1,0 +1,198 @@
+"""The ``bulk-since`` strategy at the network edge (httpx.MockTransport: a Bulk Data server), with the real
+Redis lease: what it asks, the pages it gives the engine, and when the job is cancelled."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from app.ehr.bulk import UnparseableLine
+from app.errors import BulkExportFailed
+from app.fhir.references import ResourceRef
+from app.reconcile.strategies import STRATEGIES
+from app.reconcile.strategies.base import Page, Scope
+from app.reconcile.strategies.bulk_since import PAGE_SIZE
+from app.settings import Settings
+from app.vendors import adapter_for
+from tests.app.ehr.test_bulk import STATUS, FakeEHR, _ndjson, _resource
+from tests.conftest import REDIS_URL
+from tests.ehr_mocks import BASE, make_client
+
+SINCE = datetime(2026, 2, 1, tzinfo=UTC)
+TRANSACTION_TIME = datetime(2026, 3, 1, 12, tzinfo=UTC)  # FakeEHR's manifest
+
+
+@pytest.fixture
+def settings(redis_prefix: str) -> Settings:
+    """The strategy's export sleeps for real: Retry-After is honoured up to 10 ms."""
+    wait = timedelta(milliseconds=10)
+    return Settings(redis_url=REDIS_URL, redis_prefix=redis_prefix, bulk_retry_after_cap=wait)
+
+
+def _scope(
+    ehr: FakeEHR,
+    settings: Settings,
+    *,
+    stored: set[str] = frozenset(),  # type: ignore[assignment]
+    since: datetime | None = SINCE,
+    recrawl: bool = False,
+    group: str | None = None,
+    quarantined: list[UnparseableLine] | None = None,
+) -> Scope:
+    client = make_client(httpx.MockTransport(ehr), attempts=2)
+    sink = quarantined if quarantined is not None else []
+    return Scope(
+        client=client,
+        adapter=adapter_for("meditech"),
+        resource_type="Observation",
+        watermark=since,
+        since=since,
+        started_at=datetime.now(UTC),
+        recrawl=recrawl,
+        cohort=lambda: [],
+        stored_ids=lambda rtype, patient: set(stored) if rtype == "Observation" else set(),
+        settings=settings,
+        quarantine=sink.append,
+        export_group=group,
+    )
+
+
+def _deleted(ehr: FakeEHR, *refs: str) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": ref}} for ref in refs],
+    }
+    ehr.files[f"{BASE}/files/deleted.ndjson"] = _ndjson(bundle)
+    ehr.manifest_extra = {"deleted": [{"type": "Bundle", "url": f"{BASE}/files/deleted.ndjson"}]}
+
+
+def _run(scope: Scope) -> list[Page]:
+    return list(STRATEGIES["bulk-since"].pages(scope))
+
+
+def _ids(pages: list[Page]) -> list[str]:
+    return [str(r["id"]) for p in pages for r in p.found]
+
+
+def test_changes_since_the_watermark_are_exported_and_the_watermark_is_the_transaction_time_last(
+    settings: Settings,
+) -> None:
+    ehr = FakeEHR()
+    ehr.files[f"{BASE}/files/Observation-1.ndjson"] = _ndjson(
+        _resource("Observation", "o1"), _resource("Observation", "o2", "3")
+    )
+    # a second file repeating o2 at the same version (given once) and at a newer one (the guard orders)
+    ehr.files[f"{BASE}/files/Observation-2.ndjson"] = _ndjson(
+        _resource("Observation", "o2", "3"), _resource("Observation", "o2", "4")
+    )
+    _deleted(ehr, "Observation/o7", "Observation/never-held", "Condition/c1")
+    ehr.polls = [httpx.Response(202, headers={"Retry-After": "600"})]  # Oracle's, capped
+
+    pages = _run(_scope(ehr, settings, stored={"o7", "o8"}))
+
+    kickoff = ehr.requests[0]
+    assert kickoff.url.path == "/fhir/Patient/$export"
+    assert kickoff.url.params["_type"] == "Observation"
+    assert kickoff.url.params["_since"] == "2026-02-01T00:00:00.000Z"
+    assert _ids(pages) == ["o1", "o2", "o2"]
+    assert [r["meta"]["versionId"] for p in pages for r in p.found] == ["1", "3", "4"]
+    # deletions of what we hold are read (a tombstone on 404/410); o8 is not listed: no full export
+    assert [ref for p in pages for ref in p.reads] == [ResourceRef("Observation", "o7")]
+    assert pages[-1].high_water == TRANSACTION_TIME
+    assert pages[-1].resumable
+    assert not pages[-1].recrawled
+    assert all(p.high_water is None and not p.resumable for p in pages[:-1])
+    assert ehr.deleted == [STATUS]  # the job, once read, is deleted at the server
+
+
+def test_a_group_named_in_the_yaml_is_what_is_exported(settings: Settings) -> None:
+    ehr = FakeEHR()
+    _run(_scope(ehr, settings, group="g-1"))
+    assert ehr.requests[0].url.path == "/fhir/Group/g-1/$export"
+
+
+def test_a_full_export_when_a_recrawl_is_due_reads_every_stored_id_it_no_longer_lists(
+    settings: Settings,
+) -> None:
+    ehr = FakeEHR()
+    ehr.files[f"{BASE}/files/Observation.ndjson"] = _ndjson(
+        _resource("Observation", "o1"), _resource("Observation", "o2")
+    )
+
+    pages = _run(_scope(ehr, settings, stored={"o1", "o2", "gone-1", "gone-2"}, recrawl=True))
+
+    assert "_since" not in ehr.requests[0].url.params
+    assert _ids(pages) == ["o1", "o2"]
+    reads = [ref for p in pages for ref in p.reads]
+    assert reads == [ResourceRef("Observation", "gone-1"), ResourceRef("Observation", "gone-2")]
+    assert pages[-1].recrawled
+    assert pages[-1].high_water == TRANSACTION_TIME
+
+
+def test_a_large_export_is_committed_in_pages_the_watermark_on_the_last_only(settings: Settings) -> None:
+    ehr = FakeEHR()
+    count = 2 * PAGE_SIZE + 7
+    ehr.files[f"{BASE}/files/Observation.ndjson"] = _ndjson(
+        *(_resource("Observation", f"o{i}") for i in range(count))
+    )
+    stored = {f"old{i}" for i in range(PAGE_SIZE)}
+
+    pages = _run(_scope(ehr, settings, stored=stored, since=None))
+
+    assert len(_ids(pages)) == count
+    assert all(len(p.found) + len(p.reads) <= PAGE_SIZE for p in pages)
+    assert len([ref for p in pages for ref in p.reads]) == PAGE_SIZE  # none listed: each read
+    assert [p.high_water for p in pages].count(None) == len(pages) - 1
+    assert pages[-1].high_water == TRANSACTION_TIME
+
+
+def test_a_bad_line_is_quarantined_with_its_line_number_and_the_file_goes_on(settings: Settings) -> None:
+    ehr = FakeEHR()
+    url = f"{BASE}/files/Observation.ndjson"
+    ehr.files[url] = (
+        _ndjson(_resource("Observation", "o1"))
+        + b'{"resourceType": "Observation", "id": "o2", \n'
+        + _ndjson(_resource("Observation", "o3"))
+    )
+    quarantined: list[UnparseableLine] = []
+
+    pages = _run(_scope(ehr, settings, quarantined=quarantined))
+
+    assert _ids(pages) == ["o1", "o3"]
+    assert [(q.path, q.line) for q in quarantined] == [("/fhir/files/Observation.ndjson", 2)]
+    assert pages[-1].high_water == TRANSACTION_TIME
+
+
+def test_giving_up_midway_cancels_the_job_frees_the_lease_and_moves_no_watermark(
+    settings: Settings,
+) -> None:
+    ehr = FakeEHR()
+    ehr.files[f"{BASE}/files/Observation.ndjson"] = _ndjson(
+        *(_resource("Observation", f"o{i}") for i in range(PAGE_SIZE + 1))
+    )
+    pages = cast(Generator[Page, None, None], STRATEGIES["bulk-since"].pages(_scope(ehr, settings)))
+    first = next(pages)
+    assert first.high_water is None
+    assert ehr.deleted == []
+
+    pages.close()  # what the engine does at its time budget (the generator is dropped)
+
+    assert ehr.deleted == [STATUS]
+    # the facility's one export lease is free again: the next run kicks off at once
+    assert _ids(_run(_scope(ehr, settings)))[-1] == f"o{PAGE_SIZE}"
+
+
+def test_a_failed_job_raises_and_is_cancelled(settings: Settings) -> None:
+    outcome: dict[str, Any] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception"}],
+    }
+    ehr = FakeEHR(polls=[httpx.Response(500, json=outcome) for _ in range(2)])  # past the client retries
+    with pytest.raises(BulkExportFailed):
+        _run(_scope(ehr, settings))
+    assert ehr.deleted == [STATUS]

@@ -1,0 +1,226 @@
+"""``bulk-since`` against ehrsim's MEDITECH profile over real HTTP, into a real Postgres: no notification is
+ever sent, so whatever reaches Postgres the export found. ``rc-meditech-since`` exports ``_since`` its
+watermark from a configured Group (deletions listed in the manifest); ``rc-meditech`` exports in full on
+every run (its re-crawl) and finds deletions by what the export no longer lists."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from app.db.models import Facility, QuarantinedNotification, ReconcileWatermark
+from app.ehr.client import EHRClient
+from app.errors import BulkLineUnparseable
+from app.reconcile.service import FAILED, PARTIAL
+from app.reconcile.strategies.bulk_since import PAGE_SIZE
+from tests.integration.reconcile_world import World
+from tests.integration.test_reconcile_strategies import _changed_keys, _recovered, _unmatched
+
+SINCE, FULL = "rc-meditech-since", "rc-meditech"
+
+
+def _marks(world: World, facility: str) -> dict[str, datetime | None]:
+    with world.sessions() as session:
+        rows = session.scalars(select(ReconcileWatermark).where(ReconcileWatermark.facility_id == facility))
+        return {w.resource_type: w.watermark for w in rows}
+
+
+def _client(world: World, facility: str) -> EHRClient:
+    with world.sessions() as session:
+        row = session.get(Facility, facility)
+        assert row is not None
+        return world.clients.get(row)
+
+
+def _exports(world: World, facility: str) -> list[httpx.URL]:
+    return [
+        httpx.URL(url) for url, _ in world.transport.seen if f"/{facility}/fhir/" in url and "$export?" in url
+    ]
+
+
+def _no_job_runs(world: World, facility: str) -> bool:
+    """Whether the client's one export slot at ehrsim is free: a kick-off is accepted (then deleted)."""
+    client = _client(world, facility)
+    kickoff = client.send(
+        "GET", f"{client.base_url}/Patient/$export", ok=(202, 429), headers={"Prefer": "respond-async"}
+    )
+    if kickoff.status_code == 429:
+        return False
+    client.send("DELETE", kickoff.headers["content-location"], ok=(202,))
+    return True
+
+
+def _export_lines(world: World, facility: str, rtype: str) -> list[tuple[str, int, bytes]]:
+    """(file path, 1-based line number, line) of a full export of ``rtype`` made directly."""
+    client = _client(world, facility)
+    kickoff = client.send(
+        "GET",
+        f"{client.base_url}/Patient/$export?_type={rtype}",
+        ok=(202,),
+        headers={"Prefer": "respond-async"},
+    )
+    status = kickoff.headers["content-location"]
+    while (poll := client.send("GET", status, ok=(200, 202))).status_code == 202:
+        pass  # ehrsim's Retry-After is advice; its polls are counted, not timed
+    lines = []
+    for output in poll.json()["output"]:
+        with client.stream(output["url"]) as response:
+            body = response.read()
+        path = httpx.URL(output["url"]).path
+        lines += [(path, n, line) for n, line in enumerate(body.splitlines(), 1)]
+    client.send("DELETE", status, ok=(202,))
+    return lines
+
+
+def test_changes_since_the_watermark_are_exported_with_the_deleted_entries_and_counted_as_recovered(
+    world: World,
+) -> None:
+    first = world.reconcile(SINCE)
+    assert first.outcome == "complete", [(t.resource_type, t.reason) for t in first.types]
+    assert {t.strategy for t in first.types} == {"bulk-since"}
+    assert _unmatched(world, SINCE) == []
+    marks = _marks(world, SINCE)
+    baseline = _recovered(world, SINCE)
+    before = world.admin(SINCE, "truth")["resources"]
+    world.admin(SINCE, "activity", {"changes": 60})
+    after = world.admin(SINCE, "truth")["resources"]
+    types = {"Patient", "Observation", "Condition"}
+    assert any(r["deleted"] for r in after if r["resourceType"] in types and r not in before)
+    world.transport.seen.clear()
+
+    second = world.reconcile(SINCE)
+
+    assert second.outcome == "complete", [(t.resource_type, t.reason) for t in second.types]
+    exports = _exports(world, SINCE)
+    assert len(exports) == 3  # one job per type, one after the other
+    for url in exports:
+        assert url.path == f"/{SINCE}/fhir/Group/g-all/$export"
+        mark = marks[url.params["_type"]]
+        assert mark is not None
+        assert datetime.fromisoformat(url.params["_since"]) == mark - timedelta(minutes=1)  # - overlap
+    assert _unmatched(world, SINCE) == []  # creates and updates at ehrsim's version, deletes tombstoned
+    assert _recovered(world, SINCE) - baseline == _changed_keys(before, after, types)
+    # the new watermark is each job's transactionTime: later than the old one, never past the export
+    for rtype, mark in _marks(world, SINCE).items():
+        old = marks[rtype]
+        assert mark is not None
+        assert old is not None
+        assert mark > old
+    assert world.reconcile(SINCE).total("applied") == 0  # nothing found twice
+
+
+def test_a_failed_job_is_cancelled_and_does_not_move_the_watermark(world: World) -> None:
+    assert world.reconcile(SINCE).outcome == "complete"
+    marks = _marks(world, SINCE)
+    world.admin(SINCE, "activity", {"changes": 20})
+    world.admin(SINCE, "faults", {"bulk_job_error": True})
+    try:
+        report = world.reconcile(SINCE)
+        assert _no_job_runs(world, SINCE)  # cancelled (DELETE): it holds no slot at the EHR
+    finally:
+        world.admin(SINCE, "faults", {"reset": True})
+    assert report.outcome == FAILED
+    assert {t.reason for t in report.types} == {"bulk_export_failed"}
+    assert _marks(world, SINCE) == marks
+    with world.sessions() as session:
+        rows = session.scalars(select(ReconcileWatermark).where(ReconcileWatermark.facility_id == SINCE))
+        assert {w.last_reason for w in rows} == {"bulk_export_failed"}
+    assert world.reconcile(SINCE).outcome == "complete"
+    assert _unmatched(world, SINCE) == []
+
+
+def test_a_kickoff_refused_while_another_job_runs_waits_a_bounded_time_then_fails(world: World) -> None:
+    assert world.reconcile(SINCE).outcome == "complete"
+    marks = _marks(world, SINCE)
+    client = _client(world, SINCE)
+    running = client.send(
+        "GET", f"{client.base_url}/Patient/$export", ok=(202,), headers={"Prefer": "respond-async"}
+    )
+    try:
+        world.admin(SINCE, "activity", {"changes": 10})
+        report = world.reconcile(SINCE, types=["Observation"])
+    finally:
+        client.send("DELETE", running.headers["content-location"], ok=(202,))
+    assert report.outcome == FAILED
+    assert [t.reason for t in report.types] == ["bulk_export_busy"]
+    assert _marks(world, SINCE) == marks
+    assert world.reconcile(SINCE).outcome == "complete"
+    assert _unmatched(world, SINCE) == []
+
+
+def test_a_run_stopped_at_its_budget_midway_cancels_the_job_and_keeps_the_watermark(world: World) -> None:
+    for _ in range(20):  # until the export of Observation is more than one page
+        live = [
+            r
+            for r in world.admin(FULL, "truth")["resources"]
+            if r["resourceType"] == "Observation" and not r["deleted"]
+        ]
+        if len(live) > PAGE_SIZE:
+            break
+        world.admin(FULL, "activity", {"changes": 2000})
+    assert len(live) > PAGE_SIZE
+    assert world.reconcile(FULL).outcome == "complete"
+    marks = _marks(world, FULL)
+
+    stop_at_once = world.settings.model_copy(update={"reconcile_time_budget": timedelta(0)})
+    report = world.reconcile(FULL, stop_at_once, types=["Observation"])
+
+    assert report.outcome == PARTIAL
+    assert [(t.resource_type, t.pages) for t in report.types] == [("Observation", 1)]
+    assert _no_job_runs(world, FULL)  # the engine dropped the strategy midway: the job was cancelled
+    assert _marks(world, FULL) == marks
+    assert world.reconcile(FULL).outcome == "complete"
+
+
+def test_an_unparseable_line_is_quarantined_with_its_line_number_and_the_rest_is_stored(
+    world: World,
+) -> None:
+    assert world.reconcile(FULL).outcome == "complete"
+    world.admin(FULL, "activity", {"changes": 20})
+    live = [
+        r
+        for r in world.admin(FULL, "truth")["resources"]
+        if r["resourceType"] == "Observation" and not r["deleted"]
+    ]
+    bad = live[len(live) // 2]
+    world.admin(FULL, "faults", {"bad_ndjson": [f"Observation/{bad['id']}"]})
+    try:
+        broken = [(path, n) for path, n, line in _export_lines(world, FULL, "Observation") if not _json(line)]
+        report = world.reconcile(FULL)
+    finally:
+        world.admin(FULL, "faults", {"reset": True})
+
+    assert len(broken) == 1
+    assert report.outcome == "complete", [(t.resource_type, t.reason) for t in report.types]
+    with world.sessions() as session:
+        rows = session.scalars(
+            select(QuarantinedNotification).where(
+                QuarantinedNotification.facility_id == FULL,
+                QuarantinedNotification.reason == BulkLineUnparseable.reason,
+            )
+        ).all()
+    # our job's own file: the same name under another job id, the same line number
+    got = [(row.path.rsplit("/", 1)[-1], cast(dict[str, Any], row.body)["line"]) for row in rows]
+    assert got == [(broken[0][0].rsplit("/", 1)[-1], broken[0][1])]
+    assert rows[0].detail.startswith(f"line {broken[0][1]}: not JSON")
+    # the rest of the file went on: every other resource is stored at ehrsim's version
+    assert [w for w in _unmatched(world, FULL) if bad["id"] not in w] == []
+
+
+def _json(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+@pytest.fixture(autouse=True)
+def _quiet_sim(world: World) -> None:
+    """Each test starts with no fault standing."""
+    for facility in (SINCE, FULL):
+        world.admin(facility, "faults", {"reset": True})
