@@ -138,6 +138,12 @@ RECONCILE_RECOVERED = Counter(
     "Changes the reconciler applied that no notification had delivered.",
     ["facility", "resource_type", "strategy"],
 )
+EVENTS_MISSED = Counter(
+    "ehri_events_missed_total",
+    "Event numbers still missing from a subscription after the gap grace period (a reordered event that"
+    " arrived within it is not counted), by facility.",
+    ["facility"],
+)
 RECONCILE_RUNS = Counter(
     "ehri_reconcile_runs_total",
     "Reconcile runs per facility and resource type, by outcome (complete, partial, a reason slug).",
