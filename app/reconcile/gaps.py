@@ -159,13 +159,13 @@ def check_gaps(
     advertised = capabilities is not None and capabilities.subscription_events
     pipeline: Pipeline | None = None
     for gap_id in due:
-        claim = _claim(sessions, gap_id, now)
-        if claim is None:
+        taken = claim(sessions, gap_id, now)
+        if taken is None:
             report.claimed_elsewhere += 1
             continue
         if advertised and pipeline is None:
             pipeline = Pipeline.for_facility(facility, client_for(facility), settings, references)
-        _handle(sessions, claim, pipeline if advertised else None, now, report)
+        _handle(sessions, taken, pipeline if advertised else None, now, report)
     return report
 
 
@@ -326,13 +326,13 @@ def _close_filled(
 
 
 @dataclass(frozen=True)
-class _Claim:
+class Claim:
     gap: SubscriptionGap
     token: str
     missing: list[Range] | None  # None: the gap's epoch is over
 
 
-def _claim(sessions: sessionmaker[Session], gap_id: int, now: datetime) -> _Claim | None:
+def claim(sessions: sessionmaker[Session], gap_id: int, now: datetime) -> Claim | None:
     """Take the gap for this pass, or None when another pass has it (or handled it)."""
     token = str(uuid.uuid4())
     with sessions.begin() as session:
@@ -351,28 +351,28 @@ def _claim(sessions: sessionmaker[Session], gap_id: int, now: datetime) -> _Clai
             return None
         missing = _still_missing(session, gap)
         session.expunge(gap)
-    return _Claim(gap, token, missing)
+    return Claim(gap, token, missing)
 
 
 def _handle(
     sessions: sessionmaker[Session],
-    claim: _Claim,
+    held: Claim,
     pipeline: Pipeline | None,
     now: datetime,
     report: GapReport,
 ) -> None:
-    gap = claim.gap
-    missing = claim.missing if claim.missing is not None else [(gap.first_event, gap.last_event)]
+    gap = held.gap
+    missing = held.missing if held.missing is not None else [(gap.first_event, gap.last_event)]
     missed = count(missing)
     if missed == 0:  # filled between the grace check and the claim: closed, not missed
-        _finish(sessions, claim, FILLED, now, missed=0, fetched=0, reason=None)
+        finish(sessions, held, FILLED, now, missed=0, fetched=0, reason=None)
         report.filled += 1
         return
     fetched: set[int] = set()
     subscription_id = _subscription_id(gap.subscription)
     if pipeline is None:
         reason: str | None = NOT_ADVERTISED
-    elif claim.missing is None:
+    elif held.missing is None:
         reason = EPOCH_GONE
     elif subscription_id is None:
         reason = NOT_OURS
@@ -391,8 +391,8 @@ def _handle(
     if rest and reason is None:
         reason = INCOMPLETE
     state = REQUESTED if rest else RECOVERED
-    if _finish(
-        sessions, claim, state, now, missed=missed, fetched=len(fetched), reason=reason if rest else None
+    if finish(
+        sessions, held, state, now, missed=missed, fetched=len(fetched), reason=reason if rest else None
     ):
         EVENTS_MISSED.labels(gap.facility_id).inc(missed)
         report.missed += missed
@@ -411,9 +411,9 @@ def _handle(
         )
 
 
-def _finish(
+def finish(
     sessions: sessionmaker[Session],
-    claim: _Claim,
+    held: Claim,
     state: str,
     now: datetime,
     *,
@@ -424,11 +424,11 @@ def _finish(
     """Record the gap's outcome (and, when something is left, the reconcile request of its window) in
     one transaction, only while this pass still holds the claim. False: it lost the claim (its lease ran
     out and another pass took the gap); nothing is recorded."""
-    gap = claim.gap
+    gap = held.gap
     with sessions.begin() as session:
         done = session.execute(
             update(SubscriptionGap)
-            .where(SubscriptionGap.id == gap.id, SubscriptionGap.claim_token == claim.token)
+            .where(SubscriptionGap.id == gap.id, SubscriptionGap.claim_token == held.token)
             .values(
                 state=state,
                 missed=missed,

@@ -34,6 +34,7 @@ from app.db.models import (
 )
 from app.ehr.pool import EHRClientPool
 from app.reconcile.gaps import (
+    CLAIM_LEASE,
     EPOCH,
     FILLED,
     GAP,
@@ -41,6 +42,8 @@ from app.reconcile.gaps import (
     REQUESTED,
     GapReport,
     check_gaps,
+    claim,
+    finish,
 )
 from app.reconcile.probe import probe_facility
 from app.reconcile.schedule import due_facilities
@@ -334,25 +337,51 @@ def test_an_epoch_reset_requests_a_reconcile_since_the_last_good_event_once(worl
         assert WITHOUT_EVENTS in due_facilities(session)
 
 
+def test_a_claimed_gap_is_not_taken_by_another_pass_until_its_lease_runs_out(world: GapWorld) -> None:
+    dropped = _dropped_gap(world, WITHOUT_EVENTS)
+    world.passed(WITHOUT_EVENTS, HOLD)
+    gap_id = _gap(world, WITHOUT_EVENTS, dropped["event_number"]).id
+    now = datetime.now(UTC)
+
+    first = claim(world.sessions, gap_id, now)
+    second = claim(world.sessions, gap_id, now)
+    during = world.passed(WITHOUT_EVENTS, DUE)  # a whole pass while the claim is held
+    after_lease = claim(world.sessions, gap_id, now + CLAIM_LEASE + timedelta(seconds=1))
+
+    assert first is not None
+    assert second is None
+    assert (during.missed, during.requested) == (0, 0)
+    assert after_lease is not None  # the first pass died, say: another takes the gap over
+    lost = finish(world.sessions, first, REQUESTED, now, missed=1, fetched=0, reason="test")
+    won = finish(world.sessions, after_lease, REQUESTED, now, missed=1, fetched=0, reason="test")
+    assert (lost, won) == (False, True)
+    assert finish(world.sessions, after_lease, REQUESTED, now, missed=1, fetched=0, reason="test") is False
+
+
 def test_two_passes_at_once_handle_a_gap_once(world: GapWorld) -> None:
     dropped = _dropped_gap(world, WITH_EVENTS)
     world.passed(WITH_EVENTS, HOLD)
     calls, missed = world.events_calls(WITH_EVENTS), _missed(WITH_EVENTS)
-    start = threading.Barrier(2)
+    passes = 3
+    start = threading.Barrier(passes)
     reports: list[GapReport] = []
 
     def one_pass() -> None:
         start.wait()
         reports.append(world.passed(WITH_EVENTS, DUE))
 
-    threads = [threading.Thread(target=one_pass) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    world.admin(WITH_EVENTS, "faults", {"slow_s": 0.5})  # handling takes a while: the passes overlap
+    try:
+        threads = [threading.Thread(target=one_pass) for _ in range(passes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        world.admin(WITH_EVENTS, "faults", {"slow_s": 0.0})
 
-    assert len(reports) == 2
-    assert sorted(r.missed for r in reports) == [0, 1]
+    assert len(reports) == passes
+    assert sorted(r.missed for r in reports) == [0] * (passes - 1) + [1]
     assert sum(r.fetched for r in reports) == 1
     assert world.events_calls(WITH_EVENTS) == calls + 1
     assert _missed(WITH_EVENTS) == missed + 1
