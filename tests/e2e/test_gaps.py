@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.models import Facility
@@ -17,20 +16,12 @@ from app.ehr.pool import EHRClientPool
 from app.reconcile.probe import probe_facility
 from devstack.processes import wait_until
 from devstack.scenario import Scenario
+from tests.e2e.sql import scalar
 
 pytestmark = pytest.mark.e2e
 
 FACILITY = "fac-e2e"
 LEDGER = f"SELECT highest_event FROM subscription_ledger WHERE subscription = 'Subscription/sub-{FACILITY}'"
-
-
-def _scalar(scenario: Scenario, sql: str) -> Any:
-    engine = make_engine(scenario.database_url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql)).scalar()
-    finally:
-        engine.dispose()
 
 
 def _admin(scenario: Scenario, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -41,9 +32,9 @@ def _admin(scenario: Scenario, path: str, body: dict[str, Any] | None = None) ->
 
 
 def _change_delivered(scenario: Scenario) -> None:
-    highest = _scalar(scenario, LEDGER) or 0
+    highest = scalar(scenario, LEDGER) or 0
     _admin(scenario, "activity", {"changes": 1})
-    wait_until(lambda: (_scalar(scenario, LEDGER) or 0) > highest, timeout=30, what="the notification")
+    wait_until(lambda: (scalar(scenario, LEDGER) or 0) > highest, timeout=30, what="the notification")
 
 
 def test_beat_and_a_worker_recover_a_dropped_event_with_events(scenario: Scenario) -> None:
@@ -70,7 +61,7 @@ def test_beat_and_a_worker_recover_a_dropped_event_with_events(scenario: Scenari
 
     wait_until(
         lambda: (
-            _scalar(
+            scalar(
                 scenario,
                 "SELECT state || ':' || recovered FROM subscription_gaps"
                 f" WHERE kind = 'gap' AND first_event <= {number} AND last_event >= {number}",
@@ -82,4 +73,4 @@ def test_beat_and_a_worker_recover_a_dropped_event_with_events(scenario: Scenari
     )
     report = scenario.wait_for_ledger(FACILITY, timeout=30)
     assert report.ok, (report.missing, report.behind, report.not_tombstoned, report.inbox)
-    assert _scalar(scenario, "SELECT count(*) FROM subscription_gaps WHERE handled_at IS NULL") == 0
+    assert scalar(scenario, "SELECT count(*) FROM subscription_gaps WHERE handled_at IS NULL") == 0

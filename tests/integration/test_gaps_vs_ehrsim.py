@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from prometheus_client import REGISTRY
@@ -52,6 +51,7 @@ from app.settings import Settings
 from devstack.processes import wait_until
 from devstack.scenario import Scenario, scenario_for
 from tests.conftest import BASE_DATABASE_URL, REDIS_URL
+from tests.integration.conftest import Sim
 from tests.integration.reconcile_world import Recording
 
 WITH_EVENTS, WITHOUT_EVENTS = "gp-events", "gp-noevents"
@@ -67,10 +67,7 @@ class GapWorld:
     transport: Recording
 
     def admin(self, facility: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        url = f"{self.scenario.sim_url}/_admin/{facility}/{path}"
-        response = httpx.post(url, json=body, timeout=30) if body is not None else httpx.get(url, timeout=30)
-        response.raise_for_status()
-        return response.json()
+        return Sim(self.scenario.sim_url, private_key="").admin(facility, path, body)
 
     def ledger(self, facility: str) -> SubscriptionLedger | None:
         with self.sessions() as session:

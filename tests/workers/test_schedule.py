@@ -33,7 +33,11 @@ def test_gaps_are_checked_on_the_reconcile_tick_by_tasks_the_worker_registers() 
 
     entry = beat_schedule(Settings(reconcile_tick=timedelta(seconds=20)))["gaps-fan-out"]
 
-    assert (entry["task"], entry["schedule"], entry["options"]) == (GAPS_FAN_OUT_TASK, 20.0, {"expires": 20.0})
+    assert (entry["task"], entry["schedule"], entry["options"]) == (
+        GAPS_FAN_OUT_TASK,
+        20.0,
+        {"expires": 20.0},
+    )
     assert {GAPS_FAN_OUT_TASK, GAPS_TASK} <= set(celery_app.tasks)
     routes = celery_app.conf.task_routes
     assert routes[GAPS_TASK] == routes[GAPS_FAN_OUT_TASK] == {"queue": Settings().periodic_queue}
