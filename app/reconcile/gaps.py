@@ -49,6 +49,7 @@ from app.ehr.pool import ClientFactory
 from app.errors import IngestError
 from app.fhir.notifications import NotificationEvent, parse_notification
 from app.fhir.references import ResourceRef
+from app.ingest.ledger import MAX_MISSING_RANGES
 from app.ingest.pipeline.observed import Observed
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Pipeline, Work
@@ -112,6 +113,16 @@ def intersect(first: int, last: int, ranges: list[Range]) -> list[Range]:
 
 def count(ranges: list[Range]) -> int:
     return sum(b - a + 1 for a, b in ranges)
+
+
+def still_open(first: int, last: int, missing: list[Range]) -> list[Range]:
+    """What of the gap ``first..last`` is still missing, by the ledger's ``missing`` of the gap's epoch.
+    A full ledger drops its oldest ranges (``MAX_MISSING_RANGES``): a gap below everything a full ledger
+    still lists may have been dropped rather than filled, so it is taken as wholly missing (fetching an
+    event twice is harmless; taking a lost one for filled is not)."""
+    if len(missing) >= MAX_MISSING_RANGES and missing and last < min(a for a, _ in missing):
+        return [(first, last)]
+    return intersect(first, last, missing)
 
 
 # -- the pass ------------------------------------------------------------------------------------------
@@ -288,7 +299,7 @@ def _still_missing(session: Session, gap: SubscriptionGap) -> list[Range] | None
     ledger = session.get(SubscriptionLedger, (gap.facility_id, gap.subscription))
     if ledger is None or ledger.epoch != gap.epoch:
         return None
-    return intersect(gap.first_event, gap.last_event, _ranges(ledger.missing))
+    return still_open(gap.first_event, gap.last_event, _ranges(ledger.missing))
 
 
 def _close_filled(

@@ -3,7 +3,8 @@ what of a gap the ledger still lists missing."""
 
 from __future__ import annotations
 
-from app.reconcile.gaps import count, intersect, subtract
+from app.ingest.ledger import MAX_MISSING_RANGES
+from app.reconcile.gaps import count, intersect, still_open, subtract
 
 
 def test_a_range_already_tracked_is_not_tracked_again_and_new_ranges_are() -> None:
@@ -27,3 +28,10 @@ def test_what_of_a_gap_is_still_missing() -> None:
     assert intersect(3, 5, missing) == [(3, 3), (5, 5)]
     assert intersect(7, 19, missing) == []
     assert count(intersect(1, 30, missing)) == 10
+
+
+def test_a_gap_a_full_ledger_dropped_is_still_missing_not_filled() -> None:
+    full = [(n * 10, n * 10) for n in range(1, MAX_MISSING_RANGES + 1)]  # 10, 20, ... the oldest dropped
+    assert still_open(3, 4, full) == [(3, 4)]  # below all it lists: dropped, not filled
+    assert still_open(11, 12, full) == []  # between ranges it lists: the events arrived
+    assert still_open(3, 4, full[:5]) == []  # a ledger with room drops nothing: filled
