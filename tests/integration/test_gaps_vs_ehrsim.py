@@ -54,7 +54,7 @@ from tests.conftest import BASE_DATABASE_URL, REDIS_URL
 from tests.integration.conftest import Sim
 from tests.integration.reconcile_world import Recording
 
-WITH_EVENTS, WITHOUT_EVENTS = "gp-events", "gp-noevents"
+WITH_EVENTS, WITHOUT_EVENTS, R5 = "gp-events", "gp-noevents", "gp-r5"
 HOLD = Settings(event_gap_grace=timedelta(hours=1))  # a pass that only tracks and closes
 DUE = Settings(event_gap_grace=timedelta(0))  # a pass that handles every open gap at once
 
@@ -91,7 +91,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GapWorld]:
         workdir,
         base_database_url=BASE_DATABASE_URL,
         redis_url=REDIS_URL,
-        facilities=[WITH_EVENTS, WITHOUT_EVENTS],
+        facilities=[WITH_EVENTS, WITHOUT_EVENTS, R5],
     )
     scenario.prepare()
     config_path = workdir / "ehrsim.yaml"
@@ -99,6 +99,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GapWorld]:
     for facility in config["facilities"]:
         if facility["id"] == WITHOUT_EVENTS:  # a server with $status but no $events (athena, HAPI...)
             facility["profile_overrides"] = {"subscription_operations": ["status"]}
+        if facility["id"] == R5:  # R5 notifications, and an R5 $events answer
+            facility["webhook"]["style"] = "r5"
     config_path.write_text(yaml.safe_dump(config))
     engine = make_engine(scenario.database_url, pool_size=4)
     transport = Recording()
@@ -107,12 +109,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GapWorld]:
         scenario.start(workers=0, beat=False)  # ehrsim and the receiver: nothing drains the inbox
         sessions = make_sessionmaker(engine)
         with sessions.begin() as session:
-            for fid in (WITH_EVENTS, WITHOUT_EVENTS):
+            for fid in (WITH_EVENTS, WITHOUT_EVENTS, R5):
                 facility = session.get(Facility, fid)
                 assert facility is not None
                 outcome = probe_facility(session, facility, clients.get(facility), now=datetime.now(UTC))
                 assert outcome.capabilities is not None
-                assert outcome.capabilities.subscription_events is (fid == WITH_EVENTS)
+                assert outcome.capabilities.subscription_events is (fid != WITHOUT_EVENTS)
         yield GapWorld(scenario, sessions, clients, transport)
     finally:
         clients.close()
@@ -144,9 +146,8 @@ def _dropped_gap(world: GapWorld, facility: str) -> dict[str, Any]:
     """A notification ehrsim drops between two it delivers: one event number missing in the ledger.
     Returns what ehrsim says it dropped."""
     _delivered_once(world, facility)
-    world.admin(facility, "faults", {"drop_rate": 1.0})
+    world.admin(facility, "faults", {"drop_next": 1})
     world.admin(facility, "activity", {"changes": 1})
-    world.admin(facility, "faults", {"drop_rate": 0.0})
     dropped: dict[str, Any] = world.admin(facility, "notifications/dropped")["events"][-1]
     assert dropped["reason"] == "fault-drop"
     _delivered_once(world, facility)
@@ -181,36 +182,39 @@ def _truth(world: GapWorld, facility: str, dropped: dict[str, Any]) -> dict[str,
     )
 
 
-def test_a_dropped_event_is_fetched_with_events_after_the_grace_and_counted_missed(world: GapWorld) -> None:
-    dropped = _dropped_gap(world, WITH_EVENTS)
+@pytest.mark.parametrize("facility", [WITH_EVENTS, R5])
+def test_a_dropped_event_is_fetched_with_events_after_the_grace_and_counted_missed(
+    world: GapWorld, facility: str
+) -> None:
+    dropped = _dropped_gap(world, facility)
     number = dropped["event_number"]
-    missed = _missed(WITH_EVENTS)
+    missed = _missed(facility)
 
-    held = world.passed(WITH_EVENTS, HOLD)  # within the grace: tracked, nothing fetched
-    assert (held.tracked, held.missed, world.events_calls(WITH_EVENTS)) == (1, 0, 0)
-    assert _gap(world, WITH_EVENTS, number).state == "open"
-    assert _stored(world, WITH_EVENTS, dropped) is None
+    held = world.passed(facility, HOLD)  # within the grace: tracked, nothing fetched
+    assert (held.tracked, held.missed, world.events_calls(facility)) == (1, 0, 0)
+    assert _gap(world, facility, number).state == "open"
+    assert _stored(world, facility, dropped) is None
 
-    report = world.passed(WITH_EVENTS, DUE)
+    report = world.passed(facility, DUE)
 
     assert (report.missed, report.fetched, report.recovered, report.requested) == (1, 1, 1, 0)
-    assert world.events_calls(WITH_EVENTS) == 1
-    gap = _gap(world, WITH_EVENTS, number)
+    assert world.events_calls(facility) == 1
+    gap = _gap(world, facility, number)
     assert (gap.state, gap.missed, gap.recovered, gap.reason) == (RECOVERED, 1, 1, None)
-    stored = _stored(world, WITH_EVENTS, dropped)
-    truth = _truth(world, WITH_EVENTS, dropped)
+    stored = _stored(world, facility, dropped)
+    truth = _truth(world, facility, dropped)
     assert stored is not None
     assert (stored.version_id, stored.deleted) == (truth["versionId"], truth["deleted"])
     with world.sessions() as session:
         recovered = session.scalars(
             select(RecoveredChange).where(
-                RecoveredChange.facility_id == WITH_EVENTS, RecoveredChange.resource_id == dropped["id"]
+                RecoveredChange.facility_id == facility, RecoveredChange.resource_id == dropped["id"]
             )
         ).all()
         # recovered, unless a notification of the same resource is still on its way (nothing drains here)
         pending = session.scalars(
             select(InboxRow.id).where(
-                InboxRow.facility_id == WITH_EVENTS,
+                InboxRow.facility_id == facility,
                 InboxRow.focus_type == dropped["resourceType"],
                 InboxRow.focus_id == dropped["id"],
                 InboxRow.status == "pending",
@@ -218,13 +222,13 @@ def test_a_dropped_event_is_fetched_with_events_after_the_grace_and_counted_miss
         ).all()
         assert [r.strategy for r in recovered] == ([] if pending else ["events"])
         opened = session.scalars(
-            select(ReconcileRequest).where(ReconcileRequest.facility_id == WITH_EVENTS)
+            select(ReconcileRequest).where(ReconcileRequest.facility_id == facility)
         ).all()
         assert opened == []  # $events gave it all: nothing to reconcile
-    assert _missed(WITH_EVENTS) == missed + 1
+    assert _missed(facility) == missed + 1
     # handled once: later passes leave it alone
-    again = world.passed(WITH_EVENTS, DUE)
-    assert (again.missed, again.tracked, world.events_calls(WITH_EVENTS)) == (0, 0, 1)
+    again = world.passed(facility, DUE)
+    assert (again.missed, again.tracked, world.events_calls(facility)) == (0, 0, 1)
 
 
 def test_without_events_a_dropped_event_is_recovered_by_a_reconcile_of_the_gaps_window(
