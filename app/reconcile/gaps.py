@@ -376,8 +376,8 @@ def _handle(
     missing = held.missing if held.missing is not None else [(gap.first_event, gap.last_event)]
     missed = count(missing)
     if missed == 0:  # filled between the grace check and the claim: closed, not missed
-        finish(sessions, held, FILLED, now, missed=0, fetched=0, reason=None)
-        report.filled += 1
+        if finish(sessions, held, FILLED, now, missed=0, fetched=0, reason=None):
+            report.filled += 1
         return
     fetched: set[int] = set()
     subscription_id = _subscription_id(gap.subscription)
