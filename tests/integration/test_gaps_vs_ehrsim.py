@@ -336,6 +336,13 @@ def test_an_epoch_reset_requests_a_reconcile_since_the_last_good_event_once(worl
             (epoch + 1, REQUESTED, True)
         ]
         assert WITHOUT_EVENTS in due_facilities(session)
+    run = reconcile_facility(world.sessions, world.clients.get, WITHOUT_EVENTS, Settings(), only_if_due=True)
+    assert run.outcome == "complete"
+    assert requests[0].id in run.requests
+    with world.sessions() as session:
+        request = session.get(ReconcileRequest, requests[0].id)
+        assert request is not None
+        assert request.consumed_at is not None
 
 
 def test_a_claimed_gap_is_not_taken_by_another_pass_until_its_lease_runs_out(world: GapWorld) -> None:
