@@ -34,7 +34,8 @@ QUARANTINED = Counter(
 )
 LEDGER_GAPS = Counter(
     "ehri_subscription_gap_events_total",
-    "Event numbers found missing on arrival (gaps opened in the subscription ledger).",
+    "Event numbers found missing on arrival (gaps opened in the subscription ledger), reordered events"
+    " included: ehri_events_missed_total counts what stayed missing past the grace.",
     ["facility"],
 )
 COMMIT_BATCH = Histogram(

@@ -29,11 +29,12 @@ from __future__ import annotations
 import re
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -200,22 +201,7 @@ def _track(session: Session, facility_id: str, now: datetime, report: GapReport)
             select(SubscriptionGapWatch).where(SubscriptionGapWatch.facility_id == facility_id)
         )
     }
-    tracked: dict[tuple[str, int], list[Range]] = defaultdict(list)
-    pairs = [(ledger.subscription, ledger.epoch) for ledger in ledgers]
-    rows = session.execute(
-        select(
-            SubscriptionGap.subscription,
-            SubscriptionGap.epoch,
-            SubscriptionGap.first_event,
-            SubscriptionGap.last_event,
-        ).where(
-            SubscriptionGap.facility_id == facility_id,
-            SubscriptionGap.kind == GAP,
-            tuple_(SubscriptionGap.subscription, SubscriptionGap.epoch).in_(pairs),
-        )
-    )
-    for row in rows if pairs else []:
-        tracked[(row.subscription, row.epoch)].append((row.first_event, row.last_event))
+    tracked = _tracked(session, facility_id, ledgers)
     for ledger in ledgers:
         watch = watches.get(ledger.subscription)
         if watch is not None and ledger.epoch > watch.epoch:
@@ -260,6 +246,36 @@ def _track(session: Session, facility_id: str, now: datetime, report: GapReport)
         session.execute(
             stmt.on_conflict_do_update(index_elements=["facility_id", "subscription"], set_=values)
         )
+
+
+def _tracked(
+    session: Session, facility_id: str, ledgers: Sequence[SubscriptionLedger]
+) -> dict[tuple[str, int], list[Range]]:
+    """The gap rows that may cover what the ledgers list missing, per (subscription, epoch): only those
+    reaching the lowest number each ledger lists (older rows cannot cover anything it still lists)."""
+    reaching = [
+        and_(
+            SubscriptionGap.subscription == ledger.subscription,
+            SubscriptionGap.epoch == ledger.epoch,
+            SubscriptionGap.last_event >= min(first for first, _ in ranges),
+        )
+        for ledger in ledgers
+        if (ranges := _ranges(ledger.missing))
+    ]
+    tracked: dict[tuple[str, int], list[Range]] = defaultdict(list)
+    if not reaching:
+        return tracked
+    rows = session.execute(
+        select(
+            SubscriptionGap.subscription,
+            SubscriptionGap.epoch,
+            SubscriptionGap.first_event,
+            SubscriptionGap.last_event,
+        ).where(SubscriptionGap.facility_id == facility_id, SubscriptionGap.kind == GAP, or_(*reaching))
+    )
+    for row in rows:
+        tracked[(row.subscription, row.epoch)].append((row.first_event, row.last_event))
+    return tracked
 
 
 def _epoch_reset(
