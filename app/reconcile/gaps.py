@@ -12,7 +12,8 @@ A pass over one facility (``check_gaps``; periodic, ``reconciler.tasks``):
    missing range of the ledger that no gap row covers becomes an ``open`` gap whose window starts at the
    last good event the previous pass saw. An epoch above the watch's (the counter went down: the server
    restarted or recreated the subscription) requests a reconcile of the window since that last good event
-   at once, recorded as a handled gap of kind ``epoch``.
+   at once, recorded as a handled gap of kind ``epoch``. A subscription's first pass has no last good
+   event: its epoch is only recorded, and the gaps it already lists are windowed from the epoch's start.
 2. **Close**: an open gap whose numbers have all arrived (late, reordered) is ``filled``: not missed.
 3. **Handle**, once a gap has been open for ``event_gap_grace``: the gap is claimed (a conditional update
    with a lease: a concurrent pass, from a second beat, finds it claimed), what is still missing is
