@@ -34,7 +34,8 @@ QUARANTINED = Counter(
 )
 LEDGER_GAPS = Counter(
     "ehri_subscription_gap_events_total",
-    "Event numbers found missing on arrival (gaps opened in the subscription ledger).",
+    "Event numbers found missing on arrival (gaps opened in the subscription ledger), reordered events"
+    " included: ehri_events_missed_total counts what stayed missing past the grace.",
     ["facility"],
 )
 COMMIT_BATCH = Histogram(
@@ -137,6 +138,12 @@ RECONCILE_RECOVERED = Counter(
     "ehri_reconcile_recovered_total",
     "Changes the reconciler applied that no notification had delivered.",
     ["facility", "resource_type", "strategy"],
+)
+EVENTS_MISSED = Counter(
+    "ehri_events_missed_total",
+    "Event numbers still missing from a subscription after the gap grace period (a reordered event that"
+    " arrived within it is not counted), by facility.",
+    ["facility"],
 )
 RECONCILE_RUNS = Counter(
     "ehri_reconcile_runs_total",

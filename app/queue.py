@@ -28,6 +28,8 @@ CHECK_SUBSCRIPTION_TASK = "reconcile.check_subscription"
 ADT_TASK = "hl7v2.process_facility"
 RECONCILE_FAN_OUT_TASK = "reconcile.fan_out"
 RECONCILE_TASK = "reconcile.poll_facility"
+GAPS_FAN_OUT_TASK = "reconcile.gaps_fan_out"  # beat: one gap pass per facility with numbered events
+GAPS_TASK = "reconcile.check_gaps"
 
 
 def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] | None = None) -> Celery:
@@ -54,6 +56,8 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
             CHECK_SUBSCRIPTION_TASK: {"queue": settings.periodic_queue},
             RECONCILE_FAN_OUT_TASK: {"queue": settings.periodic_queue},
             RECONCILE_TASK: {"queue": settings.periodic_queue},
+            GAPS_FAN_OUT_TASK: {"queue": settings.periodic_queue},
+            GAPS_TASK: {"queue": settings.periodic_queue},
         },
         broker_connection_retry_on_startup=True,
         broker_transport_options={

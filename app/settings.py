@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         default=timedelta(seconds=30),
         description="How often beat asks which facilities are due a reconcile (each has its own interval).",
     )
+    event_gap_grace: timedelta = Field(
+        default=timedelta(minutes=2),
+        description="How long a gap in a subscription's event numbers may stay open (a late, reordered "
+        "event fills it) before it counts as missed and is fetched with $events or reconciled.",
+    )
     reconcile_time_budget: timedelta = Field(
         default=timedelta(minutes=4),
         description="A reconcile run past this commits what it has, stops and continues on the next tick.",

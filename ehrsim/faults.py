@@ -61,6 +61,7 @@ class MllpFaults(_Model):
 
 class FaultConfig(_Model):
     drop_rate: Fraction = 0.0  # notifications never sent (recorded as dropped, reason fault-drop)
+    drop_next: Annotated[int, Field(ge=0)] = 0  # the next this many notifications never sent (a known gap)
     duplicate_rate: Fraction = 0.0  # notifications delivered twice
     delay_s: Annotated[float, Field(ge=0)] = 0.0  # notifications held this long before the first attempt
     reorder: bool = False  # with delay_s: each held a random time in [0, delay_s), so order is lost
@@ -81,6 +82,7 @@ class FaultUpdate(_Model):
     """Body of ``POST /_admin/{facility}/faults``: fields to change, and one-shot actions."""
 
     drop_rate: Fraction | None = None
+    drop_next: Annotated[int, Field(ge=0)] | None = None
     duplicate_rate: Fraction | None = None
     delay_s: Annotated[float, Field(ge=0)] | None = None
     reorder: bool | None = None
@@ -108,6 +110,7 @@ class Faults:
     _rng: random.Random = field(init=False)
     _throttle_left: int = field(init=False)
     _burst_left: int = field(init=False)
+    _drop_left: int = field(init=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)  # noqa: S311 - fault sampling, not security
@@ -117,7 +120,7 @@ class Faults:
         base = FaultConfig() if update.reset else self.config
         changes = update.model_dump(exclude_none=True, exclude={"actions", "reset"})
         self.config = FaultConfig.model_validate({**base.model_dump(), **changes})
-        if update.reset or "throttle" in changes or "error_burst" in changes:
+        if update.reset or changes.keys() & {"throttle", "error_burst", "drop_next"}:
             self._arm()
         self.log.append({"at": now, "set": changes, "reset": update.reset, "actions": list(update.actions)})
 
@@ -126,6 +129,13 @@ class Faults:
 
     def chance(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate
+
+    def drop(self) -> bool:
+        """Whether the notification of an event is dropped: one of the next ``drop_next``, or by chance."""
+        if self._drop_left > 0:
+            self._drop_left -= 1
+            return True
+        return self.chance(self.config.drop_rate)
 
     def notification_delay(self) -> float:
         delay = self.config.delay_s
@@ -152,7 +162,11 @@ class Faults:
     def state(self) -> dict[str, Any]:
         return {
             "faults": self.config.model_dump(),
-            "remaining": {"throttle": self._throttle_left, "error_burst": self._burst_left},
+            "remaining": {
+                "throttle": self._throttle_left,
+                "error_burst": self._burst_left,
+                "drop_next": self._drop_left,
+            },
             "applied": dict(self.applied),
             "log": self.log[-1000:],
         }
@@ -160,3 +174,4 @@ class Faults:
     def _arm(self) -> None:
         self._throttle_left = self.config.throttle.requests
         self._burst_left = self.config.error_burst.requests
+        self._drop_left = self.config.drop_next

@@ -104,6 +104,31 @@ def status_parameters(
     return {"resourceType": "Parameters", "meta": {"profile": [STATUS_PROFILE]}, "parameter": parameters}
 
 
+def events_status(target: Target, base_url: str, events: list[Event]) -> dict[str, Any]:
+    """The status of a ``$events`` answer (``query-event``) in the subscription's own shape: an R5
+    ``SubscriptionStatus`` for an R5 subscription, else the R4 backport ``Parameters``."""
+    if target.style != "r5":
+        return status_parameters(target, "query-event", base_url, events)
+    notifications = []
+    for event in events:
+        notification: dict[str, Any] = {
+            "eventNumber": str(event.number),
+            "timestamp": format_instant(event.change.last_updated),
+        }
+        if target.payload != "empty":
+            notification["focus"] = _focus_reference(base_url, event)
+        notifications.append(notification)
+    return {
+        "resourceType": "SubscriptionStatus",
+        "status": target.status,
+        "type": "query-event",
+        "eventsSinceSubscriptionStart": str(target.events_since_start),
+        "subscription": {"reference": f"{base_url}/Subscription/{target.id}"},
+        "topic": target.topic,
+        "notificationEvent": notifications,
+    }
+
+
 def event_entries(target: Target, events: list[Event], base_url: str) -> list[dict[str, Any]]:
     """The Bundle entries that carry the events' focus (none for the ``empty`` payload)."""
     if target.payload == "empty":

@@ -141,7 +141,7 @@ class Sender:
                 self._drop(subscription, event, "feed-stopped", count_fault="feed_stopped")
             elif subscription.status != "active":
                 self._drop(subscription, event, f"subscription-{subscription.status}")
-            elif self.faults.chance(self.faults.config.drop_rate):
+            elif self.faults.drop():
                 self._drop(subscription, event, "fault-drop", count_fault="drop")
             else:
                 delay = self.faults.notification_delay()

@@ -38,7 +38,7 @@ from ehrsim.fhir import (
 )
 from ehrsim.history import history_entry, history_next, history_window
 from ehrsim.instants import Clock, date_range, format_instant
-from ehrsim.notify import event_entries, status_parameters
+from ehrsim.notify import event_entries, events_status, status_parameters
 from ehrsim.profiles import SubscriptionOperation
 from ehrsim.search import (
     DEFAULT_COUNT,
@@ -502,7 +502,8 @@ class _Api:
 
     async def subscription_events(self, request: Request) -> Response:
         """``$events``: the retained events in ``[eventsSinceNumber, eventsUntilNumber]``; older ones are
-        gone (limited retention), and the answer says which numbers it holds."""
+        gone (limited retention), and the answer says which numbers it holds, in the subscription's shape
+        (R5: a ``subscription-notification`` Bundle; else a ``history`` Bundle of backport Parameters)."""
         facility = await self._fhir_request(request)
         self._authorize(request, facility, "Subscription", "r")
         self._operation(facility, "events")
@@ -519,9 +520,10 @@ class _Api:
         if content in ("empty", "id-only", "full-resource"):
             target = dataclasses.replace(target, payload=content)
         base = f"{_origin(request)}/{facility.id}/fhir"
-        status = status_parameters(target, "query-event", base, events)
+        status = events_status(target, base, events)
         entries = [{"resource": status}, *event_entries(target, events, base)]
-        return _fhir(_bundle("history", entries))
+        kind = "subscription-notification" if target.style == "r5" else "history"
+        return _fhir(_bundle(kind, entries))
 
     # -- Bulk data -----------------------------------------------------------------------------------
 

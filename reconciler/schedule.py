@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.queue import CHECK_SUBSCRIPTIONS_TASK, RECONCILE_FAN_OUT_TASK, SWEEP_TASK
+from app.queue import CHECK_SUBSCRIPTIONS_TASK, GAPS_FAN_OUT_TASK, RECONCILE_FAN_OUT_TASK, SWEEP_TASK
 from app.settings import Settings
 
 
@@ -23,6 +23,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         "reconcile-fan-out": {
             "task": RECONCILE_FAN_OUT_TASK,
+            "schedule": settings.reconcile_tick.total_seconds(),
+            "options": {"expires": settings.reconcile_tick.total_seconds()},
+        },
+        "gaps-fan-out": {  # gaps in subscriptions' event numbers, on the reconciler's tick
+            "task": GAPS_FAN_OUT_TASK,
             "schedule": settings.reconcile_tick.total_seconds(),
             "options": {"expires": settings.reconcile_tick.total_seconds()},
         },

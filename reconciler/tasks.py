@@ -13,6 +13,8 @@ from app.ingest.sweep import facilities_with_due_work
 from app.queue import (
     CHECK_SUBSCRIPTION_TASK,
     CHECK_SUBSCRIPTIONS_TASK,
+    GAPS_FAN_OUT_TASK,
+    GAPS_TASK,
     RECONCILE_FAN_OUT_TASK,
     RECONCILE_TASK,
     SWEEP_TASK,
@@ -20,6 +22,7 @@ from app.queue import (
     enqueue_drain,
     enqueue_reconcile,
 )
+from app.reconcile.gaps import check_gaps, facilities_with_numbered_subscriptions
 from app.reconcile.schedule import due_facilities
 from app.reconcile.service import reconcile_facility
 from app.reconcile.subscriptions import (
@@ -120,4 +123,38 @@ def poll_facility(self: object, facility_id: str, trigger: str = "schedule") -> 
         "skipped": int(report.skipped),
         "applied": report.total("applied"),
         "recovered": report.total("recovered"),
+    }
+
+
+@celery_app.task(name=GAPS_FAN_OUT_TASK)  # type: ignore[untyped-decorator]
+def gaps_fan_out() -> int:
+    """One ``reconcile.check_gaps`` per facility whose ledger has numbered events. Idempotent."""
+    rt = runtime()
+    with rt.sessions() as session:
+        facility_ids = facilities_with_numbered_subscriptions(session)
+    for facility_id in facility_ids:
+        celery_app.send_task(GAPS_TASK, args=[facility_id], queue=rt.settings.periodic_queue)
+    return len(facility_ids)
+
+
+@celery_app.task(name=GAPS_TASK)  # type: ignore[untyped-decorator]
+def check_facility_gaps(facility_id: str) -> dict[str, int]:
+    """One gap pass over a facility (``app.reconcile.gaps``). Running it twice, or in two processes at
+    once, is harmless: each gap is claimed before it is handled and handled once. Not retried: what a
+    pass could not do stays open for the next tick."""
+    rt = runtime()
+    with bound_contextvars(facility_id=facility_id):
+        try:
+            report = check_gaps(
+                rt.sessions, rt.clients.get, facility_id, rt.settings, references=rt.references
+            )
+        except IngestError as exc:
+            log.warning("reconcile.gap.pass_failed", facility_id=facility_id, reason=exc.reason)
+            return {"failed": 1}
+    return {
+        "tracked": report.tracked,
+        "filled": report.filled,
+        "missed": report.missed,
+        "fetched": report.fetched,
+        "epochs": report.epochs,
     }

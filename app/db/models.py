@@ -20,6 +20,10 @@
 - ``facility_subscriptions``: the Subscription we keep at each facility's EHR, as the server accepted it.
 - ``reconcile_requests``: time windows someone asked the reconciler to search again (a subscription found
   in ``error``/``off``); the engine consumes them.
+- ``subscription_gaps``: each gap in a subscription's event numbers as the reconciler's gap pass first saw
+  it in ``subscription_ledger``, until handled once (filled late, recovered by ``$events``, or a window
+  reconcile requested), and each epoch reset; ``subscription_gap_watch``: what the last pass saw of each
+  subscription (its epoch and last good event). ``app.reconcile.gaps`` writes both, never the ledger.
 - ``adt_inbox``: HL7 v2 ADT messages, committed before their ``AA``, and the patient re-reads they ask
   for; ``adt_quarantine``: v2 messages answered ``AR``.
 """
@@ -524,3 +528,56 @@ class ReconcileRequest(Base):
     subscription_id: Mapped[str | None] = mapped_column(Text)
     requested_at: Mapped[datetime] = mapped_column(server_default=func.now())
     consumed_at: Mapped[datetime | None]
+
+
+class SubscriptionGap(Base):
+    """A gap (``kind`` gap: event numbers ``first_event..last_event`` of ``epoch`` missing) or an epoch reset
+    (``kind`` epoch) of one subscription, as the gap pass first saw it; ``handled_at`` is set once, by
+    the pass that claimed it (``claim_token``, ``lease_until``), with what became of it (``state``)."""
+
+    __tablename__ = "subscription_gaps"
+    __table_args__ = (
+        UniqueConstraint(
+            "facility_id",
+            "subscription",
+            "epoch",
+            "kind",
+            "first_event",
+            "last_event",
+            name="uq_subscription_gaps_range",
+        ),
+        Index("ix_subscription_gaps_open", "facility_id", postgresql_where=text("handled_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    subscription: Mapped[str] = mapped_column(Text)
+    epoch: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # gap | epoch
+    first_event: Mapped[int] = mapped_column(BigInteger)
+    last_event: Mapped[int] = mapped_column(BigInteger)
+    # open | handling (claimed) | filled (late events closed it) | recovered ($events) | requested (window)
+    state: Mapped[str] = mapped_column(String(16))
+    opened_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    window_since: Mapped[datetime]  # the subscription's last good event before the gap
+    window_until: Mapped[datetime | None]
+    missed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))  # still missing after grace
+    recovered: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))  # numbers $events gave
+    reason: Mapped[str | None] = mapped_column(String(64))  # why a window reconcile was requested
+    claim_token: Mapped[str | None] = mapped_column(UUID(as_uuid=False))
+    lease_until: Mapped[datetime | None]
+    handled_at: Mapped[datetime | None]
+
+
+class SubscriptionGapWatch(Base):
+    """What the gap pass last saw of one subscription's ledger row: a later epoch is a reset, and a new
+    gap's window starts at the last good event seen here."""
+
+    __tablename__ = "subscription_gap_watch"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    subscription: Mapped[str] = mapped_column(Text, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    highest_event: Mapped[int | None] = mapped_column(BigInteger)
+    highest_event_at: Mapped[datetime | None]
+    checked_at: Mapped[datetime]

@@ -7,6 +7,8 @@ from sqlalchemy import text
 #: One reconcile per facility at a time, across every process: a session-level advisory lock held on a
 #: connection of its own for the run (released when the run ends or its process dies).
 TRY_LOCK = text("SELECT pg_try_advisory_lock(hashtextextended('ehri-reconcile:' || :fid, 0))")
+#: The gap pass's tracking step, one transaction per facility at a time (``app.reconcile.gaps``).
+GAPS_TRACK_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('ehri-gaps:' || :fid, 0))")
 UNLOCK = text("SELECT pg_advisory_unlock(hashtextextended('ehri-reconcile:' || :fid, 0))")
 
 #: The facility's cohort: its stored patients, the subjects of its other stored resources, and the

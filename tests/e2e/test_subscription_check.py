@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 import yaml
-from sqlalchemy import text
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.models import Facility
@@ -18,6 +17,7 @@ from app.ehr.pool import EHRClientPool
 from app.reconcile.subscriptions import subscribe
 from devstack.processes import wait_until
 from devstack.scenario import Scenario
+from tests.e2e.sql import scalar
 
 pytestmark = pytest.mark.e2e
 
@@ -32,15 +32,6 @@ def _allow_subscription_writes(scenario: Scenario) -> None:
     for facility in config["facilities"]:
         facility["clients"][0]["scopes"] = SCOPES
     path.write_text(yaml.safe_dump(config))
-
-
-def _scalar(scenario: Scenario, sql: str) -> object:
-    engine = make_engine(scenario.database_url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql)).scalar()
-    finally:
-        engine.dispose()
 
 
 def _status_at_ehr(scenario: Scenario, subscription_id: str) -> str | None:
@@ -76,7 +67,7 @@ def test_beat_and_a_worker_reactivate_a_subscription_in_error_and_record_its_win
         engine.dispose()
     sub_id = subscribed.subscription_id
     wait_until(lambda: _status_at_ehr(scenario, sub_id) == "active", timeout=30, what="the first handshake")
-    handshake_at = _scalar(
+    handshake_at = scalar(
         scenario,
         f"SELECT last_handshake_at FROM subscription_ledger WHERE subscription LIKE '%Subscription/{sub_id}'",
     )
@@ -87,17 +78,17 @@ def test_beat_and_a_worker_reactivate_a_subscription_in_error_and_record_its_win
     ).raise_for_status()
 
     wait_until(
-        lambda: _scalar(scenario, "SELECT reactivations FROM facility_subscriptions") == 1,
+        lambda: scalar(scenario, "SELECT reactivations FROM facility_subscriptions") == 1,
         timeout=30,
         what="the worker's re-activation",
     )
     wait_until(lambda: _status_at_ehr(scenario, sub_id) == "active", timeout=30, what="the new handshake")
-    since = _scalar(scenario, "SELECT since FROM reconcile_requests WHERE reason = 'subscription_error'")
+    since = scalar(scenario, "SELECT since FROM reconcile_requests WHERE reason = 'subscription_error'")
     assert since == handshake_at
     # the window makes the facility due: the reconciler's next run covers it and consumes it
     wait_until(
         lambda: (
-            _scalar(
+            scalar(
                 scenario,
                 "SELECT consumed_at IS NOT NULL FROM reconcile_requests WHERE reason = 'subscription_error'",
             )
@@ -107,7 +98,7 @@ def test_beat_and_a_worker_reactivate_a_subscription_in_error_and_record_its_win
         what="the reconciler consuming the window",
     )
     assert (
-        _scalar(
+        scalar(
             scenario,
             "SELECT count(*) FROM reconcile_runs r JOIN reconcile_requests q ON q.facility_id = r.facility_id"
             " WHERE r.outcome = 'complete' AND r.finished_at = q.consumed_at",

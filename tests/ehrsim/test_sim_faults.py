@@ -66,6 +66,21 @@ async def test_drop_rate_drops_and_records_notifications(
     assert state["faults"]["drop_rate"] == 1.0
 
 
+async def test_drop_next_drops_exactly_that_many_notifications_then_delivers_again(
+    make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
+) -> None:
+    async with run(_app(make_config, recorder)) as client:
+        await _settle(client, wait, 1)
+        await client.post(FAULTS, json={"drop_next": 2})
+        await _settle(client, wait, 3)
+        dropped = await _dropped(client)
+        state = (await client.get(FAULTS)).json()
+    assert [d["event_number"] for d in dropped] == [2, 3]
+    assert {d["reason"] for d in dropped} == {"fault-drop"}
+    assert sorted(_number(r) for r in recorder.requests) == [1, 4]
+    assert state["remaining"]["drop_next"] == 0
+
+
 async def test_faults_can_be_set_in_the_config(
     make_config: MakeConfig, recorder: Recorder, run: Run, wait: Wait
 ) -> None:

@@ -293,3 +293,26 @@ async def test_subscription_operations_are_served_only_where_the_vendor_has_them
         ]
     assert created.status_code == 201, created.text
     assert answers == ([200, 200] if served else [404, 404])
+
+
+async def test_events_of_an_r5_subscription_answer_in_r5_and_parse_as_a_query_event(
+    open_sim: OpenSim, wait: Wait
+) -> None:
+    from app.fhir.notifications import parse_notification
+
+    webhook = {"url": ENDPOINT, "subscription_id": "sub-r5", "style": "r5"}
+    async with open_sim(webhook=webhook) as client:
+        await client.post("/_admin/general/activity", json={"changes": 3})
+        answer = await client.get(
+            f"{FHIR}/Subscription/sub-r5/$events?eventsSinceNumber=2&eventsUntilNumber=3"
+        )
+        base = f"{client.base_url}{FHIR}".rstrip("/")
+    bundle = answer.json()
+    assert answer.status_code == 200
+    assert bundle["type"] == "subscription-notification"
+    status = bundle["entry"][0]["resource"]
+    assert (status["resourceType"], status["type"]) == ("SubscriptionStatus", "query-event")
+    parsed = parse_notification(bundle, base)
+    assert parsed.type == "query-event"
+    assert [e.event_number for e in parsed.events] == [2, 3]
+    assert all(e.focus is not None for e in parsed.events)

@@ -24,3 +24,20 @@ def test_the_worker_registers_the_subscription_tasks() -> None:
     from workers.celery_app import celery_app
 
     assert {CHECK_SUBSCRIPTIONS_TASK, CHECK_SUBSCRIPTION_TASK} <= set(celery_app.tasks)
+
+
+def test_gaps_are_checked_on_the_reconcile_tick_by_tasks_the_worker_registers() -> None:
+    import reconciler.tasks  # noqa: F401 - registers the tasks
+    from app.queue import GAPS_FAN_OUT_TASK, GAPS_TASK
+    from workers.celery_app import celery_app
+
+    entry = beat_schedule(Settings(reconcile_tick=timedelta(seconds=20)))["gaps-fan-out"]
+
+    assert (entry["task"], entry["schedule"], entry["options"]) == (
+        GAPS_FAN_OUT_TASK,
+        20.0,
+        {"expires": 20.0},
+    )
+    assert {GAPS_FAN_OUT_TASK, GAPS_TASK} <= set(celery_app.tasks)
+    routes = celery_app.conf.task_routes
+    assert routes[GAPS_TASK] == routes[GAPS_FAN_OUT_TASK] == {"queue": Settings().periodic_queue}
