@@ -1,0 +1,378 @@
+"""The alert state machine: per (facility, source, kind) at most one live alert, opened once, paged once.
+
+::
+
+    (condition holds) ──► open ──(operator ack)──► acknowledged
+                           │  ▲                        │
+      evaluated healthy    │  │ recurrence within      │ evaluated healthy continuously
+      continuously for     ▼  │ the cool-down          ▼ for the resolve delay, or an operator
+      the resolve delay ─► resolved ◄──────────────────┘
+
+- **Open** is ``INSERT … ON CONFLICT DO NOTHING`` on the partial unique index of the live states: of two
+  processes observing the same condition, exactly one inserts (and queues the trigger deliveries); the
+  other finds the live row and only marks it seen.
+- **Hysteresis**: a key evaluated healthy starts ``healthy_since``; the alert resolves only once the key was
+  evaluated healthy continuously for ``resolve_delay`` (the condition coming back clears it, recorded as a
+  ``seen`` event). A feed that flaps faster than the delay pages once.
+- **Cool-down**: a recurrence within ``cooldown`` of a resolve reopens the same row (same dedup key, the
+  ``reopened`` count goes up) instead of opening a new alert. Sinks whose resolve is still unsent have it
+  cancelled and get nothing; the others get a trigger under the same dedup key.
+- Every transition is one conditional statement; only the process whose statement changed the row writes
+  the event and queues deliveries, in the same transaction: a state change and its sends commit together.
+  Acknowledge and resolve deliveries go only to the sinks that got (or will get) the trigger.
+
+Services flush; the caller owns the transaction. ``now`` is passed in (tests drive the clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import and_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.alerts.conditions import Condition, Severity
+from app.db.models import ALERT_LIVE_STATES, Alert, AlertDelivery, AlertEvent, DeliveryAction
+from app.settings import Settings, get_settings
+
+log = structlog.get_logger("alerts")
+
+Key = tuple[str, str, str]
+AUTO = "auto"  # the actor of transitions the state machine makes itself
+
+#: Which sinks an alert goes to: (facility id, source, kind, severity) → sink names.
+Router = Callable[[str, str, str, Severity], list[str]]
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    resolve_delay: timedelta = timedelta(minutes=5)
+    cooldown: timedelta = timedelta(minutes=30)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlertPolicy:
+        return cls(resolve_delay=settings.alert_resolve_delay, cooldown=settings.alert_cooldown)
+
+
+@dataclass
+class ObserveResult:
+    """Alert ids per transition made by this call (another process's transitions are not listed)."""
+
+    opened: list[int] = field(default_factory=list)
+    reopened: list[int] = field(default_factory=list)
+    resolved: list[int] = field(default_factory=list)
+    seen: list[int] = field(default_factory=list)  # held: the condition still (or again) holds
+
+
+def observe(
+    session: Session,
+    conditions: Iterable[Condition],
+    evaluated: Collection[Key],
+    now: datetime,
+    *,
+    policy: AlertPolicy | None = None,
+    router: Router | None = None,
+) -> ObserveResult:
+    """Apply one evaluation pass: open or keep an alert for every condition, start or complete the resolve
+    of every live alert whose key was ``evaluated`` and holds no condition; keys not evaluated are left as
+    they are. Deliveries are queued for every open, reopen and resolve this call makes.
+
+    ``router`` defaults to the configured sinks (``app.alerts.sinks.SinkDirectory``); raises
+    ConfigurationError when the global sinks file cannot be read."""
+    policy = policy or AlertPolicy.from_settings(get_settings())
+    holding: dict[Key, Condition] = {c.key: c for c in conditions}
+    if router is None:
+        from app.alerts.sinks import SinkDirectory
+
+        router = SinkDirectory.load(get_settings()).router(session, {k[0] for k in holding})
+    result = ObserveResult()
+    for key in sorted(holding):  # one order in every process: row locks are taken in it
+        _hold(session, holding[key], now, policy=policy, router=router, result=result)
+    healthy = set(evaluated) - holding.keys()
+    if healthy:
+        _heal(session, healthy, now, policy, result)
+    session.flush()
+    return result
+
+
+def _key_is(key: Key) -> Any:
+    return and_(Alert.facility_id == key[0], Alert.source == key[1], Alert.kind == key[2])
+
+
+def _hold(
+    session: Session,
+    c: Condition,
+    now: datetime,
+    *,
+    policy: AlertPolicy,
+    router: Router,
+    result: ObserveResult,
+) -> None:
+    # A row inserted or reopened by another process between our statements is found by the next attempt:
+    # each statement reads what is committed when it runs (READ COMMITTED).
+    for _ in range(3):
+        if _mark_seen(session, c, now, result):
+            return
+        if _reopen(session, c, now, policy=policy, router=router, result=result):
+            return
+        if _open(session, c, now, router, result):
+            return
+    raise AssertionError(f"alert {c.key} neither live nor insertable")  # pragma: no cover - a bug
+
+
+def _mark_seen(session: Session, c: Condition, now: datetime, result: ObserveResult) -> bool:
+    live = (
+        select(Alert.id, Alert.healthy_since)
+        .where(_key_is(c.key), Alert.state.in_(ALERT_LIVE_STATES))
+        .with_for_update()
+        .cte("live")
+    )
+    row = session.execute(
+        update(Alert)
+        .where(Alert.id == live.c.id)
+        .values(last_seen_at=now, healthy_since=None, summary=c.summary, details=c.details, updated_at=now)
+        .returning(Alert.id, live.c.healthy_since)
+    ).first()
+    if row is None:
+        return False
+    alert_id, was_healthy_since = row
+    if was_healthy_since is not None:  # it came back before the resolve delay ran out: no resolve, no page
+        _event(session, alert_id, "seen", AUTO, now, {"healthy_since": was_healthy_since.isoformat()})
+    result.seen.append(alert_id)
+    return True
+
+
+def _reopen(
+    session: Session,
+    c: Condition,
+    now: datetime,
+    *,
+    policy: AlertPolicy,
+    router: Router,
+    result: ObserveResult,
+) -> bool:
+    recent = (
+        select(Alert.id)
+        .where(_key_is(c.key), Alert.state == "resolved", Alert.resolved_at >= now - policy.cooldown)
+        .order_by(Alert.resolved_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    try:
+        with session.begin_nested():  # another process's fresh open of the key fails ours: theirs stands
+            alert_id = session.scalar(
+                update(Alert)
+                .where(Alert.id == recent, Alert.state == "resolved")
+                .values(
+                    state="open",
+                    severity=c.effective_severity,
+                    summary=c.summary,
+                    details=c.details,
+                    last_seen_at=now,
+                    healthy_since=None,
+                    acknowledged_at=None,
+                    acknowledged_by=None,
+                    resolved_at=None,
+                    resolved_by=None,
+                    reopened=Alert.reopened + 1,
+                    updated_at=now,
+                )
+                .returning(Alert.id)
+            )
+    except IntegrityError:
+        return False
+    if alert_id is None:
+        return False
+    # A resolve not sent yet is withdrawn: for that sink the alert never stopped.
+    withdrawn = set(
+        session.scalars(
+            update(AlertDelivery)
+            .where(
+                AlertDelivery.alert_id == alert_id,
+                AlertDelivery.action == "resolve",
+                AlertDelivery.state == "pending",
+            )
+            .values(state="cancelled")
+            .returning(AlertDelivery.sink)
+        )
+    )
+    sinks = [s for s in router(*c.key, c.effective_severity) if s not in withdrawn]
+    _event(session, alert_id, "reopened", AUTO, now, {"withdrawn_resolves": len(withdrawn)})
+    _queue(session, alert_id, sinks, "trigger", now)
+    log.warning(
+        "alerts.alert.reopened", alert_id=alert_id, facility_id=c.facility_id, source=c.source, kind=c.kind
+    )
+    result.reopened.append(alert_id)
+    return True
+
+
+def _open(session: Session, c: Condition, now: datetime, router: Router, result: ObserveResult) -> bool:
+    alert_id = session.scalar(
+        insert(Alert)
+        .values(
+            facility_id=c.facility_id,
+            source=c.source,
+            kind=c.kind,
+            severity=c.effective_severity,
+            state="open",
+            summary=c.summary,
+            details=c.details,
+            opened_at=now,
+            last_seen_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(
+            index_elements=[Alert.facility_id, Alert.source, Alert.kind],
+            index_where=Alert.state.in_(ALERT_LIVE_STATES),
+        )
+        .returning(Alert.id)
+    )
+    if alert_id is None:
+        return False
+    _event(session, alert_id, "opened", AUTO, now, {})
+    _queue(session, alert_id, router(*c.key, c.effective_severity), "trigger", now)
+    log.warning(
+        "alerts.alert.opened",
+        alert_id=alert_id,
+        facility_id=c.facility_id,
+        source=c.source,
+        kind=c.kind,
+        severity=c.effective_severity,
+    )
+    result.opened.append(alert_id)
+    return True
+
+
+def _heal(
+    session: Session, healthy: set[Key], now: datetime, policy: AlertPolicy, result: ObserveResult
+) -> None:
+    # Live alerts are few; the evaluated keys may be many: intersect in Python, update only live rows.
+    live = session.execute(
+        select(Alert.id, Alert.facility_id, Alert.source, Alert.kind).where(
+            Alert.state.in_(ALERT_LIVE_STATES)
+        )
+    ).all()
+    ids = sorted(row.id for row in live if (row.facility_id, row.source, row.kind) in healthy)
+    if not ids:
+        return
+    session.execute(
+        update(Alert)
+        .where(Alert.id.in_(ids), Alert.state.in_(ALERT_LIVE_STATES), Alert.healthy_since.is_(None))
+        .values(healthy_since=now, updated_at=now)
+    )
+    resolved = session.scalars(
+        update(Alert)
+        .where(
+            Alert.id.in_(ids),
+            Alert.state.in_(ALERT_LIVE_STATES),
+            Alert.healthy_since <= now - policy.resolve_delay,
+        )
+        .values(state="resolved", resolved_at=now, resolved_by=AUTO, healthy_since=None, updated_at=now)
+        .returning(Alert.id)
+    ).all()
+    for alert_id in sorted(resolved):
+        _event(session, alert_id, "resolved", AUTO, now, {})
+        _queue(session, alert_id, triggered_sinks(session, alert_id), "resolve", now)
+        log.info("alerts.alert.resolved", alert_id=alert_id, actor=AUTO)
+        result.resolved.append(alert_id)
+
+
+# -- operators ----------------------------------------------------------------------------------------------
+
+Outcome = Literal["done", "unchanged", "not_found"]
+
+
+def acknowledge(session: Session, alert_id: int, actor: str, now: datetime) -> Outcome:
+    """Acknowledge an open alert: ``unchanged`` when it is already acknowledged or resolved."""
+    changed = session.scalar(
+        update(Alert)
+        .where(Alert.id == alert_id, Alert.state == "open")
+        .values(state="acknowledged", acknowledged_at=now, acknowledged_by=actor, updated_at=now)
+        .returning(Alert.id)
+    )
+    if changed is None:
+        return "not_found" if session.get(Alert, alert_id) is None else "unchanged"
+    _event(session, alert_id, "acknowledged", actor, now, {})
+    _queue(session, alert_id, triggered_sinks(session, alert_id), "acknowledge", now)
+    session.flush()
+    log.info("alerts.alert.acknowledged", alert_id=alert_id, actor=actor)
+    return "done"
+
+
+def resolve(session: Session, alert_id: int, actor: str, now: datetime) -> Outcome:
+    """Resolve a live alert by hand. Should its condition still hold at the next evaluation, the alert
+    reopens (within the cool-down) and pages again: resolving is a claim that the cause is gone."""
+    changed = session.scalar(
+        update(Alert)
+        .where(Alert.id == alert_id, Alert.state.in_(ALERT_LIVE_STATES))
+        .values(state="resolved", resolved_at=now, resolved_by=actor, healthy_since=None, updated_at=now)
+        .returning(Alert.id)
+    )
+    if changed is None:
+        return "not_found" if session.get(Alert, alert_id) is None else "unchanged"
+    _event(session, alert_id, "resolved", actor, now, {})
+    _queue(session, alert_id, triggered_sinks(session, alert_id), "resolve", now)
+    session.flush()
+    log.info("alerts.alert.resolved", alert_id=alert_id, actor=actor)
+    return "done"
+
+
+def list_alerts(
+    session: Session, *, live_only: bool = False, facility: str | None = None, limit: int = 200
+) -> list[Alert]:
+    """Newest first."""
+    stmt = select(Alert).order_by(Alert.id.desc()).limit(limit)
+    if live_only:
+        stmt = stmt.where(Alert.state.in_(ALERT_LIVE_STATES))
+    if facility is not None:
+        stmt = stmt.where(Alert.facility_id == facility)
+    return list(session.scalars(stmt))
+
+
+def alert_history(session: Session, alert_id: int) -> list[AlertEvent]:
+    return list(
+        session.scalars(select(AlertEvent).where(AlertEvent.alert_id == alert_id).order_by(AlertEvent.id))
+    )
+
+
+# -- shared steps -------------------------------------------------------------------------------------------
+
+
+def triggered_sinks(session: Session, alert_id: int) -> list[str]:
+    """The sinks that got, or are about to get, a trigger of this alert (a failed one never reached)."""
+    return sorted(
+        session.scalars(
+            select(AlertDelivery.sink)
+            .where(
+                AlertDelivery.alert_id == alert_id,
+                AlertDelivery.action == "trigger",
+                AlertDelivery.state.in_(("pending", "sent")),
+            )
+            .distinct()
+        )
+    )
+
+
+def _queue(
+    session: Session, alert_id: int, sinks: Iterable[str], action: DeliveryAction, now: datetime
+) -> None:
+    rows = [
+        {"alert_id": alert_id, "sink": sink, "action": action, "next_attempt_at": now, "created_at": now}
+        for sink in sinks
+    ]
+    if rows:
+        session.execute(insert(AlertDelivery), rows)
+
+
+def _event(  # noqa: PLR0917 - one history row, its columns in their order
+    session: Session, alert_id: int, event: str, actor: str, now: datetime, details: dict[str, Any]
+) -> None:
+    session.execute(
+        insert(AlertEvent).values(alert_id=alert_id, event=event, actor=actor, at=now, details=details)
+    )
