@@ -32,13 +32,13 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.alerts.conditions import Condition, Severity
-from app.db.models import ALERT_LIVE_STATES, Alert, AlertDelivery, AlertEvent, DeliveryAction
+from app.db.models import ALERT_LIVE_STATES, LIVE_PREDICATE, Alert, AlertDelivery, AlertEvent, DeliveryAction
 from app.settings import Settings, get_settings
 
 log = structlog.get_logger("alerts")
@@ -229,7 +229,8 @@ def _open(session: Session, c: Condition, now: datetime, router: Router, result:
         )
         .on_conflict_do_nothing(
             index_elements=[Alert.facility_id, Alert.source, Alert.kind],
-            index_where=Alert.state.in_(ALERT_LIVE_STATES),
+            # Literal, not bound: a prepared statement's parameters cannot infer the partial index.
+            index_where=text(LIVE_PREDICATE),
         )
         .returning(Alert.id)
     )

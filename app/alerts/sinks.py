@@ -359,7 +359,7 @@ class SinkDirectory:
             fid: facility_alerts(raw)
             for fid, raw in session.execute(
                 select(Facility.id, Facility.alerts).where(Facility.id.in_(facility_ids))
-            ).tuples()
+            )
         }
 
         def route(facility_id: str, source: str, kind: str, severity: Severity) -> list[str]:

@@ -536,6 +536,7 @@ class ReconcileRequest(Base):
 # (reopened, same row and dedup key) within the cool-down. "Live" states hold the key's unique index.
 AlertState = Literal["open", "acknowledged", "resolved"]
 ALERT_LIVE_STATES: tuple[AlertState, ...] = ("open", "acknowledged")
+LIVE_PREDICATE = "state IN ('open', 'acknowledged')"  # the live-key index's predicate (ON CONFLICT infers it)
 DeliveryState = Literal["pending", "sent", "failed", "cancelled"]
 DeliveryAction = Literal["trigger", "acknowledge", "resolve"]
 
@@ -549,7 +550,7 @@ class Alert(Base):
             "source",
             "kind",
             unique=True,
-            postgresql_where=text("state IN ('open', 'acknowledged')"),
+            postgresql_where=text(LIVE_PREDICATE),
         ),
         Index("ix_alerts_key_resolved", "facility_id", "source", "kind", "resolved_at"),
     )

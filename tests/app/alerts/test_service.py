@@ -243,3 +243,13 @@ def test_two_sessions_observing_the_same_condition_at_once_open_it_once(
             ("pd", "trigger", "pending"),
             ("slack", "trigger", "pending"),
         ]
+
+
+def test_many_keys_in_one_pass_each_open_once(db: Session) -> None:
+    make_facility(db)
+    conditions = [condition("fac-1", source=f"subscription:{i}") for i in range(12)]  # past psycopg's prepare
+
+    observe(db, conditions, set(), T0, policy=POLICY, router=ROUTER)
+    observe(db, conditions, set(), T0 + timedelta(minutes=1), policy=POLICY, router=ROUTER)
+
+    assert len(alerts_of(db, "fac-1")) == 12
