@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import structlog
@@ -27,6 +27,7 @@ from app.alerts.conditions import Condition
 from app.alerts.sinks import SINK_SOURCE_PREFIX, AlertMessage, SinkDirectory, facility_alerts
 from app.db.models import Alert, AlertDelivery, Facility
 from app.errors import ConfigurationError, SinkRefused, SinkUnavailable
+from app.metrics import ALERT_DELIVERIES
 from app.settings import Settings, get_settings
 
 log = structlog.get_logger("alerts")
@@ -154,7 +155,9 @@ def _deliver(
     try:
         if sink is None:
             raise SinkRefused("sink_unconfigured", delivery.sink)
-        sink.send(http, AlertMessage.of(alert, delivery.action, delivery.id), now)  # type: ignore[arg-type]
+        message = AlertMessage.of(alert, delivery.action, delivery.id)  # type: ignore[arg-type]
+        # Signed and stamped with the wall clock of the send: ``now`` (due times) may be a while ago.
+        sink.send(http, message, datetime.now(UTC))
     except (SinkUnavailable, SinkRefused, ConfigurationError) as exc:
         failing.add(delivery.sink)
         if exc.permanent or attempts >= policy.max_attempts:
@@ -177,6 +180,7 @@ def _deliver(
                     },
                 )
             )
+            ALERT_DELIVERIES.labels(delivery.sink, delivery.action, "failed").inc()
             log.error("alerts.delivery.failed", reason=exc.reason, attempts=attempts, **bound)
             return
         _record(
@@ -187,11 +191,13 @@ def _deliver(
             next_attempt_at=now + policy.backoff(attempts),
         )
         report.retried += 1
+        ALERT_DELIVERIES.labels(delivery.sink, delivery.action, "retried").inc()
         log.warning("alerts.delivery.retrying", reason=exc.reason, attempts=attempts, **bound)
         return
     _record(session, delivery.id, state="sent", attempts=attempts, sent_at=now)
     report.sent += 1
     report.evaluated.add(key)
+    ALERT_DELIVERIES.labels(delivery.sink, delivery.action, "sent").inc()
     log.info("alerts.delivery.sent", attempts=attempts, **bound)
 
 

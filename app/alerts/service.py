@@ -26,19 +26,21 @@ Services flush; the caller owns the transaction. ``now`` is passed in (tests dri
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import and_, select, text, update
+from sqlalchemy import Row, and_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.alerts.conditions import Condition, Severity
 from app.db.models import ALERT_LIVE_STATES, LIVE_PREDICATE, Alert, AlertDelivery, AlertEvent, DeliveryAction
+from app.metrics import ALERT_TRANSITIONS
 from app.settings import Settings, get_settings
 
 log = structlog.get_logger("alerts")
@@ -166,7 +168,7 @@ def _reopen(
     )
     try:
         with session.begin_nested():  # another process's fresh open of the key fails ours: theirs stands
-            alert_id = session.scalar(
+            changed = session.execute(
                 update(Alert)
                 .where(Alert.id == recent, Alert.state == "resolved")
                 .values(
@@ -183,12 +185,13 @@ def _reopen(
                     reopened=Alert.reopened + 1,
                     updated_at=now,
                 )
-                .returning(Alert.id)
-            )
+                .returning(*_CHANGED)
+            ).first()
     except IntegrityError:
         return False
-    if alert_id is None:
+    if changed is None:
         return False
+    alert_id = changed.id
     # A resolve not sent yet is withdrawn: for that sink the alert never stopped.
     withdrawn = set(
         session.scalars(
@@ -203,17 +206,22 @@ def _reopen(
         )
     )
     sinks = [s for s in router(*c.key, c.effective_severity) if s not in withdrawn]
-    _event(session, alert_id, "reopened", AUTO, now, {"withdrawn_resolves": len(withdrawn)})
-    _queue(session, alert_id, sinks, "trigger", now)
-    log.warning(
-        "alerts.alert.reopened", alert_id=alert_id, facility_id=c.facility_id, source=c.source, kind=c.kind
+    _transition(
+        session,
+        changed,
+        "reopened",
+        actor=AUTO,
+        now=now,
+        sinks=sinks,
+        action="trigger",
+        withdrawn_resolves=len(withdrawn),
     )
     result.reopened.append(alert_id)
     return True
 
 
 def _open(session: Session, c: Condition, now: datetime, router: Router, result: ObserveResult) -> bool:
-    alert_id = session.scalar(
+    changed = session.execute(
         insert(Alert)
         .values(
             facility_id=c.facility_id,
@@ -232,21 +240,22 @@ def _open(session: Session, c: Condition, now: datetime, router: Router, result:
             # Literal, not bound: a prepared statement's parameters cannot infer the partial index.
             index_where=text(LIVE_PREDICATE),
         )
-        .returning(Alert.id)
-    )
-    if alert_id is None:
+        .returning(*_CHANGED)
+    ).first()
+    if changed is None:
         return False
-    _event(session, alert_id, "opened", AUTO, now, {})
-    _queue(session, alert_id, router(*c.key, c.effective_severity), "trigger", now)
-    log.warning(
-        "alerts.alert.opened",
-        alert_id=alert_id,
-        facility_id=c.facility_id,
-        source=c.source,
-        kind=c.kind,
+    sinks = router(*c.key, c.effective_severity)
+    _transition(
+        session,
+        changed,
+        "opened",
+        actor=AUTO,
+        now=now,
+        sinks=sinks,
+        action="trigger",
         severity=c.effective_severity,
     )
-    result.opened.append(alert_id)
+    result.opened.append(changed.id)
     return True
 
 
@@ -267,7 +276,7 @@ def _heal(
         .where(Alert.id.in_(ids), Alert.state.in_(ALERT_LIVE_STATES), Alert.healthy_since.is_(None))
         .values(healthy_since=now, updated_at=now)
     )
-    resolved = session.scalars(
+    resolved = session.execute(
         update(Alert)
         .where(
             Alert.id.in_(ids),
@@ -275,13 +284,12 @@ def _heal(
             Alert.healthy_since <= now - policy.resolve_delay,
         )
         .values(state="resolved", resolved_at=now, resolved_by=AUTO, healthy_since=None, updated_at=now)
-        .returning(Alert.id)
+        .returning(*_CHANGED)
     ).all()
-    for alert_id in sorted(resolved):
-        _event(session, alert_id, "resolved", AUTO, now, {})
-        _queue(session, alert_id, triggered_sinks(session, alert_id), "resolve", now)
-        log.info("alerts.alert.resolved", alert_id=alert_id, actor=AUTO)
-        result.resolved.append(alert_id)
+    for changed in sorted(resolved, key=lambda r: r.id):
+        sinks = triggered_sinks(session, changed.id)
+        _transition(session, changed, "resolved", actor=AUTO, now=now, sinks=sinks, action="resolve")
+        result.resolved.append(changed.id)
 
 
 # -- operators ----------------------------------------------------------------------------------------------
@@ -291,36 +299,57 @@ Outcome = Literal["done", "unchanged", "not_found"]
 
 def acknowledge(session: Session, alert_id: int, actor: str, now: datetime) -> Outcome:
     """Acknowledge an open alert: ``unchanged`` when it is already acknowledged or resolved."""
-    changed = session.scalar(
-        update(Alert)
-        .where(Alert.id == alert_id, Alert.state == "open")
-        .values(state="acknowledged", acknowledged_at=now, acknowledged_by=actor, updated_at=now)
-        .returning(Alert.id)
+    values = {"state": "acknowledged", "acknowledged_at": now, "acknowledged_by": actor}
+    return _by_operator(
+        session,
+        alert_id,
+        actor=actor,
+        now=now,
+        from_states=("open",),
+        values=values,
+        event="acknowledged",
+        action="acknowledge",
     )
-    if changed is None:
-        return "not_found" if session.get(Alert, alert_id) is None else "unchanged"
-    _event(session, alert_id, "acknowledged", actor, now, {})
-    _queue(session, alert_id, triggered_sinks(session, alert_id), "acknowledge", now)
-    session.flush()
-    log.info("alerts.alert.acknowledged", alert_id=alert_id, actor=actor)
-    return "done"
 
 
 def resolve(session: Session, alert_id: int, actor: str, now: datetime) -> Outcome:
     """Resolve a live alert by hand. Should its condition still hold at the next evaluation, the alert
     reopens (within the cool-down) and pages again: resolving is a claim that the cause is gone."""
-    changed = session.scalar(
-        update(Alert)
-        .where(Alert.id == alert_id, Alert.state.in_(ALERT_LIVE_STATES))
-        .values(state="resolved", resolved_at=now, resolved_by=actor, healthy_since=None, updated_at=now)
-        .returning(Alert.id)
+    values = {"state": "resolved", "resolved_at": now, "resolved_by": actor, "healthy_since": None}
+    return _by_operator(
+        session,
+        alert_id,
+        actor=actor,
+        now=now,
+        from_states=ALERT_LIVE_STATES,
+        values=values,
+        event="resolved",
+        action="resolve",
     )
+
+
+def _by_operator(
+    session: Session,
+    alert_id: int,
+    *,
+    actor: str,
+    now: datetime,
+    from_states: tuple[str, ...],
+    values: dict[str, Any],
+    event: str,
+    action: DeliveryAction,
+) -> Outcome:
+    changed = session.execute(
+        update(Alert)
+        .where(Alert.id == alert_id, Alert.state.in_(from_states))
+        .values(**values, updated_at=now)
+        .returning(*_CHANGED)
+    ).first()
     if changed is None:
         return "not_found" if session.get(Alert, alert_id) is None else "unchanged"
-    _event(session, alert_id, "resolved", actor, now, {})
-    _queue(session, alert_id, triggered_sinks(session, alert_id), "resolve", now)
+    sinks = triggered_sinks(session, alert_id)
+    _transition(session, changed, event, actor=actor, now=now, sinks=sinks, action=action)
     session.flush()
-    log.info("alerts.alert.resolved", alert_id=alert_id, actor=actor)
     return "done"
 
 
@@ -376,4 +405,37 @@ def _event(  # noqa: PLR0917 - one history row, its columns in their order
 ) -> None:
     session.execute(
         insert(AlertEvent).values(alert_id=alert_id, event=event, actor=actor, at=now, details=details)
+    )
+
+
+#: What every transition statement returns: the row's id and key (for the event, the log line, the metric).
+_CHANGED = (Alert.id, Alert.facility_id, Alert.source, Alert.kind)
+
+
+def _transition(
+    session: Session,
+    changed: Row[int, str, str, str],
+    event: str,
+    *,
+    actor: str,
+    now: datetime,
+    sinks: Iterable[str],
+    action: DeliveryAction,
+    **details: Any,
+) -> None:
+    """Record a transition this process made: its history row, its deliveries, a log line, the counter."""
+    sinks = list(sinks)
+    _event(session, changed.id, event, actor, now, details)
+    _queue(session, changed.id, sinks, action, now)
+    ALERT_TRANSITIONS.labels(changed.facility_id, changed.kind, event).inc()
+    log.log(
+        logging.WARNING if event in {"opened", "reopened"} else logging.INFO,
+        f"alerts.alert.{event}",
+        alert_id=changed.id,
+        facility_id=changed.facility_id,
+        source=changed.source,
+        kind=changed.kind,
+        actor=actor,
+        sinks=len(sinks),
+        **details,
     )
