@@ -93,203 +93,206 @@ def observe(
         from app.alerts.sinks import SinkDirectory
 
         router = SinkDirectory.load(get_settings()).router(session, {k[0] for k in holding})
-    result = ObserveResult()
+    observation = _Pass(session, now, policy, router)
     for key in sorted(holding):  # one order in every process: row locks are taken in it
-        _hold(session, holding[key], now, policy=policy, router=router, result=result)
+        observation.hold(holding[key])
     healthy = set(evaluated) - holding.keys()
     if healthy:
-        _heal(session, healthy, now, policy, result)
+        observation.heal(healthy)
     session.flush()
-    return result
+    return observation.result
 
 
 def _key_is(key: Key) -> Any:
     return and_(Alert.facility_id == key[0], Alert.source == key[1], Alert.kind == key[2])
 
 
-def _hold(
-    session: Session,
-    c: Condition,
-    now: datetime,
-    *,
-    policy: AlertPolicy,
-    router: Router,
-    result: ObserveResult,
-) -> None:
-    # A row inserted or reopened by another process between our statements is found by the next attempt:
-    # each statement reads what is committed when it runs (READ COMMITTED).
-    for _ in range(3):
-        if _mark_seen(session, c, now, result):
-            return
-        if _reopen(session, c, now, policy=policy, router=router, result=result):
-            return
-        if _open(session, c, now, router, result):
-            return
-    raise AssertionError(f"alert {c.key} neither live nor insertable")  # pragma: no cover - a bug
+@dataclass
+class _Pass:
+    """One ``observe`` call: its session, clock, policy and routing, and what it changed."""
 
+    session: Session
+    now: datetime
+    policy: AlertPolicy
+    router: Router
+    result: ObserveResult = field(default_factory=ObserveResult)
 
-def _mark_seen(session: Session, c: Condition, now: datetime, result: ObserveResult) -> bool:
-    live = (
-        select(Alert.id, Alert.healthy_since)
-        .where(_key_is(c.key), Alert.state.in_(ALERT_LIVE_STATES))
-        .with_for_update()
-        .cte("live")
-    )
-    row = session.execute(
-        update(Alert)
-        .where(Alert.id == live.c.id)
-        .values(last_seen_at=now, healthy_since=None, summary=c.summary, details=c.details, updated_at=now)
-        .returning(Alert.id, live.c.healthy_since)
-    ).first()
-    if row is None:
-        return False
-    alert_id, was_healthy_since = row
-    if was_healthy_since is not None:  # it came back before the resolve delay ran out: no resolve, no page
-        _event(session, alert_id, "seen", AUTO, now, {"healthy_since": was_healthy_since.isoformat()})
-    result.seen.append(alert_id)
-    return True
+    def hold(self, c: Condition) -> None:
+        # A row inserted or reopened by another process between our statements is found by the next
+        # attempt: each statement reads what is committed when it runs (READ COMMITTED).
+        for _ in range(3):
+            if self._mark_seen(c) or self._reopen(c) or self._open(c):
+                return
+        raise AssertionError(f"alert {c.key} neither live nor insertable")  # pragma: no cover - a bug
 
-
-def _reopen(
-    session: Session,
-    c: Condition,
-    now: datetime,
-    *,
-    policy: AlertPolicy,
-    router: Router,
-    result: ObserveResult,
-) -> bool:
-    recent = (
-        select(Alert.id)
-        .where(_key_is(c.key), Alert.state == "resolved", Alert.resolved_at >= now - policy.cooldown)
-        .order_by(Alert.resolved_at.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    try:
-        with session.begin_nested():  # another process's fresh open of the key fails ours: theirs stands
-            changed = session.execute(
-                update(Alert)
-                .where(Alert.id == recent, Alert.state == "resolved")
-                .values(
-                    state="open",
-                    severity=c.effective_severity,
-                    summary=c.summary,
-                    details=c.details,
-                    last_seen_at=now,
-                    healthy_since=None,
-                    acknowledged_at=None,
-                    acknowledged_by=None,
-                    resolved_at=None,
-                    resolved_by=None,
-                    reopened=Alert.reopened + 1,
-                    updated_at=now,
-                )
-                .returning(*_CHANGED)
-            ).first()
-    except IntegrityError:
-        return False
-    if changed is None:
-        return False
-    alert_id = changed.id
-    # A resolve not sent yet is withdrawn: for that sink the alert never stopped.
-    withdrawn = set(
-        session.scalars(
-            update(AlertDelivery)
-            .where(
-                AlertDelivery.alert_id == alert_id,
-                AlertDelivery.action == "resolve",
-                AlertDelivery.state == "pending",
+    def _mark_seen(self, c: Condition) -> bool:
+        live = (
+            select(Alert.id, Alert.healthy_since)
+            .where(_key_is(c.key), Alert.state.in_(ALERT_LIVE_STATES))
+            .with_for_update()
+            .cte("live")
+        )
+        row = self.session.execute(
+            update(Alert)
+            .where(Alert.id == live.c.id)
+            .values(
+                last_seen_at=self.now,
+                healthy_since=None,
+                summary=c.summary,
+                details=c.details,
+                updated_at=self.now,
             )
-            .values(state="cancelled")
-            .returning(AlertDelivery.sink)
+            .returning(Alert.id, live.c.healthy_since)
+        ).first()
+        if row is None:
+            return False
+        alert_id, was_healthy_since = row
+        if was_healthy_since is not None:  # back before the resolve delay ran out: no resolve, no page
+            details = {"healthy_since": was_healthy_since.isoformat()}
+            _event(self.session, alert_id, "seen", AUTO, self.now, details)
+        self.result.seen.append(alert_id)
+        return True
+
+    def _reopen(self, c: Condition) -> bool:
+        recent = (
+            select(Alert.id)
+            .where(
+                _key_is(c.key),
+                Alert.state == "resolved",
+                Alert.resolved_at >= self.now - self.policy.cooldown,
+            )
+            .order_by(Alert.resolved_at.desc())
+            .limit(1)
+            .scalar_subquery()
         )
-    )
-    sinks = [s for s in router(*c.key, c.effective_severity) if s not in withdrawn]
-    _transition(
-        session,
-        changed,
-        "reopened",
-        actor=AUTO,
-        now=now,
-        sinks=sinks,
-        action="trigger",
-        withdrawn_resolves=len(withdrawn),
-    )
-    result.reopened.append(alert_id)
-    return True
+        try:
+            with self.session.begin_nested():  # another process's fresh open of the key fails ours
+                changed = self.session.execute(
+                    update(Alert)
+                    .where(Alert.id == recent, Alert.state == "resolved")
+                    .values(
+                        state="open",
+                        severity=c.effective_severity,
+                        summary=c.summary,
+                        details=c.details,
+                        last_seen_at=self.now,
+                        healthy_since=None,
+                        acknowledged_at=None,
+                        acknowledged_by=None,
+                        resolved_at=None,
+                        resolved_by=None,
+                        reopened=Alert.reopened + 1,
+                        updated_at=self.now,
+                    )
+                    .returning(*_CHANGED)
+                ).first()
+        except IntegrityError:
+            return False
+        if changed is None:
+            return False
+        # A resolve not sent yet is withdrawn: for that sink the alert never stopped.
+        withdrawn = set(
+            self.session.scalars(
+                update(AlertDelivery)
+                .where(
+                    AlertDelivery.alert_id == changed.id,
+                    AlertDelivery.action == "resolve",
+                    AlertDelivery.state == "pending",
+                )
+                .values(state="cancelled")
+                .returning(AlertDelivery.sink)
+            )
+        )
+        sinks = [s for s in self.router(*c.key, c.effective_severity) if s not in withdrawn]
+        _transition(
+            self.session,
+            changed,
+            "reopened",
+            actor=AUTO,
+            now=self.now,
+            sinks=sinks,
+            action="trigger",
+            withdrawn_resolves=len(withdrawn),
+        )
+        self.result.reopened.append(changed.id)
+        return True
 
-
-def _open(session: Session, c: Condition, now: datetime, router: Router, result: ObserveResult) -> bool:
-    changed = session.execute(
-        insert(Alert)
-        .values(
-            facility_id=c.facility_id,
-            source=c.source,
-            kind=c.kind,
+    def _open(self, c: Condition) -> bool:
+        changed = self.session.execute(
+            insert(Alert)
+            .values(
+                facility_id=c.facility_id,
+                source=c.source,
+                kind=c.kind,
+                severity=c.effective_severity,
+                state="open",
+                summary=c.summary,
+                details=c.details,
+                opened_at=self.now,
+                last_seen_at=self.now,
+                updated_at=self.now,
+            )
+            .on_conflict_do_nothing(
+                index_elements=[Alert.facility_id, Alert.source, Alert.kind],
+                # Literal, not bound: a prepared statement's parameters cannot infer the partial index.
+                index_where=text(LIVE_PREDICATE),
+            )
+            .returning(*_CHANGED)
+        ).first()
+        if changed is None:
+            return False
+        sinks = self.router(*c.key, c.effective_severity)
+        _transition(
+            self.session,
+            changed,
+            "opened",
+            actor=AUTO,
+            now=self.now,
+            sinks=sinks,
+            action="trigger",
             severity=c.effective_severity,
-            state="open",
-            summary=c.summary,
-            details=c.details,
-            opened_at=now,
-            last_seen_at=now,
-            updated_at=now,
         )
-        .on_conflict_do_nothing(
-            index_elements=[Alert.facility_id, Alert.source, Alert.kind],
-            # Literal, not bound: a prepared statement's parameters cannot infer the partial index.
-            index_where=text(LIVE_PREDICATE),
-        )
-        .returning(*_CHANGED)
-    ).first()
-    if changed is None:
-        return False
-    sinks = router(*c.key, c.effective_severity)
-    _transition(
-        session,
-        changed,
-        "opened",
-        actor=AUTO,
-        now=now,
-        sinks=sinks,
-        action="trigger",
-        severity=c.effective_severity,
-    )
-    result.opened.append(changed.id)
-    return True
+        self.result.opened.append(changed.id)
+        return True
 
-
-def _heal(
-    session: Session, healthy: set[Key], now: datetime, policy: AlertPolicy, result: ObserveResult
-) -> None:
-    # Live alerts are few; the evaluated keys may be many: intersect in Python, update only live rows.
-    live = session.execute(
-        select(Alert.id, Alert.facility_id, Alert.source, Alert.kind).where(
-            Alert.state.in_(ALERT_LIVE_STATES)
+    def heal(self, healthy: set[Key]) -> None:
+        """Start (``healthy_since``) or complete the resolve of the live alerts of ``healthy`` keys."""
+        # Live alerts are few; the evaluated keys may be many: intersect in Python, update only live rows.
+        live = self.session.execute(
+            select(Alert.id, Alert.facility_id, Alert.source, Alert.kind).where(
+                Alert.state.in_(ALERT_LIVE_STATES)
+            )
+        ).all()
+        ids = sorted(row.id for row in live if (row.facility_id, row.source, row.kind) in healthy)
+        if not ids:
+            return
+        self.session.execute(
+            update(Alert)
+            .where(Alert.id.in_(ids), Alert.state.in_(ALERT_LIVE_STATES), Alert.healthy_since.is_(None))
+            .values(healthy_since=self.now, updated_at=self.now)
         )
-    ).all()
-    ids = sorted(row.id for row in live if (row.facility_id, row.source, row.kind) in healthy)
-    if not ids:
-        return
-    session.execute(
-        update(Alert)
-        .where(Alert.id.in_(ids), Alert.state.in_(ALERT_LIVE_STATES), Alert.healthy_since.is_(None))
-        .values(healthy_since=now, updated_at=now)
-    )
-    resolved = session.execute(
-        update(Alert)
-        .where(
-            Alert.id.in_(ids),
-            Alert.state.in_(ALERT_LIVE_STATES),
-            Alert.healthy_since <= now - policy.resolve_delay,
-        )
-        .values(state="resolved", resolved_at=now, resolved_by=AUTO, healthy_since=None, updated_at=now)
-        .returning(*_CHANGED)
-    ).all()
-    for changed in sorted(resolved, key=lambda r: r.id):
-        sinks = triggered_sinks(session, changed.id)
-        _transition(session, changed, "resolved", actor=AUTO, now=now, sinks=sinks, action="resolve")
-        result.resolved.append(changed.id)
+        resolved = self.session.execute(
+            update(Alert)
+            .where(
+                Alert.id.in_(ids),
+                Alert.state.in_(ALERT_LIVE_STATES),
+                Alert.healthy_since <= self.now - self.policy.resolve_delay,
+            )
+            .values(
+                state="resolved",
+                resolved_at=self.now,
+                resolved_by=AUTO,
+                healthy_since=None,
+                updated_at=self.now,
+            )
+            .returning(*_CHANGED)
+        ).all()
+        for changed in sorted(resolved, key=lambda r: r.id):
+            sinks = triggered_sinks(self.session, changed.id)
+            _transition(
+                self.session, changed, "resolved", actor=AUTO, now=self.now, sinks=sinks, action="resolve"
+            )
+            self.result.resolved.append(changed.id)
 
 
 # -- operators ----------------------------------------------------------------------------------------------

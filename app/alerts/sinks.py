@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
-import yaml
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.alerts.conditions import Severity
 from app.db.models import Alert, DeliveryAction, Facility
-from app.errors import ConfigInvalid, ConfigUnreadable, SinkRefused, SinkUnavailable
+from app.errors import SinkRefused, SinkUnavailable
 from app.facilities.schemas import (
     AlertSinksFile,
     FacilityAlertsConfig,
@@ -39,6 +37,7 @@ from app.facilities.schemas import (
 )
 from app.facilities.secrets import resolve_secret
 from app.facilities.senders import standard_webhooks_key, standard_webhooks_signature
+from app.facilities.service import load_yaml_file
 
 if TYPE_CHECKING:
     from app.alerts.service import Router
@@ -307,16 +306,7 @@ def make_sink(config: SinkConfig, *, status_page_url: str | None = None) -> Sink
 
 
 def load_sinks_file(path: Path) -> AlertSinksFile:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigUnreadable(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigInvalid(f"{path} is not valid YAML: {exc}") from exc
-    try:
-        return AlertSinksFile.model_validate(raw or {})
-    except ValidationError as exc:
-        raise ConfigInvalid(f"{path}: {exc}") from exc
+    return load_yaml_file(path, AlertSinksFile)
 
 
 def facility_alerts(raw: Mapping[str, Any] | None) -> FacilityAlertsConfig:

@@ -40,8 +40,11 @@ def pagerduty() -> Iterator[FakeSink]:
 
 
 @pytest.fixture
-def slack() -> Iterator[FakeSink]:
+def slack(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSink]:
     with fake_sink("slack") as sink:
+        monkeypatch.setenv(
+            "EHRI_TEST_SLACK_URL", sink.url + "/services/T000/B000/XXXX"
+        )  # the URL is the secret
         yield sink
 
 
@@ -81,11 +84,7 @@ def directory(**sinks: FakeSink) -> SinkDirectory:
                 }
             )
         elif fake.flavour == "slack":
-            slack_url_env = f"EHRI_TEST_SLACK_{name.upper()}"
-            import os
-
-            os.environ[slack_url_env] = fake.url + "/services/T000/B000/XXXX"
-            configs.append({"name": name, "type": "slack", "webhook_url": {"env": slack_url_env}})
+            configs.append({"name": name, "type": "slack", "webhook_url": {"env": "EHRI_TEST_SLACK_URL"}})
         else:
             configs.append(
                 {
@@ -117,6 +116,14 @@ def _deliver(
     policy: DeliveryPolicy = SEND,
 ) -> DeliveryReport:
     return deliver_due(sessions, T0 + timedelta(minutes=minutes), http, policy=policy, sinks=sinks)
+
+
+def _open_and_deliver(
+    sessions: sessionmaker[Session], facility: str, http: httpx.Client, **sinks: FakeSink
+) -> None:
+    directory_ = directory(**sinks)
+    _observe(sessions, directory_, facility, 0, holds=True)
+    _deliver(sessions, directory_, http, 0)
 
 
 def test_pagerduty_gets_one_trigger_and_one_resolve_with_the_same_dedup_key(
@@ -244,9 +251,7 @@ def test_an_acknowledge_reaches_pagerduty_under_the_same_dedup_key(
 def test_slack_gets_a_readable_block_kit_message_linking_the_status_page(
     sessions: sessionmaker[Session], committed_facility: str, slack: FakeSink, http: httpx.Client
 ) -> None:
-    sinks = directory(ops=slack)
-    _observe(sessions, sinks, committed_facility, 0, holds=True)
-    _deliver(sessions, sinks, http, 0)
+    _open_and_deliver(sessions, committed_facility, http, ops=slack)
 
     [request] = slack.received
     assert request.path == "/services/T000/B000/XXXX"
@@ -263,9 +268,7 @@ def test_slack_gets_a_readable_block_kit_message_linking_the_status_page(
 def test_the_webhook_is_signed_the_standard_webhooks_way(
     sessions: sessionmaker[Session], committed_facility: str, webhook: FakeSink, http: httpx.Client
 ) -> None:
-    sinks = directory(hook=webhook)
-    _observe(sessions, sinks, committed_facility, 0, holds=True)
-    _deliver(sessions, sinks, http, 0)
+    _open_and_deliver(sessions, committed_facility, http, hook=webhook)
 
     [request] = webhook.received
     msg_id, stamp = request.headers["webhook-id"], request.headers["webhook-timestamp"]
