@@ -95,3 +95,9 @@ def test_invalid_sinks_files_are_refused_with_a_configuration_error(tmp_path: Pa
 def test_a_missing_sinks_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         load_sinks_file(tmp_path / "absent.yaml")
+
+
+def test_the_example_sinks_file_is_valid() -> None:
+    example = Path(__file__).resolve().parents[3] / "config" / "alert-sinks.example.yaml"
+
+    assert [s.type for s in load_sinks_file(example).sinks] == ["pagerduty", "slack", "webhook"]
