@@ -57,7 +57,7 @@ def upgrade() -> None:
         sa.Column("resolved_by", sa.String(64)),
         sa.Column("reopened", sa.Integer, nullable=False, server_default=sa.text("0")),
         sa.Column("updated_at", _TS, nullable=False, server_default=sa.func.now()),
-        sa.CheckConstraint("state IN ('open', 'acknowledged', 'resolved')", name="ck_alerts_state"),
+        sa.CheckConstraint("state IN ('open', 'acknowledged', 'resolved')", name="state"),
     )
     op.create_index(
         "ux_alerts_live",
@@ -91,9 +91,7 @@ def upgrade() -> None:
         sa.Column("last_error", sa.String(64)),  # a reason slug
         sa.Column("created_at", _TS, nullable=False),
         sa.Column("sent_at", _TS),
-        sa.CheckConstraint(
-            "state IN ('pending', 'sent', 'failed', 'cancelled')", name="ck_alert_deliveries_state"
-        ),
+        sa.CheckConstraint("state IN ('pending', 'sent', 'failed', 'cancelled')", name="state"),
     )
     # The sender's scan: only pending rows are indexed.
     op.create_index(
