@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from app.alerts.conditions import Condition
 from app.alerts.sinks import SINK_SOURCE_PREFIX, AlertMessage, SinkDirectory, facility_alerts
-from app.db.models import Alert, AlertDelivery, Facility
-from app.errors import ConfigurationError, SinkRefused, SinkUnavailable
+from app.db.models import ALERT_LIVE_STATES, Alert, AlertDelivery, Facility
+from app.errors import IngestError, InternalError, SinkRefused
 from app.metrics import ALERT_DELIVERIES
 from app.settings import Settings, get_settings
 
@@ -67,6 +67,7 @@ class DeliveryReport:
     failed: int = 0
     conditions: list[Condition] = field(default_factory=list)
     evaluated: set[Key] = field(default_factory=set)
+    delivered_to: set[str] = field(default_factory=set)  # sinks that took at least one delivery
 
 
 def _sink_key(facility_id: str, sink: str) -> Key:
@@ -127,7 +128,24 @@ def deliver_due(
                 report=report,
                 failing=failing,
             )
+    delivering = report.delivered_to - failing
+    if delivering:
+        with session_factory() as session:
+            report.evaluated |= _live_sink_alerts(session, delivering)
     return report
+
+
+def _live_sink_alerts(session: Session, sinks: set[str]) -> set[Key]:
+    """The keys of live ``sink_failing`` alerts about ``sinks``, of every facility: a sink that delivers
+    again is healthy for all of them, whichever facility's alert it delivered."""
+    rows = session.execute(
+        select(Alert.facility_id, Alert.source, Alert.kind).where(
+            Alert.kind == "sink_failing",
+            Alert.source.in_([f"{SINK_SOURCE_PREFIX}{s}" for s in sinks]),
+            Alert.state.in_(ALERT_LIVE_STATES),
+        )
+    )
+    return {(r.facility_id, r.source, r.kind) for r in rows}
 
 
 def _deliver(
@@ -158,8 +176,11 @@ def _deliver(
         message = AlertMessage.of(alert, delivery.action, delivery.id)  # type: ignore[arg-type]
         # Signed and stamped with the wall clock of the send: ``now`` (due times) may be a while ago.
         sink.send(http, message, datetime.now(UTC))
-    except (SinkUnavailable, SinkRefused, ConfigurationError) as exc:
+    except Exception as exc:  # one poison delivery must not stop every later one
         failing.add(delivery.sink)
+        if not isinstance(exc, IngestError):
+            log.exception("alerts.delivery.error", **bound)
+            exc = InternalError(type(exc).__name__)
         if exc.permanent or attempts >= policy.max_attempts:
             _record(session, delivery.id, state="failed", attempts=attempts, last_error=exc.reason)
             report.failed += 1
@@ -197,6 +218,7 @@ def _deliver(
     _record(session, delivery.id, state="sent", attempts=attempts, sent_at=now)
     report.sent += 1
     report.evaluated.add(key)
+    report.delivered_to.add(delivery.sink)
     ALERT_DELIVERIES.labels(delivery.sink, delivery.action, "sent").inc()
     log.info("alerts.delivery.sent", attempts=attempts, **bound)
 

@@ -142,6 +142,8 @@ def _post(
             headers={"content-type": "application/json", "user-agent": USER_AGENT, **(headers or {})},
             timeout=timeout_s,
         )
+    except httpx.InvalidURL:  # a URL secret that is no URL: sending again cannot help
+        raise SinkRefused("sink_unconfigured", "invalid URL") from None
     except httpx.HTTPError as exc:  # transport errors and timeouts: the URL (a secret for Slack) is not kept
         raise SinkUnavailable("sink_transport", type(exc).__name__) from None
     status = response.status_code

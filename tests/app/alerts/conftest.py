@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -65,15 +65,26 @@ def forget_facilities(engine: Engine, *ids: str) -> None:
 
 
 @pytest.fixture
-def committed_facility(engine: Engine, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A facility committed for tests whose sessions must see each other's commits."""
+def commit_facility(engine: Engine) -> Iterator[Callable[[str], str]]:
+    """``commit_facility(id)`` commits a facility, for tests whose sessions must see each other's commits;
+    it and everything alerts recorded of it are deleted after the test."""
     from tests.conftest import make_facility
 
-    facility_id = f"alerts-{request.node.name[-40:].replace('_', '-')}".lower()[:64]
-    with Session(engine) as session:
-        make_facility(session, facility_id)
-        session.commit()
+    made: list[str] = []
+
+    def commit(facility_id: str) -> str:
+        with Session(engine) as session:
+            make_facility(session, facility_id)
+            session.commit()
+        made.append(facility_id)
+        return facility_id
+
     try:
-        yield facility_id
+        yield commit
     finally:
-        forget_facilities(engine, facility_id)
+        forget_facilities(engine, *made)
+
+
+@pytest.fixture
+def committed_facility(commit_facility: Callable[[str], str], request: pytest.FixtureRequest) -> str:
+    return commit_facility(f"alerts-{request.node.name[-40:].replace('_', '-')}".lower()[:64])

@@ -9,7 +9,7 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -341,3 +341,51 @@ def test_a_delivery_to_a_sink_no_longer_configured_fails_as_unconfigured(
 
     assert report.conditions[0].details["reason"] == "sink_unconfigured"
     assert pagerduty.received == []
+
+
+def test_a_failing_sink_that_delivers_again_is_healthy_for_every_facility(
+    sessions: sessionmaker[Session],
+    commit_facility: Callable[[str], str],
+    pagerduty: FakeSink,
+    webhook: FakeSink,
+    http: httpx.Client,
+) -> None:
+    committed_facility, other = commit_facility("alerts-failed-at"), commit_facility("alerts-sent-at")
+    sinks = directory(pd=pagerduty, hook=webhook)
+    once = DeliveryPolicy(max_attempts=1)
+    pagerduty.fail(1, 503)
+    _observe(sessions, sinks, committed_facility, 0, holds=True)
+    failed = _deliver(sessions, sinks, http, 0, once)
+    with sessions.begin() as session:
+        router = sinks.router(session, {committed_facility})
+        observe(session, failed.conditions, failed.evaluated, T0, policy=POLICY, router=router)
+    _observe(sessions, sinks, other, 1, holds=True)  # another facility's alert, to pd
+
+    delivered = _deliver(sessions, sinks, http, 1, once)
+
+    assert (committed_facility, "sink:pd", "sink_failing") in delivered.evaluated
+    assert delivered.conditions == []
+
+
+def test_an_unexpected_error_of_one_delivery_does_not_stop_the_others(
+    sessions: sessionmaker[Session], committed_facility: str, pagerduty: FakeSink, webhook: FakeSink
+) -> None:
+    real = httpx.HTTPTransport()
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/alerts":  # the webhook sink: something no sink error covers
+            raise RuntimeError("unexpected")
+        response = real.handle_request(request)
+        response.read()
+        return response
+
+    sinks = directory(pd=pagerduty, hook=webhook)
+    _observe(sessions, sinks, committed_facility, 0, holds=True)
+    with httpx.Client(transport=httpx.MockTransport(transport)) as client:
+        report = _deliver(sessions, sinks, client, 0)
+
+    assert (report.sent, report.retried) == (1, 1)
+    assert len(pagerduty.received) == 1
+    with sessions() as session:
+        errors = session.scalars(select(AlertDelivery.last_error).where(AlertDelivery.sink == "hook")).all()
+    assert errors == ["internal_error"]
