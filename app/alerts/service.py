@@ -368,6 +368,15 @@ def list_alerts(
     return list(session.scalars(stmt))
 
 
+def alert_deliveries(session: Session, alert_id: int) -> list[AlertDelivery]:
+    """In queue order."""
+    return list(
+        session.scalars(
+            select(AlertDelivery).where(AlertDelivery.alert_id == alert_id).order_by(AlertDelivery.id)
+        )
+    )
+
+
 def alert_history(session: Session, alert_id: int) -> list[AlertEvent]:
     return list(
         session.scalars(select(AlertEvent).where(AlertEvent.alert_id == alert_id).order_by(AlertEvent.id))

@@ -89,6 +89,46 @@ def list_(
     render.line(f"{len(documents)} alerts, {live_count} open or acknowledged")
 
 
+@cli.command("show")
+def show(alert_id: Annotated[int, typer.Argument(help="the alert's id (alerts list)")]) -> None:
+    """One alert: its history (who did what when) and its deliveries to each sink (state, attempts, the
+    last error's reason)."""
+    from app.alerts.service import alert_deliveries, alert_history
+
+    with ledger.session() as session:
+        from app.db.models import Alert
+
+        alert = session.get(Alert, alert_id)
+        if alert is None:
+            render.fail(f"no alert {alert_id}")
+        render.line(
+            f"alert {alert.id} {alert.state}: {alert.kind} at {alert.facility_id} ({alert.source},"
+            f" {alert.severity}) dedup key {alert.dedup_key}"
+        )
+        render.line(alert.summary)
+        render.table(
+            ("at", "event", "by"),
+            ((_when(e.at), e.event, e.actor) for e in alert_history(session, alert_id)),
+            title="history",
+        )
+        render.table(
+            ("sink", "action", "state", "attempts", "last error", "next attempt", "sent"),
+            (
+                (
+                    d.sink,
+                    d.action,
+                    d.state,
+                    str(d.attempts),
+                    d.last_error or "",
+                    _when(d.next_attempt_at) if d.state == "pending" else "",
+                    _when(d.sent_at),
+                )
+                for d in alert_deliveries(session, alert_id)
+            ),
+            title="deliveries",
+        )
+
+
 def _transition(alert_id: int, by: str | None, action: str) -> None:
     from app.alerts.service import acknowledge, resolve
 

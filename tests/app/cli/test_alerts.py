@@ -136,3 +136,21 @@ def test_test_sink_refused_exits_1_with_the_reason(invoke: Invoke, pagerduty: Fa
 
 def test_test_sink_of_an_unknown_sink_names_the_known_ones(invoke: Invoke, pagerduty: FakeSink) -> None:
     assert_one_line_error(invoke("alerts", "test-sink", "slack"), 2, "unknown sink 'slack'", "known: pd")
+
+
+def test_show_prints_the_history_and_the_deliveries(
+    invoke: Invoke, cli_engine: Engine, facility: str
+) -> None:
+    [alert_id] = _open(cli_engine, facility, "facility")
+    invoke("alerts", "ack", str(alert_id), "--by", "alice")
+
+    result = invoke("alerts", "show", str(alert_id))
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        f"alert {alert_id} acknowledged: feed_quiet at {facility} (facility, critical)"
+        f" dedup key ehri:{facility}:facility:feed_quiet:{alert_id}"
+    )
+    assert any("acknowledged" in line and "alice" in line for line in lines)
+    assert any("pd" in line and "acknowledge " in line and "pending" in line for line in lines)
