@@ -12,6 +12,7 @@ What leaves here is ids, counts, reason slugs and timestamps (``AlertMessage``);
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -160,12 +161,24 @@ def _dumps(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
 
 
+PAGERDUTY_DEDUP_KEY_MAX = 255
+
+
+def pagerduty_dedup_key(dedup_key: str) -> str:
+    """Ours when PagerDuty takes it (at most 255 characters), else a digest of it: the same alert always
+    maps to the same key, and no two alerts share one."""
+    if len(dedup_key) <= PAGERDUTY_DEDUP_KEY_MAX:
+        return dedup_key
+    return f"ehri:sha256:{hashlib.sha256(dedup_key.encode()).hexdigest()}"
+
+
 @dataclass(frozen=True)
 class PagerDutySink:
     """Events API v2: ``trigger`` carries the payload; ``acknowledge`` and ``resolve`` name the dedup key
     only. A test event is a trigger (severity info, summary marked TEST) followed by its resolve."""
 
     config: PagerDutySinkConfig
+    status_page_url: str | None = None
 
     @property
     def name(self) -> str:
@@ -173,12 +186,12 @@ class PagerDutySink:
 
     def events(self, message: AlertMessage, routing_key: str) -> list[dict[str, Any]]:
         action: DeliveryAction = "trigger" if message.test else message.action  # type: ignore[assignment]
-        event: dict[str, Any] = {
-            "routing_key": routing_key,
-            "event_action": action,
-            "dedup_key": message.dedup_key,
-        }
+        dedup_key = pagerduty_dedup_key(message.dedup_key)
+        event: dict[str, Any] = {"routing_key": routing_key, "event_action": action, "dedup_key": dedup_key}
         if action == "trigger":
+            event["client"] = "ehr-ingest"
+            if self.status_page_url:
+                event["client_url"] = self.status_page_url
             event["payload"] = {
                 "summary": message.summary[:1024],
                 "severity": message.severity,
@@ -301,7 +314,7 @@ class WebhookSink:
 
 def make_sink(config: SinkConfig, *, status_page_url: str | None = None) -> Sink:
     if isinstance(config, PagerDutySinkConfig):
-        return PagerDutySink(config)
+        return PagerDutySink(config, status_page_url)
     if isinstance(config, SlackSinkConfig):
         return SlackSink(config, status_page_url)
     return WebhookSink(config)

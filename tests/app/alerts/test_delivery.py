@@ -152,6 +152,7 @@ def test_pagerduty_gets_one_trigger_and_one_resolve_with_the_same_dedup_key(
     assert payload["custom_details"]["alert_id"] == alert.id
     assert payload["custom_details"]["details"] == {"recovered": 3}
     assert "payload" not in events[1]
+    assert (events[0]["client"], events[0]["client_url"]) == ("ehr-ingest", STATUS_PAGE)
     assert report.sent == 1
 
 

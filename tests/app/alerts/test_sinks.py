@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy.orm import Session
 
-from app.alerts.sinks import SinkDirectory, facility_alerts, load_sinks_file
+from app.alerts.sinks import SinkDirectory, facility_alerts, load_sinks_file, pagerduty_dedup_key
 from app.errors import ConfigurationError
 from app.facilities.schemas import FacilityAlertsConfig
 from app.facilities.service import apply_facilities, list_facilities, load_facilities_file
@@ -101,3 +101,15 @@ def test_the_example_sinks_file_is_valid() -> None:
     example = Path(__file__).resolve().parents[3] / "config" / "alert-sinks.example.yaml"
 
     assert [s.type for s in load_sinks_file(example).sinks] == ["pagerduty", "slack", "webhook"]
+
+
+def test_a_dedup_key_longer_than_pagerduty_takes_becomes_a_stable_digest() -> None:
+    short, long_ = (
+        "ehri:fac:facility:feed_quiet:1",
+        "ehri:fac:" + "subscription:" + "x" * 300 + ":feed_quiet:1",
+    )
+
+    assert pagerduty_dedup_key(short) == short
+    assert pagerduty_dedup_key(long_) == pagerduty_dedup_key(long_)
+    assert len(pagerduty_dedup_key(long_)) <= 255
+    assert pagerduty_dedup_key(long_) != pagerduty_dedup_key(long_.replace(":1", ":2"))
