@@ -214,6 +214,7 @@ class PagerDutySink:
             _post(http, str(self.config.url), _dumps(event), self.config.timeout_s)
 
 
+SLACK_TEXT_MAX = 2900  # a section's text takes 3000 characters (escapes and the emoji included)
 _SLACK_VERB = {"trigger": "Alert", "acknowledge": "Acknowledged", "resolve": "Resolved", "test": "Test"}
 _SLACK_EMOJI = {
     "trigger": ":rotating_light:",
@@ -259,7 +260,7 @@ class SlackSink:
                 "type": "section",
                 "text": {
                     "type": "mrkdwn",
-                    "text": f"{_SLACK_EMOJI[message.action]} {_mrkdwn(message.summary)}",
+                    "text": f"{_SLACK_EMOJI[message.action]} {_mrkdwn(message.summary[:SLACK_TEXT_MAX])}",
                 },
             },
             {
