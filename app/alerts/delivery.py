@@ -10,7 +10,8 @@
   after ``max_attempts`` (or at once for ``SinkRefused``) the delivery is ``failed`` and a ``sink_failing``
   condition (source ``sink:{name}``) is returned for the next ``observe`` pass. A sink that failed once in
   a pass is not tried again in that pass.
-- Runs on its own task and queue: a failing sink never blocks or slows ingestion.
+- Meant for a task and queue of its own (not the drain's): a failing sink never blocks or slows ingestion.
+  A refused send's error is logged by class and reason only: a Slack webhook URL is a credential.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def _deliver(
     except Exception as exc:  # one poison delivery must not stop every later one
         failing.add(delivery.sink)
         if not isinstance(exc, IngestError):
-            log.exception("alerts.delivery.error", **bound)
+            # The class only: a message could carry the sink's URL, which for Slack is the credential.
+            log.error("alerts.delivery.error", error=type(exc).__name__, **bound)
             exc = InternalError(type(exc).__name__)
         if exc.permanent or attempts >= policy.max_attempts:
             _record(session, delivery.id, state="failed", attempts=attempts, last_error=exc.reason)

@@ -85,6 +85,9 @@ def observe(
     of every live alert whose key was ``evaluated`` and holds no condition; keys not evaluated are left as
     they are. Deliveries are queued for every open, reopen and resolve this call makes.
 
+    A held condition refreshes its alert's summary and details; the severity and the sinks stay those
+    of the open (nothing is paged again).
+
     ``router`` defaults to the configured sinks (``app.alerts.sinks.SinkDirectory``); raises
     ConfigurationError when the global sinks file cannot be read."""
     policy = policy or AlertPolicy.from_settings(get_settings())
@@ -149,7 +152,7 @@ class _Pass:
         alert_id, was_healthy_since = row
         if was_healthy_since is not None:  # back before the resolve delay ran out: no resolve, no page
             details = {"healthy_since": was_healthy_since.isoformat()}
-            _event(self.session, alert_id, "seen", AUTO, self.now, details)
+            _event(self.session, alert_id, "seen", actor=AUTO, now=self.now, details=details)
         self.result.seen.append(alert_id)
         return True
 
@@ -412,8 +415,8 @@ def _queue(
         session.execute(insert(AlertDelivery), rows)
 
 
-def _event(  # noqa: PLR0917 - one history row, its columns in their order
-    session: Session, alert_id: int, event: str, actor: str, now: datetime, details: dict[str, Any]
+def _event(
+    session: Session, alert_id: int, event: str, *, actor: str, now: datetime, details: dict[str, Any]
 ) -> None:
     session.execute(
         insert(AlertEvent).values(alert_id=alert_id, event=event, actor=actor, at=now, details=details)
@@ -437,7 +440,7 @@ def _transition(
 ) -> None:
     """Record a transition this process made: its history row, its deliveries, a log line, the counter."""
     sinks = list(sinks)
-    _event(session, changed.id, event, actor, now, details)
+    _event(session, changed.id, event, actor=actor, now=now, details=details)
     _queue(session, changed.id, sinks, action, now)
     ALERT_TRANSITIONS.labels(changed.facility_id, changed.kind, event).inc()
     log.log(
