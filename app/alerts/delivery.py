@@ -177,7 +177,7 @@ def _deliver(
         message = AlertMessage.of(alert, delivery.action, delivery.id)  # type: ignore[arg-type]
         # Signed and stamped with the wall clock of the send: ``now`` (due times) may be a while ago.
         sink.send(http, message, datetime.now(UTC))
-    except Exception as exc:  # one poison delivery must not stop every later one
+    except Exception as exc:  # noqa: BLE001 - one poison delivery must not stop every later one
         failing.add(delivery.sink)
         if not isinstance(exc, IngestError):
             # The class only: a message could carry the sink's URL, which for Slack is the credential.
