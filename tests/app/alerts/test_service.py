@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, text, update
@@ -202,10 +202,10 @@ def _wait_for_lock_waiter(engine: Engine, application_name: str, deadline_s: flo
     raise AssertionError("the second session never waited on the first one's open")
 
 
-def test_two_sessions_observing_the_same_condition_at_once_open_it_once(
-    engine: Engine, committed_facility: str
-) -> None:
-    key = (committed_facility, "facility", "feed_quiet")
+def _race(engine: Engine, facility: str, at: datetime) -> dict[str, ObserveResult]:
+    """Two sessions observe the same condition at ``at``: the second starts while the first has changed
+    the row and not committed (it waits on the first's lock), then the first commits."""
+    key = (facility, "facility", "feed_quiet")
     first = Session(engine)
     results: dict[str, ObserveResult] = {}
     errors: list[BaseException] = []
@@ -215,34 +215,64 @@ def test_two_sessions_observing_the_same_condition_at_once_open_it_once(
             with Session(engine) as session:
                 session.execute(text("SET application_name = 'alerts-second'"))
                 results["second"] = observe(
-                    session, [condition(committed_facility)], {key}, T0, policy=POLICY, router=ROUTER
+                    session, [condition(facility)], {key}, at, policy=POLICY, router=ROUTER
                 )
                 session.commit()
         except BaseException as exc:  # noqa: BLE001 - a thread's failure, reported by the main thread
             errors.append(exc)
 
     try:
-        results["first"] = observe(
-            first, [condition(committed_facility)], {key}, T0, policy=POLICY, router=ROUTER
-        )
+        results["first"] = observe(first, [condition(facility)], {key}, at, policy=POLICY, router=ROUTER)
         thread = threading.Thread(target=second)
         thread.start()
-        _wait_for_lock_waiter(engine, "alerts-second")  # the second insert waits on the first's row
+        _wait_for_lock_waiter(engine, "alerts-second")
         first.commit()
         thread.join(timeout=30)
     finally:
         first.close()
-
     assert not errors, errors
+    return results
+
+
+def test_two_sessions_observing_the_same_condition_at_once_open_it_once(
+    engine: Engine, committed_facility: str
+) -> None:
+    results = _race(engine, committed_facility, T0)
+
     with Session(engine) as check:
         [alert] = alerts_of(check, committed_facility)
         assert results["first"].opened == [alert.id]
-        assert results["second"].opened == []
-        assert results["second"].seen == [alert.id]
+        assert (results["second"].opened, results["second"].seen) == ([], [alert.id])
         assert deliveries_of(check, alert.id) == [
             ("pd", "trigger", "pending"),
             ("slack", "trigger", "pending"),
         ]
+
+
+def test_two_sessions_seeing_a_recurrence_at_once_reopen_it_once(
+    engine: Engine, committed_facility: str
+) -> None:
+    key = (committed_facility, "facility", "feed_quiet")
+    with Session(engine) as session:
+        observe(session, [condition(committed_facility)], {key}, T0, policy=POLICY, router=ROUTER)
+        observe(session, [], {key}, T0 + timedelta(minutes=1), policy=POLICY, router=ROUTER)
+        observe(session, [], {key}, T0 + timedelta(minutes=6), policy=POLICY, router=ROUTER)  # resolved
+        session.execute(update(AlertDelivery).values(state="sent"))
+        session.commit()
+
+    results = _race(engine, committed_facility, T0 + timedelta(minutes=10))
+
+    with Session(engine) as check:
+        [alert] = alerts_of(check, committed_facility)
+        assert results["first"].reopened == [alert.id]
+        assert (results["second"].reopened, results["second"].opened, results["second"].seen) == (
+            [],
+            [],
+            [alert.id],
+        )
+        assert [d[1] for d in deliveries_of(check, alert.id)].count(
+            "trigger"
+        ) == 4  # 2 sinks, opened + reopened
 
 
 def test_many_keys_in_one_pass_each_open_once(db: Session) -> None:
