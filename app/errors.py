@@ -28,6 +28,9 @@ How the drain treats a failure is a class distinction:
     ├── AdtNoPatient                        adt_no_mrn               permanent (PID-3 has no MRN of ours)
     ├── ForeignHostError                    foreign_host             permanent (SSRF guard: no connection)
     ├── NeedsBackfill                       needs_backfill           old dead letters only (now: a reconcile)
+    ├── AlertSinkError                      (a sink's reasons)       on alert deliveries, never on inbox rows
+    │   ├── SinkUnavailable                 sink_transport, sink_rate_limited, sink_unavailable: retried
+    │   └── SinkRefused                     sink_rejected, sink_unconfigured: the delivery fails at once
     └── EHRError
         ├── TransientEHRError
         │   ├── EHRTransportError           ehr_transport            connect/read timeouts, resets, DNS
@@ -195,6 +198,38 @@ class NeedsBackfill(IngestError):
     listed with their reason and replayed (which now requests that reconcile)."""
 
     reason = "needs_backfill"
+    permanent = True
+
+
+#: Why an alert sink did not take a delivery (``alert_deliveries.last_error``, the ``sink_failing`` alert).
+SinkFailureReason = Literal[
+    "sink_transport",  # no connection, a reset or a timeout
+    "sink_rate_limited",  # 429
+    "sink_unavailable",  # 5xx
+    "sink_rejected",  # another 4xx: the sink refuses the event or our credentials
+    "sink_unconfigured",  # the sink is in no configuration any more
+]
+
+
+class AlertSinkError(IngestError):
+    """An alert sink did not take a delivery; each raise names one ``SinkFailureReason``. Delivery
+    outcomes, not ingest failures: they never reach an inbox row."""
+
+    reason = "sink_error"
+    abstract = True
+
+    def __init__(self, reason: SinkFailureReason, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(detail)
+
+
+class SinkUnavailable(AlertSinkError):
+    """Worth another send later (back-off in Postgres, bounded)."""
+
+
+class SinkRefused(AlertSinkError):
+    """Sending the same event again cannot help: the delivery fails at once and the sink is reported."""
+
     permanent = True
 
 
@@ -443,6 +478,11 @@ def handling(cls: type[IngestError]) -> str:
 def notification_reasons() -> tuple[NotificationReason, ...]:
     """Every reason the receiver can refuse or quarantine a body with."""
     return get_args(NotificationReason)
+
+
+def sink_failure_reasons() -> tuple[SinkFailureReason, ...]:
+    """Every reason an alert sink can refuse a delivery with."""
+    return get_args(SinkFailureReason)
 
 
 def adt_reject_reasons() -> tuple[AdtRejectReason, ...]:

@@ -150,3 +150,14 @@ RECONCILE_RUNS = Counter(
     "Reconcile runs per facility and resource type, by outcome (complete, partial, a reason slug).",
     ["facility", "resource_type", "outcome"],
 )
+
+ALERT_TRANSITIONS = Counter(
+    "ehri_alert_transitions_total",
+    "Alert state changes made by this process: opened, reopened, acknowledged, resolved.",
+    ["facility", "kind", "transition"],
+)
+ALERT_DELIVERIES = Counter(
+    "ehri_alert_deliveries_total",
+    "Alert sink sends by sink, action (trigger, acknowledge, resolve) and outcome (sent, retried, failed).",
+    ["sink", "action", "outcome"],
+)

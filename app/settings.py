@@ -120,6 +120,29 @@ class Settings(BaseSettings):
         description="A reconcile run past this commits what it has, stops and continues on the next tick.",
     )
 
+    # Alerts (app.alerts)
+    alert_sinks_file: str | None = Field(
+        default=None,
+        description="YAML file of the global alert sinks (`sinks:`, app.facilities.schemas.AlertSinksFile);"
+        " unset: only the facilities' own sinks.",
+    )
+    alert_status_page_url: str | None = Field(
+        default=None, description="Where Slack messages link to (the on-call's status page or dashboard)."
+    )
+    alert_resolve_delay: timedelta = Field(
+        default=timedelta(minutes=5),
+        description="An open alert resolves once its key was evaluated healthy continuously this long.",
+    )
+    alert_cooldown: timedelta = Field(
+        default=timedelta(minutes=30),
+        description="A recurrence this soon after a resolve reopens the same alert (same dedup key).",
+    )
+    alert_delivery_max_attempts: int = Field(
+        default=10, ge=1, description="Sends of one delivery before it is failed and its sink reported."
+    )
+    alert_retry_base: timedelta = Field(default=timedelta(seconds=30))
+    alert_retry_cap: timedelta = Field(default=timedelta(minutes=15))
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

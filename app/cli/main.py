@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from app.cli import (
     adt,
+    alerts,
     backfill,
     db,
     dead_letters,
@@ -56,6 +57,7 @@ cli.command("unsubscribe")(subscriptions.unsubscribe)
 cli.add_typer(mllp.cli, name="mllp")
 cli.add_typer(adt.cli, name="adt")
 cli.add_typer(reconcile.cli, name="reconcile")
+cli.add_typer(alerts.cli, name="alerts")
 cli.command("backfill")(backfill.backfill)
 cli.command("serve")(serve.serve)
 cli.command("sim")(dev.sim)

@@ -24,6 +24,9 @@
   it in ``subscription_ledger``, until handled once (filled late, recovered by ``$events``, or a window
   reconcile requested), and each epoch reset; ``subscription_gap_watch``: what the last pass saw of each
   subscription (its epoch and last good event). ``app.reconcile.gaps`` writes both, never the ledger.
+- ``alerts``: one row per incident of a (facility, source, kind), at most one live (open or acknowledged)
+  per key; ``alert_events``: its history; ``alert_deliveries``: the outbox of sink sends
+  (``app.alerts``).
 - ``adt_inbox``: HL7 v2 ADT messages, committed before their ``AA``, and the patient re-reads they ask
   for; ``adt_quarantine``: v2 messages answered ``AR``.
 """
@@ -37,6 +40,7 @@ from typing import Any, Literal
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Computed,
     DateTime,
     ForeignKey,
     Index,
@@ -105,6 +109,8 @@ class Facility(Base):
     subscription: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     # the YAML's ``reconcile:`` block (``app.facilities.schemas.ReconcileConfig``); {} means the defaults
     reconcile: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # the YAML's ``alerts:`` block (``app.facilities.schemas.FacilityAlertsConfig``); {} means the defaults
+    alerts: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -581,3 +587,85 @@ class SubscriptionGapWatch(Base):
     highest_event: Mapped[int | None] = mapped_column(BigInteger)
     highest_event_at: Mapped[datetime | None]
     checked_at: Mapped[datetime]
+
+
+# An alert's life (``app.alerts.service``): open → acknowledged → resolved, and resolved → open again
+# (reopened, same row and dedup key) within the cool-down. "Live" states hold the key's unique index.
+AlertState = Literal["open", "acknowledged", "resolved"]
+ALERT_LIVE_STATES: tuple[AlertState, ...] = ("open", "acknowledged")
+LIVE_PREDICATE = "state IN ('open', 'acknowledged')"  # the live-key index's predicate (ON CONFLICT infers it)
+DeliveryState = Literal["pending", "sent", "failed", "cancelled"]
+DeliveryAction = Literal["trigger", "acknowledge", "resolve"]
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index(
+            "ux_alerts_live",
+            "facility_id",
+            "source",
+            "kind",
+            unique=True,
+            postgresql_where=text(LIVE_PREDICATE),
+        ),
+        Index("ix_alerts_key_resolved", "facility_id", "source", "kind", "resolved_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    source: Mapped[str] = mapped_column(String(160))
+    kind: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    dedup_key: Mapped[str] = mapped_column(
+        Text, Computed("'ehri:' || facility_id || ':' || source || ':' || kind || ':' || id", persisted=True)
+    )
+    summary: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    opened_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    healthy_since: Mapped[datetime | None]
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+    resolved_at: Mapped[datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    reopened: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class AlertEvent(Base):
+    """One step of an alert's history: opened, seen (the condition came back before the resolve delay
+    ran out), acknowledged, resolved, reopened; ``actor`` is ``auto`` or the operator."""
+
+    __tablename__ = "alert_events"
+    __table_args__ = (Index("ix_alert_events_alert_id", "alert_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"))
+    event: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    details: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+
+
+class AlertDelivery(Base):
+    """One send of one alert action to one sink (the outbox), queued in the transaction of the state
+    change; sent in ``id`` order per (alert, sink) by ``app.alerts.delivery``."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        Index("ix_alert_deliveries_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+        Index("ix_alert_deliveries_alert_id", "alert_id", "sink", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"))
+    sink: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]

@@ -39,6 +39,10 @@ facilities:
       recrawl_interval: PT24H             # full re-crawl comparing content (finds deletions, silent edits)
       initial_since: 2026-01-01T00:00:00Z # a facility seen for the first time is backfilled from here
       group: g-general                    # bulk-since: Group/{id}/$export (default: Patient/$export)
+    alerts:                               # optional: where this facility's alerts go (app.alerts)
+      global_sinks: true                  # also the sinks of EHRI_ALERT_SINKS_FILE (default)
+      sinks:                              # the same shape as that file's `sinks:` (AlertSinksFile)
+        - {name: gh-oncall, type: pagerduty, routing_key: {env: GH_PD_KEY}, min_severity: error}
 ```
 Secrets are references (a file path or an environment variable name); their values never enter the database.
 
@@ -55,11 +59,12 @@ Sender authentication methods (the receiver checks them before parsing anything)
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from app.alerts.conditions import Severity
 from app.reconcile import StrategyName
 
 log = structlog.get_logger("facilities")
@@ -250,6 +255,84 @@ class ReconcileConfig(BaseModel):
     group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
 
 
+# -- alert sinks (app.alerts.sinks) -------------------------------------------------------------------------
+
+SINK_NAME = r"[a-z0-9][a-z0-9_-]{0,63}"
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+class _SinkBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=f"^{SINK_NAME}$")
+    #: the least severe alert this sink receives (critical > error > warning > info)
+    min_severity: Severity = "warning"
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+
+
+class PagerDutySinkConfig(_SinkBase):
+    """PagerDuty Events API v2: trigger, acknowledge and resolve under the alert's ``dedup_key``."""
+
+    type: Literal["pagerduty"]
+    routing_key: SecretRef  # the integration key of a PagerDuty service
+    url: HttpUrl = HttpUrl(PAGERDUTY_EVENTS_URL)
+
+
+class SlackSinkConfig(_SinkBase):
+    """A Slack incoming webhook (its URL is the credential, hence a secret reference)."""
+
+    type: Literal["slack"]
+    webhook_url: SecretRef
+
+
+class WebhookSinkConfig(_SinkBase):
+    """A JSON POST signed the Standard Webhooks way (``webhook-id``, ``webhook-timestamp``,
+    ``webhook-signature: v1,<base64 HMAC-SHA256>``) with a ``whsec_`` secret."""
+
+    type: Literal["webhook"]
+    url: HttpUrl
+    secret: SecretRef
+
+
+SinkConfig = Annotated[PagerDutySinkConfig | SlackSinkConfig | WebhookSinkConfig, Field(discriminator="type")]
+
+
+def _unique_sink_names(sinks: list[SinkConfig]) -> None:
+    names = [s.name for s in sinks]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"duplicate sink names: {', '.join(duplicated)}")
+
+
+class AlertSinksFile(BaseModel):
+    """The global sinks (``EHRI_ALERT_SINKS_FILE``): every facility's alerts go to them unless the
+    facility says ``global_sinks: false``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sinks: list[SinkConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AlertSinksFile:
+        _unique_sink_names(self.sinks)
+        return self
+
+
+class FacilityAlertsConfig(BaseModel):
+    """A facility's own sinks (a facility sink shadows a global one of the same name) and whether the
+    global ones get its alerts too."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    global_sinks: bool = True
+    sinks: list[SinkConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> FacilityAlertsConfig:
+        _unique_sink_names(self.sinks)
+        return self
+
+
 class FacilityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -273,6 +356,7 @@ class FacilityConfig(BaseModel):
         return self
 
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
+    alerts: FacilityAlertsConfig = Field(default_factory=FacilityAlertsConfig)
 
     @model_validator(mode="after")
     def _fold_change_detection(self) -> FacilityConfig:

@@ -28,13 +28,20 @@ def _hmac_sha256(key: bytes, message: bytes) -> bytes:
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
-def _standard_webhooks_key(secret: str) -> bytes:
+def standard_webhooks_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: ``whsec_<base64>`` decoded, else the raw bytes."""
     if secret.startswith(WHSEC_PREFIX):
         try:
             return base64.b64decode(secret[len(WHSEC_PREFIX) :], validate=True)
         except binascii.Error as exc:
             raise SecretInvalid("whsec_ secret is not base64") from exc
     return secret.encode()
+
+
+def standard_webhooks_signature(key: bytes, msg_id: str, timestamp: str, body: bytes) -> bytes:
+    """The base64 HMAC-SHA256 of ``{msg_id}.{timestamp}.{body}``: the ``v1,`` signature both of what the
+    receiver verifies and of what the alert webhook sink (``app.alerts.sinks``) sends."""
+    return base64.b64encode(_hmac_sha256(key, f"{msg_id}.{timestamp}.".encode() + body))
 
 
 @dataclass(frozen=True)
@@ -114,8 +121,7 @@ class SenderCheck:
             return "bad_timestamp"
         if abs(now - int(stamp)) > self.tolerance_s:
             return "timestamp_outside_window"
-        signed = f"{msg_id}.{stamp}.".encode() + body
-        expected = [base64.b64encode(_hmac_sha256(k, signed)) for k in self.keys]
+        expected = [standard_webhooks_signature(k, msg_id, stamp, body) for k in self.keys]
         for candidate in signatures.split():
             version, _, signature = candidate.partition(",")
             if version == "v1" and _any_equal(signature.encode(), expected):
@@ -141,7 +147,7 @@ def sender_check(webhook: WebhookConfig) -> SenderCheck:
             raise SecretMissing(f"webhook secret {ref.describe()} is empty")
         secrets.append(secret)
     if webhook.method == "standard-webhooks":
-        keys = tuple(_standard_webhooks_key(s) for s in secrets)
+        keys = tuple(standard_webhooks_key(s) for s in secrets)
     else:
         keys = tuple(s.encode() for s in secrets)
     scheme = None

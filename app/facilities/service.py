@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -16,8 +16,12 @@ from app.db.models import Facility
 from app.errors import ConfigInvalid, ConfigUnreadable
 from app.facilities.schemas import FacilitiesFile, FacilityConfig
 
+M = TypeVar("M", bound=BaseModel)
 
-def load_facilities_file(path: Path) -> FacilitiesFile:
+
+def load_yaml_file(path: Path, model: type[M]) -> M:
+    """``path`` read as YAML and validated as ``model`` (an empty file is ``{}``). Raises ConfigUnreadable
+    or ConfigInvalid, naming the file."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -25,9 +29,13 @@ def load_facilities_file(path: Path) -> FacilitiesFile:
     except yaml.YAMLError as exc:
         raise ConfigInvalid(f"{path} is not valid YAML: {exc}") from exc
     try:
-        return FacilitiesFile.model_validate(raw)
+        return model.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
         raise ConfigInvalid(f"{path}: {exc}") from exc
+
+
+def load_facilities_file(path: Path) -> FacilitiesFile:
+    return load_yaml_file(path, FacilitiesFile)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ def _row_values(cfg: FacilityConfig) -> dict[str, Any]:
         "change_detection": dict(cfg.change_detection),
         "subscription": cfg.subscription.model_dump(mode="json") if cfg.subscription else {},
         "reconcile": cfg.reconcile.model_dump(mode="json", exclude_defaults=True),
+        "alerts": cfg.alerts.model_dump(mode="json", exclude_defaults=True),
     }
 
 
