@@ -92,7 +92,7 @@ def fan_out() -> int:
     with rt.sessions() as session:
         due = due_facilities(session)
     for facility_id in due:
-        enqueue_reconcile(celery_app, rt.settings.periodic_queue, facility_id)
+        enqueue_reconcile(celery_app, rt.settings.reconcile_queue, facility_id)
     return len(due)
 
 
@@ -108,7 +108,7 @@ def poll_facility(self: object, facility_id: str, trigger: str = "schedule") -> 
     with bound_contextvars(facility_id=facility_id, task_id=task_id):
         report = reconcile_facility(
             rt.sessions,
-            rt.clients.get,
+            rt.clients.background,  # yields to notification fetches (app.ehr.politeness)
             facility_id,
             rt.settings,
             trigger=trigger,
