@@ -29,7 +29,8 @@ CLAIM = text(
         FOR UPDATE SKIP LOCKED
     )
     RETURNING i.id, i.focus_type, i.focus_id, i.focus_identifier, i.interaction,
-              i.payload::text AS payload, i.attempts, i.received_at, i.claim_token, i.reason
+              i.payload::text AS payload, i.attempts, i.received_at, i.claim_token, i.reason,
+              i.notified_version, i.notified_at
     """  # noqa: S608
 )
 
@@ -156,6 +157,17 @@ TOMBSTONED = text(
          AS k(facility_id, resource_type, resource_id)
       ON r.facility_id = k.facility_id AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id
     WHERE r.deleted
+    """
+)
+
+# What is stored of some resources (the drain's check of a read older than notified).
+STORED_VERSIONS = text(
+    """
+    SELECT r.resource_type, r.resource_id, r.version_id, r.last_updated, r.deleted
+    FROM resources r
+    JOIN unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]))
+         AS k(facility_id, resource_type, resource_id)
+      ON r.facility_id = k.facility_id AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id
     """
 )
 
