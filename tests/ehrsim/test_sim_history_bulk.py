@@ -236,3 +236,27 @@ async def test_a_lagging_replica_serves_the_older_version_until_it_catches_up(
     assert not_yet.status_code == 404
     assert caught_up.json()["meta"]["versionId"] == updated["versionId"]
     assert state["applied"]["replica_lag"] >= 2
+
+
+async def test_a_lagging_replica_answers_batch_reads_by_id_as_it_answers_reads(
+    open_sim: OpenSim, clock: FakeClock
+) -> None:
+    async with open_sim("generic", patients=10) as client:
+        await client.post("/_admin/general/faults", json={"replica_lag_s": 30})
+        await _changes(client, clock, 60)
+        truth = [r for r in await _truth(client) if r["resourceType"] == "Observation"]
+        updated = next(r for r in truth if not r["deleted"] and r["versionId"] != "1")
+        created = next(
+            r for r in truth if r["versionId"] == "1" and r["lastUpdated"] > updated["lastUpdated"]
+        )
+        ids = f"{updated['id']},{created['id']}"
+        behind = (await client.get(f"{FHIR}/Observation", params={"_id": ids})).json()
+        clock.advance(31)
+        caught_up = (await client.get(f"{FHIR}/Observation", params={"_id": ids})).json()
+
+    def versions(bundle: dict[str, Any]) -> dict[str, str]:
+        return {e["resource"]["id"]: e["resource"]["meta"]["versionId"] for e in bundle.get("entry", [])}
+
+    assert created["id"] not in versions(behind)  # created since: not on the replica yet
+    assert int(versions(behind)[updated["id"]]) < int(updated["versionId"])
+    assert versions(caught_up) == {updated["id"]: updated["versionId"], created["id"]: created["versionId"]}
