@@ -9,16 +9,14 @@ again after its back-off: in the end Postgres holds every change at the EHR's ve
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import pytest
 
 from devstack.processes import wait_until
-from devstack.scenario import Scenario, scenario_for
-from tests.conftest import BASE_DATABASE_URL, REDIS_URL
+from devstack.scenario import Scenario
+from tests.e2e.conftest import MakeScenario
 
 pytestmark = pytest.mark.e2e
 
@@ -27,21 +25,6 @@ LAG_S = 2.5
 # A first retry comes 3-6 s later (full jitter in [0.5, 1] of the step): past the lag, so a 404 for a
 # resource created since is read again once the replica has it (two 404s would be a deletion).
 ENV = {"EHRI_RETRY_BASE": "PT6S"}
-
-
-@pytest.fixture
-def scenario(tmp_path: Path) -> Iterator[Scenario]:
-    sc = scenario_for(
-        tmp_path, base_database_url=BASE_DATABASE_URL, redis_url=REDIS_URL, facilities=[FACILITY]
-    )
-    sc.prepare(patients=15)  # what the changes update and delete: versions older than the lag
-    try:
-        yield sc
-    finally:
-        tails = {p.name: p.log_tail(30) for p in (sc.stack.procs if sc.stack else [])}
-        sc.teardown()
-        for name, tail in tails.items():
-            print(f"--- {name}\n{tail}")
 
 
 def _faults(scenario: Scenario, body: dict[str, object] | None = None) -> dict[str, object]:
@@ -53,8 +36,9 @@ def _faults(scenario: Scenario, body: dict[str, object] | None = None) -> dict[s
 
 
 def test_reads_answered_by_a_lagging_replica_are_read_again_until_the_notified_version_is_stored(
-    scenario: Scenario,
+    make_scenario: MakeScenario,
 ) -> None:
+    scenario = make_scenario(patients=15)  # what the changes update and delete
     stack = scenario.start(workers=1, concurrency=2, beat=True, env=ENV)
     # Warm-up changes, fetched without lag: the worker is up, so the lagged changes below are read at once.
     scenario.make_changes(FACILITY, 3)

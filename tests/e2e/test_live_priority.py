@@ -9,19 +9,15 @@ budget (the backfill's reads yield to notification fetches)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from app.queue import enqueue_reconcile, make_celery
 from app.settings import Settings
 from devstack.processes import wait_until
-from devstack.scenario import Scenario, scenario_for
-from tests.conftest import BASE_DATABASE_URL, REDIS_URL
+from devstack.scenario import Scenario
+from tests.e2e.conftest import MakeScenario
 
 pytestmark = pytest.mark.e2e
 
@@ -31,32 +27,6 @@ PAGE_S = 0.6  # every FHIR response takes this long (ehrsim's slow_s): the backf
 LIMITS = {"requests_per_second": 10, "burst": 4, "concurrency": 2}
 NOTIFIED = 6
 BOUND_S = 8.0
-
-
-@pytest.fixture
-def scenario(tmp_path: Path) -> Iterator[Scenario]:
-    sc = scenario_for(
-        tmp_path, base_database_url=BASE_DATABASE_URL, redis_url=REDIS_URL, facilities=[FACILITY]
-    )
-    sc.limits = LIMITS
-    sc.prepare(patients=PATIENTS)  # predate the subscription: only the backfill finds them
-    try:
-        yield sc
-    finally:
-        tails = {p.name: p.log_tail(30) for p in (sc.stack.procs if sc.stack else [])}
-        sc.teardown()
-        for name, tail in tails.items():
-            print(f"--- {name}\n{tail}")
-
-
-def _sql(scenario: Scenario, statement: str, **params: Any) -> list[Any]:
-    engine = create_engine(scenario.database_url)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(text(statement), params)
-            return list(result) if result.returns_rows else []
-    finally:
-        engine.dispose()
 
 
 def _start_backfill(scenario: Scenario) -> None:
@@ -71,9 +41,11 @@ def _start_backfill(scenario: Scenario) -> None:
         celery.close()
 
 
-def test_notification_fetches_complete_while_a_long_backfill_of_the_facility_runs(scenario: Scenario) -> None:
-    _sql(
-        scenario,
+def test_notification_fetches_complete_while_a_long_backfill_of_the_facility_runs(
+    make_scenario: MakeScenario,
+) -> None:
+    scenario = make_scenario(limits=LIMITS, patients=PATIENTS)  # the seed predates the subscription
+    scenario.sql(
         "UPDATE facilities SET reconcile = CAST(:r AS jsonb), updated_at = now() WHERE id = :f",
         r=json.dumps({"interval": "PT1H", "types": ["Patient", "Observation", "Condition"]}),
         f=FACILITY,
@@ -89,7 +61,7 @@ def test_notification_fetches_complete_while_a_long_backfill_of_the_facility_run
     _start_backfill(scenario)
 
     def stored() -> int:
-        return int(_sql(scenario, "SELECT count(*) FROM resources WHERE facility_id = :f", f=FACILITY)[0][0])
+        return int(scenario.sql("SELECT count(*) FROM resources WHERE facility_id = :f", f=FACILITY)[0][0])
 
     wait_until(lambda: stored() > 0, timeout=60, what="the backfill's first committed page")
     scenario.make_changes(FACILITY, NOTIFIED)
@@ -99,8 +71,7 @@ def test_notification_fetches_complete_while_a_long_backfill_of_the_facility_run
         return sum(inbox.values()) >= NOTIFIED and inbox.get("pending", 0) == 0
 
     wait_until(drained, timeout=60, what="the notifications' fetches")
-    rows = _sql(
-        scenario,
+    rows = scenario.sql(
         "SELECT status, extract(epoch FROM done_at - received_at) AS latency, done_at FROM inbox"
         " WHERE facility_id = :f",
         f=FACILITY,
@@ -109,12 +80,11 @@ def test_notification_fetches_complete_while_a_long_backfill_of_the_facility_run
     latencies = sorted(float(r.latency) for r in rows)
     last_done = max(r.done_at for r in rows)
     wait_until(
-        lambda: bool(_sql(scenario, "SELECT 1 FROM reconcile_runs WHERE finished_at IS NOT NULL")),
+        lambda: bool(scenario.sql("SELECT 1 FROM reconcile_runs WHERE finished_at IS NOT NULL")),
         timeout=240,
         what="the backfill's end",
     )
-    run = _sql(
-        scenario,
+    run = scenario.sql(
         "SELECT outcome, pages, started_at, finished_at, extract(epoch FROM finished_at - started_at) AS took"
         " FROM reconcile_runs WHERE facility_id = :f AND trigger = 'backfill'",
         f=FACILITY,

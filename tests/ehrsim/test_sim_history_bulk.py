@@ -211,21 +211,32 @@ async def test_a_second_kickoff_while_a_job_runs_is_refused_with_retry_after(ope
 # -- lagging replica -------------------------------------------------------------------------------------
 
 
+async def _lagging(
+    client: httpx.AsyncClient, clock: FakeClock, *, created_type: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Replica lag of 30 s, then changes: an Observation updated, and a resource (of ``created_type``)
+    created after that update (as ground truth lists them)."""
+    await client.post("/_admin/general/faults", json={"replica_lag_s": 30})
+    await _changes(client, clock, 60)
+    truth = await _truth(client)
+    updated = next(
+        r for r in truth if r["resourceType"] == "Observation" and not r["deleted"] and r["versionId"] != "1"
+    )
+    created = next(
+        r
+        for r in truth
+        if r["versionId"] == "1"
+        and r["lastUpdated"] > updated["lastUpdated"]
+        and created_type in (None, r["resourceType"])
+    )
+    return updated, created
+
+
 async def test_a_lagging_replica_serves_the_older_version_until_it_catches_up(
     open_sim: OpenSim, clock: FakeClock
 ) -> None:
     async with open_sim("generic", patients=10) as client:
-        await client.post("/_admin/general/faults", json={"replica_lag_s": 30})
-        await _changes(client, clock, 60)
-        truth = await _truth(client)
-        updated = next(
-            r
-            for r in truth
-            if r["resourceType"] == "Observation" and not r["deleted"] and r["versionId"] != "1"
-        )
-        created = next(
-            r for r in truth if r["versionId"] == "1" and r["lastUpdated"] > updated["lastUpdated"]
-        )
+        updated, created = await _lagging(client, clock)
         behind = await client.get(f"{FHIR}/Observation/{updated['id']}")
         not_yet = await client.get(f"{FHIR}/{created['resourceType']}/{created['id']}")
         clock.advance(31)
@@ -242,13 +253,7 @@ async def test_a_lagging_replica_answers_batch_reads_by_id_as_it_answers_reads(
     open_sim: OpenSim, clock: FakeClock
 ) -> None:
     async with open_sim("generic", patients=10) as client:
-        await client.post("/_admin/general/faults", json={"replica_lag_s": 30})
-        await _changes(client, clock, 60)
-        truth = [r for r in await _truth(client) if r["resourceType"] == "Observation"]
-        updated = next(r for r in truth if not r["deleted"] and r["versionId"] != "1")
-        created = next(
-            r for r in truth if r["versionId"] == "1" and r["lastUpdated"] > updated["lastUpdated"]
-        )
+        updated, created = await _lagging(client, clock, created_type="Observation")
         ids = f"{updated['id']},{created['id']}"
         behind = (await client.get(f"{FHIR}/Observation", params={"_id": ids})).json()
         clock.advance(31)
