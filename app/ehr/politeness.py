@@ -10,10 +10,11 @@ open with a warning: politeness must not stop ingestion (the EHR's own 429s stil
 Two priorities share the facility's budget (DESIGN.md: a backfill must never starve the live feed).
 ``LIVE`` requests (notification fetches) that have to wait register in ``{base}:live``, a sorted set
 scored by expiry. While any is registered, ``BACKGROUND`` requests (reconcile and backfill reads) take
-neither a token nor a slot; and even with none waiting, a background request leaves ``live_reserve``
-tokens in the bucket and one concurrency slot free (when the facility allows more than one), so a
-notification that arrives mid-backfill finds its token and slot at once. A background request kept
-waiting past ``MAX_WAIT_S`` raises ``YieldedToLive`` (its reconcile page is retried next run).
+neither a token nor a slot; and even with none waiting, a background request leaves a share of the
+burst (``LIVE_RESERVE_SHARE``, at least one token when the burst allows) in the bucket and one
+concurrency slot free (when the facility allows more than one), so a notification that arrives
+mid-backfill finds its token and slot at once. A background request kept waiting past ``MAX_WAIT_S``
+raises ``YieldedToLive`` (its reconcile type stops there and continues next run).
 """
 
 from __future__ import annotations
