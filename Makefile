@@ -31,7 +31,8 @@ bench: $(STAMP)
 # Receiver, MLLP listener, worker and beat in the foreground against EHRI_* settings; Ctrl-C stops them all. When nothing
 # answers at EHRI_DATABASE_URL / EHRI_REDIS_URL, devstack.servers starts embedded ones (data in .demo/) first
 # and stops them after.
-# The receiver's metrics are on :8000/metrics, the worker's (every pool process) on :9101/metrics, the MLLP
+# The receiver's metrics are on :8000/metrics, the worker's (every pool process) on :9101/metrics, the reconcile
+# worker's (reconcile runs and backfills, queue `reconcile`) on :9103/metrics, the MLLP
 # listener's (HL7 v2 ADT on :2575, or EHRI_MLLP_PORT) on :9102/metrics.
 up: $(STAMP)
 	$(BIN)/python -m devstack.servers --home .demo -- $(MAKE) --no-print-directory up-processes
@@ -42,7 +43,10 @@ up-processes: $(STAMP)
 	$(BIN)/ehr-ingest serve --host 0.0.0.0 --port 8000 & \
 	$(BIN)/ehr-ingest mllp serve --host 0.0.0.0 --port $${EHRI_MLLP_PORT:-2575} & \
 	EHRI_WORKER_METRICS_PORT=$${EHRI_WORKER_METRICS_PORT:-9101} \
-		$(BIN)/celery -A workers.celery_app worker --loglevel INFO --concurrency 2 & \
+		$(BIN)/celery -A workers.celery_app worker --loglevel INFO --concurrency 2 -Q $${EHRI_QUEUE:-ingest},$${EHRI_PERIODIC_QUEUE:-periodic} & \
+	EHRI_WORKER_METRICS_PORT=$${RECONCILE_METRICS_PORT:-9103} \
+		$(BIN)/celery -A workers.celery_app worker --loglevel INFO --concurrency 1 -Q $${EHRI_RECONCILE_QUEUE:-reconcile} \
+		-n reconcile@%h & \
 	$(BIN)/celery -A workers.celery_app beat --loglevel INFO --schedule $(VENV)/beat-schedule & \
 	wait
 

@@ -40,7 +40,8 @@ How the drain treats a failure is a class distinction:
         │   │   └── TokenEndpointThrottled  token_rate_limited
         │   ├── PolitenessThrottled         politeness_wait          our own limit (not the EHR's)
         │   │   ├── FacilityPaused          facility_paused          a Retry-After longer than we hold
-        │   │   └── ConcurrencyCapped       concurrency_cap          no request slot free
+        │   │   ├── ConcurrencyCapped       concurrency_cap          no request slot free
+    │   │   └── YieldedToLive           yielded_to_live          a background read kept behind live fetches
         │   ├── EHRTokenExpired             ehr_token_expired        401 after one re-authentication
         │   ├── TokenEndpointUnavailable    token_unavailable        token endpoint 5xx
         │   ├── TokenEndpointFlaky          token_flaky_400          Epic's occasional bare 400
@@ -49,6 +50,7 @@ How the drain treats a failure is a class distinction:
         │   ├── IdentifierNotFound          identifier_not_found     search found nothing (index lag)
         │   ├── NotFoundUnconfirmed         not_found_unconfirmed    a 404 not yet a deletion: read again
         │   ├── RevivalUnverified           revival_unverified       a payload over a tombstone: read first
+    │   ├── OlderThanNotified           older_than_notified      a read older than notified: read again
         │   ├── BulkExportBusy              bulk_export_busy         a $export of the facility already runs
         │   └── BulkExportTimeout           bulk_export_timeout      a $export not complete in time: cancelled
         └── PermanentEHRError
@@ -292,6 +294,13 @@ class ConcurrencyCapped(PolitenessThrottled):
     reason = "concurrency_cap"
 
 
+class YieldedToLive(PolitenessThrottled):
+    """A reconcile or backfill read waited its longest behind the facility's notification fetches (which
+    always go first): the reconcile stops there and continues on its next run."""
+
+    reason = "yielded_to_live"
+
+
 class EHRTokenExpired(TransientEHRError):
     reason = "ehr_token_expired"
 
@@ -333,6 +342,14 @@ class RevivalUnverified(TransientEHRError):
     payload, decides whether the resource exists)."""
 
     reason = "revival_unverified"
+
+
+class OlderThanNotified(TransientEHRError):
+    """A read answered a version older than the one the notification announced (a lagging replica): the
+    row keeps the notified version and time and is read again after its back-off, so the newer version
+    is not missed; after ``max_attempts`` it is dead-lettered with this reason."""
+
+    reason = "older_than_notified"
 
 
 class BulkExportBusy(TransientEHRError):

@@ -4,9 +4,11 @@ Messages carry a facility id, never a payload; Postgres holds the work. Both the
 sends) and the workers (which also consume) build their Celery app here, so the receiver never imports
 the workers package.
 
-Two queues: drains go to ``settings.queue``, beat's periodic tasks to ``settings.periodic_queue``, so a
-sweep is never queued behind a backlog of drains. A worker started without ``-Q`` consumes both; a
-deployment may run a small worker with ``-Q periodic`` of its own.
+Three queues: drains go to ``settings.queue``, beat's periodic tasks to ``settings.periodic_queue``, so a
+sweep is never queued behind a backlog of drains, and reconcile runs (minutes long, a backfill longer)
+to ``settings.reconcile_queue``, so a backfill never occupies the worker a drain needs. A worker started
+without ``-Q`` consumes all three; a deployment runs the live workers with ``-Q ingest,periodic`` and a
+worker of its own with ``-Q reconcile`` (docker-compose.yml, ``make up``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
         task_reject_on_worker_lost=True,  # ...and redelivered if the worker process died under it
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
-        task_queues=[_queue(settings.queue), _queue(settings.periodic_queue)],
+        task_queues=[
+            _queue(settings.queue),
+            _queue(settings.periodic_queue),
+            _queue(settings.reconcile_queue),
+        ],
         task_routes={
             DRAIN_TASK: {"queue": settings.queue},
             ADT_TASK: {"queue": settings.queue},
@@ -55,9 +61,9 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
             CHECK_SUBSCRIPTIONS_TASK: {"queue": settings.periodic_queue},
             CHECK_SUBSCRIPTION_TASK: {"queue": settings.periodic_queue},
             RECONCILE_FAN_OUT_TASK: {"queue": settings.periodic_queue},
-            RECONCILE_TASK: {"queue": settings.periodic_queue},
+            RECONCILE_TASK: {"queue": settings.reconcile_queue},
             GAPS_FAN_OUT_TASK: {"queue": settings.periodic_queue},
-            GAPS_TASK: {"queue": settings.periodic_queue},
+            GAPS_TASK: {"queue": settings.reconcile_queue},
         },
         broker_connection_retry_on_startup=True,
         broker_transport_options={
@@ -107,7 +113,8 @@ def ring_adt(celery: Celery, queue: str, facility_id: str) -> bool:
 
 
 def enqueue_reconcile(celery: Celery, queue: str, facility_id: str, *, trigger: str = "schedule") -> None:
-    """Ask for a reconcile of one facility (on the periodic queue: never behind a backlog of drains)."""
+    """Ask for a reconcile of one facility (on the reconcile queue: never in a drain's way, nor a drain in
+    its)."""
     celery.send_task(RECONCILE_TASK, args=[facility_id, trigger], queue=queue)
 
 

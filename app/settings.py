@@ -30,6 +30,10 @@ class Settings(BaseSettings):
         default="periodic",
         description="Celery queue of beat's periodic tasks: a sweep never waits behind queued drains.",
     )
+    reconcile_queue: str = Field(
+        default="reconcile",
+        description="Celery queue of reconcile runs and backfills: a long run never holds a drain's worker.",
+    )
 
     log_format: Literal["json", "console"] = "console"
     log_level: str = "INFO"

@@ -125,10 +125,22 @@ class Stack:
         return proc
 
     def start_worker(
-        self, name: str = "worker", concurrency: int = 2, *, metrics_port: int | None = None
+        self,
+        name: str = "worker",
+        concurrency: int = 2,
+        *,
+        metrics_port: int | None = None,
+        queues: tuple[str, ...] = ("ingest", "periodic", "reconcile"),
     ) -> Proc:
         """A celery worker node (prefork); with ``metrics_port`` its parent serves every process's metrics
-        on ``http://127.0.0.1:{metrics_port}/metrics``."""
+        on ``http://127.0.0.1:{metrics_port}/metrics``. ``queues`` by their role (``ingest``: drains and
+        ADT, ``periodic``: beat's, ``reconcile``: reconcile runs), every one by default, as a worker
+        without -Q consumes (app.queue)."""
+        names = {
+            "ingest": self.env.get("EHRI_QUEUE", "ingest"),
+            "periodic": self.env.get("EHRI_PERIODIC_QUEUE", "periodic"),
+            "reconcile": self.env.get("EHRI_RECONCILE_QUEUE", "reconcile"),
+        }
         argv = [
             sys.executable,
             "-m",
@@ -138,8 +150,8 @@ class Stack:
             "worker",
             "--loglevel",
             "INFO",  # as production runs it (docker-compose.yml); EHRI_LOG_LEVEL decides (app.logging)
-            "-Q",  # both queues, as a worker without -Q would consume (app.queue)
-            f"{self.env.get('EHRI_QUEUE', 'ingest')},{self.env.get('EHRI_PERIODIC_QUEUE', 'periodic')}",
+            "-Q",
+            ",".join(names[q] for q in queues),
             "--concurrency",
             str(concurrency),
             "--pool",

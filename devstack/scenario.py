@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import yaml
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.db.engine import make_engine, make_sessionmaker
@@ -165,6 +166,16 @@ class Scenario:
         response.raise_for_status()
         resources: list[dict[str, Any]] = response.json()["resources"]
         return resources
+
+    def sql(self, statement: str, **params: Any) -> list[Any]:
+        """Run one statement in the scenario's database (committed); its rows, if it returns any."""
+        engine = make_engine(self.database_url, pool_size=1)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(statement), params)
+                return list(result) if result.returns_rows else []
+        finally:
+            engine.dispose()
 
     def ledger(self, facility_id: str) -> LedgerReport:
         engine = make_engine(self.database_url, pool_size=1)

@@ -330,9 +330,46 @@ class _Api:
         next_url = None
         if next_search is not None:
             next_url = next_link(paging, self._base(request, facility), next_search)
+        total = search.total
+        if token is None and next_search is None and facility.faults.config.replica_lag_s:
+            lagging = self._lagging_batch_read(facility, resource_type, request.query_params.multi_items())
+            if lagging is not None:
+                records, total = lagging, len(lagging)
         return self._search_page(
-            request, facility, resource_type, total=search.total, records=records, next_url=next_url
+            request, facility, resource_type, total=total, records=records, next_url=next_url
         )
+
+    def _lagging_batch_read(
+        self, facility: Facility, resource_type: str, query: list[tuple[str, str]]
+    ) -> list[Record] | None:
+        """A batch read (``{Type}?_id=a,b,c``, nothing else but ``_count``) is a read: with the
+        ``replica_lag_s`` fault the replica answers it too, each resource as it was ``lag_s`` ago (an
+        older version, absent when created since, present when deleted since). None: not a batch read."""
+        if not query or {name for name, _ in query} - {"_id", "_count"}:
+            return None
+        ids = [i for name, value in query if name == "_id" for i in value.split(",") if i]
+        as_of = int((self.clock() - facility.faults.config.replica_lag_s) * 1000)
+        served = []
+        for id_ in dict.fromkeys(ids):
+            record = facility.store.get(resource_type, id_)
+            if record is None:
+                continue
+            version = facility.store.as_of(resource_type, id_, as_of)
+            if version is None or version.version != record.version:
+                facility.faults.count("replica_lag")
+            if version is None or version.body is None:
+                continue
+            served.append(
+                dataclasses.replace(
+                    record,
+                    body=version.body,
+                    version=version.version,
+                    version_id=version.version_id,
+                    last_updated=version.last_updated,
+                    deleted=False,
+                )
+            )
+        return served
 
     def _held_page(
         self, request: Request, facility: Facility, search_id: str, *, held: CachedSearch | None = None

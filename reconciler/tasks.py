@@ -95,7 +95,7 @@ def fan_out() -> int:
     with rt.sessions() as session:
         due = due_facilities(session)
     for facility_id in due:
-        enqueue_reconcile(celery_app, rt.settings.periodic_queue, facility_id)
+        enqueue_reconcile(celery_app, rt.settings.reconcile_queue, facility_id)
     return len(due)
 
 
@@ -111,7 +111,7 @@ def poll_facility(self: object, facility_id: str, trigger: str = "schedule") -> 
     with bound_contextvars(facility_id=facility_id, task_id=task_id):
         report = reconcile_facility(
             rt.sessions,
-            rt.clients.get,
+            rt.clients.background,  # yields to notification fetches (app.ehr.politeness)
             facility_id,
             rt.settings,
             trigger=trigger,
@@ -146,7 +146,7 @@ def check_facility_gaps(facility_id: str) -> dict[str, int]:
     with bound_contextvars(facility_id=facility_id):
         try:
             report = check_gaps(
-                rt.sessions, rt.clients.get, facility_id, rt.settings, references=rt.references
+                rt.sessions, rt.clients.background, facility_id, rt.settings, references=rt.references
             )
         except IngestError as exc:
             log.warning("reconcile.gap.pass_failed", facility_id=facility_id, reason=exc.reason)

@@ -50,10 +50,35 @@ def test_every_celery_process_runs_our_app_on_queues_it_declares(name: str) -> N
     assert argv[3] in {"worker", "beat"}
     settings = Settings()
     if "-Q" in argv:
-        assert set(argv[argv.index("-Q") + 1].split(",")) <= {settings.queue, settings.periodic_queue}
+        assert set(argv[argv.index("-Q") + 1].split(",")) <= _declared(settings)
     if argv[3] == "worker" and "healthcheck" in SERVICES[name]:
         node = argv[argv.index("-n") + 1].split("@")[0] if "-n" in argv else "celery"
         assert f"-d {node}@$$HOSTNAME" in " ".join(SERVICES[name]["healthcheck"]["test"])
+
+
+def _declared(settings: Settings) -> set[str]:
+    return {settings.queue, settings.periodic_queue, settings.reconcile_queue}
+
+
+def _consumed() -> set[str]:
+    """The queues some worker service consumes (a worker without -Q consumes every declared queue)."""
+    consumed: set[str] = set()
+    for service in SERVICES.values():
+        argv = _command(service)
+        if argv[:1] == ["celery"] and argv[3] == "worker":
+            consumed |= set(argv[argv.index("-Q") + 1].split(",")) if "-Q" in argv else _declared(Settings())
+    return consumed
+
+
+def test_every_queue_has_a_worker_and_reconcile_runs_have_one_of_their_own() -> None:
+    settings = Settings()
+    assert _consumed() == _declared(settings)
+    for name, service in SERVICES.items():
+        argv = _command(service)
+        if argv[:1] == ["celery"] and argv[3] == "worker":
+            queues = set(argv[argv.index("-Q") + 1].split(",")) if "-Q" in argv else _declared(settings)
+            # A backfill never takes the prefork slot a drain is waiting for.
+            assert not (settings.queue in queues and settings.reconcile_queue in queues), name
 
 
 def test_the_worker_publishes_the_metrics_port_it_serves() -> None:

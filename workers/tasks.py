@@ -29,7 +29,7 @@ def drain_facility(self: object, facility_id: str) -> dict[str, int]:
             enqueue_drain(celery_app, rt.settings.queue, facility_id)
         if report.reconcile_requested:
             # The request is in Postgres already: this only saves waiting for the fan-out's next tick.
-            enqueue_reconcile(celery_app, rt.settings.periodic_queue, facility_id, trigger="no-focus")
+            enqueue_reconcile(celery_app, rt.settings.reconcile_queue, facility_id, trigger="no-focus")
         if report.claimed:
             log.info(
                 "ingest.drained",

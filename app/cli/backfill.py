@@ -117,7 +117,7 @@ def backfill(
             try:
                 report = reconcile_facility(
                     sessions,
-                    clients.get,
+                    clients.background,
                     facility,
                     run_settings,
                     trigger="backfill",

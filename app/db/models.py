@@ -150,6 +150,11 @@ class InboxRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     done_at: Mapped[datetime | None]
     claim_token: Mapped[str | None] = mapped_column(UUID(as_uuid=False))  # the current claim's owner
+    # What the notification announced: the focus's version (``/_history/n``) and the event's time (when
+    # precise). A read older than either is a lagging replica's: the row is read again (reason
+    # ``older_than_notified``), not closed.
+    notified_version: Mapped[str | None] = mapped_column(String(64))
+    notified_at: Mapped[datetime | None]
 
 
 class Resource(Base):

@@ -1,4 +1,7 @@
-"""One long-lived EHR client per facility per process, rebuilt when the facility's config changes."""
+"""One long-lived EHR client per facility and priority per process, rebuilt when the facility's config
+changes. ``get`` is the live client (notification fetches); ``background`` the reconciler's and the
+backfill's, which shares the facility's token and politeness budget but yields to live fetches
+(``app.ehr.politeness``)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from app.db.models import Facility
 from app.ehr import token_events
 from app.ehr.auth import SmartBackendAuth
 from app.ehr.client import EHRClient
-from app.ehr.politeness import Politeness, RedisPoliteness, Unlimited
+from app.ehr.politeness import BACKGROUND, LIVE, Politeness, Priority, RedisPoliteness, Unlimited
 from app.ehr.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
 from app.ehr.token_events import TokenEventSink
 from app.facilities.schemas import AuthConfig, LimitsConfig
@@ -48,30 +51,39 @@ class EHRClientPool:
         self._attempts = attempts
         self._max_delay_s = max_delay_s
         self._memory_tokens = MemoryTokenCache()
-        self._clients: dict[str, tuple[datetime, EHRClient]] = {}
+        self._clients: dict[tuple[str, Priority], tuple[datetime, EHRClient]] = {}
         self._lock = threading.Lock()
 
     def get(self, facility: Facility) -> EHRClient:
+        """The facility's live client: notification fetches, which go first."""
+        return self._client(facility, LIVE)
+
+    def background(self, facility: Facility) -> EHRClient:
+        """The facility's background client (reconcile, backfill): same token and budget, lower priority."""
+        return self._client(facility, BACKGROUND)
+
+    def _client(self, facility: Facility, priority: Priority) -> EHRClient:
+        key = (facility.id, priority)
         with self._lock:
-            cached = self._clients.get(facility.id)
+            cached = self._clients.get(key)
             if cached is not None and cached[0] == facility.updated_at:
                 return cached[1]
             if cached is not None:
                 cached[1].close()
-            client = self._build(facility)
-            self._clients[facility.id] = (facility.updated_at, client)
+            client = self._build(facility, priority)
+            self._clients[key] = (facility.updated_at, client)
             return client
 
     def _token_cache(self) -> TokenCache:
         return RedisTokenCache(self._redis, self._prefix) if self._redis is not None else self._memory_tokens
 
-    def _politeness(self, facility: Facility) -> Politeness:
+    def _politeness(self, facility: Facility, priority: Priority) -> Politeness:
         if self._redis is None:
             return Unlimited()
         limits = LimitsConfig.model_validate(facility.limits or {})
-        return RedisPoliteness(self._redis, self._prefix, facility.id, limits)
+        return RedisPoliteness(self._redis, self._prefix, facility.id, limits, priority=priority)
 
-    def _build(self, facility: Facility) -> EHRClient:
+    def _build(self, facility: Facility, priority: Priority) -> EHRClient:
         config = AuthConfig.model_validate(facility.auth)
         adapter = adapter_for(facility.vendor, mrn_system=facility.mrn_system)
         # Redirects are followed by EHRClient itself, and only inside the base URL.
@@ -92,7 +104,7 @@ class EHRClientPool:
             base_url=facility.base_url,
             auth=auth,
             http=http,
-            politeness=self._politeness(facility),
+            politeness=self._politeness(facility, priority),
             attempts=self._attempts,
             max_delay_s=self._max_delay_s,
             server_error=adapter.server_error,

@@ -43,7 +43,7 @@ from app.db.models import (
     Facility,
 )
 from app.ehr.client import EHRClient
-from app.errors import IngestError, InternalError, NotFoundUnconfirmed, RevivalUnverified
+from app.errors import IngestError, InternalError, NotFoundUnconfirmed, OlderThanNotified, RevivalUnverified
 from app.fhir import jsonwire
 from app.fhir.references import ResourceRef
 from app.fhir.resources import resource_meta
@@ -72,6 +72,8 @@ class ClaimedRow:
     focus_identifier: str | None = None  # "system|value": a focus named by identifier only
     claim_token: str | None = None
     previous_reason: str | None = None  # the reason of the row's last failed attempt, if any
+    notified_version: str | None = None  # what the notification announced (``app.ingest.inbox``)
+    notified_at: datetime | None = None
 
 
 @dataclass
@@ -111,6 +113,8 @@ def claim(session: Session, facility_id: str, *, limit: int, lease: timedelta) -
             focus_identifier=r.focus_identifier,
             claim_token=str(r.claim_token),
             previous_reason=r.reason,
+            notified_version=r.notified_version,
+            notified_at=r.notified_at,
         )
         for r in rows
     ]
@@ -229,11 +233,14 @@ def _record(
     report = DrainReport(claimed=len(plan.rows()))
     items: list[Observed] = []
     done: list[ClaimedRow] = []
+    slack = pipeline.adapter.notified_time_slack
+    lagging: dict[ResourceRef, list[ClaimedRow]] = {}
     for ref, waiting in plan.by_focus.items():
         outcome = _confirmed(fetched.reads[ref], waiting, pipeline.adapter)
         if isinstance(outcome, Observed):
-            items.append(outcome)
-            done += waiting
+            items.append(outcome)  # stored all the same: it may still be newer than what we hold
+            lagging[ref] = _behind(_served(outcome.resource), waiting, slack)
+            done += [r for r in waiting if r not in lagging[ref]]
         else:
             _record_failure(
                 session,
@@ -266,6 +273,11 @@ def _record(
         report.reasons[reason] = report.reasons.get(reason, 0) + n
     stats = pipeline.store(session, items)
     report.stale += stats.stale
+    lagging = {ref: rows for ref, rows in lagging.items() if rows}
+    if lagging:
+        done += _record_lagging(
+            session, plan.facility_id, lagging, slack=slack, settings=settings, report=report
+        )
     # A payload the store would not let revive a tombstone (committed between our check and the store):
     # its row is read next time, like any payload for a tombstoned resource.
     alone = [row for row, _ in plan.payloads if row.id not in plan.read_too]
@@ -310,6 +322,92 @@ def _record(
         )
         report.reconcile_requested = True
     return report
+
+
+#: A version as a read served it: ``meta.versionId`` and ``meta.lastUpdated``.
+Served = tuple[str | None, datetime | None]
+
+
+def _served(resource: dict[str, Any] | None) -> Served | None:
+    if resource is None:
+        return None  # a tombstone: the latest state there is
+    meta = resource_meta(resource)
+    return meta.version_id, meta.last_updated
+
+
+def _behind(served: Served | None, rows: list[ClaimedRow], slack: timedelta) -> list[ClaimedRow]:
+    """The rows whose notification announced something newer than ``served``."""
+    return [r for r in rows if served is not None and _older_than_notified(served, r, slack)]
+
+
+def _older_than_notified(served: Served, row: ClaimedRow, slack: timedelta) -> bool:
+    """Whether ``served`` is older than what ``row``'s notification announced: by version when both are
+    numbers (versionIds are opaque otherwise: an equal one is the announced version), else by time, at
+    the coarser of the two precisions (a lastUpdated to the second against an event time with
+    milliseconds), less the vendor's slack. Nothing announced, or nothing to compare: not older."""
+    version, last_updated = served
+    notified = row.notified_version
+    if notified is not None and version is not None:
+        if notified.isdigit() and version.isdigit():
+            return int(version) < int(notified)
+        if version == notified:
+            return False
+    if row.notified_at is None or last_updated is None:
+        return False
+    announced = row.notified_at if last_updated.microsecond else row.notified_at.replace(microsecond=0)
+    return last_updated < announced - slack
+
+
+def _record_lagging(
+    session: Session,
+    facility_id: str,
+    lagging: dict[ResourceRef, list[ClaimedRow]],
+    *,
+    slack: timedelta,
+    settings: Settings,
+    report: DrainReport,
+) -> list[ClaimedRow]:
+    """Rows whose read was older than notified (a lagging replica): those whose resource is now stored at
+    the announced version or later (by another row, a reconcile) are returned, to be marked done; the
+    others are backed off with ``older_than_notified`` and read again, dead-lettered after
+    ``max_attempts`` with that reason, so the newer version is never silently missed."""
+    keys = {"facility_id": [facility_id] * len(lagging)}
+    keys |= {
+        "resource_type": [r.resource_type for r in lagging],
+        "resource_id": [r.resource_id for r in lagging],
+    }
+    stored = {
+        ResourceRef(r.resource_type, r.resource_id): (r.version_id, r.last_updated, r.deleted)
+        for r in session.execute(queries.STORED_VERSIONS, keys)
+    }
+    caught_up: list[ClaimedRow] = []
+    for ref, rows in lagging.items():
+        held = stored.get(ref)
+        if held is not None and held[2]:
+            caught_up += rows  # a tombstone is as late as it gets
+            continue
+        behind = _behind((held[0], held[1]) if held is not None else (None, None), rows, slack)
+        caught_up += [r for r in rows if r not in behind]
+        if not behind:
+            continue
+        log.info(
+            "ingest.fetch.older_than_notified",
+            facility_id=facility_id,
+            resource_type=ref.resource_type,
+            resource_id=ref.resource_id,
+            rows=len(behind),
+            attempts=max(r.attempts for r in behind),
+        )
+        _record_failure(
+            session,
+            behind,
+            OlderThanNotified("the read answered a version older than the notified one; read again"),
+            facility_id=facility_id,
+            resource_type=ref.resource_type,
+            settings=settings,
+            report=report,
+        )
+    return caught_up
 
 
 def _key(row: ClaimedRow) -> tuple[str, str] | None:

@@ -19,6 +19,7 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from typing import Any
 
 from app.db.models import SubscriptionLedger, string_bounds, truncated
@@ -69,6 +70,10 @@ class InboxEntry:
     interaction: Interaction | None
     payload: dict[str, Any] | None
     focus_identifier: str | None = None
+    # What the notification announced of the focus: its version (``/_history/n``) and the event's time
+    # (when precise). A read older than either is read again (``app.ingest.drain``: a lagging replica).
+    notified_version: str | None = None
+    notified_at: datetime | None = None
     # Index into the notification's LedgerObservation.numbers: the key gets that event's epoch.
     ledger_index: int | None = None
 
@@ -159,6 +164,8 @@ def intake_for(
                 interaction=event.interaction,
                 payload=event.resource,
                 focus_identifier=event.focus_identifier,
+                notified_version=event.focus.version if event.focus else None,
+                notified_at=event.timestamp.value if event.timestamp and event.timestamp.precise else None,
                 ledger_index=index,
             )
         )

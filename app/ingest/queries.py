@@ -29,7 +29,8 @@ CLAIM = text(
         FOR UPDATE SKIP LOCKED
     )
     RETURNING i.id, i.focus_type, i.focus_id, i.focus_identifier, i.interaction,
-              i.payload::text AS payload, i.attempts, i.received_at, i.claim_token, i.reason
+              i.payload::text AS payload, i.attempts, i.received_at, i.claim_token, i.reason,
+              i.notified_version, i.notified_at
     """  # noqa: S608
 )
 
@@ -147,16 +148,20 @@ CURRENT_HASHES = text(
     """
 )
 
-# Tombstoned resources among some keys: a payload for one of them is read instead (issue 9 item 1).
-TOMBSTONED = text(
-    """
-    SELECT r.resource_type, r.resource_id
+# The stored resources among some keys (three arrays of one length: facility, type, id).
+_RESOURCES_BY_KEY = """
     FROM resources r
     JOIN unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]))
          AS k(facility_id, resource_type, resource_id)
       ON r.facility_id = k.facility_id AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id
-    WHERE r.deleted
-    """
+"""
+
+# Tombstoned resources among some keys: a payload for one of them is read instead (issue 9 item 1).
+TOMBSTONED = text(f"SELECT r.resource_type, r.resource_id {_RESOURCES_BY_KEY} WHERE r.deleted")
+
+# What is stored of some resources (the drain's check of a read older than notified).
+STORED_VERSIONS = text(
+    f"SELECT r.resource_type, r.resource_id, r.version_id, r.last_updated, r.deleted {_RESOURCES_BY_KEY}"
 )
 
 INSERT_HISTORIES = text(

@@ -99,7 +99,10 @@ def with_epoch(entry: InboxEntry, epoch: int) -> InboxEntry:
 
 def _inbox_row(entry: InboxEntry) -> dict[str, Any]:
     # Not dataclasses.asdict: that deep-copies the payload, on the receiver's hot path.
-    return {c: getattr(entry, c) for c in INBOX_COLUMNS}
+    row = {c: getattr(entry, c) for c in INBOX_COLUMNS}
+    if entry.notified_at is not None:  # the rows travel as JSON
+        row["notified_at"] = entry.notified_at.isoformat()
+    return row
 
 
 def _ledger_row(state: LedgerState) -> dict[str, Any]:

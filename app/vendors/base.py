@@ -9,7 +9,7 @@ data attributes, or overrides a method for a quirk that would be wrong elsewhere
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from app.errors import EHRServerError, EHRServerErrorPermanent, IngestError
@@ -88,6 +88,14 @@ class VendorAdapter(Protocol):
         ...
 
     @property
+    def notified_time_slack(self) -> timedelta:
+        """How far a read's ``meta.lastUpdated`` may fall before the time a notification event announced
+        and still be the announced version. Zero where the event's time is its version's time (the IG's
+        "the instant this event occurred"; ehrsim); more for a sender that stamps events when it sends
+        them. A read older than that is a lagging replica's: the row is read again."""
+        ...
+
+    @property
     def notification_shapes(self) -> frozenset[NotificationShape]:
         """The notification shapes this vendor sends; a delivery in any other shape is refused by the
         receiver (kept in quarantine when it has a body)."""
@@ -112,6 +120,7 @@ class DefaultAdapter:
     reconcile_types: tuple[str, ...] = DEFAULT_TYPES
     event_identity: EventIdentity = "number"
     not_found_is_final: bool = False
+    notified_time_slack: timedelta = timedelta(0)
     # Standard FHIR: the Subscriptions Backport, R4B and R5 notification Bundles, a legacy R4 rest-hook's
     # bare resource or empty POST. Not another server's own formats (payload mode, announcing headers).
     notification_shapes: frozenset[NotificationShape] = frozenset(

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from devstack.processes import wait_until
 from devstack.scenario import Scenario
@@ -27,13 +26,7 @@ ENV = {"EHRI_RECONCILE_TICK": "PT0.5S"}
 
 
 def _sql(scenario: Scenario, statement: str, **params: Any) -> list[Any]:
-    engine = create_engine(scenario.database_url)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(text(statement), params)
-            return list(result) if result.returns_rows else []
-    finally:
-        engine.dispose()
+    return scenario.sql(statement, **params)
 
 
 def _configure(scenario: Scenario, **reconcile: Any) -> None:

@@ -246,21 +246,32 @@ async def test_a_failed_job_answers_its_polls_500_and_can_still_be_deleted(open_
 # -- lagging replica -------------------------------------------------------------------------------------
 
 
+async def _lagging(
+    client: httpx.AsyncClient, clock: FakeClock, *, created_type: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Replica lag of 30 s, then changes: an Observation updated, and a resource (of ``created_type``)
+    created after that update (as ground truth lists them)."""
+    await client.post("/_admin/general/faults", json={"replica_lag_s": 30})
+    await _changes(client, clock, 60)
+    truth = await _truth(client)
+    updated = next(
+        r for r in truth if r["resourceType"] == "Observation" and not r["deleted"] and r["versionId"] != "1"
+    )
+    created = next(
+        r
+        for r in truth
+        if r["versionId"] == "1"
+        and r["lastUpdated"] > updated["lastUpdated"]
+        and created_type in (None, r["resourceType"])
+    )
+    return updated, created
+
+
 async def test_a_lagging_replica_serves_the_older_version_until_it_catches_up(
     open_sim: OpenSim, clock: FakeClock
 ) -> None:
     async with open_sim("generic", patients=10) as client:
-        await client.post("/_admin/general/faults", json={"replica_lag_s": 30})
-        await _changes(client, clock, 60)
-        truth = await _truth(client)
-        updated = next(
-            r
-            for r in truth
-            if r["resourceType"] == "Observation" and not r["deleted"] and r["versionId"] != "1"
-        )
-        created = next(
-            r for r in truth if r["versionId"] == "1" and r["lastUpdated"] > updated["lastUpdated"]
-        )
+        updated, created = await _lagging(client, clock)
         behind = await client.get(f"{FHIR}/Observation/{updated['id']}")
         not_yet = await client.get(f"{FHIR}/{created['resourceType']}/{created['id']}")
         clock.advance(31)
@@ -271,3 +282,21 @@ async def test_a_lagging_replica_serves_the_older_version_until_it_catches_up(
     assert not_yet.status_code == 404
     assert caught_up.json()["meta"]["versionId"] == updated["versionId"]
     assert state["applied"]["replica_lag"] >= 2
+
+
+async def test_a_lagging_replica_answers_batch_reads_by_id_as_it_answers_reads(
+    open_sim: OpenSim, clock: FakeClock
+) -> None:
+    async with open_sim("generic", patients=10) as client:
+        updated, created = await _lagging(client, clock, created_type="Observation")
+        ids = f"{updated['id']},{created['id']}"
+        behind = (await client.get(f"{FHIR}/Observation", params={"_id": ids})).json()
+        clock.advance(31)
+        caught_up = (await client.get(f"{FHIR}/Observation", params={"_id": ids})).json()
+
+    def versions(bundle: dict[str, Any]) -> dict[str, str]:
+        return {e["resource"]["id"]: e["resource"]["meta"]["versionId"] for e in bundle.get("entry", [])}
+
+    assert created["id"] not in versions(behind)  # created since: not on the replica yet
+    assert int(versions(behind)[updated["id"]]) < int(updated["versionId"])
+    assert versions(caught_up) == {updated["id"]: updated["versionId"], created["id"]: created["versionId"]}

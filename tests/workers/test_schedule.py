@@ -40,4 +40,6 @@ def test_gaps_are_checked_on_the_reconcile_tick_by_tasks_the_worker_registers() 
     )
     assert {GAPS_FAN_OUT_TASK, GAPS_TASK} <= set(celery_app.tasks)
     routes = celery_app.conf.task_routes
-    assert routes[GAPS_TASK] == routes[GAPS_FAN_OUT_TASK] == {"queue": Settings().periodic_queue}
+    assert routes[GAPS_FAN_OUT_TASK] == {"queue": Settings().periodic_queue}
+    # a pass's $events reads are recovery, like a reconcile's: on its queue, never ahead of live fetches
+    assert routes[GAPS_TASK] == {"queue": Settings().reconcile_queue}

@@ -59,13 +59,28 @@ def settings() -> Settings:
     return Settings(max_attempts=4, retry_base=timedelta(seconds=1))
 
 
-def _enqueue(db: Session, key: str, *, interaction: str | None = None, payload: Any = None) -> None:
+def _enqueue(
+    db: Session,
+    key: str,
+    *,
+    interaction: str | None = None,
+    payload: Any = None,
+    notified_version: str | None = None,
+    notified_at: str | None = None,
+) -> None:
     db.execute(
         text(
-            "INSERT INTO inbox (facility_id, dedup_key, focus_type, focus_id, interaction, payload)"
-            " VALUES ('fac-1', :k, 'Observation', 'o1', :i, CAST(:p AS jsonb))"
+            "INSERT INTO inbox (facility_id, dedup_key, focus_type, focus_id, interaction, payload,"
+            " notified_version, notified_at)"
+            " VALUES ('fac-1', :k, 'Observation', 'o1', :i, CAST(:p AS jsonb), :v, CAST(:t AS timestamptz))"
         ),
-        {"k": key, "i": interaction, "p": json.dumps(payload) if payload is not None else None},
+        {
+            "k": key,
+            "i": interaction,
+            "p": json.dumps(payload) if payload is not None else None,
+            "v": notified_version,
+            "t": notified_at,
+        },
     )
 
 
@@ -251,3 +266,65 @@ def test_a_payload_without_meta_is_fetched_instead_of_replacing_a_versioned_reso
     body = db.execute(text("SELECT resource FROM resources WHERE resource_id = 'o1'")).scalar_one()
     assert body["meta"]["versionId"] == "1"
     assert body["valueQuantity"]["value"] == 1.0
+
+
+# -- older than notified: a lagging replica is read again ---------------------------------------------
+
+
+def test_a_read_older_than_the_notified_version_is_read_again_until_the_newer_one_is_stored(
+    db: Session, facility: Facility, ehr: EHR, settings: Settings
+) -> None:
+    _live(db, facility, ehr, settings)  # the replica still answers V1
+    _enqueue(db, "update", interaction="update", notified_version="2")
+    report = _drain(db, facility, ehr, settings)
+    assert report.retried == 1
+    assert _rows(db)[-1] == ("update", "pending", "older_than_notified")
+    ehr.answer = httpx.Response(200, json=V2)  # the replica caught up
+    _drain(db, facility, ehr, settings)
+    assert _resource(db) == (False, None, "2")
+    assert _rows(db)[-1] == ("update", "done", None)
+
+
+def test_without_a_version_the_notified_time_tells_a_lagging_read(
+    db: Session, facility: Facility, ehr: EHR, settings: Settings
+) -> None:
+    _live(db, facility, ehr, settings)
+    _enqueue(db, "update", notified_at="2026-11-24T10:05:00Z")  # V2's time
+    _drain(db, facility, ehr, settings)
+    assert _rows(db)[-1] == ("update", "pending", "older_than_notified")
+    ehr.answer = httpx.Response(200, json=V2)
+    _drain(db, facility, ehr, settings)
+    assert (_resource(db), _rows(db)[-1]) == ((False, None, "2"), ("update", "done", None))
+
+
+def test_a_read_at_the_notified_version_or_time_closes_the_event_at_once(
+    db: Session, facility: Facility, ehr: EHR, settings: Settings
+) -> None:
+    _enqueue(db, "create", notified_version="1", notified_at="2026-11-24T10:00:00Z")
+    _enqueue(db, "opaque", notified_version="abc", notified_at="2026-11-24T09:00:00Z")
+    report = _drain(db, facility, ehr, settings)
+    assert (report.done, report.retried) == (2, 0)
+
+
+def test_a_replica_that_never_catches_up_is_dead_lettered_with_its_reason_after_the_bound(
+    db: Session, facility: Facility, ehr: EHR, settings: Settings
+) -> None:
+    _enqueue(db, "update", notified_version="2")
+    for _ in range(settings.max_attempts):
+        _drain(db, facility, ehr, settings)
+    assert _rows(db)[-1] == ("update", "dead", "older_than_notified")
+    assert ehr.reads == settings.max_attempts
+    assert _resource(db) == (False, None, "1")  # what the replica had is stored meanwhile
+
+
+def test_a_lagging_read_of_a_resource_already_stored_newer_closes_the_event(
+    db: Session, facility: Facility, ehr: EHR, settings: Settings
+) -> None:
+    ehr.answer = httpx.Response(200, json=V2)
+    _enqueue(db, "reconciled")
+    _drain(db, facility, ehr, settings)  # V2 stored (as a reconcile would)
+    ehr.answer = httpx.Response(200, json=V1)  # a lagging replica
+    _enqueue(db, "update", notified_version="2")
+    report = _drain(db, facility, ehr, settings)
+    assert (report.done, report.retried, report.stale) == (1, 0, 1)
+    assert _resource(db) == (False, None, "2")

@@ -99,6 +99,24 @@ def test_numbered_events_are_keyed_by_subscription_and_number_and_await_their_ep
     assert with_epoch(entry, 2).dedup_key.endswith("|e2")
 
 
+def test_an_entry_keeps_what_its_event_announced_the_version_and_the_precise_time() -> None:
+    n = parse_notification(backport_id_only([(9, "Patient/p1/_history/3"), (10, "Patient/p2")]), BASE)
+    versioned, bare = intake_for("f", n).entries
+    assert (versioned.notified_version, versioned.notified_at) == (
+        "3",
+        datetime(2026, 11, 24, 10, tzinfo=UTC),
+    )
+    assert (bare.notified_version, bare.focus_id) == (None, "p2")
+    dated = backport_id_only([(11, "Patient/p3")])
+    dated["entry"][0]["resource"]["parameter"][-1]["part"][1] = {
+        "name": "timestamp",
+        "valueDate": "2026-11-24",
+    }
+    assert (
+        intake_for("f", parse_notification(dated, BASE)).entries[0].notified_at is None
+    )  # a day orders nothing
+
+
 def test_athena_events_are_keyed_by_event_id_and_skip_the_numbers() -> None:
     focus = {"reference": "Patient/p1"}
     body = r4b_bundle(subscription_status([athena_event("A", focus), athena_event("B", focus)], since="1"))
