@@ -133,7 +133,7 @@ def gaps_fan_out() -> int:
     with rt.sessions() as session:
         facility_ids = facilities_with_numbered_subscriptions(session)
     for facility_id in facility_ids:
-        celery_app.send_task(GAPS_TASK, args=[facility_id], queue=rt.settings.periodic_queue)
+        celery_app.send_task(GAPS_TASK, args=[facility_id], queue=rt.settings.reconcile_queue)
     return len(facility_ids)
 
 
