@@ -143,3 +143,56 @@ RECONCILE_RUNS = Counter(
     "Reconcile runs per facility and resource type, by outcome (complete, partial, a reason slug).",
     ["facility", "resource_type", "outcome"],
 )
+
+
+# -- feed health (app.feeds): set on every evaluation; labels are facility ids, sources
+# (subscription:{id}, adt, facility) and kind slugs only. mostrecent: under a worker's multiprocess
+# registry the last evaluation wins, with no pid label.
+FEED_CONDITION = Gauge(
+    "ehri_feed_condition",
+    "1 while a feed-health condition holds for (facility, source, kind), 0 once evaluated healthy.",
+    ["facility", "source", "kind"],
+    multiprocess_mode="mostrecent",
+)
+FEED_LAST_EVENT_AGE = Gauge(
+    "ehri_feed_last_event_age_seconds",
+    "Seconds since the source's last event (absent: never one).",
+    ["facility", "source"],
+    multiprocess_mode="mostrecent",
+)
+FEED_LAST_HEARTBEAT_AGE = Gauge(
+    "ehri_feed_last_heartbeat_age_seconds",
+    "Seconds since the source's last heartbeat (absent: never one).",
+    ["facility", "source"],
+    multiprocess_mode="mostrecent",
+)
+FEED_EVENTS_LAST_HOUR = Gauge(
+    "ehri_feed_events_last_hour",
+    "Events the source brought in the last hour.",
+    ["facility", "source"],
+    multiprocess_mode="mostrecent",
+)
+FEED_BACKLOG = Gauge(
+    "ehri_feed_backlog", "Undone inbox and ADT rows.", ["facility"], multiprocess_mode="mostrecent"
+)
+FEED_BACKLOG_OLDEST_AGE = Gauge(
+    "ehri_feed_backlog_oldest_age_seconds",
+    "Age of the oldest undone inbox or ADT row (0: none).",
+    ["facility"],
+    multiprocess_mode="mostrecent",
+)
+FEED_FAILURES = Gauge(
+    "ehri_feed_failures",
+    "Failures in the facility's error window, by kind (fetch, auth, quarantine).",
+    ["facility", "kind"],
+    multiprocess_mode="mostrecent",
+)
+FEED_DEAD_LETTERS = Gauge(
+    "ehri_feed_dead_letters", "Dead letters (inbox and ADT).", ["facility"], multiprocess_mode="mostrecent"
+)
+FEED_RECOVERED_LAST_HOUR = Gauge(
+    "ehri_feed_recovered_last_hour",
+    "Changes the reconciler recovered in the last hour (no notification delivered them).",
+    ["facility"],
+    multiprocess_mode="mostrecent",
+)

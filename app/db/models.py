@@ -20,6 +20,7 @@
 - ``facility_subscriptions``: the Subscription we keep at each facility's EHR, as the server accepted it.
 - ``reconcile_requests``: time windows someone asked the reconciler to search again (a subscription found
   in ``error``/``off``); the engine consumes them.
+- ``feed_checks``: a source suspected quiet, the reconcile it asked for and what that found (``app.feeds``).
 - ``adt_inbox``: HL7 v2 ADT messages, committed before their ``AA``, and the patient re-reads they ask
   for; ``adt_quarantine``: v2 messages answered ``AR``.
 """
@@ -101,6 +102,8 @@ class Facility(Base):
     subscription: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     # the YAML's ``reconcile:`` block (``app.facilities.schemas.ReconcileConfig``); {} means the defaults
     reconcile: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # the YAML's ``feed_health:`` block (``app.facilities.schemas.FeedHealthConfig``); {} means the defaults
+    feed_health: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -117,6 +120,7 @@ class InboxRow(Base):
             postgresql_where=text(f"status = '{INBOX_PENDING}'"),
         ),
         Index("ix_inbox_dead", "facility_id", "reason", postgresql_where=text(f"status = '{INBOX_DEAD}'")),
+        Index("ix_inbox_received_at", "received_at"),  # feed health's time windows
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -318,6 +322,7 @@ class AdtMessage(Base):
             postgresql_where=text(f"status = '{INBOX_PENDING}'"),
         ),
         Index("ix_adt_inbox_patient", "facility_id", "mrn"),
+        Index("ix_adt_inbox_received_at", "received_at"),  # feed health's time windows
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -404,7 +409,10 @@ class RecoveredChange(Base):
     """A change the reconciler applied that no notification had delivered (the coverage ledger)."""
 
     __tablename__ = "reconcile_recovered"
-    __table_args__ = (Index("ix_reconcile_recovered_facility_id", "facility_id", "resource_type"),)
+    __table_args__ = (
+        Index("ix_reconcile_recovered_facility_id", "facility_id", "resource_type"),
+        Index("ix_reconcile_recovered_recovered_at", "facility_id", "recovered_at"),  # feed health's windows
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
@@ -524,3 +532,31 @@ class ReconcileRequest(Base):
     subscription_id: Mapped[str | None] = mapped_column(Text)
     requested_at: Mapped[datetime] = mapped_column(server_default=func.now())
     consumed_at: Mapped[datetime | None]
+
+
+class FeedCheck(Base):
+    """A source suspected quiet (``app.feeds.service``): the reconcile it asked for decides whether the
+    silence hid changes (``leaking``: recovered > 0) or the data genuinely stopped changing (``quiet``)."""
+
+    __tablename__ = "feed_checks"
+    __table_args__ = (
+        Index(
+            "ix_feed_checks_open",
+            "facility_id",
+            "source",
+            unique=True,
+            postgresql_where=text("outcome IS NULL"),
+        ),
+        Index("ix_feed_checks_facility_id", "facility_id", "source", "suspected_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    source: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(32))
+    suspected_at: Mapped[datetime]
+    silent_since: Mapped[datetime | None]
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    recovered: Mapped[int | None] = mapped_column(Integer)
+    decided_at: Mapped[datetime | None]

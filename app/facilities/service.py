@@ -51,6 +51,7 @@ def _row_values(cfg: FacilityConfig) -> dict[str, Any]:
         "change_detection": dict(cfg.change_detection),
         "subscription": cfg.subscription.model_dump(mode="json") if cfg.subscription else {},
         "reconcile": cfg.reconcile.model_dump(mode="json", exclude_defaults=True),
+        "feed_health": cfg.feed_health.model_dump(mode="json", exclude_defaults=True),
     }
 
 
