@@ -15,6 +15,7 @@ from app.cli import (
     dead_letters,
     dev,
     facilities,
+    feeds,
     mllp,
     quarantine,
     reconcile,
@@ -57,6 +58,7 @@ cli.add_typer(mllp.cli, name="mllp")
 cli.add_typer(adt.cli, name="adt")
 cli.add_typer(reconcile.cli, name="reconcile")
 cli.command("backfill")(backfill.backfill)
+cli.command("feeds")(feeds.feeds)
 cli.command("serve")(serve.serve)
 cli.command("sim")(dev.sim)
 cli.command("demo")(dev.demo)

@@ -17,7 +17,14 @@ from sqlalchemy.orm import Session
 
 from app.alerts.conditions import Condition
 from app.db.models import Facility
-from app.errors import EHRAuthRejected, EHRForbidden, EHRTokenExpired, PolitenessThrottled, reasons
+from app.errors import (
+    EHRAuthRejected,
+    EHRForbidden,
+    EHRTokenExpired,
+    IngestError,
+    PolitenessThrottled,
+    reasons,
+)
 from app.facilities.schemas import FeedHealthConfig
 from app.feeds import queries
 from app.feeds.detectors import Detection, Key, Suspect, detect
@@ -33,8 +40,10 @@ QUIET_TRIGGER = "feed_quiet"
 _HOUR = timedelta(hours=1)
 
 
-def _reason_slugs(*bases: type[Exception]) -> list[str]:
-    return sorted(slug for slug, cls in reasons().items() if issubclass(cls, bases))
+def _reason_slugs(*bases: type[IngestError]) -> list[str]:
+    """The slugs of ``bases`` and of every class below them (an abstract base's own slug included)."""
+    below = {slug for slug, cls in reasons().items() if issubclass(cls, bases)}
+    return sorted(below | {base.reason for base in bases})
 
 
 #: Inbox reasons that are authentication failures (revoked or wrong credentials, a token refused twice,
@@ -60,6 +69,7 @@ def feed_health(session: Session, now: datetime, *, facility: str | None = None)
     facilities = list(session.scalars(query))
     if not facilities:
         return []
+    by_id = {f.id: f for f in facilities}
     configs = {f.id: facility_config(f) for f in facilities}
     fids = [f.id for f in facilities]
     params = {
@@ -84,7 +94,7 @@ def feed_health(session: Session, now: datetime, *, facility: str | None = None)
     }
     sources: dict[str, list[SourceHealth]] = {}
     for r in session.execute(queries.SOURCES, {**params, "span_s": span}):
-        fac = next(f for f in facilities if f.id == r.facility_id)
+        fac = by_id[r.facility_id]
         sources.setdefault(r.facility_id, []).append(
             SourceHealth(
                 facility_id=r.facility_id,
@@ -108,11 +118,20 @@ def feed_health(session: Session, now: datetime, *, facility: str | None = None)
                 check=checks.get((r.facility_id, r.source)),
             )
         )
+    for (fid, name), counts in history.items():
+        # Seen at this time of past weeks, silent since (beyond every recent window): the quietest source.
+        if not any(s.source == name for s in sources.get(fid, [])):
+            fac = by_id[fid]
+            sources.setdefault(fid, []).append(
+                SourceHealth(
+                    fid, name, history=_learned(counts, fac, configs[fid], now), check=checks.get((fid, name))
+                )
+            )
     found = []
     for r in session.execute(
         queries.FACILITIES, {**params, "auth_reasons": AUTH_REASONS, "not_failures": NOT_FAILURES}
     ):
-        fac = next(f for f in facilities if f.id == r.facility_id)
+        fac = by_id[r.facility_id]
         found.append(
             FacilityHealth(
                 facility_id=r.facility_id,
@@ -135,7 +154,7 @@ def feed_health(session: Session, now: datetime, *, facility: str | None = None)
                 probe_reason=r.probe_reason,
                 reconciled_at=r.reconciled_at,
                 reconcile_outcome=r.reconcile_outcome,
-                sources=tuple(sources.get(r.facility_id, [])),
+                sources=tuple(sorted(sources.get(r.facility_id, []), key=lambda s: s.source)),
             )
         )
     return found
