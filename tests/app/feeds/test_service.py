@@ -132,7 +132,7 @@ def test_a_ledger_subscription_and_the_kept_one_are_one_source_with_heartbeats_a
 
     assert [s.source for s in facility.sources] == ["subscription:-", "subscription:abc"]
     sub = _source(facility, "subscription:abc")
-    assert sub.subscribed and sub.heartbeat_s == 60 and sub.status == "active"
+    assert (sub.subscribed, sub.heartbeat_s, sub.status) == (True, 60, "active")
     assert sub.last_heartbeat_at == NOW - timedelta(minutes=2)
     assert sub.last_event_at == NOW - timedelta(minutes=7)
     assert sub.open_gaps == 4
