@@ -47,6 +47,7 @@ facilities:
       off_hours_expected_per_hour: null   # nights and weekends, likewise
       min_expected: 5                     # floor: a window expected to bring fewer events is not judged
       off_hours_min_expected: 20          # the floor at night and at weekends (sparse traffic is no signal)
+      history_weeks: 4                    # the expected rate: the same hour of this many past weeks
       quiet_ratio: 0.1                    # quiet below ratio x the expected events
       error_window: PT15M                 # the window of error_rate
       error_rate: 0.2                     # failures / (events + failures) above this ...
@@ -54,6 +55,7 @@ facilities:
       backlog_age: PT15M                  # the oldest undone inbox or ADT row older than this
       leak_window: PT1H                   # feed_leaking: the reconciler recovered, in this window ...
       leak_min: 3                         # ... at least this many changes while notifications arrived
+      subscription_down_after: PT10M      # error/off and nothing received this long after re-activation
 ```
 Secrets are references (a file path or an environment variable name); their values never enter the database.
 
