@@ -42,7 +42,12 @@ def test_the_block_is_stored_as_given_and_read_back_with_the_defaults(db: Sessio
     apply_facilities(db, load_facilities_file(_write(tmp_path, YAML)))
     [facility] = list_facilities(db)
 
-    assert set(facility.feed_health) == {"detection_latency", "timezone", "business_hours", "expected_per_hour"}
+    assert set(facility.feed_health) == {
+        "detection_latency",
+        "timezone",
+        "business_hours",
+        "expected_per_hour",
+    }
     config = facility_config(facility)
     assert config.detection_latency == timedelta(minutes=30)
     assert config.business_hours.days == [1, 2, 3, 4, 5, 6]
@@ -50,7 +55,9 @@ def test_the_block_is_stored_as_given_and_read_back_with_the_defaults(db: Sessio
 
 
 def test_a_facility_without_the_block_gets_the_documented_defaults(db: Session, tmp_path: Path) -> None:
-    apply_facilities(db, load_facilities_file(_write(tmp_path, YAML.split("    feed_health:")[0])))
+    apply_facilities(
+        db, load_facilities_file(_write(tmp_path, YAML.split("    feed_health:", maxsplit=1)[0]))
+    )
     [facility] = list_facilities(db)
 
     assert facility.feed_health == {}
