@@ -183,7 +183,7 @@ FEED_BACKLOG_OLDEST_AGE = Gauge(
 )
 FEED_FAILURES = Gauge(
     "ehri_feed_failures",
-    "Failures in the facility's error window, by kind (fetch, auth, quarantine).",
+    "Failures in the facility's error window, by kind (fetch, auth, signature, quarantine).",
     ["facility", "kind"],
     multiprocess_mode="mostrecent",
 )

@@ -26,7 +26,8 @@ def feeds(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON document on stdout")] = False,
 ) -> None:
     """Feed health per facility and source (each subscription, the ADT feed): last event and heartbeat,
-    events in the last hour, backlog and its oldest, failures in the error window, quarantined bodies,
+    events in the last hour, backlog and its oldest, failures in the error window (fetch, auth,
+    signature), quarantined bodies,
     dead letters and what the reconciler recovered; then the conditions that hold now (read only: no
     quiet check is opened, no alert is sent)."""
     import json
@@ -70,7 +71,7 @@ def feeds(
                 "",
                 str(h.events_last_hour),
                 f"{h.backlog} ({oldest})" if h.backlog else "0",
-                f"{h.fetch_failures}/{h.auth_failures}",
+                f"{h.fetch_failures}/{h.auth_failures}/{h.signature_failures}",
                 f"{h.quarantined} (+{h.quarantined_recent})",
                 f"{h.dead_letters} (+{h.dead_letters_new})",
                 str(h.recovered_last_hour),
@@ -110,7 +111,7 @@ def feeds(
             "last heartbeat",
             "events/h",
             "backlog (oldest)",
-            "fetch/auth fail",
+            "fetch/auth/sig fail",
             "quarantined",
             "dead letters",
             "recovered/h",

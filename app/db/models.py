@@ -20,6 +20,7 @@
 - ``facility_subscriptions``: the Subscription we keep at each facility's EHR, as the server accepted it.
 - ``reconcile_requests``: time windows someone asked the reconciler to search again (a subscription found
   in ``error``/``off``); the engine consumes them.
+- ``webhook_refusals``: a known facility's deliveries refused with 401, per minute and reason.
 - ``feed_checks``: a source suspected quiet, the reconcile it asked for and what that found (``app.feeds``).
 - ``adt_inbox``: HL7 v2 ADT messages, committed before their ``AA``, and the patient re-reads they ask
   for; ``adt_quarantine``: v2 messages answered ``AR``.
@@ -560,3 +561,16 @@ class FeedCheck(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))
     recovered: Mapped[int | None] = mapped_column(Integer)
     decided_at: Mapped[datetime | None]
+
+
+class WebhookRefusal(Base):
+    """A known facility's deliveries refused with 401 (wrong secret, missing or bad signature), counted
+    per minute and reason (``app.ingest.refusals``): feed health's signature failures."""
+
+    __tablename__ = "webhook_refusals"
+    __table_args__ = (Index("ix_webhook_refusals_minute", "minute"),)
+
+    facility_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(primary_key=True)
+    refusals: Mapped[int] = mapped_column(BigInteger)

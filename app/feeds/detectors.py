@@ -205,7 +205,12 @@ def _window_events(facility: FacilityHealth, attribute: str) -> int:
 
 def detect_error_rate(facility: FacilityHealth, now: datetime) -> Condition | None:
     config = facility.config
-    failures = facility.fetch_failures + facility.auth_failures + facility.quarantined_recent
+    failures = (
+        facility.fetch_failures
+        + facility.auth_failures
+        + facility.signature_failures
+        + facility.quarantined_recent
+    )
     events = _window_events(facility, "events_in_error_window")
     if failures < config.error_min:
         return None
@@ -218,13 +223,14 @@ def detect_error_rate(facility: FacilityHealth, now: datetime) -> Condition | No
         "error_rate",
         f"{failures} failures against {events} events in {_minutes(config.error_window)} at "
         f"{facility.facility_id} (fetch {facility.fetch_failures}, auth {facility.auth_failures}, "
-        f"quarantined {facility.quarantined_recent})",
+        f"signature {facility.signature_failures}, quarantined {facility.quarantined_recent})",
         details={
             "failures": failures,
             "events": events,
             "rate": round(rate, 3),
             "fetch": facility.fetch_failures,
             "auth": facility.auth_failures,
+            "signature": facility.signature_failures,
             "quarantined": facility.quarantined_recent,
             "window_s": config.error_window.total_seconds(),
         },

@@ -99,6 +99,8 @@ class FacilityHealth:
     backlog_oldest_at: datetime | None = None
     fetch_failures: int = 0  # in the error window: rows backing off now or dead-lettered in it
     auth_failures: int = 0  # likewise for authentication reasons, plus token refusals
+    #: deliveries refused with 401 in the error window (wrong secret, missing or bad signature)
+    signature_failures: int = 0
     quarantined: int = 0  # bodies kept in quarantine (webhook and ADT)
     quarantined_recent: int = 0  # of which received in the error window
     dead_letters: int = 0
@@ -132,6 +134,7 @@ class FacilityHealth:
             "backlog_oldest_at": _iso(self.backlog_oldest_at),
             "fetch_failures": self.fetch_failures,
             "auth_failures": self.auth_failures,
+            "signature_failures": self.signature_failures,
             "quarantined": self.quarantined,
             "quarantined_recent": self.quarantined_recent,
             "dead_letters": self.dead_letters,

@@ -36,6 +36,7 @@ def record_feed_health(
         FEED_BACKLOG_OLDEST_AGE.labels(fid).set((now - oldest).total_seconds() if oldest else 0)
         FEED_FAILURES.labels(fid, "fetch").set(facility.fetch_failures)
         FEED_FAILURES.labels(fid, "auth").set(facility.auth_failures)
+        FEED_FAILURES.labels(fid, "signature").set(facility.signature_failures)
         FEED_FAILURES.labels(fid, "quarantine").set(facility.quarantined_recent)
         FEED_DEAD_LETTERS.labels(fid).set(facility.dead_letters)
         FEED_RECOVERED_LAST_HOUR.labels(fid).set(facility.recovered_last_hour)

@@ -141,7 +141,9 @@ HISTORY = text(
 
 # Statuses and event names are interpolated from constants (never user input), hence the S608 noqa.
 #: Per facility: backlog (undone inbox and ADT rows) and its oldest, fetch and auth failures in the error
-#: window (rows backing off now, rows dead-lettered in the window, token refusals), quarantined bodies,
+#: window (rows backing off now, rows dead-lettered in the window, token refusals), signature failures
+#: (the receiver's 401s of the facility's senders, per minute: a minute begun in the window counts),
+#: quarantined bodies,
 #: dead letters, recovered changes, token state, capabilities gone, the last probe and reconcile run.
 #: ``:auth_reasons``: the reason slugs that are authentication failures; ``:not_failures``: slugs that are
 #: our own pacing, not a failure of the EHR.
@@ -215,6 +217,7 @@ FACILITIES = text(
            coalesce(r.dead_letters, 0) AS dead_letters, coalesce(r.dead_letters_new, 0) AS dead_letters_new,
            coalesce(r.fetch_failures, 0) AS fetch_failures,
            coalesce(r.auth_failures, 0) + coalesce(t.rejected_recent, 0) AS auth_failures,
+           coalesce(sig.refusals, 0) AS signature_failures,
            coalesce(q.total, 0) AS quarantined, coalesce(q.recent, 0) AS quarantined_recent,
            coalesce(rc.last_hour, 0) AS recovered_last_hour,
            coalesce(rc.in_leak_window, 0) AS recovered_in_leak_window,
@@ -228,6 +231,11 @@ FACILITIES = text(
       LEFT JOIN recovered rc USING (facility_id)
       LEFT JOIN gone g USING (facility_id)
       LEFT JOIN facility_capabilities fc USING (facility_id)
+      LEFT JOIN LATERAL (
+          SELECT sum(w.refusals) AS refusals FROM webhook_refusals w
+           WHERE w.facility_id = p.facility_id AND w.minute <= :now
+             AND w.minute > CAST(:now AS timestamptz) - make_interval(secs => p.error_s)
+      ) sig ON true
       LEFT JOIN LATERAL (
           SELECT count(*) AS rejected_recent FROM token_events e
            WHERE e.facility_id = p.facility_id AND e.event = 'rejected'

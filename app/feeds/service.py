@@ -141,6 +141,7 @@ def feed_health(session: Session, now: datetime, *, facility: str | None = None)
                 backlog_oldest_at=r.backlog_oldest_at,
                 fetch_failures=int(r.fetch_failures),
                 auth_failures=int(r.auth_failures),
+                signature_failures=int(r.signature_failures),
                 quarantined=int(r.quarantined),
                 quarantined_recent=int(r.quarantined_recent),
                 dead_letters=int(r.dead_letters),

@@ -1,5 +1,6 @@
-"""Feed health: per-facility detector thresholds, the quiet checks (a suspected quiet feed, the reconcile
-it asked for and what that found), and the time indexes the health windows read.
+"""Feed health: per-facility detector thresholds, webhook refusals per minute, the quiet checks (a
+suspected quiet feed, the reconcile it asked for and what that found), and the time indexes the health
+windows read.
 
 Revision ID: 0017
 Revises: 0012
@@ -45,6 +46,17 @@ def upgrade() -> None:
         postgresql_where=sa.text("outcome IS NULL"),
     )
     op.create_index("ix_feed_checks_facility_id", "feed_checks", ["facility_id", "source", "suspected_at"])
+    # A known facility's deliveries refused with 401, per minute and reason (no foreign key: written in
+    # batches by the receiver, a facility removed meanwhile must not fail the batch).
+    op.create_table(
+        "webhook_refusals",
+        sa.Column("facility_id", sa.String(64), nullable=False),
+        sa.Column("reason", sa.String(64), nullable=False),
+        sa.Column("minute", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("refusals", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("facility_id", "reason", "minute", name="pk_webhook_refusals"),
+    )
+    op.create_index("ix_webhook_refusals_minute", "webhook_refusals", ["minute"])
     # The health windows (last hour, the same hour of past weeks) are time ranges over every facility.
     op.create_index("ix_inbox_received_at", "inbox", ["received_at"])
     op.create_index("ix_adt_inbox_received_at", "adt_inbox", ["received_at"])
@@ -57,6 +69,8 @@ def downgrade() -> None:
     op.drop_index("ix_reconcile_recovered_recovered_at", table_name="reconcile_recovered")
     op.drop_index("ix_adt_inbox_received_at", table_name="adt_inbox")
     op.drop_index("ix_inbox_received_at", table_name="inbox")
+    op.drop_index("ix_webhook_refusals_minute", table_name="webhook_refusals")
+    op.drop_table("webhook_refusals")
     op.drop_index("ix_feed_checks_facility_id", table_name="feed_checks")
     op.drop_index("ix_feed_checks_open", table_name="feed_checks")
     op.drop_table("feed_checks")

@@ -6,6 +6,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -338,3 +339,43 @@ def test_evaluate_reports_facility_conditions_from_recorded_rows(db: Session) ->
 
     assert {c.kind for c in conditions} == {"backlog_old", "token_failing"}
     assert {("fac-h", "facility", k) for k in ("error_rate", "dead_letters", "capability_gone")} <= evaluated
+
+
+def test_signature_failures_are_the_refusals_of_the_error_window(db: Session) -> None:
+    _facility(db)
+    db.execute(
+        text(
+            "INSERT INTO webhook_refusals (facility_id, reason, minute, refusals) VALUES"
+            " ('fac-h', 'bad_signature', :m1, 4), ('fac-h', 'wrong_secret', :m2, 2),"
+            " ('fac-h', 'bad_signature', :old, 50)"
+        ),
+        {
+            "m1": NOW - timedelta(minutes=2),
+            "m2": NOW - timedelta(minutes=10),
+            "old": NOW - timedelta(hours=2),
+        },
+    )
+
+    facility = _one(feed_health(db, NOW), "fac-h")
+
+    assert facility.signature_failures == 6
+
+
+def test_evaluate_exports_each_evaluated_key_and_the_figures_as_gauges(db: Session) -> None:
+    _facility(db, "fac-metrics")
+    _inbox(db, "fac-metrics", NOW - timedelta(hours=1), status="pending")
+    _inbox(db, "fac-metrics", NOW - timedelta(minutes=3))
+
+    evaluate(db, NOW)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    key = {"facility": "fac-metrics", "source": "facility"}
+    assert sample("ehri_feed_condition", **key, kind="backlog_old") == 1
+    assert sample("ehri_feed_condition", **key, kind="dead_letters") == 0
+    assert sample("ehri_feed_backlog", facility="fac-metrics") == 1
+    assert sample("ehri_feed_backlog_oldest_age_seconds", facility="fac-metrics") == 3600
+    source = {"facility": "fac-metrics", "source": "subscription:abc"}
+    assert sample("ehri_feed_events_last_hour", **source) == 1
+    assert sample("ehri_feed_last_event_age_seconds", **source) == 180
