@@ -379,3 +379,21 @@ def test_evaluate_exports_each_evaluated_key_and_the_figures_as_gauges(db: Sessi
     source = {"facility": "fac-metrics", "source": "subscription:abc"}
     assert sample("ehri_feed_events_last_hour", **source) == 1
     assert sample("ehri_feed_last_event_age_seconds", **source) == 180
+
+
+def test_an_adt_feed_far_below_its_usual_weekday_rate_is_checked_and_a_quiet_night_is_not(
+    db: Session,
+) -> None:
+    _facility(db, hl7v2={"sending_application": "EPIC"})
+    for week in (1, 2, 3, 4):  # 40 messages in this weekday hour, 2 at this hour of the night
+        for n in range(40):
+            _adt(db, "fac-h", NOW - timedelta(weeks=week, minutes=1 + n))
+        for n in range(2):
+            _adt(db, "fac-h", NOW + timedelta(hours=12) - timedelta(weeks=week, minutes=1 + n))
+
+    evaluate(db, NOW + timedelta(hours=12))  # 03:00: nothing arrives, nothing was expected
+    assert _checks(db) == []
+
+    evaluate(db, NOW)  # 15:00 on a Wednesday: nothing arrived in 15 minutes where 10 were due
+
+    assert [(c.source, c.reason) for c in _checks(db)] == [("adt", "below_expected")]
