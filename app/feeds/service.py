@@ -62,7 +62,8 @@ def facility_config(facility: Facility) -> FeedHealthConfig:
 
 
 def feed_health(session: Session, now: datetime, *, facility: str | None = None) -> list[FacilityHealth]:
-    """Every facility's health (or one's), computed in Postgres: four statements for all facilities."""
+    """Every facility's health (or one's), computed in Postgres: the facilities, then four statements
+    (sources, history, quiet checks, facility figures) for all of them at once."""
     query = select(Facility).order_by(Facility.id)
     if facility is not None:
         query = query.where(Facility.id == facility)
@@ -72,16 +73,11 @@ def feed_health(session: Session, now: datetime, *, facility: str | None = None)
     by_id = {f.id: f for f in facilities}
     configs = {f.id: facility_config(f) for f in facilities}
     fids = [f.id for f in facilities]
-    params = {
-        "now": now,
-        "fids": fids,
-        "latency_s": [configs[f].detection_latency.total_seconds() for f in fids],
-        "error_s": [configs[f].error_window.total_seconds() for f in fids],
-        "leak_s": [configs[f].leak_window.total_seconds() for f in fids],
-    }
-    span = max(
-        [_HOUR.total_seconds()] + params["latency_s"] + params["error_s"] + params["leak_s"]  # type: ignore[operator]
-    )
+    latency_s = [configs[f].detection_latency.total_seconds() for f in fids]
+    error_s = [configs[f].error_window.total_seconds() for f in fids]
+    leak_s = [configs[f].leak_window.total_seconds() for f in fids]
+    params = {"now": now, "fids": fids, "latency_s": latency_s, "error_s": error_s, "leak_s": leak_s}
+    span = max([_HOUR.total_seconds(), *latency_s, *error_s, *leak_s])  # every window of the SOURCES scan
     weeks = max(c.history_weeks for c in configs.values())
     history: dict[tuple[str, str], dict[int, int]] = {}
     for row in session.execute(queries.HISTORY, {"now": now, "fids": fids, "weeks": weeks}):
