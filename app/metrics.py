@@ -161,3 +161,47 @@ ALERT_DELIVERIES = Counter(
     "Alert sink sends by sink, action (trigger, acknowledge, resolve) and outcome (sent, retried, failed).",
     ["sink", "action", "outcome"],
 )
+
+
+# -- feed health (app.feeds): set on every evaluation; labels are facility ids, sources
+# (subscription:{id}, adt, facility) and kind slugs only. mostrecent: under a worker's multiprocess
+# registry the last evaluation wins, with no pid label.
+def _feed_gauge(name: str, documentation: str, labels: list[str]) -> Gauge:
+    return Gauge(name, documentation, labels, multiprocess_mode="mostrecent")
+
+
+FEED_CONDITION = _feed_gauge(
+    "ehri_feed_condition",
+    "1 while a feed-health condition holds for (facility, source, kind), 0 once evaluated healthy.",
+    ["facility", "source", "kind"],
+)
+FEED_LAST_EVENT_AGE = _feed_gauge(
+    "ehri_feed_last_event_age_seconds",
+    "Seconds since the source's last event (absent: never one).",
+    ["facility", "source"],
+)
+FEED_LAST_HEARTBEAT_AGE = _feed_gauge(
+    "ehri_feed_last_heartbeat_age_seconds",
+    "Seconds since the source's last heartbeat (absent: never one).",
+    ["facility", "source"],
+)
+FEED_EVENTS_LAST_HOUR = _feed_gauge(
+    "ehri_feed_events_last_hour", "Events the source brought in the last hour.", ["facility", "source"]
+)
+FEED_BACKLOG = _feed_gauge("ehri_feed_backlog", "Undone inbox and ADT rows.", ["facility"])
+FEED_BACKLOG_OLDEST_AGE = _feed_gauge(
+    "ehri_feed_backlog_oldest_age_seconds",
+    "Age of the oldest undone inbox or ADT row (0: none).",
+    ["facility"],
+)
+FEED_FAILURES = _feed_gauge(
+    "ehri_feed_failures",
+    "Failures in the facility's error window, by kind (fetch, auth, signature, quarantine).",
+    ["facility", "kind"],
+)
+FEED_DEAD_LETTERS = _feed_gauge("ehri_feed_dead_letters", "Dead letters (inbox and ADT).", ["facility"])
+FEED_RECOVERED_LAST_HOUR = _feed_gauge(
+    "ehri_feed_recovered_last_hour",
+    "Changes the reconciler recovered in the last hour (no notification delivered them).",
+    ["facility"],
+)

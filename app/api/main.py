@@ -15,6 +15,7 @@ from app.api.doorbell import AsyncDoorbell
 from app.db.engine import make_async_engine
 from app.facilities.webhooks import FacilityDirectory
 from app.ingest.receiver import Receiver
+from app.ingest.refusals import RefusalTally
 from app.ingest.writer import InboxWriter
 from app.logging import configure_logging
 from app.queue import Doorbell, make_celery
@@ -44,8 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_async_engine(settings.database_url, pool_size=4)
         writer = InboxWriter(engine, max_batch=settings.commit_batch_max)
         doorbell = AsyncDoorbell(Doorbell(make_celery(settings), settings.queue))
+        refusals = RefusalTally(engine)
         await writer.start()
         doorbell.start()
+        refusals.start()
         app.state.settings = settings
         app.state.engine = engine
         app.state.writer = writer
@@ -56,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             doorbell.ring,
             facilities=FacilityDirectory(engine),
             max_body_bytes=settings.max_body_bytes,
+            refusals=refusals,
         )
         # Everything loaded so far lives as long as the process: move it out of the collector's sight,
         # or each full collection walks it all and stalls every request (measured: ~60 ms pauses).
@@ -66,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await writer.stop()
             await doorbell.stop()
+            await refusals.stop()
             await engine.dispose()
 
     app = ReceiverApp(title="ehr-ingest receiver", lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -16,6 +16,7 @@ from app.cli import (
     dead_letters,
     dev,
     facilities,
+    feeds,
     mllp,
     quarantine,
     reconcile,
@@ -59,6 +60,7 @@ cli.add_typer(adt.cli, name="adt")
 cli.add_typer(reconcile.cli, name="reconcile")
 cli.add_typer(alerts.cli, name="alerts")
 cli.command("backfill")(backfill.backfill)
+cli.command("feeds")(feeds.feeds)
 cli.command("serve")(serve.serve)
 cli.command("sim")(dev.sim)
 cli.command("demo")(dev.demo)

@@ -27,6 +27,8 @@
 - ``alerts``: one row per incident of a (facility, source, kind), at most one live (open or acknowledged)
   per key; ``alert_events``: its history; ``alert_deliveries``: the outbox of sink sends
   (``app.alerts``).
+- ``webhook_refusals``: a known facility's deliveries refused with 401, per minute and reason.
+- ``feed_checks``: a source suspected quiet, the reconcile it asked for and what that found (``app.feeds``).
 - ``adt_inbox``: HL7 v2 ADT messages, committed before their ``AA``, and the patient re-reads they ask
   for; ``adt_quarantine``: v2 messages answered ``AR``.
 """
@@ -111,6 +113,8 @@ class Facility(Base):
     reconcile: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     # the YAML's ``alerts:`` block (``app.facilities.schemas.FacilityAlertsConfig``); {} means the defaults
     alerts: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # the YAML's ``feed_health:`` block (``app.facilities.schemas.FeedHealthConfig``); {} means the defaults
+    feed_health: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -127,6 +131,7 @@ class InboxRow(Base):
             postgresql_where=text(f"status = '{INBOX_PENDING}'"),
         ),
         Index("ix_inbox_dead", "facility_id", "reason", postgresql_where=text(f"status = '{INBOX_DEAD}'")),
+        Index("ix_inbox_received_at", "received_at"),  # feed health's time windows
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -333,6 +338,7 @@ class AdtMessage(Base):
             postgresql_where=text(f"status = '{INBOX_PENDING}'"),
         ),
         Index("ix_adt_inbox_patient", "facility_id", "mrn"),
+        Index("ix_adt_inbox_received_at", "received_at"),  # feed health's time windows
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -419,7 +425,10 @@ class RecoveredChange(Base):
     """A change the reconciler applied that no notification had delivered (the coverage ledger)."""
 
     __tablename__ = "reconcile_recovered"
-    __table_args__ = (Index("ix_reconcile_recovered_facility_id", "facility_id", "resource_type"),)
+    __table_args__ = (
+        Index("ix_reconcile_recovered_facility_id", "facility_id", "resource_type"),
+        Index("ix_reconcile_recovered_recovered_at", "facility_id", "recovered_at"),  # feed health's windows
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
@@ -674,3 +683,44 @@ class AlertDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+
+
+class FeedCheck(Base):
+    """A source suspected quiet (``app.feeds.service``): the reconcile it asked for decides whether the
+    silence hid changes (``leaking``: recovered > 0) or the data genuinely stopped changing (``quiet``)."""
+
+    __tablename__ = "feed_checks"
+    __table_args__ = (
+        Index(
+            "ix_feed_checks_open",
+            "facility_id",
+            "source",
+            unique=True,
+            postgresql_where=text("outcome IS NULL"),
+        ),
+        Index("ix_feed_checks_facility_id", "facility_id", "source", "suspected_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"))
+    source: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(32))
+    suspected_at: Mapped[datetime]
+    silent_since: Mapped[datetime | None]
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    recovered: Mapped[int | None] = mapped_column(Integer)
+    decided_at: Mapped[datetime | None]
+
+
+class WebhookRefusal(Base):
+    """A known facility's deliveries refused with 401 (wrong secret, missing or bad signature), counted
+    per minute and reason (``app.ingest.refusals``): feed health's signature failures."""
+
+    __tablename__ = "webhook_refusals"
+    __table_args__ = (Index("ix_webhook_refusals_minute", "minute"),)
+
+    facility_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(primary_key=True)
+    refusals: Mapped[int] = mapped_column(BigInteger)

@@ -43,6 +43,24 @@ facilities:
       global_sinks: true                  # also the sinks of EHRI_ALERT_SINKS_FILE (default)
       sinks:                              # the same shape as that file's `sinks:` (AlertSinksFile)
         - {name: gh-oncall, type: pagerduty, routing_key: {env: GH_PD_KEY}, min_severity: error}
+    feed_health:                          # optional; every key has a default (app.feeds.detectors)
+      detection_latency: PT15M            # the window quiet without heartbeats is judged on
+      heartbeat_slack: 2.0                # heartbeats: quiet once period x slack passed silent
+      timezone: America/New_York          # where business hours are counted (default UTC)
+      business_hours: {days: [1, 2, 3, 4, 5], start: 7, end: 19}   # ISO weekdays, local hours [start, end)
+      expected_per_hour: null             # business hours: events per hour (null: learned)
+      off_hours_expected_per_hour: null   # nights and weekends, likewise
+      min_expected: 5                     # floor: a window expected to bring fewer events is not judged
+      off_hours_min_expected: 20          # the floor at night and at weekends (sparse traffic is no signal)
+      history_weeks: 4                    # the expected rate: the same hour of this many past weeks
+      quiet_ratio: 0.1                    # quiet below ratio x the expected events
+      error_window: PT15M                 # the window of error_rate
+      error_rate: 0.2                     # failures / (events + failures) above this ...
+      error_min: 5                        # ... with at least this many failures
+      backlog_age: PT15M                  # the oldest undone inbox or ADT row older than this
+      leak_window: PT1H                   # feed_leaking: the reconciler recovered, in this window ...
+      leak_min: 3                         # ... at least this many changes while notifications arrived
+      subscription_down_after: PT10M      # error/off and nothing received this long after re-activation
 ```
 Secrets are references (a file path or an environment variable name); their values never enter the database.
 
@@ -333,6 +351,70 @@ class FacilityAlertsConfig(BaseModel):
         return self
 
 
+class BusinessHours(BaseModel):
+    """When a clinic is open, in the facility's ``timezone``: ISO weekdays (1 Monday … 7 Sunday) and local
+    hours ``[start, end)``. Outside them (nights, weekends) quiet detection uses its own floor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    days: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    start: int = Field(default=7, ge=0, le=23)
+    end: int = Field(default=19, ge=1, le=24)
+
+    @model_validator(mode="after")
+    def _valid(self) -> BusinessHours:
+        if any(d < 1 or d > 7 for d in self.days):
+            raise ValueError("business_hours.days are ISO weekdays, 1 (Monday) to 7 (Sunday)")
+        if self.end <= self.start:
+            raise ValueError("business_hours.end must be after start")
+        return self
+
+
+class FeedHealthConfig(BaseModel):
+    """The feed-health detectors' thresholds for one facility (``app.feeds.detectors``); every key has a
+    default, documented in README's alert catalogue.
+
+    Quiet detection: a source with heartbeats is suspected quiet once ``heartbeat_s x heartbeat_slack``
+    passed with nothing from it. Without heartbeats, the facility is suspected quiet when the last
+    ``detection_latency`` brought fewer than ``quiet_ratio`` x the events expected in such a window at
+    this time of the week (``expected_per_hour`` when configured, else learned from the same hour of
+    the last ``history_weeks`` weeks), and only when at least the floor (``min_expected``, at night and at
+    weekends ``off_hours_min_expected``) was expected: a closed clinic at night expects nothing, so
+    nothing is suspected. A suspected quiet feed asks for a reconcile at once; its outcome decides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detection_latency: timedelta = Field(default=timedelta(minutes=15), gt=timedelta(0))
+    heartbeat_slack: float = Field(default=2.0, ge=1.0)
+    timezone: str = "UTC"
+    business_hours: BusinessHours = Field(default_factory=BusinessHours)
+    expected_per_hour: float | None = Field(default=None, ge=0)
+    off_hours_expected_per_hour: float | None = Field(default=None, ge=0)
+    min_expected: float = Field(default=5.0, ge=0)
+    off_hours_min_expected: float = Field(default=20.0, ge=0)
+    quiet_ratio: float = Field(default=0.1, gt=0, le=1)
+    history_weeks: int = Field(default=4, ge=1, le=12)
+    error_window: timedelta = Field(default=timedelta(minutes=15), gt=timedelta(0))
+    error_rate: float = Field(default=0.2, gt=0, le=1)
+    error_min: int = Field(default=5, ge=1)
+    backlog_age: timedelta = Field(default=timedelta(minutes=15), gt=timedelta(0))
+    leak_window: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0))
+    leak_min: int = Field(default=3, ge=1)
+    #: a subscription in error/off (or gone) whose source delivered nothing for this long after the
+    #: check tried to re-activate it
+    subscription_down_after: timedelta = Field(default=timedelta(minutes=10), ge=timedelta(0))
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> FeedHealthConfig:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"feed_health.timezone: unknown time zone {self.timezone!r}") from exc
+        return self
+
+
 class FacilityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -357,6 +439,7 @@ class FacilityConfig(BaseModel):
 
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     alerts: FacilityAlertsConfig = Field(default_factory=FacilityAlertsConfig)
+    feed_health: FeedHealthConfig = Field(default_factory=FeedHealthConfig)
 
     @model_validator(mode="after")
     def _fold_change_detection(self) -> FacilityConfig:

@@ -60,6 +60,7 @@ def _row_values(cfg: FacilityConfig) -> dict[str, Any]:
         "subscription": cfg.subscription.model_dump(mode="json") if cfg.subscription else {},
         "reconcile": cfg.reconcile.model_dump(mode="json", exclude_defaults=True),
         "alerts": cfg.alerts.model_dump(mode="json", exclude_defaults=True),
+        "feed_health": cfg.feed_health.model_dump(mode="json", exclude_defaults=True),
     }
 
 

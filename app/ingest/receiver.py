@@ -54,6 +54,7 @@ from app.ingest.group_commit import WriterStopped
 from app.ingest.inbox import Intake, intake_for
 from app.ingest.quarantine import Quarantined as QuarantineItem
 from app.ingest.quarantine import quarantine
+from app.ingest.refusals import RefusalTally
 from app.ingest.writer import InboxWriter, WriteResult
 from app.metrics import ACK_SECONDS, AUTH_FAILURES, LEDGER_GAPS, QUARANTINED, events, notifications
 
@@ -201,6 +202,8 @@ class Receiver:
     facilities: FacilityDirectory
     max_body_bytes: int
     commit_timeout_s: float = COMMIT_TIMEOUT_S
+    #: where a known facility's refusals are counted for feed health (``app.ingest.refusals``)
+    refusals: RefusalTally | None = None
 
     async def receive(self, facility_id: str, delivery: Delivery, body: BodyStream, *, path: str) -> Outcome:
         """Run the checks of the module docstring on one delivery. Never raises for anything a sender
@@ -237,7 +240,7 @@ class Receiver:
         if (sender is None or not sender.needs_body) and (
             refusal := _authenticate(facility, b"", now, headers)
         ) is not None:
-            return refusal
+            return self._refused(facility.id, refusal, now)
         content_type = media_type(headers.get("content-type"))
         if content_type and content_type not in ACCEPTED_TYPES:
             return UnsupportedMediaType(missing=False)
@@ -252,11 +255,16 @@ class Receiver:
             and sender.needs_body
             and (refusal := _authenticate(facility, raw, now, headers)) is not None
         ):
-            return refusal
+            return self._refused(facility.id, refusal, now)
         try:
             return await self._parse_and_commit(facility, delivery, raw, path, labels)
         except RecursionError:  # JSON nested deeper than the interpreter walks: malformed, not a 500
             return InvalidJson("body is nested too deeply")
+
+    def _refused(self, facility_id: str, refusal: Unauthenticated, now: float) -> Unauthenticated:
+        if self.refusals is not None:
+            self.refusals.count(facility_id, refusal.reason, now)
+        return refusal
 
     async def _parse_and_commit(
         self, facility: ReceiverFacility, delivery: Delivery, raw: bytes, path: str, labels: _Labels
