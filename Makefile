@@ -32,7 +32,7 @@ bench: $(STAMP)
 # answers at EHRI_DATABASE_URL / EHRI_REDIS_URL, devstack.servers starts embedded ones (data in .demo/) first
 # and stops them after.
 # The receiver's metrics are on :8000/metrics, the worker's (every pool process) on :9101/metrics, the reconcile
-# worker's (reconcile runs and backfills, queue `reconcile`) on :9103/metrics, the MLLP
+# worker's (reconcile runs and backfills, queue `reconcile`; the alerting cycle, queue `alerts`) on :9103/metrics, the MLLP
 # listener's (HL7 v2 ADT on :2575, or EHRI_MLLP_PORT) on :9102/metrics.
 up: $(STAMP)
 	$(BIN)/python -m devstack.servers --home .demo -- $(MAKE) --no-print-directory up-processes
@@ -45,7 +45,7 @@ up-processes: $(STAMP)
 	EHRI_WORKER_METRICS_PORT=$${EHRI_WORKER_METRICS_PORT:-9101} \
 		$(BIN)/celery -A workers.celery_app worker --loglevel INFO --concurrency 2 -Q $${EHRI_QUEUE:-ingest},$${EHRI_PERIODIC_QUEUE:-periodic} & \
 	EHRI_WORKER_METRICS_PORT=$${RECONCILE_METRICS_PORT:-9103} \
-		$(BIN)/celery -A workers.celery_app worker --loglevel INFO --concurrency 1 -Q $${EHRI_RECONCILE_QUEUE:-reconcile} \
+		$(BIN)/celery -A workers.celery_app worker --loglevel INFO --concurrency 1 -Q $${EHRI_RECONCILE_QUEUE:-reconcile},$${EHRI_ALERTS_QUEUE:-alerts} \
 		-n reconcile@%h & \
 	$(BIN)/celery -A workers.celery_app beat --loglevel INFO --schedule $(VENV)/beat-schedule & \
 	wait

@@ -32,6 +32,7 @@ RECONCILE_FAN_OUT_TASK = "reconcile.fan_out"
 RECONCILE_TASK = "reconcile.poll_facility"
 GAPS_FAN_OUT_TASK = "reconcile.gaps_fan_out"  # beat: one gap pass per facility with numbered events
 GAPS_TASK = "reconcile.check_gaps"
+ALERTS_TASK = "alerts.evaluate"  # beat: feed health → alerts → sink deliveries
 
 
 def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] | None = None) -> Celery:
@@ -64,6 +65,7 @@ def make_celery(settings: Settings, *, beat_schedule: dict[str, dict[str, Any]] 
             RECONCILE_TASK: {"queue": settings.reconcile_queue},
             GAPS_FAN_OUT_TASK: {"queue": settings.periodic_queue},
             GAPS_TASK: {"queue": settings.reconcile_queue},
+            ALERTS_TASK: {"queue": settings.alerts_queue},
         },
         broker_connection_retry_on_startup=True,
         broker_transport_options={

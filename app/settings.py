@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         default="reconcile",
         description="Celery queue of reconcile runs and backfills: a long run never holds a drain's worker.",
     )
+    alerts_queue: str = Field(
+        default="alerts",
+        description="Celery queue of the feed-health and alert pass: a sink that is slow or down never "
+        "holds a worker that drains notifications.",
+    )
 
     log_format: Literal["json", "console"] = "console"
     log_level: str = "INFO"
@@ -125,6 +130,10 @@ class Settings(BaseSettings):
     )
 
     # Alerts (app.alerts)
+    alert_evaluate_interval: timedelta = Field(
+        default=timedelta(seconds=30),
+        description="How often beat runs the feed-health evaluation, the alert pass and the due sink sends.",
+    )
     alert_sinks_file: str | None = Field(
         default=None,
         description="YAML file of the global alert sinks (`sinks:`, app.facilities.schemas.AlertSinksFile);"

@@ -130,16 +130,17 @@ class Stack:
         concurrency: int = 2,
         *,
         metrics_port: int | None = None,
-        queues: tuple[str, ...] = ("ingest", "periodic", "reconcile"),
+        queues: tuple[str, ...] = ("ingest", "periodic", "reconcile", "alerts"),
     ) -> Proc:
         """A celery worker node (prefork); with ``metrics_port`` its parent serves every process's metrics
         on ``http://127.0.0.1:{metrics_port}/metrics``. ``queues`` by their role (``ingest``: drains and
-        ADT, ``periodic``: beat's, ``reconcile``: reconcile runs), every one by default, as a worker
-        without -Q consumes (app.queue)."""
+        ADT, ``periodic``: beat's, ``reconcile``: reconcile runs, ``alerts``: the alerting cycle), every
+        one by default, as a worker without -Q consumes (app.queue)."""
         names = {
             "ingest": self.env.get("EHRI_QUEUE", "ingest"),
             "periodic": self.env.get("EHRI_PERIODIC_QUEUE", "periodic"),
             "reconcile": self.env.get("EHRI_RECONCILE_QUEUE", "reconcile"),
+            "alerts": self.env.get("EHRI_ALERTS_QUEUE", "alerts"),
         }
         argv = [
             sys.executable,

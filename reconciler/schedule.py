@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.queue import CHECK_SUBSCRIPTIONS_TASK, GAPS_FAN_OUT_TASK, RECONCILE_FAN_OUT_TASK, SWEEP_TASK
+from app.queue import (
+    ALERTS_TASK,
+    CHECK_SUBSCRIPTIONS_TASK,
+    GAPS_FAN_OUT_TASK,
+    RECONCILE_FAN_OUT_TASK,
+    SWEEP_TASK,
+)
 from app.settings import Settings
 
 
@@ -30,5 +36,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": GAPS_FAN_OUT_TASK,
             "schedule": settings.reconcile_tick.total_seconds(),
             "options": {"expires": settings.reconcile_tick.total_seconds()},
+        },
+        "alerts": {  # feed health, the alert state machine and the sink outbox, in one pass
+            "task": ALERTS_TASK,
+            "schedule": settings.alert_evaluate_interval.total_seconds(),
+            "options": {"expires": settings.alert_evaluate_interval.total_seconds()},
         },
     }

@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from app.alerts.cycle import run_cycle
 from app.errors import IngestError
 from app.hl7v2.service import due_facilities as facilities_with_due_adt
 from app.ingest.sweep import facilities_with_due_work
 from app.queue import (
+    ALERTS_TASK,
     CHECK_SUBSCRIPTION_TASK,
     CHECK_SUBSCRIPTIONS_TASK,
     GAPS_FAN_OUT_TASK,
@@ -157,4 +159,24 @@ def check_facility_gaps(facility_id: str) -> dict[str, int]:
         "missed": report.missed,
         "fetched": report.fetched,
         "epochs": report.epochs,
+    }
+
+
+@celery_app.task(name=ALERTS_TASK)  # type: ignore[untyped-decorator]
+def evaluate_alerts() -> dict[str, int]:
+    """One alerting cycle (``app.alerts.cycle``): feed health, alert transitions, due sink sends. On its
+    own queue (``EHRI_ALERTS_QUEUE``), so a slow sink never holds a worker that drains notifications.
+    Running it twice at once is harmless (an alert opens once, a delivery is sent once). Not retried: an
+    error leaves everything for the next cycle."""
+    rt = runtime()
+    try:
+        report = run_cycle(rt.sessions, rt.alert_http)
+    except IngestError as exc:  # an unreadable sinks file: said, and tried again next cycle
+        log.warning("alerts.cycle_failed", reason=exc.reason)
+        return {"failed": 1}
+    return {
+        "conditions": report.conditions,
+        "opened": report.opened,
+        "resolved": report.resolved,
+        "sent": report.sent,
     }

@@ -57,7 +57,7 @@ def test_every_celery_process_runs_our_app_on_queues_it_declares(name: str) -> N
 
 
 def _declared(settings: Settings) -> set[str]:
-    return {settings.queue, settings.periodic_queue, settings.reconcile_queue}
+    return {settings.queue, settings.periodic_queue, settings.reconcile_queue, settings.alerts_queue}
 
 
 def _consumed() -> set[str]:
@@ -77,8 +77,9 @@ def test_every_queue_has_a_worker_and_reconcile_runs_have_one_of_their_own() -> 
         argv = _command(service)
         if argv[:1] == ["celery"] and argv[3] == "worker":
             queues = set(argv[argv.index("-Q") + 1].split(",")) if "-Q" in argv else _declared(settings)
-            # A backfill never takes the prefork slot a drain is waiting for.
+            # A backfill, or a slow alert sink, never takes the prefork slot a drain is waiting for.
             assert not (settings.queue in queues and settings.reconcile_queue in queues), name
+            assert not (settings.queue in queues and settings.alerts_queue in queues), name
 
 
 def test_the_worker_publishes_the_metrics_port_it_serves() -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import celery.apps.worker
+import httpx
 import redis
 from celery.signals import (
     celeryd_init,
@@ -90,8 +91,10 @@ class Runtime:
     redis: redis.Redis
     clients: EHRClientPool
     references: ReferenceCache
+    alert_http: httpx.Client  # alert sinks' sends (each sink bounds its own timeout)
 
     def close(self) -> None:
+        self.alert_http.close()
         self.clients.close()
         self.redis.close()
         self.engine.dispose()
@@ -134,6 +137,7 @@ def _build_runtime(settings: Settings) -> Runtime:
             token_sink=token_events.database_sink(sessions),
         ),
         references=ReferenceCache(),
+        alert_http=httpx.Client(follow_redirects=False),
     )
 
 
