@@ -42,9 +42,10 @@ from app.facilities.schemas import Hl7v2Config
 from app.fhir.references import ResourceRef
 from app.ingest.drain import backoff
 from app.ingest.pipeline.normalize import normalize
-from app.ingest.pipeline.observed import Observed
+from app.ingest.pipeline.observed import Observed, read_after_vanishing
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Pipeline, Work
+from app.reconcile.queries import STORED_IDS_OF_PATIENT
 from app.settings import Settings
 
 log = structlog.get_logger("hl7v2.service")
@@ -65,7 +66,7 @@ _CLAIM = text(
     )
     UPDATE adt_inbox a SET lease_until = now() + :lease, claim_token = :token, attempts = a.attempts + 1
     FROM rows WHERE a.id = rows.id
-    RETURNING a.id, a.mrn, a.prior_mrn, a.event_type, a.attempts
+    RETURNING a.id, a.mrn, a.prior_mrn, a.event_type, a.visit_number, a.attempts
     """  # noqa: S608 - statuses are constants
 )
 _DONE = text(
@@ -107,6 +108,7 @@ class ClaimedAdt:
     mrn: str | None
     prior_mrn: str | None
     event_type: str | None
+    visit_number: str | None
     attempts: int
 
 
@@ -149,7 +151,7 @@ def claim(session: Session, facility_id: str, *, patients: int, lease: timedelta
     by_mrn: dict[str | None, PatientWork] = {}
     for r in rows:
         by_mrn.setdefault(r.mrn, PatientWork(r.mrn)).rows.append(
-            ClaimedAdt(r.id, r.mrn, r.prior_mrn, r.event_type, r.attempts)
+            ClaimedAdt(r.id, r.mrn, r.prior_mrn, r.event_type, r.visit_number, r.attempts)
         )
     return Claim(token, list(by_mrn.values()))
 
@@ -172,6 +174,40 @@ def _search_patient_scoped(
         for r in pipeline.adapter.search_entries(bundle)
         if r.get("resourceType") == resource_type and isinstance(r.get("id"), str)
     ]
+
+
+def _expected(
+    session: Session, facility: Facility, work: PatientWork, resource_type: str, patient_id: str
+) -> set[str]:
+    """The ids of ``resource_type`` the patient's search should list: those stored live for the patient,
+    and (``visit_is_encounter_id``) the Encounters the rows announce, which may be gone before any read."""
+    ids = {
+        str(i)
+        for i in session.scalars(
+            STORED_IDS_OF_PATIENT,
+            {"fid": facility.id, "rtype": resource_type, "ref": f"Patient/{patient_id}"},
+        )
+    }
+    if resource_type == "Encounter" and _config(facility).visit_is_encounter_id:
+        ids |= {r.visit_number for r in work.rows if r.visit_number}
+    return ids
+
+
+def _read_vanished(
+    pipeline: Pipeline, resource_type: str, ids: set[str], *, now: datetime
+) -> list[Observed] | IngestError:
+    """Read each id the search did not list, as the reconciler's re-crawl does: a 404/410 is a
+    tombstone, a live answer is stored."""
+    if not ids:
+        return []
+    refs = [ResourceRef(resource_type, i) for i in sorted(ids)]
+    fetched = pipeline.fetch(Work(reads=refs), now=now)
+    found: list[Observed] = []
+    for outcome in fetched.reads.values():
+        if isinstance(outcome, IngestError):
+            return outcome
+        found.append(read_after_vanishing(outcome))
+    return found + fetched.references
 
 
 @dataclass
@@ -200,11 +236,16 @@ def _fetch_patient(
     for row in work.rows:
         types += [t for t in config.types_for(row.event_type or "") if t != "Patient" and t not in types]
     for resource_type in types:
+        expected = _expected(session, facility, work, resource_type, patient_id)
         items = _search_patient_scoped(pipeline, resource_type, patient_id)
         if isinstance(items, IngestError):
             return items
         normalized, _ = normalize(pipeline.adapter, items, now=now)
         observed += normalized
+        vanished = _read_vanished(pipeline, resource_type, expected - {o.resource_id for o in items}, now=now)
+        if isinstance(vanished, IngestError):
+            return vanished
+        observed += vanished
     merged = _merged_patient(session, pipeline, facility, work, now=now)
     if isinstance(merged, IngestError):
         return merged
