@@ -1,6 +1,8 @@
 """Events → work: an ADT "patient changed" event makes us re-read the patient over FHIR.
 
-Rows are claimed per patient (every due row of up to ``patients`` MRNs at once, so a burst of A08s for
+The listener commits a message after reading its MSH alone; ``parse_fields`` parses the rest (PID-3,
+PV1, MRG: python-hl7) into the row's columns before any claim, in the claim's transaction. Rows are
+claimed per patient (every due row of up to ``patients`` MRNs at once, so a burst of A08s for
 one patient is one fetch); for each patient: the MRN (PID-3 of the facility's assigning authority,
 trimmed) is resolved by the pipeline's identifier search (``Patient?identifier=mrn_system|value``,
 cached per process), then the FHIR types the facility's ``hl7v2`` block names for the rows' events are
@@ -17,6 +19,7 @@ reason. Idempotent: a duplicate task finds nothing to claim; a repeated fetch co
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -37,9 +40,10 @@ from app.db.models import (
     Facility,
 )
 from app.ehr.client import EHRClient
-from app.errors import AdtNoPatient, IngestError
+from app.errors import AdtNoPatient, IngestError, MessageRejected
 from app.facilities.schemas import Hl7v2Config
 from app.fhir.references import ResourceRef
+from app.hl7v2.message import parse
 from app.ingest.drain import backoff
 from app.ingest.pipeline.normalize import normalize
 from app.ingest.pipeline.observed import Observed, read_after_vanishing
@@ -55,12 +59,12 @@ _CLAIM = text(
     WITH due AS (
         SELECT DISTINCT coalesce(mrn, '') AS mrn FROM adt_inbox
         WHERE facility_id = :facility AND status = '{INBOX_PENDING}' AND next_attempt_at <= now()
-          AND (lease_until IS NULL OR lease_until < now())
+          AND (lease_until IS NULL OR lease_until < now()) AND parsed
         LIMIT :patients
     ), rows AS (
         SELECT id FROM adt_inbox
         WHERE facility_id = :facility AND status = '{INBOX_PENDING}' AND next_attempt_at <= now()
-          AND (lease_until IS NULL OR lease_until < now())
+          AND (lease_until IS NULL OR lease_until < now()) AND parsed
           AND coalesce(mrn, '') IN (SELECT mrn FROM due)
         FOR UPDATE SKIP LOCKED
     )
@@ -98,8 +102,36 @@ FACILITIES_WITH_DUE_ADT = text(
     SELECT DISTINCT facility_id FROM adt_inbox
     WHERE status = '{INBOX_PENDING}' AND next_attempt_at <= now()
       AND (lease_until IS NULL OR lease_until < now())
+    UNION
+    SELECT DISTINCT facility_id FROM adt_inbox WHERE NOT parsed
     """  # noqa: S608
 )
+_UNPARSED = text(
+    """
+    SELECT id, raw FROM adt_inbox WHERE facility_id = :facility AND NOT parsed
+    ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+    """
+)
+_FIELD_TYPES = {
+    "mrn": "text",
+    "prior_mrn": "text",
+    "visit_number": "text",
+    "patient_class": "text",
+    "location": "text",
+    "admit_time": "timestamptz",
+    "discharge_time": "timestamptz",
+}
+_FILL = text(
+    f"""
+    UPDATE adt_inbox a SET {", ".join(f"{c} = f.{c}" for c in _FIELD_TYPES)}, parsed = true
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+        AS f(id bigint, {", ".join(f"{c} {t}" for c, t in _FIELD_TYPES.items())})
+    WHERE a.id = f.id
+    """  # noqa: S608 - column names are the constants above
+)
+#: An identifier longer than this is no MRN (and would not fit the patient index): the row has none.
+MAX_MRN_CHARS = 200
+PARSE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -141,6 +173,44 @@ class AdtReport:
 # Patient ids resolved from MRNs, per process (an MRN names one patient until a merge).
 _resolved: dict[tuple[str, str], str] = {}
 _resolved_lock = threading.Lock()
+
+
+def _fields(row_id: int, raw: str, authority: str) -> dict[str, Any]:
+    """The PID/PV1/MRG columns of a committed message (all empty when it cannot be parsed)."""
+    values: dict[str, Any] = dict.fromkeys(_FIELD_TYPES)
+    values["id"] = row_id
+    try:
+        parsed = parse(raw.encode("utf-8", "surrogatepass"))
+    except MessageRejected:
+        return values  # committed after its MSH was read: nothing further to find
+    adt = parsed.adt
+    mrn = adt.mrn(authority)
+    prior = adt.prior_mrn(authority) if parsed.header.event_type == "A40" else None
+    values.update(
+        mrn=mrn if mrn is None or len(mrn) <= MAX_MRN_CHARS else None,
+        prior_mrn=prior if prior is None or len(prior) <= MAX_MRN_CHARS else None,
+        visit_number=adt.visit_number,
+        patient_class=adt.patient_class,
+        location=adt.location,
+        admit_time=adt.admit_time.isoformat() if adt.admit_time else None,
+        discharge_time=adt.discharge_time.isoformat() if adt.discharge_time else None,
+    )
+    for key, value in values.items():
+        if isinstance(value, str):
+            values[key] = value.replace("\x00", "\ufffd")  # Postgres text holds no NUL
+    return values
+
+
+def parse_fields(session: Session, facility: Facility, *, limit: int = PARSE_BATCH) -> int:
+    """Fill the PID/PV1/MRG columns of up to ``limit`` of the facility's rows the listener committed
+    unparsed; how many. Idempotent (rows are locked, skipped by a concurrent worker); caller commits."""
+    rows = session.execute(_UNPARSED, {"facility": facility.id, "limit": limit}).all()
+    if not rows:
+        return 0
+    authority = _config(facility).mrn_authority
+    filled = [_fields(r.id, r.raw, authority) for r in rows]
+    session.execute(_FILL, {"rows": json.dumps(filled)})
+    return len(rows)
 
 
 def claim(session: Session, facility_id: str, *, patients: int, lease: timedelta) -> Claim:
@@ -372,9 +442,12 @@ def process_facility(
             facility = session.get(Facility, facility_id)
             if facility is None or not facility.hl7v2:
                 return total
+            parsed = parse_fields(session, facility)
             claimed = claim(session, facility_id, patients=patients, lease=settings.lease_max_hold)
             session.expunge(facility)
         if not claimed.patients:
+            if parsed:
+                continue  # more rows may wait for their parse
             return total
         client = client_for(facility)
         with sessions.begin() as session:
