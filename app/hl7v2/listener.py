@@ -149,7 +149,9 @@ class Listener:
         decoder = FrameDecoder(self._config.max_message_bytes)
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(READ_BYTES), self._config.idle_timeout_s)
+                # asyncio.timeout, not wait_for: wait_for makes a task of every read.
+                async with asyncio.timeout(self._config.idle_timeout_s):
+                    data = await reader.read(READ_BYTES)
             except TimeoutError:
                 log.info("hl7v2.idle_closed")
                 return
