@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import structlog
+from prometheus_client import Histogram
 
 from app.errors import MessageRejected
 from app.facilities.schemas import ADT_EVENTS
@@ -38,6 +40,11 @@ from app.pacing import Pacer
 log = structlog.get_logger("hl7v2.listener")
 
 READ_BYTES = 65536
+
+
+@functools.cache
+def _ack_seconds(code: AckCode) -> Histogram:
+    return MLLP_ACK_SECONDS.labels(code)
 
 
 @dataclass(frozen=True)
@@ -164,7 +171,7 @@ class Listener:
                 ack, code = await self.handle(event, peer)
                 writer.write(frame(ack))
                 await writer.drain()
-                MLLP_ACK_SECONDS.labels(code).observe(time.perf_counter() - started)
+                _ack_seconds(code).observe(time.perf_counter() - started)
 
     # -- a message ------------------------------------------------------------------------------------
 

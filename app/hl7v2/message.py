@@ -118,6 +118,10 @@ def _first(value: str, delimiters: _Delimiters, component: int = 1) -> str:
     """Repetition 1, ``component``, subcomponent 1 of a field, unescaped and trimmed (python-hl7's
     ``extract_field(…, field, 1, component, 1)``)."""
     seps = delimiters.separators
+    if component == 1 and not (
+        seps[2] in value or seps[3] in value or seps[4] in value or delimiters.esc in value
+    ):
+        return value.strip()  # the usual MSH value: nothing to split or unescape
     parts = value.split(seps[2], 1)[0].split(seps[3])
     if component > len(parts):
         return ""

@@ -168,6 +168,10 @@ class AdtReport:
     retried: int = 0
     dead: int = 0
     stored: int = 0
+    parsed: int = 0  # rows whose PID/PV1/MRG fields were read (``parse_fields``)
+
+
+_REPORT_FIELDS = ("patients", "rows", "done", "retried", "dead", "stored", "parsed")
 
 
 # Patient ids resolved from MRNs, per process (an MRN names one patient until a merge).
@@ -445,6 +449,7 @@ def process_facility(
             parsed = parse_fields(session, facility)
             claimed = claim(session, facility_id, patients=patients, lease=settings.lease_max_hold)
             session.expunge(facility)
+        total.parsed += parsed
         if not claimed.patients:
             if parsed:
                 continue  # more rows may wait for their parse
@@ -453,7 +458,7 @@ def process_facility(
         with sessions.begin() as session:
             session.add(facility)
             report = process_claimed(session, facility, client, claimed, settings, references=references)
-        for name in ("patients", "rows", "done", "retried", "dead", "stored"):
+        for name in _REPORT_FIELDS[:-1]:
             setattr(total, name, getattr(total, name) + getattr(report, name))
     return total
 
@@ -463,4 +468,4 @@ def due_facilities(session: Session) -> list[str]:
 
 
 def describe(report: AdtReport) -> dict[str, Any]:
-    return {k: getattr(report, k) for k in ("patients", "rows", "done", "retried", "dead", "stored")}
+    return {k: getattr(report, k) for k in _REPORT_FIELDS}
