@@ -44,6 +44,12 @@ _COLUMNS = {
     "parsed": "boolean",
     "status": "text",
 }
+#: The PID/PV1/MRG columns and their SQL types: filled by the worker's parse
+#: (``app.hl7v2.service.parse_fields``), not by the listener.
+FIELD_TYPES = {
+    c: _COLUMNS[c]
+    for c in ("mrn", "prior_mrn", "visit_number", "patient_class", "location", "admit_time", "discharge_time")
+}
 _NAMES = ", ".join(_COLUMNS)
 _INSERT = f"""
 INSERT INTO adt_inbox ({_NAMES})

@@ -43,6 +43,7 @@ from app.ehr.client import EHRClient
 from app.errors import AdtNoPatient, IngestError, MessageRejected
 from app.facilities.schemas import Hl7v2Config
 from app.fhir.references import ResourceRef
+from app.hl7v2.inbox import FIELD_TYPES
 from app.hl7v2.message import parse
 from app.ingest.drain import backoff
 from app.ingest.pipeline.normalize import normalize
@@ -112,20 +113,11 @@ _UNPARSED = text(
     ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
     """
 )
-_FIELD_TYPES = {
-    "mrn": "text",
-    "prior_mrn": "text",
-    "visit_number": "text",
-    "patient_class": "text",
-    "location": "text",
-    "admit_time": "timestamptz",
-    "discharge_time": "timestamptz",
-}
 _FILL = text(
     f"""
-    UPDATE adt_inbox a SET {", ".join(f"{c} = f.{c}" for c in _FIELD_TYPES)}, parsed = true
+    UPDATE adt_inbox a SET {", ".join(f"{c} = f.{c}" for c in FIELD_TYPES)}, parsed = true
     FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-        AS f(id bigint, {", ".join(f"{c} {t}" for c, t in _FIELD_TYPES.items())})
+        AS f(id bigint, {", ".join(f"{c} {t}" for c, t in FIELD_TYPES.items())})
     WHERE a.id = f.id
     """  # noqa: S608 - column names are the constants above
 )
@@ -181,7 +173,7 @@ _resolved_lock = threading.Lock()
 
 def _fields(row_id: int, raw: str, authority: str) -> dict[str, Any]:
     """The PID/PV1/MRG columns of a committed message (all empty when it cannot be parsed)."""
-    values: dict[str, Any] = dict.fromkeys(_FIELD_TYPES)
+    values: dict[str, Any] = dict.fromkeys(FIELD_TYPES)
     values["id"] = row_id
     try:
         parsed = parse(raw.encode("utf-8", "surrogatepass"))
