@@ -40,9 +40,9 @@ from app.db.models import (
     Facility,
 )
 from app.ehr.client import EHRClient
-from app.errors import AdtNoPatient, IngestError, MessageRejected
+from app.errors import AdtNoPatient, IngestError, MessageRejected, NotificationError
 from app.facilities.schemas import Hl7v2Config
-from app.fhir.references import ResourceRef
+from app.fhir.references import ResourceRef, resource_ref
 from app.hl7v2.inbox import FIELD_TYPES
 from app.hl7v2.message import parse
 from app.ingest.drain import backoff
@@ -255,8 +255,17 @@ def _expected(
         )
     }
     if resource_type == "Encounter" and _config(facility).visit_is_encounter_id:
-        ids |= {r.visit_number for r in work.rows if r.visit_number}
+        ids |= {r.visit_number for r in work.rows if r.visit_number and _is_fhir_id(r.visit_number)}
     return ids
+
+
+def _is_fhir_id(value: str) -> bool:
+    """A PV1-19 that is a FHIR id (never a path to be read: the sender's field, not ours)."""
+    try:
+        resource_ref("Encounter", value)
+    except NotificationError:
+        return False
+    return True
 
 
 def _read_vanished(

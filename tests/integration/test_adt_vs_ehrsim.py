@@ -195,6 +195,17 @@ def test_an_announced_encounter_gone_before_any_read_becomes_a_tombstone(db: Ses
     assert _stored_row(db, "Encounter", "enc-gone-before-read") == (True, "not_found_confirmed")
 
 
+def test_a_visit_number_that_is_no_fhir_id_is_never_read_as_a_path(db: Session, sim: Sim) -> None:
+    facility = _facility(db, sim, visit_is_encounter_id=True)
+    patient = next(r for r in _truth(sim) if r["resourceType"] == "Patient")
+    _adt(db, "A11-PATH", _mrn_of(sim, patient["id"]).strip(), event="A11", visit="../Patient/x")
+    report = process_claimed(
+        db, facility, sim.client("epic"), claim(db, "epic", patients=10, lease=LEASE), Settings()
+    )
+    assert report.done == 1
+    assert _stored_row(db, "Encounter", "../Patient/x") is None
+
+
 def test_a_visit_number_that_is_no_encounter_id_is_not_read(db: Session, sim: Sim) -> None:
     facility = _facility(db, sim)  # PV1-19 is the engine's visit number (a CSN), not a FHIR id
     patient = next(r for r in _truth(sim) if r["resourceType"] == "Patient")
