@@ -1,7 +1,11 @@
 """The ledger check of FAULTS.md: every change made in the EHR reached Postgres (lost = 0).
 
 For every (facility, type, id) the simulator reports, the stored row must be at the EHR's current
-version, or a tombstone when the EHR deleted it.
+version, or a tombstone when the EHR deleted it. Where the EHR serves versions (``meta.versionId``) the
+stored ``version_id`` must be the current one; where it serves none (Epic: ``versioned`` false in the
+truth) the content must be: the stored body, as consumers read it (``current_resources``), against the
+resource as the EHR serves it now, both hashed by ``app.fhir.resources.content_hash`` (one rule for both
+sides, the one the version guard uses).
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from app.fhir import jsonwire
+from app.fhir.resources import content_hash
+
 _CURRENT = text(
     """
-    SELECT resource_type, resource_id, version_id, deleted FROM current_resources WHERE facility_id = :fid
+    SELECT resource_type, resource_id, version_id, deleted, CAST(resource AS text) AS body
+    FROM current_resources WHERE facility_id = :fid
     """
 )
 _INBOX = text("SELECT status, count(*) AS n FROM inbox WHERE facility_id = :fid GROUP BY status")
@@ -56,6 +64,8 @@ class LedgerReport:
 
 
 def check_ledger(session: Session, facility_id: str, truth: list[dict[str, Any]]) -> LedgerReport:
+    """``truth``: ehrsim's ``/_admin/{facility}/truth`` resources, with ``content`` (``?content=true``)
+    wherever they are not ``versioned``."""
     stored = {(r.resource_type, r.resource_id): r for r in session.execute(_CURRENT, {"fid": facility_id})}
     report = LedgerReport(facility_id, expected=len(truth))
     for item in truth:
@@ -69,12 +79,24 @@ def check_ledger(session: Session, facility_id: str, truth: list[dict[str, Any]]
                 report.matched += 1
             else:
                 report.not_tombstoned.append(label)
-        elif row.deleted or row.version_id != str(item["versionId"]):
+        elif row.deleted or not _current(row, item):
             report.behind.append(label)
         else:
             report.matched += 1
     report.inbox = {r.status: int(r.n) for r in session.execute(_INBOX, {"fid": facility_id})}
     return report
+
+
+def _current(row: Any, item: dict[str, Any]) -> bool:
+    """Whether the live stored ``row`` is the EHR's current version of ``item``."""
+    if item.get("versioned", True):
+        return bool(row.version_id == str(item["versionId"]))
+    if "content" not in item:
+        raise ValueError(f"{item['resourceType']} has no versions: the truth must carry its content")
+    # The body as text, decoded here as the product decodes FHIR (decimals exact), whatever JSON loader
+    # the caller's engine has.
+    stored = jsonwire.loads(row.body) if row.body is not None else None
+    return content_hash(stored) == content_hash(item["content"])
 
 
 @dataclass

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.facilities.service import apply_facilities, load_facilities_file
+from app.fhir import jsonwire
 from devstack.database import clear_redis_prefix, create_database, drop_database
 from devstack.keys import write_keypair
 from devstack.ledger import LedgerReport, check_ledger
@@ -161,10 +162,13 @@ class Scenario:
         response.raise_for_status()
         return {k: int(v) for k, v in response.json().items()}
 
-    def truth(self, facility_id: str) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.sim_url}/_admin/{facility_id}/truth", timeout=30)
+    def truth(self, facility_id: str, *, content: bool = False) -> list[dict[str, Any]]:
+        """ehrsim's resources (``content``: with each live one's body, decoded as the product decodes
+        FHIR, decimals exact, so that content hashes compare)."""
+        params = {"content": "true"} if content else {}
+        response = httpx.get(f"{self.sim_url}/_admin/{facility_id}/truth", params=params, timeout=30)
         response.raise_for_status()
-        resources: list[dict[str, Any]] = response.json()["resources"]
+        resources: list[dict[str, Any]] = jsonwire.loads(response.content)["resources"]
         return resources
 
     def sql(self, statement: str, **params: Any) -> list[Any]:
@@ -181,7 +185,7 @@ class Scenario:
         engine = make_engine(self.database_url, pool_size=1)
         try:
             with make_sessionmaker(engine)() as session:
-                return check_ledger(session, facility_id, self.truth(facility_id))
+                return check_ledger(session, facility_id, self.truth(facility_id, content=True))
         finally:
             engine.dispose()
 

@@ -142,7 +142,11 @@ class Facility:
                 return {"system": identifier["system"], "value": str(identifier["value"]).strip()}
         return None
 
-    def truth(self) -> list[dict[str, Any]]:
+    def truth(self, *, content: bool = False) -> list[dict[str, Any]]:
+        """Every resource's current version. ``versioned`` is False where the profile serves no ``meta``
+        (Epic): ``versionId`` is then ehrsim's own count, which no client can see, and only the content
+        tells versions apart; ``content`` adds each live resource as it is served, for that comparison."""
+        versioned = self.profile.meta
         return [
             {
                 "resourceType": r.resource_type,
@@ -150,6 +154,8 @@ class Facility:
                 "versionId": r.version_id or str(r.version),
                 "lastUpdated": format_instant(r.last_updated),
                 "deleted": r.deleted,
+                "versioned": versioned,
+                **({"content": r.resource} if content and not r.deleted else {}),
             }
             for r in self.store.records()
         ]

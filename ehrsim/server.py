@@ -664,7 +664,8 @@ class _Api:
         return _json({"changes": changes})
 
     async def truth(self, request: Request) -> Response:
-        return _json({"resources": self._facility(request).truth()})
+        content = request.query_params.get("content") == "true"
+        return _json({"resources": self._facility(request).truth(content=content)})
 
     async def notifications(self, request: Request) -> Response:
         return _json(self._facility(request).notification_stats().as_dict())

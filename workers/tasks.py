@@ -58,7 +58,7 @@ def process_adt(self: object, facility_id: str) -> dict[str, int]:
         report = process_facility(
             rt.sessions, rt.clients.get, facility_id, rt.settings, references=rt.references, rounds=rounds
         )
-        if report.rows:
+        if report.rows or report.parsed:
             log.info("hl7v2.processed", **describe(report))
             enqueue_adt(celery_app, rt.settings.queue, facility_id)  # finds nothing when all is done
     return {k: int(v) for k, v in describe(report).items()}

@@ -339,6 +339,7 @@ class AdtMessage(Base):
         ),
         Index("ix_adt_inbox_patient", "facility_id", "mrn"),
         Index("ix_adt_inbox_received_at", "received_at"),  # feed health's time windows
+        Index("ix_adt_inbox_unparsed", "facility_id", "id", postgresql_where=text("NOT parsed")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -357,6 +358,9 @@ class AdtMessage(Base):
     location: Mapped[str | None] = mapped_column(Text)  # PV1-3 as sent (components ^-joined)
     admit_time: Mapped[datetime | None]  # PV1-44
     discharge_time: Mapped[datetime | None]  # PV1-45
+    # The PID/PV1/MRG columns above are filled: the listener commits after reading MSH alone, the worker
+    # parses the rest before it claims the row (``app.hl7v2.service.parse_fields``).
+    parsed: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     patient_id: Mapped[str | None] = mapped_column(String(128))  # the FHIR Patient id, once resolved
     merged_patient_id: Mapped[str | None] = mapped_column(String(128))  # A40: the non-surviving FHIR id
     status: Mapped[str] = mapped_column(String(16), server_default=text(f"'{INBOX_PENDING}'"))

@@ -223,7 +223,12 @@ class Hl7v2Config(BaseModel):
       mrn_authority: GENHOSP              # PID-3.4: which repetition is the MRN (FHIR system: mrn_system)
       refresh: [Patient, Encounter]       # FHIR types re-read on every event ({type}?patient={id})
       refresh_by_event: {A08: [Patient]}  # per event, instead of ``refresh``
+      visit_is_encounter_id: false        # PV1-19.1 is the FHIR Encounter's id (as the engine maps it)
     ```
+
+    ``visit_is_encounter_id``: an announced Encounter that the patient's search no longer lists (deleted
+    before we read it) is then read by that id, and a 404/410 makes it a tombstone; otherwise only the
+    Encounters we stored before are read when the search drops them.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -234,6 +239,7 @@ class Hl7v2Config(BaseModel):
     mrn_authority: str = Field(min_length=1, max_length=180)
     refresh: list[str] = Field(default_factory=lambda: ["Patient", "Encounter"])
     refresh_by_event: dict[str, list[str]] = Field(default_factory=dict)
+    visit_is_encounter_id: bool = False
 
     @model_validator(mode="after")
     def _valid(self) -> Hl7v2Config:

@@ -36,7 +36,10 @@ def _control_id(now: datetime) -> str:
 def _clean(value: str, header: Header | None) -> str:
     """A value echoed from the message, with the delimiters removed (never re-interpreted)."""
     seps = (header.field_separator + header.encoding_characters) if header else "".join(_DEFAULT)
-    return "".join(ch for ch in value if ch not in seps and ch not in "\r\n")
+    for ch in seps + "\r\n":  # a few replaces, not a generator per character: this runs for every ACK
+        if ch in value:
+            value = value.replace(ch, "")
+    return value
 
 
 def build_ack(

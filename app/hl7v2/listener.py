@@ -2,17 +2,20 @@
 
 Per connection: the peer must be allowed by some facility (else closed before reading); frames are read
 in order, each answered before the next is read (senders keep one message in flight), so ACKs go back in
-order. Per message: parse MSH, route to a facility (MSH-3/MSH-4 and the peer), commit it to
+order. Per message: read MSH (``read_header``: the rest of the message is parsed by the worker, off the
+ACK path), route to a facility (MSH-3/MSH-4 and the peer), commit it to
 ``adt_inbox`` (group commit with other connections' messages), then ``AA``; a refused message is kept in
 ``adt_quarantine`` and answered ``AR`` with its reason; when Postgres cannot take it, ``AE`` (never
 ``AA``), so the sender resends. After commits the doorbell rings (coalesced, off the event loop): the
-worker resolves the patient. Nothing from PID or PV1 is logged: ids, reasons, counts.
+worker parses the message's patient and visit fields and resolves the patient. Nothing from PID or
+PV1 is logged: ids, reasons, counts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import time
 from collections.abc import Callable
@@ -21,12 +24,13 @@ from datetime import UTC, datetime
 
 import psycopg
 import structlog
+from prometheus_client import Histogram
 
 from app.errors import MessageRejected
 from app.facilities.schemas import ADT_EVENTS
 from app.hl7v2.ack import AckCode, build_ack, recover_control_id
 from app.hl7v2.inbox import AdtRow, AdtWriter
-from app.hl7v2.message import Header, Parsed, parse
+from app.hl7v2.message import Header, read_header
 from app.hl7v2.mllp import Frame, FrameDecoder, Oversized, frame
 from app.hl7v2.routing import Directory, Hl7Facility
 from app.ingest.group_commit import WriterStopped
@@ -36,6 +40,11 @@ from app.pacing import Pacer
 log = structlog.get_logger("hl7v2.listener")
 
 READ_BYTES = 65536
+
+
+@functools.cache
+def _ack_seconds(code: AckCode) -> Histogram:
+    return MLLP_ACK_SECONDS.labels(code)
 
 
 @dataclass(frozen=True)
@@ -147,7 +156,9 @@ class Listener:
         decoder = FrameDecoder(self._config.max_message_bytes)
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(READ_BYTES), self._config.idle_timeout_s)
+                # asyncio.timeout, not wait_for: wait_for makes a task of every read.
+                async with asyncio.timeout(self._config.idle_timeout_s):
+                    data = await reader.read(READ_BYTES)
             except TimeoutError:
                 log.info("hl7v2.idle_closed")
                 return
@@ -160,7 +171,7 @@ class Listener:
                 ack, code = await self.handle(event, peer)
                 writer.write(frame(ack))
                 await writer.drain()
-                MLLP_ACK_SECONDS.labels(code).observe(time.perf_counter() - started)
+                _ack_seconds(code).observe(time.perf_counter() - started)
 
     # -- a message ------------------------------------------------------------------------------------
 
@@ -170,8 +181,7 @@ class Listener:
         header: Header | None = None
         facility: Hl7Facility | None = None
         try:
-            parsed = parse(raw)
-            header = parsed.header
+            header, text = read_header(raw)
             facility = self._route_oversized(header, peer) if isinstance(event, Oversized) else None
             if isinstance(event, Oversized):
                 raise MessageRejected("message_too_large", f"{event.size} bytes")
@@ -182,7 +192,7 @@ class Listener:
             if isinstance(event, Oversized) and exc.reason == "unparseable_msh":
                 exc = MessageRejected("message_too_large", f"{event.size} bytes")
             return await self._reject(exc, raw, header, facility, peer)
-        return await self._accept(parsed, facility, header)
+        return await self._accept(text, facility, header)
 
     def _route_oversized(self, header: Header, peer: str) -> Hl7Facility | None:
         """The facility of a message refused for its size, when its head names one (for quarantine)."""
@@ -191,8 +201,8 @@ class Listener:
         except MessageRejected:
             return None
 
-    async def _accept(self, parsed: Parsed, facility: Hl7Facility, header: Header) -> tuple[bytes, AckCode]:
-        row = _row(parsed, facility)
+    async def _accept(self, text: str, facility: Hl7Facility, header: Header) -> tuple[bytes, AckCode]:
+        row = _row(text, facility, header)
         event = header.event_type if header.event_type in ADT_EVENTS else "other"
         try:
             stored = await self._writer.write(row)
@@ -202,7 +212,7 @@ class Listener:
             log.warning("hl7v2.not_stored", facility_id=facility.id, reason=why, error=type(exc).__name__)
             return build_ack(header, "AE", now=self._now(), reason=why), "AE"
         mllp_messages(facility.id, event, "stored" if stored else "duplicate").inc()
-        if stored and row.work and self._pacer is not None:
+        if stored and self._pacer is not None:  # every new row: the worker parses it, work or not
             self._pacer.ring(facility.id)
         return build_ack(header, "AA", now=self._now()), "AA"
 
@@ -241,22 +251,14 @@ class Listener:
         return ack, "AR"
 
 
-def _row(parsed: Parsed, facility: Hl7Facility) -> AdtRow:
-    header, adt, authority = parsed.header, parsed.adt, facility.config.mrn_authority
+def _row(text: str, facility: Hl7Facility, header: Header) -> AdtRow:
     return AdtRow(
         facility_id=facility.id,
         control_id=header.control_id,
-        raw=parsed.text,
+        raw=text,
         version=header.version or None,
         message_type=header.message_type or None,
         event_type=header.event_type or None,
         message_time=header.message_time,
-        mrn=adt.mrn(authority),
-        prior_mrn=adt.prior_mrn(authority) if header.event_type == "A40" else None,
-        visit_number=adt.visit_number,
-        patient_class=adt.patient_class,
-        location=adt.location,
-        admit_time=adt.admit_time,
-        discharge_time=adt.discharge_time,
         work=header.event_type in ADT_EVENTS,
     )

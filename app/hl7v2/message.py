@@ -1,4 +1,10 @@
-"""An HL7 v2 message parsed into what we keep (python-hl7 does the parsing): pure, no I/O.
+"""An HL7 v2 message parsed into what we keep: pure, no I/O.
+
+Two readings. ``read_header`` reads MSH alone (and EVN-1 when MSH-9.2 is empty), by splitting the MSH
+segment with the delimiters it declares and unescaping with python-hl7's rules: all the listener needs
+to route, deduplicate and acknowledge, in microseconds, before its commit. ``parse`` adds the patient
+and visit fields (PID, PV1, MRG) with python-hl7 (a full parse costs about a millisecond); the worker
+runs it on the committed raw message (``app.hl7v2.service.parse_fields``), off the ACK path.
 
 Tolerant the way senders need it to be: versions 2.3 to 2.8; the delimiters the message declares in
 MSH-1/MSH-2 (custom ones included); segments ended by ``\\r``, ``\\n`` or ``\\r\\n``; escape sequences
@@ -15,6 +21,7 @@ from typing import Any
 
 import hl7
 from hl7.exceptions import HL7Exception
+from hl7.util import unescape
 
 from app.errors import MessageRejected
 
@@ -65,6 +72,9 @@ class AdtFields:
         return _pick(self.prior_identifiers, authority)
 
 
+_NO_FIELDS = AdtFields((), (), None, None, None, None, None)
+
+
 @dataclass(frozen=True)
 class Parsed:
     header: Header
@@ -93,8 +103,34 @@ def decode(raw: bytes) -> str:
     return raw.decode("latin-1")  # every byte decodes: a message is never refused for its charset
 
 
-def parse(raw: bytes) -> Parsed:
-    """Parse one message (the bytes of an MLLP frame). Raises ``MessageRejected`` when MSH is unusable."""
+class _Delimiters:
+    """What python-hl7's ``unescape`` reads of a message: its escape character and separators."""
+
+    __slots__ = ("esc", "separators")
+
+    def __init__(self, field_sep: str, encoding: str) -> None:
+        # python-hl7's order: segment, field, repetition, component, subcomponent.
+        self.separators = "\r" + field_sep + encoding[1] + encoding[0] + encoding[3]
+        self.esc = encoding[2]
+
+
+def _first(value: str, delimiters: _Delimiters, component: int = 1) -> str:
+    """Repetition 1, ``component``, subcomponent 1 of a field, unescaped and trimmed (python-hl7's
+    ``extract_field(…, field, 1, component, 1)``)."""
+    seps = delimiters.separators
+    if component == 1 and not (
+        seps[2] in value or seps[3] in value or seps[4] in value or delimiters.esc in value
+    ):
+        return value.strip()  # the usual MSH value: nothing to split or unescape
+    parts = value.split(seps[2], 1)[0].split(seps[3])
+    if component > len(parts):
+        return ""
+    return str(unescape(delimiters, parts[component - 1].split(seps[4], 1)[0])).strip()
+
+
+def read_header(raw: bytes) -> tuple[Header, str]:
+    """MSH (and EVN-1 when MSH-9.2 is empty) of one message, and the message decoded with its segments
+    ended by ``\\r``. Raises ``MessageRejected`` (``unparseable_msh``) when MSH is unusable."""
     text = decode(normalize_terminators(raw))
     if not text.startswith("MSH") or len(text) < 8:
         raise MessageRejected("unparseable_msh", "the message does not start with an MSH segment")
@@ -104,16 +140,54 @@ def parse(raw: bytes) -> Parsed:
     encoding = text[4 : text.find(field_sep, 4)] if text.find(field_sep, 4) > 0 else ""
     if len(encoding) < 4 or len(set(encoding + field_sep)) != len(encoding) + 1:
         raise MessageRejected("unparseable_msh", "MSH-2 does not declare four distinct delimiters")
-    try:
-        message = hl7.parse(_segments_we_read(text))
-        header = _header(message, field_sep, encoding)
-    except (HL7Exception, IndexError, KeyError, ValueError) as exc:
-        raise MessageRejected("unparseable_msh", f"MSH unreadable ({type(exc).__name__})") from exc
+    delimiters = _Delimiters(field_sep, encoding)
+    # fields[n - 1] is MSH-n for n >= 2 (MSH-1 is the separator itself).
+    fields = text.split("\r", 1)[0].split(field_sep)
+    fields += [""] * (12 - len(fields))
+
+    def msh(n: int, component: int = 1) -> str:
+        return _first(fields[n - 1], delimiters, component)
+
+    event = msh(9, 2) or _evn_1(text, field_sep, delimiters)
+    header = Header(
+        field_separator=field_sep,
+        encoding_characters=encoding,
+        sending_application=msh(3),
+        sending_facility=msh(4),
+        receiving_application=msh(5),
+        receiving_facility=msh(6),
+        message_time=parse_ts(msh(7)),
+        message_type=msh(9)[:16],
+        event_type=event[:16],
+        control_id=msh(10)[:199],
+        processing_id=msh(11)[:3],
+        version=msh(12)[:16],
+    )
     if not header.control_id:
         raise MessageRejected("unparseable_msh", "MSH-10 (message control id) is empty")
     if not header.sending_application:
         raise MessageRejected("unparseable_msh", "MSH-3 (sending application) is empty")
-    return Parsed(header=header, adt=_adt(message), text=text)
+    return header, text
+
+
+def _evn_1(text: str, field_sep: str, delimiters: _Delimiters) -> str:
+    start = text.find("\rEVN" + field_sep)
+    if start < 0:
+        return ""
+    segment = text[start + 1 :].split("\r", 1)[0]
+    fields = segment.split(field_sep)
+    return _first(fields[1], delimiters) if len(fields) > 1 else ""
+
+
+def parse(raw: bytes) -> Parsed:
+    """Parse one message (the bytes of an MLLP frame): ``read_header`` and the PID/PV1/MRG fields.
+    Raises ``MessageRejected`` when MSH is unusable."""
+    header, text = read_header(raw)
+    try:
+        message = hl7.parse(_segments_we_read(text))
+    except (HL7Exception, IndexError, KeyError, ValueError):
+        message = None  # MSH was read above; fields python-hl7 cannot parse are left empty
+    return Parsed(header=header, adt=_adt(message) if message is not None else _NO_FIELDS, text=text)
 
 
 # Only these segments are read (the first of each); python-hl7 parses every segment it is given, and real
@@ -147,24 +221,6 @@ def _repetitions(message: Any, segment: str, field: int) -> int:
         return 0
     value = seg(field)
     return len(value) if isinstance(value, list) else 1
-
-
-def _header(message: Any, field_sep: str, encoding: str) -> Header:
-    event = _get(message, "MSH", 9, 1, 2) or _get(message, "EVN", 1)
-    return Header(
-        field_separator=field_sep,
-        encoding_characters=encoding,
-        sending_application=_get(message, "MSH", 3),
-        sending_facility=_get(message, "MSH", 4),
-        receiving_application=_get(message, "MSH", 5),
-        receiving_facility=_get(message, "MSH", 6),
-        message_time=parse_ts(_get(message, "MSH", 7)),
-        message_type=_get(message, "MSH", 9, 1, 1)[:16],
-        event_type=event[:16],
-        control_id=_get(message, "MSH", 10)[:199],
-        processing_id=_get(message, "MSH", 11)[:3],
-        version=_get(message, "MSH", 12)[:16],
-    )
 
 
 def _identifiers(message: Any, segment: str, field: int) -> tuple[Identifier, ...]:
@@ -220,9 +276,19 @@ def parse_ts(value: str) -> datetime | None:
     if not whole.isdigit() or len(whole) not in (4, 6, 8, 10, 12, 14):
         return None
     padded = whole + "0101000000"[len(whole) - 4 :] if len(whole) < 14 else whole
-    try:
-        stamp = datetime.strptime(padded[:14], "%Y%m%d%H%M%S")  # noqa: DTZ007  (the zone is applied next)
+    micros = int((fraction + "000000")[:6]) if fraction.isdigit() else 0
+    d = padded
+    try:  # not strptime: this runs for every message before its ACK, and strptime costs ten times more
+        stamp = datetime(
+            int(d[:4]),
+            int(d[4:6]),
+            int(d[6:8]),
+            int(d[8:10]),
+            int(d[10:12]),
+            int(d[12:14]),
+            micros,
+            tzinfo=UTC if not offset else timezone(offset),
+        )
     except ValueError:
         return None
-    micros = int((fraction + "000000")[:6]) if fraction.isdigit() else 0
-    return stamp.replace(microsecond=micros, tzinfo=timezone(offset)).astimezone(UTC)
+    return stamp.astimezone(UTC) if offset else stamp

@@ -8,6 +8,7 @@ facility allows. A connection from an address no facility allows is closed befor
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Hl7Facility:
         return address is not None and any(address in net for net in self.networks)
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every message; an engine connects from a few addresses
 def _address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         address = ipaddress.ip_address(peer)

@@ -1,6 +1,8 @@
 """Events → work: an ADT "patient changed" event makes us re-read the patient over FHIR.
 
-Rows are claimed per patient (every due row of up to ``patients`` MRNs at once, so a burst of A08s for
+The listener commits a message after reading its MSH alone; ``parse_fields`` parses the rest (PID-3,
+PV1, MRG: python-hl7) into the row's columns before any claim, in the claim's transaction. Rows are
+claimed per patient (every due row of up to ``patients`` MRNs at once, so a burst of A08s for
 one patient is one fetch); for each patient: the MRN (PID-3 of the facility's assigning authority,
 trimmed) is resolved by the pipeline's identifier search (``Patient?identifier=mrn_system|value``,
 cached per process), then the FHIR types the facility's ``hl7v2`` block names for the rows' events are
@@ -17,6 +19,7 @@ reason. Idempotent: a duplicate task finds nothing to claim; a repeated fetch co
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -37,14 +40,17 @@ from app.db.models import (
     Facility,
 )
 from app.ehr.client import EHRClient
-from app.errors import AdtNoPatient, IngestError
+from app.errors import AdtNoPatient, IngestError, MessageRejected, NotificationError
 from app.facilities.schemas import Hl7v2Config
-from app.fhir.references import ResourceRef
+from app.fhir.references import ResourceRef, resource_ref
+from app.hl7v2.inbox import FIELD_TYPES
+from app.hl7v2.message import parse
 from app.ingest.drain import backoff
 from app.ingest.pipeline.normalize import normalize
-from app.ingest.pipeline.observed import Observed
+from app.ingest.pipeline.observed import Observed, read_after_vanishing
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Pipeline, Work
+from app.reconcile.queries import STORED_IDS_OF_PATIENT
 from app.settings import Settings
 
 log = structlog.get_logger("hl7v2.service")
@@ -54,18 +60,18 @@ _CLAIM = text(
     WITH due AS (
         SELECT DISTINCT coalesce(mrn, '') AS mrn FROM adt_inbox
         WHERE facility_id = :facility AND status = '{INBOX_PENDING}' AND next_attempt_at <= now()
-          AND (lease_until IS NULL OR lease_until < now())
+          AND (lease_until IS NULL OR lease_until < now()) AND parsed
         LIMIT :patients
     ), rows AS (
         SELECT id FROM adt_inbox
         WHERE facility_id = :facility AND status = '{INBOX_PENDING}' AND next_attempt_at <= now()
-          AND (lease_until IS NULL OR lease_until < now())
+          AND (lease_until IS NULL OR lease_until < now()) AND parsed
           AND coalesce(mrn, '') IN (SELECT mrn FROM due)
         FOR UPDATE SKIP LOCKED
     )
     UPDATE adt_inbox a SET lease_until = now() + :lease, claim_token = :token, attempts = a.attempts + 1
     FROM rows WHERE a.id = rows.id
-    RETURNING a.id, a.mrn, a.prior_mrn, a.event_type, a.attempts
+    RETURNING a.id, a.mrn, a.prior_mrn, a.event_type, a.visit_number, a.attempts
     """  # noqa: S608 - statuses are constants
 )
 _DONE = text(
@@ -97,8 +103,27 @@ FACILITIES_WITH_DUE_ADT = text(
     SELECT DISTINCT facility_id FROM adt_inbox
     WHERE status = '{INBOX_PENDING}' AND next_attempt_at <= now()
       AND (lease_until IS NULL OR lease_until < now())
+    UNION
+    SELECT DISTINCT facility_id FROM adt_inbox WHERE NOT parsed
     """  # noqa: S608
 )
+_UNPARSED = text(
+    """
+    SELECT id, raw FROM adt_inbox WHERE facility_id = :facility AND NOT parsed
+    ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+    """
+)
+_FILL = text(
+    f"""
+    UPDATE adt_inbox a SET {", ".join(f"{c} = f.{c}" for c in FIELD_TYPES)}, parsed = true
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+        AS f(id bigint, {", ".join(f"{c} {t}" for c, t in FIELD_TYPES.items())})
+    WHERE a.id = f.id
+    """  # noqa: S608 - column names are the constants above
+)
+#: An identifier longer than this is no MRN (and would not fit the patient index): the row has none.
+MAX_MRN_CHARS = 200
+PARSE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,7 @@ class ClaimedAdt:
     mrn: str | None
     prior_mrn: str | None
     event_type: str | None
+    visit_number: str | None
     attempts: int
 
 
@@ -134,11 +160,53 @@ class AdtReport:
     retried: int = 0
     dead: int = 0
     stored: int = 0
+    parsed: int = 0  # rows whose PID/PV1/MRG fields were read (``parse_fields``)
+
+
+_REPORT_FIELDS = ("patients", "rows", "done", "retried", "dead", "stored", "parsed")
 
 
 # Patient ids resolved from MRNs, per process (an MRN names one patient until a merge).
 _resolved: dict[tuple[str, str], str] = {}
 _resolved_lock = threading.Lock()
+
+
+def _fields(row_id: int, raw: str, authority: str) -> dict[str, Any]:
+    """The PID/PV1/MRG columns of a committed message (all empty when it cannot be parsed)."""
+    values: dict[str, Any] = dict.fromkeys(FIELD_TYPES)
+    values["id"] = row_id
+    try:
+        parsed = parse(raw.encode("utf-8", "surrogatepass"))
+    except MessageRejected:
+        return values  # committed after its MSH was read: nothing further to find
+    adt = parsed.adt
+    mrn = adt.mrn(authority)
+    prior = adt.prior_mrn(authority) if parsed.header.event_type == "A40" else None
+    values.update(
+        mrn=mrn if mrn is None or len(mrn) <= MAX_MRN_CHARS else None,
+        prior_mrn=prior if prior is None or len(prior) <= MAX_MRN_CHARS else None,
+        visit_number=adt.visit_number,
+        patient_class=adt.patient_class,
+        location=adt.location,
+        admit_time=adt.admit_time.isoformat() if adt.admit_time else None,
+        discharge_time=adt.discharge_time.isoformat() if adt.discharge_time else None,
+    )
+    for key, value in values.items():
+        if isinstance(value, str):
+            values[key] = value.replace("\x00", "\ufffd")  # Postgres text holds no NUL
+    return values
+
+
+def parse_fields(session: Session, facility: Facility, *, limit: int = PARSE_BATCH) -> int:
+    """Fill the PID/PV1/MRG columns of up to ``limit`` of the facility's rows the listener committed
+    unparsed; how many. Idempotent (rows are locked, skipped by a concurrent worker); caller commits."""
+    rows = session.execute(_UNPARSED, {"facility": facility.id, "limit": limit}).all()
+    if not rows:
+        return 0
+    authority = _config(facility).mrn_authority
+    filled = [_fields(r.id, r.raw, authority) for r in rows]
+    session.execute(_FILL, {"rows": json.dumps(filled)})
+    return len(rows)
 
 
 def claim(session: Session, facility_id: str, *, patients: int, lease: timedelta) -> Claim:
@@ -149,7 +217,7 @@ def claim(session: Session, facility_id: str, *, patients: int, lease: timedelta
     by_mrn: dict[str | None, PatientWork] = {}
     for r in rows:
         by_mrn.setdefault(r.mrn, PatientWork(r.mrn)).rows.append(
-            ClaimedAdt(r.id, r.mrn, r.prior_mrn, r.event_type, r.attempts)
+            ClaimedAdt(r.id, r.mrn, r.prior_mrn, r.event_type, r.visit_number, r.attempts)
         )
     return Claim(token, list(by_mrn.values()))
 
@@ -172,6 +240,49 @@ def _search_patient_scoped(
         for r in pipeline.adapter.search_entries(bundle)
         if r.get("resourceType") == resource_type and isinstance(r.get("id"), str)
     ]
+
+
+def _expected(
+    session: Session, facility: Facility, work: PatientWork, resource_type: str, patient_id: str
+) -> set[str]:
+    """The ids of ``resource_type`` the patient's search should list: those stored live for the patient,
+    and (``visit_is_encounter_id``) the Encounters the rows announce, which may be gone before any read."""
+    ids = {
+        str(i)
+        for i in session.scalars(
+            STORED_IDS_OF_PATIENT,
+            {"fid": facility.id, "rtype": resource_type, "ref": f"Patient/{patient_id}"},
+        )
+    }
+    if resource_type == "Encounter" and _config(facility).visit_is_encounter_id:
+        ids |= {r.visit_number for r in work.rows if r.visit_number and _is_fhir_id(r.visit_number)}
+    return ids
+
+
+def _is_fhir_id(value: str) -> bool:
+    """A PV1-19 that is a FHIR id (never a path to be read: the sender's field, not ours)."""
+    try:
+        resource_ref("Encounter", value)
+    except NotificationError:
+        return False
+    return True
+
+
+def _read_vanished(
+    pipeline: Pipeline, resource_type: str, ids: set[str], *, now: datetime
+) -> list[Observed] | IngestError:
+    """Read each id the search did not list, as the reconciler's re-crawl does: a 404/410 is a
+    tombstone, a live answer is stored."""
+    if not ids:
+        return []
+    refs = [ResourceRef(resource_type, i) for i in sorted(ids)]
+    fetched = pipeline.fetch(Work(reads=refs), now=now)
+    found: list[Observed] = []
+    for outcome in fetched.reads.values():
+        if isinstance(outcome, IngestError):
+            return outcome
+        found.append(read_after_vanishing(outcome))
+    return found + fetched.references
 
 
 @dataclass
@@ -200,11 +311,16 @@ def _fetch_patient(
     for row in work.rows:
         types += [t for t in config.types_for(row.event_type or "") if t != "Patient" and t not in types]
     for resource_type in types:
+        expected = _expected(session, facility, work, resource_type, patient_id)
         items = _search_patient_scoped(pipeline, resource_type, patient_id)
         if isinstance(items, IngestError):
             return items
         normalized, _ = normalize(pipeline.adapter, items, now=now)
         observed += normalized
+        vanished = _read_vanished(pipeline, resource_type, expected - {o.resource_id for o in items}, now=now)
+        if isinstance(vanished, IngestError):
+            return vanished
+        observed += vanished
     merged = _merged_patient(session, pipeline, facility, work, now=now)
     if isinstance(merged, IngestError):
         return merged
@@ -331,15 +447,19 @@ def process_facility(
             facility = session.get(Facility, facility_id)
             if facility is None or not facility.hl7v2:
                 return total
+            parsed = parse_fields(session, facility)
             claimed = claim(session, facility_id, patients=patients, lease=settings.lease_max_hold)
             session.expunge(facility)
+        total.parsed += parsed
         if not claimed.patients:
+            if parsed:
+                continue  # more rows may wait for their parse
             return total
         client = client_for(facility)
         with sessions.begin() as session:
             session.add(facility)
             report = process_claimed(session, facility, client, claimed, settings, references=references)
-        for name in ("patients", "rows", "done", "retried", "dead", "stored"):
+        for name in _REPORT_FIELDS[:-1]:
             setattr(total, name, getattr(total, name) + getattr(report, name))
     return total
 
@@ -349,4 +469,4 @@ def due_facilities(session: Session) -> list[str]:
 
 
 def describe(report: AdtReport) -> dict[str, Any]:
-    return {k: getattr(report, k) for k in ("patients", "rows", "done", "retried", "dead", "stored")}
+    return {k: getattr(report, k) for k in _REPORT_FIELDS}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -25,8 +25,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import (
-    DELETION_NOT_FOUND,
-    DELETION_NOT_FOUND_CONFIRMED,
     Facility,
     ReconcileRequest,
     ReconcileRun,
@@ -34,7 +32,7 @@ from app.db.models import (
 )
 from app.ehr.pool import ClientFactory
 from app.errors import ConfigInvalid, ConfigurationError, IngestError
-from app.ingest.pipeline.observed import Observed
+from app.ingest.pipeline.observed import Observed, read_after_vanishing
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Pipeline, Work
 from app.ingest.quarantine import NdjsonQuarantine
@@ -375,9 +373,7 @@ def _apply(
     for ref, outcome in list(fetched.reads.items()):
         if isinstance(outcome, IngestError):
             raise outcome
-        if outcome.deletion == DELETION_NOT_FOUND:
-            # Gone from the search and 404 on a read: two observations agree, it is a deletion.
-            fetched.reads[ref] = replace(outcome, deletion=DELETION_NOT_FOUND_CONFIRMED)
+        fetched.reads[ref] = read_after_vanishing(outcome)  # gone from the search: a 404 confirms it
     items = fetched.observed()
     with sessions() as session:
         before = coverage.snapshot(session, fid, items)

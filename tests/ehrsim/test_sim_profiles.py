@@ -89,6 +89,20 @@ async def test_epic_resources_have_no_meta(open_sim: OpenSim) -> None:
     assert "etag" not in response.headers
 
 
+async def test_epic_truth_says_it_serves_no_versions_and_gives_the_content_as_served(
+    open_sim: OpenSim,
+) -> None:
+    async with open_sim("epic") as client:
+        served = (await client.get(f"{FHIR}/Patient/pat-1")).json()
+        plain = (await client.get("/_admin/general/truth")).json()["resources"]
+        full = (await client.get("/_admin/general/truth?content=true")).json()["resources"]
+    assert {r["versioned"] for r in plain} == {False}
+    assert not any("content" in r for r in plain)
+    patient = next(r for r in full if (r["resourceType"], r["id"]) == ("Patient", "pat-1"))
+    assert patient["content"] == served
+    assert all("content" not in r for r in full if r["deleted"])
+
+
 async def test_epic_identifier_values_are_padded(open_sim: OpenSim) -> None:
     async with open_sim("epic") as client:
         patient = (await client.get(f"{FHIR}/Patient/pat-1")).json()

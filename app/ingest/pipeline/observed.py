@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from app.db.models import DELETION_NOT_FOUND, DELETION_NOT_FOUND_CONFIRMED
 from app.errors import IngestError
 
 
@@ -30,3 +31,11 @@ class Observed:
 
 #: What one read came to: the resource (or its tombstone), or why it could not be read.
 Outcome = Observed | IngestError
+
+
+def read_after_vanishing(outcome: Observed) -> Observed:
+    """The read of a resource a search no longer lists: a 404 then agrees with the search (two
+    observations), so it is a confirmed deletion; a 410 or a live body stays as read."""
+    if outcome.deletion == DELETION_NOT_FOUND:
+        return replace(outcome, deletion=DELETION_NOT_FOUND_CONFIRMED)
+    return outcome

@@ -17,10 +17,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from app.cli.mllp import make_url_conninfo
+from app.db.models import Facility
 from app.hl7v2.inbox import AdtWriter
 from app.hl7v2.listener import Listener, ListenerConfig
 from app.hl7v2.mllp import END, frame
 from app.hl7v2.routing import load_directory
+from app.hl7v2.service import parse_fields
 from tests.conftest import engine_for, make_facility, migrated_database
 
 HL7V2 = {
@@ -135,6 +137,14 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def parse_committed(engine: Engine, facility_id: str = "adt-fac") -> int:
+    """What the worker does before it claims: parse the PID/PV1/MRG fields of the committed rows."""
+    with Session(engine) as session, session.begin():
+        facility = session.get(Facility, facility_id)
+        assert facility is not None
+        return parse_fields(session, facility)
 
 
 def msa(ack: bytes) -> list[str]:

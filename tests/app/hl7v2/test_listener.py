@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from app.hl7v2.mllp import END, START, frame
-from tests.app.hl7v2.conftest import Client, Running, msa, start_listener
+from tests.app.hl7v2.conftest import Client, Running, msa, parse_committed, start_listener
 from tests.app.hl7v2.samples import a01, a40, oru
 
 
@@ -27,11 +27,16 @@ def test_each_message_is_committed_before_its_aa_and_msa2_echoes_msh10(
     for n in range(5):
         ack = client.send(a01(f"C{n}", mrn=f"M{n:07d}"))
         assert msa(ack)[:2] == ["AA", f"C{n}"]
-        # The AA is out: the row must be visible to any other connection now.
-        assert _rows(clean, "SELECT status, mrn FROM adt_inbox WHERE control_id = :c", c=f"C{n}") == [
-            ("pending", f"M{n:07d}")
-        ]
+        # The AA is out: the row must be visible to any other connection now (MSH read; the worker
+        # parses the rest).
+        assert _rows(
+            clean, "SELECT status, parsed, raw LIKE '%PID|%' FROM adt_inbox WHERE control_id = :c", c=f"C{n}"
+        ) == [("pending", False, True)]
     client.close()
+    assert parse_committed(clean) == 5
+    assert _rows(clean, "SELECT mrn, parsed FROM adt_inbox ORDER BY control_id") == [
+        (f"M{n:07d}", True) for n in range(5)
+    ]
     deadline = time.monotonic() + 5
     while "adt-fac" not in listener.rings and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -40,6 +45,7 @@ def test_each_message_is_committed_before_its_aa_and_msa2_echoes_msh10(
 
 def test_adt_events_view_has_the_consumer_columns(listener: Running, clean: Engine) -> None:
     Client(listener.port).send(a01("V1"))
+    parse_committed(clean)
     [row] = _rows(
         clean,
         "SELECT facility_id, event_type, control_id, mrn, visit_number, patient_class, location,"
@@ -91,6 +97,7 @@ def test_a_frame_without_its_trailing_cr_is_answered(listener: Running, clean: E
     client.sock, client._buffer = sock, b""
     assert msa(client.read_ack())[:2] == ["AA", "NOCR"]
     sock.close()
+    parse_committed(clean)
     assert _rows(clean, "SELECT prior_mrn FROM adt_inbox WHERE control_id = 'NOCR'") == [("M0000009",)]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from app.errors import MessageRejected
 from app.hl7v2.ack import build_ack, recover_control_id
-from app.hl7v2.message import parse, parse_ts
+from app.hl7v2.message import parse, parse_ts, read_header
 from tests.app.hl7v2.samples import AUTHORITY, a01, a08_v23_custom, a40
 
 NOW = datetime(2026, 12, 2, 13, 0, tzinfo=UTC)
@@ -111,3 +111,42 @@ def test_the_mrn_authority_is_the_namespace_of_a_full_hd() -> None:
     parsed = parse(raw)
     assert parsed.adt.mrn("EPI") == "M0000001"
     assert parsed.adt.mrn("EPI&1.2.840.114350.1.13.0.1.7.5.737384.14&ISO") is None
+
+
+def _escaped_msh(control_id: str) -> bytes:
+    return (
+        f"MSH|^~\\&|EP\\T\\IC^x|GEN\\F\\HOSP&sub|EHRI|EHRI|20261202130507.25+0100||ADT^A08^ADT_A01|{control_id}"
+        "|P^T|2.5.1~2.5\rPID|1||M1^^^GENHOSP^MR"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        a01(),
+        a08_v23_custom(),
+        a40(),
+        _escaped_msh("C\\S\\1~rep"),
+        b"MSH|^~\\&|EPIC|||||||C9",
+        a01("é\\X41\\"),
+    ],
+)
+def test_the_hand_read_msh_gives_what_python_hl7_reads(raw: bytes) -> None:
+    """``read_header`` (the listener's MSH reading, no python-hl7 parse) against python-hl7's own."""
+    header, text = read_header(raw)
+    message = hl7.parse(text)
+
+    def field(n: int, component: int = 1) -> str:
+        try:
+            return str(message.extract_field("MSH", 1, n, 1, component, 1)).strip()
+        except IndexError:
+            return ""
+
+    evn = message.extract_field("EVN", 1, 1, 1, 1, 1) if "\rEVN" in text else ""
+    assert header.sending_application == field(3)
+    assert header.sending_facility == field(4)
+    assert (header.receiving_application, header.receiving_facility) == (field(5), field(6))
+    assert header.message_time == parse_ts(field(7))
+    assert (header.message_type, header.event_type) == (field(9), field(9, 2) or str(evn).strip())
+    assert header.control_id == field(10)
+    assert (header.processing_id, header.version) == (field(11), field(12))
