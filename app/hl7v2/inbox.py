@@ -10,8 +10,6 @@ the waiting connection, which then answers ``AE`` (never ``AA``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -22,9 +20,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 
 from app.db.models import INBOX_DONE, INBOX_PENDING
-from app.ingest.group_commit import WriterStopped
-
-CONNECT_TIMEOUT_S = 5
+from app.ingest.group_commit import CONNECT_TIMEOUT_S, GroupCommit
 
 _COLUMNS = {
     "facility_id": "text",
@@ -104,54 +100,28 @@ class AdtRow:
 _FIELDS = [c for c in _COLUMNS if c != "status"]
 
 
-@dataclass
-class _Job:
-    row: AdtRow
-    future: asyncio.Future[bool]
-
-
-class AdtWriter:
+class AdtWriter(GroupCommit[AdtRow, bool]):
     """``await write(row)`` returns True when this call stored the row, False for a duplicate; raises
     when it could not be committed, and ``WriterStopped`` at once after ``stop`` (nothing stored: the
-    listener answers AE, so the sender's engine resends to the next listener)."""
+    listener answers AE, so the sender's engine resends to the next listener). The group commit is
+    the receiver's (``app.ingest.group_commit``: writer threads, so a busy loop never delays a commit)."""
 
     def __init__(self, conninfo: str, *, max_batch: int = 256, loops: int = 1) -> None:
-        # One loop by default: senders keep one message in flight per connection, so whatever arrives
-        # while a commit runs makes the next batch; two loops halve the batches and cost the listener
-        # and Postgres about 10 % more CPU per message (measured with bench/mllp.py's load).
-        self._conninfo = conninfo
-        self._max_batch = max_batch
-        self._loops = loops
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._connections: dict[int, psycopg.AsyncConnection[Any]] = {}
-        self._stopped = False
-
-    async def start(self) -> None:
-        self._stopped = False
-        self._tasks = [asyncio.create_task(self._run(i), name=f"adt-writer-{i}") for i in range(self._loops)]
-
-    async def stop(self) -> None:
-        self._stopped = True  # first: a write arriving while the loops wind down is refused, never queued
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for conn in self._connections.values():
-            await conn.close()
-        self._connections.clear()
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(WriterStopped())
+        # One writer by default: senders keep one message in flight per connection, so whatever arrives
+        # while a commit runs makes the next batch; two halve the batches and cost the listener and
+        # Postgres about 10 % more CPU per message (measured with bench/mllp.py's load). Autocommit: the
+        # batch is one statement, its own transaction, committed in one round trip.
+        super().__init__(conninfo, max_batch=max_batch, threads=loops, name="adt-writer", autocommit=True)
+        self._quarantine_conn: psycopg.AsyncConnection[Any] | None = None
 
     async def write(self, row: AdtRow) -> bool:
-        if self._stopped or not self._tasks:
-            raise WriterStopped
-        job = _Job(row, asyncio.get_running_loop().create_future())
-        await self._queue.put(job)
-        return await job.future
+        return await self.submit(row)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._quarantine_conn is not None:
+            await self._quarantine_conn.close()
+            self._quarantine_conn = None
 
     async def quarantine(
         self, *, facility_id: str | None, peer: str, reason: str, detail: str, raw: bytes
@@ -172,58 +142,39 @@ class AdtWriter:
         return int(row[0])
 
     async def _connect(self, slot: int) -> psycopg.AsyncConnection[Any]:
-        conn = self._connections.get(slot)
+        """The quarantine's connection (refused messages are rare: no group commit for them)."""
+        conn = self._quarantine_conn
         if conn is None or conn.closed or conn.broken:
             conn = await psycopg.AsyncConnection.connect(
-                self._conninfo, connect_timeout=CONNECT_TIMEOUT_S, row_factory=namedtuple_row, autocommit=True
+                self.conninfo, connect_timeout=CONNECT_TIMEOUT_S, row_factory=namedtuple_row, autocommit=True
             )
-            self._connections[slot] = conn
+            self._quarantine_conn = conn
         return conn
 
-    async def _run(self, slot: int) -> None:
-        while True:
-            jobs = [await self._queue.get()]
-            while len(jobs) < self._max_batch and not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
-            try:
-                await self._commit(slot, jobs)
-            except asyncio.CancelledError:
-                self._fail(jobs, WriterStopped())
-                raise
-
-    async def _commit(self, slot: int, jobs: list[_Job]) -> None:
+    def commit_batch(self, slot: int, items: list[AdtRow]) -> list[bool | BaseException]:
         try:
-            stored = await self._insert(slot, [job.row for job in jobs])
+            stored = self._insert(slot, items)
         except psycopg.OperationalError as exc:  # the database: every waiting connection answers AE
-            self._fail(jobs, exc)
-            return
+            return [exc] * len(items)
         except psycopg.Error as exc:
-            if len(jobs) == 1:
-                self._fail(jobs, exc)
-                return
-            for job in jobs:  # one row's data failed the batch: each alone, so it fails alone
-                await self._commit(slot, [job])
-            return
-        for job in jobs:
-            key = (job.row.facility_id, job.row.control_id.replace("\x00", "\ufffd"))
-            mine = key in stored
+            if len(items) == 1:
+                return [exc]
+            answers: list[bool | BaseException] = []
+            for row in items:  # one row's data failed the batch: each alone, so it fails alone
+                answers += self.commit_batch(slot, [row])
+            return answers
+        answers = []
+        for row in items:
+            key = (row.facility_id, row.control_id.replace("\x00", "\ufffd"))
+            answers.append(key in stored)
             stored.discard(key)  # the same message twice in one batch: the first stored it
-            if not job.future.done():
-                job.future.set_result(mine)
+        return answers
 
-    @staticmethod
-    def _fail(jobs: list[_Job], exc: BaseException) -> None:
-        for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(exc)
-
-    async def _insert(self, slot: int, rows: list[AdtRow]) -> set[tuple[str, str]]:
-        conn = await self._connect(slot)
+    def _insert(self, slot: int, rows: list[AdtRow]) -> set[tuple[str, str]]:
+        conn = self.connection(slot)
         try:
-            # One statement in autocommit: its own transaction, committed when it returns, in one round
-            # trip (BEGIN and COMMIT around it would be two more, each a turn of a busy event loop).
-            cur = await conn.execute(_INSERT, (json.dumps([r.record() for r in rows]),))
-            return {(r.facility_id, r.control_id) for r in await cur.fetchall()}
+            cur = conn.execute(_INSERT, (json.dumps([r.record() for r in rows]),))
+            return {(r.facility_id, r.control_id) for r in cur.fetchall()}
         except psycopg.OperationalError:
-            await conn.close()
+            self.drop_connection(slot)
             raise

@@ -67,9 +67,16 @@ class GroupCommit(Generic[Item, Result]):
     after ``stop`` (and before ``start``) ``submit`` raises ``WriterStopped`` at once."""
 
     def __init__(
-        self, conninfo: str, *, max_batch: int = 256, threads: int = 2, name: str = "group-commit"
+        self,
+        conninfo: str,
+        *,
+        max_batch: int = 256,
+        threads: int = 2,
+        name: str = "group-commit",
+        autocommit: bool = False,
     ) -> None:
         self.conninfo = conninfo
+        self._autocommit = autocommit  # a batch of one statement commits in one round trip
         self.max_batch = max_batch
         self._threads_wanted = threads
         self._name = name
@@ -196,7 +203,10 @@ class GroupCommit(Generic[Item, Result]):
             if conn is not None:
                 conn.close()
             conn = psycopg.Connection.connect(
-                self.conninfo, connect_timeout=CONNECT_TIMEOUT_S, row_factory=namedtuple_row
+                self.conninfo,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                row_factory=namedtuple_row,
+                autocommit=self._autocommit,
             )
             with self._lock:
                 self._connections[slot] = conn
