@@ -19,7 +19,7 @@ Guarantees:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -348,8 +348,9 @@ def _run_type(
     )
     high: datetime | None = watermark
     recrawled = False
+    pages = STRATEGIES[type_plan.strategy].pages(scope)
     try:
-        for page in STRATEGIES[type_plan.strategy].pages(scope):
+        for page in pages:
             _apply(sessions, pipeline, type_plan, page, run_id=run_id, result=result)
             if page.committed is not None:
                 page.committed()
@@ -375,6 +376,9 @@ def _run_type(
         )
         _record(sessions, facility_id, type_plan, result)
         return result
+    finally:
+        if isinstance(pages, Generator):
+            pages.close()  # at once, not when collected: a strategy stopped midway lets go of its job
     _advance(sessions, facility_id, type_plan, high, recrawled=recrawled, result=result)
     return result
 

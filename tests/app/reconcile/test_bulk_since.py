@@ -223,7 +223,7 @@ class FakeJobs:
 def _engine(scope: Scope, *, stop_after: int | None = None) -> list[Page]:
     """As the engine does: each page committed, then told; closed after ``stop_after`` pages."""
     pages: list[Page] = []
-    generator = STRATEGIES["bulk-since"].pages(scope)
+    generator = cast(Generator[Page, None, None], STRATEGIES["bulk-since"].pages(scope))
     for page in generator:
         pages.append(page)
         if page.committed is not None:
