@@ -31,7 +31,7 @@
 - ``feed_checks``: a source suspected quiet, the reconcile it asked for and what that found (``app.feeds``).
 - ``reconcile_groups`` / ``reconcile_group_members``: the facility's cohort Group as last read, and its
   Patient members (part of the per-patient cohort); ``reconcile_bulk_jobs``: a facility's ``$export`` job a
-  run left running, resumed by the next.
+  run left running, resumed by the next; ``reconcile_bulk_seen``: the ids a full one listed so far.
 - ``adt_inbox``: HL7 v2 ADT messages, committed before their ``AA``, and the patient re-reads they ask
   for; ``adt_quarantine``: v2 messages answered ``AR``.
 """
@@ -598,6 +598,16 @@ class ReconcileBulkJob(Base):
     file_index: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     line: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ReconcileBulkSeen(Base):
+    """An id of the kept job's type that a full export's committed pages listed (the whole export is
+    compared with what is stored once it is read, over however many runs)."""
+
+    __tablename__ = "reconcile_bulk_seen"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class SubscriptionGap(Base):

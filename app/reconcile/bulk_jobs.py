@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import ReconcileBulkJob
+from app.db.models import ReconcileBulkJob, ReconcileBulkSeen
 from app.reconcile.strategies.base import KeptJob
 
 
@@ -54,19 +54,45 @@ class PostgresBulkJobs:
             set_={k: stmt.excluded[k] for k in values if k != "facility_id"},
         )
         with self._sessions.begin() as session:
+            session.execute(
+                delete(ReconcileBulkSeen).where(ReconcileBulkSeen.facility_id == self._facility_id)
+            )
             session.execute(stmt)
 
-    def advance(self, file_index: int, line: int) -> None:
+    def advance(self, file_index: int, line: int, seen: list[str]) -> None:
         with self._sessions.begin() as session:
             session.execute(
                 update(ReconcileBulkJob)
                 .where(ReconcileBulkJob.facility_id == self._facility_id)
                 .values(file_index=file_index, line=line, updated_at=datetime.now(UTC))
             )
+            if seen:
+                session.execute(_ADD_SEEN, {"fid": self._facility_id, "ids": seen})
+
+    def seen(self) -> set[str]:
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(ReconcileBulkSeen.resource_id).where(
+                    ReconcileBulkSeen.facility_id == self._facility_id
+                )
+            )
+            return set(rows)
 
     def clear(self) -> None:
         with self._sessions.begin() as session:
             session.execute(delete(ReconcileBulkJob).where(ReconcileBulkJob.facility_id == self._facility_id))
+            session.execute(
+                delete(ReconcileBulkSeen).where(ReconcileBulkSeen.facility_id == self._facility_id)
+            )
+
+
+_ADD_SEEN = text(
+    """
+    INSERT INTO reconcile_bulk_seen (facility_id, resource_id)
+    SELECT :fid, i FROM unnest(CAST(:ids AS text[])) AS i
+    ON CONFLICT DO NOTHING
+    """
+)
 
 
 def kept_type(session: Session, facility_id: str) -> str | None:

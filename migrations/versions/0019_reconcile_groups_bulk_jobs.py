@@ -8,6 +8,8 @@
   ``_since``), when it was kicked off, and how far its files are committed (``file_index``, ``line``:
   every file before ``file_index`` and its first ``line`` lines). The next run polls it again instead of a
   new kick-off; one the server no longer knows is dropped and a new one kicked off.
+  ``reconcile_bulk_seen``: the ids a full export's committed pages listed, so that a full export read
+  over several runs is still compared whole with what is stored (what it no longer lists is read).
 
 Revision ID: 0019
 Revises: 0016
@@ -56,9 +58,15 @@ def upgrade() -> None:
         sa.Column("line", sa.Integer, nullable=False, server_default=sa.text("0")),
         sa.Column("updated_at", _TS, nullable=False, server_default=sa.func.now()),
     )
+    op.create_table(
+        "reconcile_bulk_seen",
+        sa.Column("facility_id", sa.String(64), sa.ForeignKey("facilities.id"), primary_key=True),
+        sa.Column("resource_id", sa.String(64), primary_key=True),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("reconcile_bulk_seen")
     op.drop_table("reconcile_bulk_jobs")
     op.drop_table("reconcile_group_members")
     op.drop_table("reconcile_groups")

@@ -13,7 +13,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.db.models import Facility, QuarantinedNotification, ReconcileBulkJob, ReconcileWatermark
+from app.db.models import (
+    Facility,
+    QuarantinedNotification,
+    ReconcileBulkJob,
+    ReconcileRun,
+    ReconcileWatermark,
+)
 from app.ehr.client import EHRClient
 from app.errors import BulkLineUnparseable
 from app.reconcile.service import FAILED, PARTIAL
@@ -229,6 +235,58 @@ def test_a_job_past_the_run_budget_is_kept_and_resumed_by_the_next_runs_without_
     assert mark is not None
     assert old is not None
     assert mark > old
+
+
+def test_a_full_export_resumed_over_runs_still_finds_what_it_no_longer_lists(world: World) -> None:
+    """``rc-meditech`` re-crawls by a full export on every run and its manifest lists no deletions: a
+    deletion is found only by comparing the whole export with what is stored, here over four runs."""
+    for _ in range(20):  # until the export of Observation is more than one page
+        live = [
+            r
+            for r in world.admin(FULL, "truth")["resources"]
+            if r["resourceType"] == "Observation" and not r["deleted"]
+        ]
+        if len(live) > PAGE_SIZE:
+            break
+        world.admin(FULL, "activity", {"changes": 2000})
+    assert world.reconcile(FULL).outcome == "complete"
+    before = world.admin(FULL, "truth")["resources"]
+    world.admin(FULL, "activity", {"changes": 200})
+    after = world.admin(FULL, "truth")["resources"]
+    gone = {r["id"] for r in after if r["resourceType"] == "Observation" and r["deleted"]}
+    gone -= {r["id"] for r in before if r["resourceType"] == "Observation" and r["deleted"]}
+    assert gone, "no Observation was deleted"
+    kickoffs = _kickoffs(world, FULL, "Observation")
+    no_time = world.settings.model_copy(update={"reconcile_time_budget": timedelta(0)})
+
+    reports = [world.reconcile(FULL, no_time, types=["Observation"]) for _ in range(3)]
+    world.transport.seen.clear()
+    last = world.reconcile(FULL, types=["Observation"])
+
+    assert [r.outcome for r in reports] == [PARTIAL] * 3
+    assert last.outcome == "complete", [(t.resource_type, t.reason) for t in last.types]
+    assert _kickoffs(world, FULL, "Observation") == kickoffs + 1
+    assert [w for w in _unmatched(world, FULL) if w.startswith("('Observation'")] == []  # deletions too
+    # only what the whole export no longer lists is read, not what the first part of it listed
+    held = {r["id"] for r in before if r["resourceType"] == "Observation" and not r["deleted"]}
+    reads = [
+        url
+        for url, _ in world.transport.seen
+        if httpx.URL(url).path.startswith(f"/{FULL}/fhir/Observation/") and "?" not in url
+    ]
+    assert len(reads) == len(gone & held)
+    with world.sessions() as session:
+        row = session.get(ReconcileWatermark, (FULL, "Observation", "bulk-since"))
+        assert row is not None
+        assert row.recrawled_at is not None
+        assert row.recrawled_at >= last_run_started(world, last)
+
+
+def last_run_started(world: World, report: Any) -> datetime:
+    with world.sessions() as session:
+        run = session.get(ReconcileRun, report.run_id)
+        assert run is not None
+        return run.started_at
 
 
 def test_a_kept_job_the_ehr_no_longer_knows_is_dropped_and_a_new_one_kicked_off(world: World) -> None:

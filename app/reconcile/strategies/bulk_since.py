@@ -22,8 +22,9 @@ given once, an unparseable line quarantined with its file and line number while 
   held are skipped: there is nothing to tombstone.
 - A full export (no ``_since``: the first run, or when a re-crawl is due) is compared with what is stored:
   each live id it no longer lists is read. That is how deletions are found where the server lists none.
-  Only a full export read in one run is compared (a resumed one does not know what its earlier part
-  listed): it does not complete the re-crawl, and the next run exports in full again.
+  The ids its committed pages listed are kept with the job (``BulkJobs.advance``), so one read over
+  several runs is compared whole; what is stored is read when the run that reads it on begins (a
+  resource stored since the kick-off is then read once more, never tombstoned unread).
 - Giving up (an error, ``bulk_timeout`` since the kick-off) cancels the job at the server (``DELETE``);
   a job read to the end is deleted once its last page is committed.
 """
@@ -37,7 +38,7 @@ from typing import Any
 import structlog
 
 from app.ehr.bulk import BulkDeletion, BulkExport, BulkRun, Level
-from app.errors import BulkExportGone, BulkExportPending
+from app.errors import BulkExportBusy, BulkExportGone, BulkExportPending
 from app.fhir.references import ResourceRef
 from app.reconcile import StrategyName
 from app.reconcile.strategies.base import BulkJobs, KeptJob, Page, Scope
@@ -89,10 +90,11 @@ def _export(
 ) -> Iterator[Page]:
     rtype = scope.resource_type
     jobs = scope.bulk_jobs
+    if kept is not None:
+        since = kept.since  # what the job exports (it fits: from no later than this run needs)
     full = since is None
-    compare = full and kept is None
-    # Read before the kick-off: whatever is stored later was not there to vanish.
-    stored = scope.stored_ids(rtype, None) if compare else set()
+    # Read before the kick-off (or the resumed reading): whatever is stored later was not there to vanish.
+    stored = scope.stored_ids(rtype, None) if full else set()
     kicked_off_at = datetime.now(UTC)
 
     def remember(status_url: str) -> None:
@@ -115,27 +117,20 @@ def _export(
         log.info("reconcile.bulk.pending", facility_id=scope.client.facility_id, resource_type=rtype)
         yield Page(out_of_time=True)
         return
-    except BulkExportGone:
-        raise
+    except (BulkExportGone, BulkExportBusy):
+        raise  # gone: the caller starts afresh; busy (the lease of a run killed midway): kept, tried next run
     except BaseException:
         if jobs is not None:
             jobs.clear()  # run() cancelled it at the server
         raise
-    yield from _read(scope, job, kept, stored if compare else None, level=level, full=full)
+    yield from _read(scope, job, kept, stored if full else None, level=level)
 
 
 def _read(
-    scope: Scope, job: BulkRun, kept: KeptJob | None, stored: set[str] | None, *, level: str, full: bool
+    scope: Scope, job: BulkRun, kept: KeptJob | None, stored: set[str] | None, *, level: str
 ) -> Iterator[Page]:
-    """The job's pages from where the kept job's commits got to. ``stored``: compare with it (a full
-    export read whole in this run)."""
-    rtype = scope.resource_type
+    """The job's pages (``_pages``), and what becomes of the job however they end."""
     jobs = scope.bulk_jobs
-    seen: set[str] = set()
-    live: set[str] | None = None  # stored live ids, read at the first deletion listed
-    found: list[dict[str, Any]] = []
-    reads: list[ResourceRef] = []
-    skipped = 0
     done = False
 
     def finished() -> None:
@@ -145,51 +140,7 @@ def _read(
             jobs.clear()
 
     try:
-        start = (kept.file_index, kept.line) if kept is not None else (0, 0)
-        for item in job.items(start):
-            if isinstance(item, BulkDeletion):
-                if item.ref.resource_type != rtype:
-                    continue
-                if live is None:
-                    live = scope.stored_ids(rtype, None)
-                if item.ref.resource_id in live or item.ref.resource_id in seen:
-                    reads.append(item.ref)
-                else:
-                    skipped += 1
-            elif item.get("resourceType") == rtype:
-                found.append(item)
-                seen.add(str(item["id"]))
-            if len(found) + len(reads) >= PAGE_SIZE:
-                yield Page(found=found, reads=reads, committed=_advance(jobs, job.completed))
-                found, reads = [], []
-        vanished = sorted(stored - seen) if stored is not None else []
-        reads.extend(ResourceRef(rtype, i) for i in vanished)
-        stats = job.stats
-        log.info(
-            "reconcile.bulk.exported",
-            facility_id=scope.client.facility_id,
-            resource_type=rtype,
-            level=level,
-            full=full,
-            resumed=kept is not None,
-            resources=stats.resources,
-            duplicates=stats.duplicates,
-            deletions=stats.deletions,
-            deletions_unknown=skipped,
-            vanished=len(vanished),
-            quarantined=stats.quarantined,
-        )
-        while len(found) + len(reads) > PAGE_SIZE:
-            yield Page(found=found, reads=reads[: PAGE_SIZE - len(found)])
-            reads, found = reads[PAGE_SIZE - len(found) :], []
-        yield Page(
-            found=found,
-            reads=reads,
-            high_water=job.transaction_time,
-            resumable=True,
-            recrawled=stored is not None,
-            committed=finished,
-        )
+        yield from _pages(scope, job, kept, stored, level=level, finished=finished)
     except GeneratorExit:
         # The engine stopped after a page (its time budget, or a page it could not store): the job
         # stays for the next run, unless it was read to the end or there is nowhere to keep it.
@@ -203,7 +154,87 @@ def _read(
     job.close()
 
 
-def _advance(jobs: BulkJobs | None, position: tuple[int, int]) -> Callable[[], None] | None:
+def _pages(
+    scope: Scope,
+    job: BulkRun,
+    kept: KeptJob | None,
+    stored: set[str] | None,
+    *,
+    level: str,
+    finished: Callable[[], None],
+) -> Iterator[Page]:
+    """The job's pages from where the kept job's commits got to. ``stored``: a full export's, to compare
+    the whole export with (the ids of its earlier runs' pages are the kept job's ``seen``); ``finished``
+    is told once the last page is committed."""
+    full = stored is not None
+    rtype = scope.resource_type
+    jobs = scope.bulk_jobs
+    seen: set[str] = set()
+    live: set[str] | None = None  # stored live ids, read at the first deletion listed
+    found: list[dict[str, Any]] = []
+    reads: list[ResourceRef] = []
+    skipped = 0
+    start = (kept.file_index, kept.line) if kept is not None else (0, 0)
+    for item in job.items(start):
+        if isinstance(item, BulkDeletion):
+            if item.ref.resource_type != rtype:
+                continue
+            if live is None:
+                live = scope.stored_ids(rtype, None)
+            if item.ref.resource_id in live or item.ref.resource_id in seen:
+                reads.append(item.ref)
+            else:
+                skipped += 1
+        elif item.get("resourceType") == rtype:
+            found.append(item)
+            seen.add(str(item["id"]))
+        if len(found) + len(reads) >= PAGE_SIZE:
+            listed = [str(r["id"]) for r in found] if full else []
+            yield Page(found=found, reads=reads, committed=_advance(jobs, job.completed, listed))
+            found, reads = [], []
+    if stored is not None and kept is not None and jobs is not None:
+        seen |= jobs.seen()  # what the earlier runs' pages of this export listed
+    vanished = sorted(stored - seen) if stored is not None else []
+    reads.extend(ResourceRef(rtype, i) for i in vanished)
+    _log_exported(
+        scope, job, level=level, resumed=kept is not None, full=full, skipped=skipped, vanished=len(vanished)
+    )
+    while len(found) + len(reads) > PAGE_SIZE:
+        yield Page(found=found, reads=reads[: PAGE_SIZE - len(found)])
+        reads, found = reads[PAGE_SIZE - len(found) :], []
+    yield Page(
+        found=found,
+        reads=reads,
+        high_water=job.transaction_time,
+        resumable=True,
+        recrawled=full,
+        committed=finished,
+    )
+
+
+def _log_exported(
+    scope: Scope, job: BulkRun, *, level: str, resumed: bool, full: bool, skipped: int, vanished: int
+) -> None:
+    stats = job.stats
+    log.info(
+        "reconcile.bulk.exported",
+        facility_id=scope.client.facility_id,
+        resource_type=scope.resource_type,
+        level=level,
+        full=full,
+        resumed=resumed,
+        resources=stats.resources,
+        duplicates=stats.duplicates,
+        deletions=stats.deletions,
+        deletions_unknown=skipped,
+        vanished=vanished,
+        quarantined=stats.quarantined,
+    )
+
+
+def _advance(
+    jobs: BulkJobs | None, position: tuple[int, int], listed: list[str]
+) -> Callable[[], None] | None:
     if jobs is None:
         return None
-    return lambda: jobs.advance(*position)
+    return lambda: jobs.advance(*position, listed)

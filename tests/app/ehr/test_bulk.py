@@ -447,3 +447,14 @@ def test_a_kept_job_is_left_at_the_server_when_closed_with_keep(make_export: Mak
     with export.run("patient", types=["Patient"], resume=STATUS):
         pass
     assert ehr.deleted == [STATUS]
+
+
+def test_a_resumed_job_still_counts_bulk_timeout_from_its_kickoff(
+    make_export: MakeExport, settings: Settings
+) -> None:
+    ehr = FakeEHR(polls=[httpx.Response(202, headers={"Retry-After": "10"})])
+    export, _ = make_export(ehr)
+    long_ago = datetime.now(UTC) - settings.bulk_timeout + timedelta(seconds=5)
+    with pytest.raises(BulkExportTimeout):  # 5 s left: the 10 s wait does not fit
+        export.run("patient", types=["Patient"], resume=STATUS, kicked_off_at=long_ago)
+    assert ehr.deleted == [STATUS]  # given up: cancelled

@@ -11,9 +11,10 @@ from typing import Any, cast
 
 import httpx
 import pytest
+import redis
 
-from app.ehr.bulk import UnparseableLine
-from app.errors import BulkExportFailed
+from app.ehr.bulk import RedisExportLock, UnparseableLine
+from app.errors import BulkExportBusy, BulkExportFailed
 from app.fhir.references import ResourceRef
 from app.reconcile.strategies import STRATEGIES
 from app.reconcile.strategies.base import KeptJob, Page, Scope
@@ -205,19 +206,24 @@ class FakeJobs:
 
     def __init__(self, kept: KeptJob | None = None) -> None:
         self.kept = kept
+        self.listed: set[str] = set()
 
     def load(self) -> KeptJob | None:
         return self.kept
 
     def save(self, job: KeptJob) -> None:
-        self.kept = job
+        self.kept, self.listed = job, set()
 
-    def advance(self, file_index: int, line: int) -> None:
+    def advance(self, file_index: int, line: int, seen: list[str]) -> None:
         assert self.kept is not None
         self.kept = dataclasses.replace(self.kept, file_index=file_index, line=line)
+        self.listed.update(seen)
+
+    def seen(self) -> set[str]:
+        return set(self.listed)
 
     def clear(self) -> None:
-        self.kept = None
+        self.kept, self.listed = None, set()
 
 
 def _engine(scope: Scope, *, stop_after: int | None = None) -> list[Page]:
@@ -292,3 +298,42 @@ def test_a_kept_job_from_a_later_since_does_not_cover_this_run(settings: Setting
     _engine(dataclasses.replace(_scope(ehr, settings), bulk_jobs=FakeJobs(later)))
     assert ehr.deleted[0] == STATUS  # cancelled, then a new job
     assert ehr.requests[1].url.params["_since"] == "2026-02-01T00:00:00.000Z"
+
+
+def test_a_full_export_read_over_two_runs_is_compared_whole_with_what_is_stored(settings: Settings) -> None:
+    ehr = FakeEHR()
+    _many(ehr, PAGE_SIZE + 10)  # o0 … o509
+    jobs = FakeJobs()
+    # o3 is listed by the first run's page only, o9999 by no page at all: only o9999 vanished
+    stored = {"o3", "o9999"}
+    first = _engine(
+        dataclasses.replace(_scope(ehr, settings, since=None, stored=stored), bulk_jobs=jobs), stop_after=1
+    )
+    assert not first[-1].recrawled
+    assert "o3" in jobs.seen()
+
+    rest = _engine(dataclasses.replace(_scope(ehr, settings, since=None, stored=stored), bulk_jobs=jobs))
+
+    assert [ref for p in rest for ref in p.reads] == [ResourceRef("Observation", "o9999")]
+    assert rest[-1].recrawled  # the re-crawl is complete
+    assert jobs.kept is None
+    assert jobs.seen() == set()
+
+
+def test_a_kept_job_whose_lease_a_killed_run_still_holds_stays_kept(settings: Settings) -> None:
+    kept = KeptJob("Observation", "patient", None, SINCE, STATUS, datetime.now(UTC))
+    jobs = FakeJobs(kept)
+    ehr = FakeEHR()
+    scope = dataclasses.replace(_scope(ehr, settings), bulk_jobs=jobs)
+    lease = RedisExportLock(
+        redis.Redis.from_url(REDIS_URL), settings.redis_prefix, scope.client.facility_id, 60
+    )
+    assert lease.acquire()  # as the killed run left it
+    with pytest.raises(BulkExportBusy):
+        _engine(scope)
+    assert jobs.kept == kept
+    assert ehr.deleted == []
+    lease.release()
+    _engine(scope)  # the lease expired: resumed
+    assert not any("$export?" in str(r.url) for r in ehr.requests)
+    assert jobs.kept is None
