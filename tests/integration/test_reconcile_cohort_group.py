@@ -4,13 +4,19 @@ notification is ever sent: a patient is known only as a member of its Group ``g-
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select, text
+from typer.testing import CliRunner
 
+from app.cli.main import cli
 from app.db.models import ReconcileGroup, ReconcileRun
 from app.reconcile.service import COMPLETE
+from app.settings import get_settings
+from tests.conftest import REDIS_URL
 from tests.integration.reconcile_world import World
 
 FACILITY, GROUP = "rc-group", "g-cohort"
@@ -81,7 +87,18 @@ def test_a_patient_known_only_as_a_group_member_has_its_resources_reconciled(wor
         assert (group.group_id, group.members, group.last_reason) == (GROUP, 1, None)
 
 
-def test_a_group_that_cannot_be_read_stops_nothing_and_its_last_members_stay(world: World) -> None:
+@pytest.fixture
+def cli_env(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("EHRI_DATABASE_URL", world.database_url)
+    monkeypatch.setenv("EHRI_REDIS_URL", REDIS_URL)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_a_group_that_cannot_be_read_stops_nothing_and_its_last_members_stay(
+    world: World, cli_env: None
+) -> None:
     patients = _patients(world)
     member = patients[0]
     world.admin(FACILITY, "groups", {"id": GROUP, "members": [member]})
@@ -117,3 +134,7 @@ def test_a_group_that_cannot_be_read_stops_nothing_and_its_last_members_stay(wor
             )
         )
     assert subjects == {f"Patient/{member}"}  # nobody else's
+    status = CliRunner().invoke(cli, ["reconcile", "status", FACILITY], env={"COLUMNS": "200"})
+    assert status.exit_code == 0, status.output
+    assert f"cohort Group {GROUP}: 1 Patient members" in status.stdout
+    assert "last read failed (group_not_found)" in status.stdout
