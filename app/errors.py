@@ -379,6 +379,10 @@ class BulkExportPending(TransientEHRError):
 
     reason = "bulk_export_pending"
 
+    def __init__(self, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after  # the wait the server asked before the next poll
+
 
 class PermanentEHRError(EHRError):
     reason = "ehr_permanent"

@@ -595,6 +595,7 @@ class ReconcileBulkJob(Base):
     since: Mapped[datetime | None]
     status_url: Mapped[str] = mapped_column(Text)
     kicked_off_at: Mapped[datetime]
+    poll_after: Mapped[datetime | None]
     file_index: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     line: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())

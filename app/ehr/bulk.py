@@ -22,7 +22,9 @@ facility's own ``EHRClient``: its token, politeness, retries and base-URL guard 
   ``bulk_timeout`` still counts from its kick-off. A job the server no longer knows (404/410 on its
   status URL or a file: expired, cancelled) is ``BulkExportGone``. ``until`` (a ``clock`` instant, the
   caller's time budget): a job not complete by then is ``BulkExportPending`` and kept at the server (no
-  ``DELETE``), for the caller to resume.
+  ``DELETE``), for the caller to resume; its ``retry_after`` is the wait still owed before the next poll,
+  which the resuming call passes as ``poll_after`` (waited for first, or ``BulkExportPending`` again at
+  once if it does not fit before ``until``): a job is never polled sooner than its server asked.
 - **Polls** honour ``Retry-After`` up to ``bulk_retry_after_cap`` (``bulk_poll_interval`` when there is
   none); a 429/503/transport failure is polled through; a 4xx/500 or an OperationOutcome is the job's
   failure (``BulkExportFailed``); not complete ``bulk_timeout`` after the kick-off is ``BulkExportTimeout``.
@@ -211,6 +213,7 @@ class BulkExport:
         kicked_off_at: datetime | None = None,
         until: float | None = None,
         on_kickoff: Callable[[str], None] | None = None,
+        poll_after: float = 0.0,
     ) -> BulkRun:
         """Kick off (or, given ``resume``, poll again the job of that status URL, kicked off at
         ``kicked_off_at``), poll until the manifest is there and return the job, whose iteration streams
@@ -241,7 +244,9 @@ class BulkExport:
                 if kicked_off_at is not None:
                     timeout_s -= (datetime.now(UTC) - kicked_off_at).total_seconds()
                 log.info("ehr.bulk.resumed", facility_id=self.client.facility_id, level=level)
-            manifest = self._poll(status_url, lock, timeout_s=timeout_s, until=until, resumed=resume)
+            manifest = self._poll(
+                status_url, lock, timeout_s=timeout_s, until=until, resumed=resume, first_wait=poll_after
+            )
             return BulkRun(self, lock, status_url, manifest, resumed=resume is not None)
         except BulkExportPending:
             lock.release()  # the job stays at the server (and its URL beside the lease) for the next run
@@ -301,10 +306,21 @@ class BulkExport:
             return str(urljoin(url, location))
 
     def _poll(
-        self, status_url: str, lock: ExportLock, *, timeout_s: float, until: float | None, resumed: str | None
+        self,
+        status_url: str,
+        lock: ExportLock,
+        *,
+        timeout_s: float,
+        until: float | None,
+        resumed: str | None,
+        first_wait: float = 0.0,
     ) -> dict[str, Any]:
         deadline = self._clock() + timeout_s
         polls = 0
+        if first_wait > 0:  # what an earlier run still owed the server's Retry-After
+            if until is not None and self._clock() + first_wait > until:
+                raise BulkExportPending("not polled yet: its Retry-After runs", retry_after=first_wait)
+            self._sleep(first_wait)
         while True:
             polls += 1
             try:
@@ -326,7 +342,7 @@ class BulkExport:
             if self._clock() + wait > deadline:
                 raise BulkExportTimeout(f"not complete after {polls} polls")
             if until is not None and self._clock() + wait > until:
-                raise BulkExportPending(f"not complete after {polls} polls")
+                raise BulkExportPending(f"not complete after {polls} polls", retry_after=wait)
             lock.renew()
             self._sleep(wait)
 

@@ -33,6 +33,7 @@ class PostgresBulkJobs:
                 row.kicked_off_at,
                 row.file_index,
                 row.line,
+                row.poll_after,
             )
 
     def save(self, job: KeptJob) -> None:
@@ -44,6 +45,7 @@ class PostgresBulkJobs:
             "since": job.since,
             "status_url": job.status_url,
             "kicked_off_at": job.kicked_off_at,
+            "poll_after": job.poll_after,
             "file_index": job.file_index,
             "line": job.line,
             "updated_at": datetime.now(UTC),
@@ -58,6 +60,14 @@ class PostgresBulkJobs:
                 delete(ReconcileBulkSeen).where(ReconcileBulkSeen.facility_id == self._facility_id)
             )
             session.execute(stmt)
+
+    def defer(self, poll_after: datetime) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                update(ReconcileBulkJob)
+                .where(ReconcileBulkJob.facility_id == self._facility_id)
+                .values(poll_after=poll_after, updated_at=datetime.now(UTC))
+            )
 
     def advance(self, file_index: int, line: int, seen: list[str]) -> None:
         with self._sessions.begin() as session:

@@ -5,9 +5,10 @@
   per-patient strategies poll includes them; a failed read keeps the members of the last good one.
 - ``reconcile_bulk_jobs``: the one ``$export`` job of a facility that a run left running (out of its time
   budget, or killed): its status URL (``Content-Location``), what it was asked (type, level, group,
-  ``_since``), when it was kicked off, and how far its files are committed (``file_index``, ``line``:
-  every file before ``file_index`` and its first ``line`` lines). The next run polls it again instead of a
-  new kick-off; one the server no longer knows is dropped and a new one kicked off.
+  ``_since``), when it was kicked off, when it may be polled next (``Retry-After``), and how far its
+  files are committed (``file_index``, ``line``: every file before ``file_index`` and its first ``line``
+  lines). The next run polls it again instead of a new kick-off; one the server no longer knows is
+  dropped and a new one kicked off.
   ``reconcile_bulk_seen``: the ids a full export's committed pages listed, so that a full export read
   over several runs is still compared whole with what is stored (what it no longer lists is read).
 
@@ -54,6 +55,7 @@ def upgrade() -> None:
         sa.Column("since", _TS),  # NULL: a full export
         sa.Column("status_url", sa.Text, nullable=False),
         sa.Column("kicked_off_at", _TS, nullable=False),
+        sa.Column("poll_after", _TS),  # not polled before (the server's Retry-After, capped)
         sa.Column("file_index", sa.Integer, nullable=False, server_default=sa.text("0")),
         sa.Column("line", sa.Integer, nullable=False, server_default=sa.text("0")),
         sa.Column("updated_at", _TS, nullable=False, server_default=sa.func.now()),

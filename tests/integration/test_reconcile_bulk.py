@@ -166,6 +166,12 @@ def _kickoffs(world: World, facility: str, rtype: str) -> int:
     return sum(httpx.URL(k["request"]).params.get("_type") == rtype for k in kickoffs)
 
 
+def _no_time(world: World) -> Any:
+    """Settings of a run with no time left, whose polls wait for nothing (no Retry-After carried over)."""
+    zero = timedelta(0)
+    return world.settings.model_copy(update={"reconcile_time_budget": zero, "bulk_retry_after_cap": zero})
+
+
 def _kept(world: World, facility: str) -> ReconcileBulkJob | None:
     with world.sessions() as session:
         return session.get(ReconcileBulkJob, facility)
@@ -189,7 +195,7 @@ def test_a_job_past_the_run_budget_is_kept_and_resumed_by_the_next_runs_without_
     changed = _changed_keys(before, after, {"Observation"})
     assert changed > PAGE_SIZE
     kickoffs = _kickoffs(world, SINCE, "Observation")
-    no_time = world.settings.model_copy(update={"reconcile_time_budget": timedelta(0)})
+    no_time = _no_time(world)
 
     first = world.reconcile(SINCE, no_time, types=["Observation"])
 
@@ -257,7 +263,7 @@ def test_a_full_export_resumed_over_runs_still_finds_what_it_no_longer_lists(wor
     gone -= {r["id"] for r in before if r["resourceType"] == "Observation" and r["deleted"]}
     assert gone, "no Observation was deleted"
     kickoffs = _kickoffs(world, FULL, "Observation")
-    no_time = world.settings.model_copy(update={"reconcile_time_budget": timedelta(0)})
+    no_time = _no_time(world)
 
     reports = [world.reconcile(FULL, no_time, types=["Observation"]) for _ in range(3)]
     world.transport.seen.clear()
@@ -292,7 +298,7 @@ def last_run_started(world: World, report: Any) -> datetime:
 def test_a_kept_job_the_ehr_no_longer_knows_is_dropped_and_a_new_one_kicked_off(world: World) -> None:
     assert world.reconcile(SINCE).outcome == "complete"
     world.admin(SINCE, "activity", {"changes": 20})
-    no_time = world.settings.model_copy(update={"reconcile_time_budget": timedelta(0)})
+    no_time = _no_time(world)
     assert world.reconcile(SINCE, no_time, types=["Condition"]).outcome == PARTIAL
     kept = _kept(world, SINCE)
     assert kept is not None

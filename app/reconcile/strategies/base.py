@@ -56,6 +56,7 @@ class KeptJob:
     kicked_off_at: datetime
     file_index: int = 0  # every file before this one is committed ...
     line: int = 0  # ... and the first ``line`` lines of this one
+    poll_after: datetime | None = None  # not polled before (the server's Retry-After)
 
 
 class BulkJobs(Protocol):
@@ -63,6 +64,10 @@ class BulkJobs(Protocol):
 
     def load(self) -> KeptJob | None: ...
     def save(self, job: KeptJob) -> None: ...
+    def defer(self, poll_after: datetime) -> None:
+        """The kept job is not to be polled before then."""
+        ...
+
     def advance(self, file_index: int, line: int, seen: list[str]) -> None:
         """The position committed pages reached, and the ids they listed (a full export's), at once."""
         ...

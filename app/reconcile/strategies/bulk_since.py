@@ -32,7 +32,7 @@ given once, an unparseable line quarantined with its file and line number while 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -93,8 +93,9 @@ def _export(
     if kept is not None:
         since = kept.since  # what the job exports (it fits: from no later than this run needs)
     full = since is None
-    # Read before the kick-off (or the resumed reading): whatever is stored later was not there to vanish.
-    stored = scope.stored_ids(rtype, None) if full else set()
+    # Read before the kick-off (a resumed job: once it is complete, before reading on): whatever is stored
+    # later was not there to vanish.
+    stored = scope.stored_ids(rtype, None) if full and kept is None else None
     kicked_off_at = datetime.now(UTC)
 
     def remember(status_url: str) -> None:
@@ -112,9 +113,12 @@ def _export(
             # Without a place to keep it, a job is waited for (up to bulk_timeout), never left behind.
             until=scope.deadline if jobs is not None else None,
             on_kickoff=remember,
+            poll_after=_owed(kept),
         )
-    except BulkExportPending:
+    except BulkExportPending as exc:
         log.info("reconcile.bulk.pending", facility_id=scope.client.facility_id, resource_type=rtype)
+        if jobs is not None and exc.retry_after:
+            jobs.defer(datetime.now(UTC) + timedelta(seconds=exc.retry_after))
         yield Page(out_of_time=True)
         return
     except (BulkExportGone, BulkExportBusy):
@@ -123,7 +127,9 @@ def _export(
         if jobs is not None:
             jobs.clear()  # run() cancelled it at the server
         raise
-    yield from _read(scope, job, kept, stored if full else None, level=level)
+    if full and stored is None:
+        stored = scope.stored_ids(rtype, None)
+    yield from _read(scope, job, kept, stored, level=level)
 
 
 def _read(
@@ -230,6 +236,13 @@ def _log_exported(
         vanished=vanished,
         quarantined=stats.quarantined,
     )
+
+
+def _owed(kept: KeptJob | None) -> float:
+    """Seconds the kept job's server still asks us to wait before polling it again."""
+    if kept is None or kept.poll_after is None:
+        return 0.0
+    return max(0.0, (kept.poll_after - datetime.now(UTC)).total_seconds())
 
 
 def _advance(

@@ -214,6 +214,10 @@ class FakeJobs:
     def save(self, job: KeptJob) -> None:
         self.kept, self.listed = job, set()
 
+    def defer(self, poll_after: datetime) -> None:
+        assert self.kept is not None
+        self.kept = dataclasses.replace(self.kept, poll_after=poll_after)
+
     def advance(self, file_index: int, line: int, seen: list[str]) -> None:
         assert self.kept is not None
         self.kept = dataclasses.replace(self.kept, file_index=file_index, line=line)
@@ -336,4 +340,24 @@ def test_a_kept_job_whose_lease_a_killed_run_still_holds_stays_kept(settings: Se
     lease.release()
     _engine(scope)  # the lease expired: resumed
     assert not any("$export?" in str(r.url) for r in ehr.requests)
+    assert jobs.kept is None
+
+
+def test_a_kept_job_is_not_polled_before_the_retry_after_its_server_asked(settings: Settings) -> None:
+    ehr = FakeEHR(polls=[httpx.Response(202, headers={"Retry-After": "1"})])
+    jobs = FakeJobs()
+    no_time = dataclasses.replace(_scope(ehr, settings), deadline=time.monotonic(), bulk_jobs=jobs)
+    _engine(no_time)  # kicked off, polled once: Retry-After 1 s, capped to 10 ms
+    assert jobs.kept is not None
+    assert jobs.kept.poll_after is not None
+    polls = sum("$export-poll" in str(r.url) for r in ehr.requests)
+    jobs.kept = dataclasses.replace(jobs.kept, poll_after=datetime.now(UTC) + timedelta(hours=1))
+
+    again = _engine(dataclasses.replace(no_time, deadline=time.monotonic() + 60))
+
+    assert [p.out_of_time for p in again] == [True]  # an hour owed: not polled, not waited for
+    assert sum("$export-poll" in str(r.url) for r in ehr.requests) == polls
+    jobs.kept = dataclasses.replace(jobs.kept, poll_after=datetime.now(UTC) + timedelta(milliseconds=20))
+    done = _engine(dataclasses.replace(no_time, deadline=time.monotonic() + 60))
+    assert done[-1].high_water == TRANSACTION_TIME  # waited the 20 ms, then polled: the manifest
     assert jobs.kept is None
