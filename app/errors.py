@@ -52,7 +52,8 @@ How the drain treats a failure is a class distinction:
         │   ├── RevivalUnverified           revival_unverified       a payload over a tombstone: read first
     │   ├── OlderThanNotified           older_than_notified      a read older than notified: read again
         │   ├── BulkExportBusy              bulk_export_busy         a $export of the facility already runs
-        │   └── BulkExportTimeout           bulk_export_timeout      a $export not complete in time: cancelled
+        │   ├── BulkExportTimeout           bulk_export_timeout      a $export not complete in time: cancelled
+        │   └── BulkExportPending           bulk_export_pending      not complete by the run's budget: kept
         └── PermanentEHRError
             ├── EHRAuthRejected             ehr_auth_rejected        revoked credentials, wrong key
             │   ├── SmartConfigInvalid      smart_config_invalid
@@ -68,6 +69,8 @@ How the drain treats a failure is a class distinction:
             ├── TooManyRedirects            too_many_redirects
             ├── UnparseableResource         unparseable_resource     not the FHIR resource we asked for
             ├── BulkExportFailed            bulk_export_failed       the server failed or refused a $export
+            ├── BulkExportGone              bulk_export_gone         a kept $export the server no longer knows
+            ├── GroupNotFound               group_not_found          the cohort Group reads 404/410
             └── BulkLineUnparseable         bulk_line_unparseable    an ndjson line: quarantined, file goes on
 
 A 410 is a deletion, stored as a tombstone. A 404 becomes one only once confirmed (read again after a
@@ -370,6 +373,17 @@ class BulkExportTimeout(TransientEHRError):
     reason = "bulk_export_timeout"
 
 
+class BulkExportPending(TransientEHRError):
+    """A Bulk Data export still running when the run's time budget ends: kept at the server (its status
+    URL in ``reconcile_bulk_jobs``) and polled again by the next run instead of a new kick-off."""
+
+    reason = "bulk_export_pending"
+
+    def __init__(self, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after  # the wait the server asked before the next poll
+
+
 class PermanentEHRError(EHRError):
     reason = "ehr_permanent"
     abstract = True
@@ -442,6 +456,20 @@ class BulkExportFailed(PermanentEHRError):
     read; the job is cancelled."""
 
     reason = "bulk_export_failed"
+
+
+class BulkExportGone(PermanentEHRError):
+    """A kept Bulk Data export (resumed from an earlier run) that the server no longer knows (404/410 on
+    its status URL or a file: expired, or cancelled): dropped, and a new one kicked off."""
+
+    reason = "bulk_export_gone"
+
+
+class GroupNotFound(PermanentEHRError):
+    """The facility's cohort Group (``reconcile.group``) reads 404/410: its members are not refreshed (the
+    last good read's stay in the cohort)."""
+
+    reason = "group_not_found"
 
 
 class BulkLineUnparseable(PermanentEHRError):

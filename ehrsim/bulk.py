@@ -62,6 +62,7 @@ class Exports:
         self._file_resources = file_resources
         self._jobs: dict[str, ExportJob] = {}
         self._ids = itertools.count(1)
+        self.kickoffs: list[tuple[str, str]] = []  # (job id, request URL) of every kick-off accepted
 
     def kickoff(
         self,
@@ -113,6 +114,7 @@ class Exports:
             job.files[name] = json.dumps(bundle, separators=(",", ":")).encode() + b"\n"
             job.deleted.append(OutputFile("Bundle", name, 1))
         self._jobs[job.id] = job
+        self.kickoffs.append((job.id, request_url))
         return job
 
     def get(self, job_id: str) -> ExportJob | None:
@@ -128,6 +130,13 @@ class Exports:
 
     def cancel(self, job_id: str) -> bool:
         return self._jobs.pop(job_id, None) is not None
+
+    def state(self) -> dict[str, Any]:
+        """For the admin API: every kick-off accepted, and the jobs not deleted (running or done)."""
+        return {
+            "kickoffs": [{"id": i, "request": url} for i, url in self.kickoffs],
+            "jobs": [{"id": j.id, "done": j.done, "polls_left": j.polls_left} for j in self._jobs.values()],
+        }
 
     @staticmethod
     def manifest(job: ExportJob, file_base: str) -> dict[str, Any]:

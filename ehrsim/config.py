@@ -96,6 +96,14 @@ class MllpConfig(_Model):
         return value
 
 
+class GroupConfig(_Model):
+    """A Group of the facility's patients (``ehrsim.groups``): ``members`` are Patient ids; none (null):
+    every live patient."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+    members: list[str] | None = None
+
+
 class FacilityConfig(_Model):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
     profile: str = "generic"
@@ -108,6 +116,7 @@ class FacilityConfig(_Model):
     mllp: MllpConfig | None = None  # an HL7 v2 ADT feed over MLLP (epic, oracle, meditech)
     faults: FaultConfig = FaultConfig()
     profile_overrides: dict[str, Any] = {}  # Profile fields to change, e.g. {"token_flaky_400_rate": 0}
+    groups: list[GroupConfig] = []  # served where the profile has group_read
 
     @field_validator("profile")
     @classmethod

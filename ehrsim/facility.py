@@ -9,6 +9,7 @@ from ehrsim.auth import TokenIssuer
 from ehrsim.config import FacilityConfig, WebhookConfig
 from ehrsim.faults import Faults, FaultUpdate
 from ehrsim.generator import Generator, mrn_system
+from ehrsim.groups import Groups
 from ehrsim.hl7 import ADT_TYPES, PROFILE_VERSIONS, Wire, adt_event, assigning_authority
 from ehrsim.instants import Clock, format_instant
 from ehrsim.mllp import MllpSender
@@ -64,6 +65,9 @@ class Facility:
         self._generator = Generator(self.store, config.seed, config.id, self.profile)
         # The chart that exists before the subscription starts: no notifications.
         self._generator.populate(config.patients)
+        self.groups = Groups(self.store, meta=self.profile.meta)
+        for group in config.groups:
+            self.groups.put(group.id, group.members, int(clock() * 1000))
         if self.mllp is not None:
             for record in (
                 self.store.records_of("Encounter") if "Encounter" in self.store.resource_types else []

@@ -121,8 +121,14 @@ def capability_statement(base_url: str, token_url: str, profile: Profile, date: 
                 {"name": name, "definition": f"{_SUBSCRIPTION_OPERATIONS}-{name}"} for name in served
             ]
         resources.append(subscription)
-    if "group" in levels:
-        resources.append({"type": "Group", "interaction": [], "operation": _export("group")})
+    if "group" in levels or profile.group_read:
+        group: dict[str, Any] = {"type": "Group", "interaction": []}
+        if profile.group_read:
+            group["interaction"] = [{"code": "read"}, {"code": "search-type"}]
+            group["searchParam"] = [{"name": "_id", "type": "token"}]
+        if "group" in levels:
+            group["operation"] = _export("group")
+        resources.append(group)
     rest: dict[str, Any] = {
         "mode": "server",
         "security": {

@@ -138,13 +138,18 @@ class Profile:
     # The manifest lists what was deleted since ``_since`` (``deleted``: Bundles of DELETE requests). The
     # IG makes it optional; whether MEDITECH and Oracle fill it is unverified: off there (configurable).
     bulk_deleted: bool = False
+    # ``GET Group/{id}`` and ``GET Group`` (the cohorts a group-level export names). The Bulk Data IG says
+    # a server with group-level export SHOULD serve them; whether Epic, Oracle and MEDITECH let a backend
+    # client read their Groups is unverified (EHR-FACTS lists only their $export): off there
+    # (profile_overrides to change); on for the servers that hold Group as any other resource.
+    group_read: bool = False
     bulk_file_resources: int = 0  # at most this many resources per file, a type split over several (0: one)
 
 
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile(name="generic", bulk_export=True, bulk_deleted=True),
+        Profile(name="generic", bulk_export=True, bulk_deleted=True, group_read=True),
         Profile(
             name="epic",
             resource_types=CLINICAL_TYPES,
@@ -247,6 +252,7 @@ PROFILES: dict[str, Profile] = {
             token_lifetime_s=3600,
             token_requests_per_min=160,
             ratelimit_header=True,
+            group_read=True,
             software_name="Medplum",
         ),
         Profile(
@@ -264,6 +270,7 @@ PROFILES: dict[str, Profile] = {
             payloads=("empty", "full-resource"),
             retry=RetryPolicy(max_attempts=1000, backoff_initial_s=1.0, backoff_max_s=10.0, window_s=60.0),
             token_lifetime_s=3600,
+            group_read=True,
             software_name="HAPI FHIR Server",
         ),
     )

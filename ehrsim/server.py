@@ -144,8 +144,10 @@ class _Api:
                 "Token has expired or signature is invalid",
                 {"WWW-Authenticate": _WWW_AUTHENTICATE},
             )
-        known = resource_type in facility.store.resource_types or (
-            resource_type == "Subscription" and facility.supports_subscriptions
+        known = (
+            resource_type in facility.store.resource_types
+            or (resource_type == "Subscription" and facility.supports_subscriptions)
+            or (resource_type == "Group" and facility.profile.group_read)
         )
         if not known:
             raise _outcome(404, "not-supported", f"resource type {resource_type} is not supported")
@@ -241,6 +243,29 @@ class _Api:
         if facility.profile.meta:
             headers["ETag"] = f'W/"{served.version_id}"'
         return Response(served.body, headers=headers, media_type=FHIR_JSON)
+
+    # -- Groups ------------------------------------------------------------------------------------
+
+    async def group_read(self, request: Request) -> Response:
+        facility = await self._fhir_request(request)
+        self._authorize(request, facility, "Group", "r")
+        group = facility.groups.get(request.path_params["id"])
+        if group is None:
+            raise _outcome(404, "not-found", "Group is not known")
+        return _fhir(facility.groups.resource(group))
+
+    async def group_search(self, request: Request) -> Response:
+        """``GET Group`` (optionally ``_id``): every Group, on one page."""
+        facility = await self._fhir_request(request)
+        self._authorize(request, facility, "Group", "s")
+        params = request.query_params
+        unknown = sorted(set(params) - {"_id", "_count"})
+        if unknown:
+            raise _outcome(400, "not-supported", f"Group search parameter {unknown[0]} is not supported")
+        wanted = set(params["_id"].split(",")) if "_id" in params else None
+        groups = [g for g in facility.groups.all() if wanted is None or g.id in wanted]
+        entries = [{"resource": facility.groups.resource(g), "search": {"mode": "match"}} for g in groups]
+        return _fhir(_bundle("searchset", entries))
 
     # -- history -----------------------------------------------------------------------------------
 
@@ -689,6 +714,32 @@ class _Api:
             facility.apply_faults(FaultUpdate(reset=True))
         return _json(facility.faults.state())
 
+    async def admin_exports(self, request: Request) -> Response:
+        """The facility's ``$export`` kick-offs and the jobs it still holds (``Exports.state``)."""
+        facility = self._facility(request)
+        return _json(self.exports[facility.id].state())
+
+    async def admin_groups(self, request: Request) -> Response:
+        """``POST {"id": g, "members": [patient ids] | null}`` sets a Group (null: every live patient);
+        ``{"id": g, "remove": true}`` removes it. Answers every Group as served."""
+        facility = self._facility(request)
+        if request.method == "POST":
+            try:
+                body = await request.json()
+                group_id, members, remove = body["id"], body.get("members"), body.get("remove", False)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return _json({"error": 'body must be {"id": ..., "members": [...] | null}'}, 400)
+            valid = members is None or (
+                isinstance(members, list) and all(isinstance(m, str) for m in members)
+            )
+            if not isinstance(group_id, str) or not group_id or not valid:
+                return _json({"error": "id must be a string, members a list of Patient ids or null"}, 400)
+            if remove:
+                facility.groups.remove(group_id)
+            else:
+                facility.groups.put(group_id, members, int(self.clock() * 1000))
+        return _json({"groups": [facility.groups.resource(g) for g in facility.groups.all()]})
+
     async def mllp(self, request: Request) -> Response:
         """The HL7 v2 feed's ground truth: counters, and every message with its status (``ehrsim.mllp``)."""
         facility = self._facility(request)
@@ -761,6 +812,8 @@ def create_app(
         Route("/_admin/{fac}/faults", api.faults, methods=["GET", "POST", "DELETE"]),
         Route("/_admin/{fac}/subscriptions", api.subscriptions, methods=["GET"]),
         Route("/_admin/{fac}/mllp", api.mllp, methods=["GET"]),
+        Route("/_admin/{fac}/groups", api.admin_groups, methods=["GET", "POST"]),
+        Route("/_admin/{fac}/exports", api.admin_exports, methods=["GET"]),
         Route("/{fac}/oauth2/token", api.token, methods=["POST"]),
         Route("/{fac}/fhir/.well-known/smart-configuration", api.smart_configuration, methods=["GET"]),
         Route("/{fac}/fhir/metadata", api.metadata, methods=["GET"]),
@@ -770,6 +823,8 @@ def create_app(
         Route("/{fac}/fhir/Group/{group}/$export", api.export, methods=["GET"]),
         Route("/{fac}/fhir/$export-poll/{job}", api.export_status, methods=["GET", "DELETE"]),
         Route("/{fac}/fhir/$export-file/{job}/{file}", api.export_file, methods=["GET"]),
+        Route("/{fac}/fhir/Group", api.group_search, methods=["GET"]),
+        Route("/{fac}/fhir/Group/{id}", api.group_read, methods=["GET"]),
         Route("/{fac}/fhir/Subscription/{id}/$status", api.subscription_status, methods=["GET"]),
         Route("/{fac}/fhir/Subscription/{id}/$events", api.subscription_events, methods=["GET"]),
         Route("/{fac}/fhir/{type}/_history", api.type_history, methods=["GET"]),

@@ -29,6 +29,9 @@
   (``app.alerts``).
 - ``webhook_refusals``: a known facility's deliveries refused with 401, per minute and reason.
 - ``feed_checks``: a source suspected quiet, the reconcile it asked for and what that found (``app.feeds``).
+- ``reconcile_groups`` / ``reconcile_group_members``: the facility's cohort Group as last read, and its
+  Patient members (part of the per-patient cohort); ``reconcile_bulk_jobs``: a facility's ``$export`` job a
+  run left running, resumed by the next; ``reconcile_bulk_seen``: the ids a full one listed so far.
 - ``adt_inbox``: HL7 v2 ADT messages, committed before their ``AA``, and the patient re-reads they ask
   for; ``adt_quarantine``: v2 messages answered ``AR``.
 """
@@ -552,6 +555,60 @@ class ReconcileRequest(Base):
     subscription_id: Mapped[str | None] = mapped_column(Text)
     requested_at: Mapped[datetime] = mapped_column(server_default=func.now())
     consumed_at: Mapped[datetime | None]
+
+
+class ReconcileGroup(Base):
+    """The facility's ``reconcile.group`` as last read: when it last read well, how many Patient members it
+    listed, and why the last attempt failed (None: it did not)."""
+
+    __tablename__ = "reconcile_groups"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(64))
+    read_at: Mapped[datetime | None]
+    members: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    attempted_at: Mapped[datetime]
+    last_reason: Mapped[str | None] = mapped_column(String(64))
+
+
+class ReconcileGroupMember(Base):
+    """A Patient the facility's cohort Group listed at its last good read (part of the cohort)."""
+
+    __tablename__ = "reconcile_group_members"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class ReconcileBulkJob(Base):
+    """The one ``$export`` job of a facility a run left running (its time budget, or killed), resumed by
+    the next run: its status URL, what it asked, and how far its files are committed (every file before
+    ``file_index``, and the first ``line`` lines of that one)."""
+
+    __tablename__ = "reconcile_bulk_jobs"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    level: Mapped[str] = mapped_column(String(16))
+    group_id: Mapped[str | None] = mapped_column(String(64))
+    since: Mapped[datetime | None]
+    status_url: Mapped[str] = mapped_column(Text)
+    kicked_off_at: Mapped[datetime]
+    poll_after: Mapped[datetime | None]
+    file_index: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    line: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ReconcileBulkSeen(Base):
+    """An id of the kept job's type that a full export's committed pages listed (the whole export is
+    compared with what is stored once it is read, over however many runs)."""
+
+    __tablename__ = "reconcile_bulk_seen"
+
+    facility_id: Mapped[str] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class SubscriptionGap(Base):

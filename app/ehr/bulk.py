@@ -16,7 +16,15 @@ facility's own ``EHRClient``: its token, politeness, retries and base-URL guard 
 - **One job per facility** at a time, whatever the number of processes: a lease in Redis
   (``{prefix}bulk:{facility}``), renewed while the job runs, free again ``bulk_lock_ttl`` after its holder
   died. The status URL is kept beside it, so the job of a run killed midway is cancelled by the next one
-  instead of holding the server's one slot.
+  instead of holding the server's one slot, unless that run resumes it.
+- **Resuming** (``run(..., resume=status_url)``): a job an earlier run kicked off is polled again instead
+  of a new kick-off, and its files read from where that run's commits got to (``BulkRun.items(start)``);
+  ``bulk_timeout`` still counts from its kick-off. A job the server no longer knows (404/410 on its
+  status URL or a file: expired, cancelled) is ``BulkExportGone``. ``until`` (a ``clock`` instant, the
+  caller's time budget): a job not complete by then is ``BulkExportPending`` and kept at the server (no
+  ``DELETE``), for the caller to resume; its ``retry_after`` is the wait still owed before the next poll,
+  which the resuming call passes as ``poll_after`` (waited for first, or ``BulkExportPending`` again at
+  once if it does not fit before ``until``): a job is never polled sooner than its server asked.
 - **Polls** honour ``Retry-After`` up to ``bulk_retry_after_cap`` (``bulk_poll_interval`` when there is
   none); a 429/503/transport failure is polled through; a 4xx/500 or an OperationOutcome is the job's
   failure (``BulkExportFailed``); not complete ``bulk_timeout`` after the kick-off is ``BulkExportTimeout``.
@@ -52,6 +60,8 @@ from app.ehr.retry_after import parse_retry_after
 from app.errors import (
     BulkExportBusy,
     BulkExportFailed,
+    BulkExportGone,
+    BulkExportPending,
     BulkExportTimeout,
     EHRRateLimited,
     EHRRejected,
@@ -199,23 +209,52 @@ class BulkExport:
         group_id: str | None = None,
         since: datetime | None = None,
         types: Sequence[str] = (),
+        resume: str | None = None,
+        kicked_off_at: datetime | None = None,
+        until: float | None = None,
+        on_kickoff: Callable[[str], None] | None = None,
+        poll_after: float = 0.0,
     ) -> BulkRun:
-        """Kick off, poll until the manifest is there and return the job, whose iteration streams its
-        files. Use it as a context manager (or call ``close``): that deletes the job at the server and
-        frees the facility's lock, however the iteration ended. Raises ``BulkExportBusy``,
-        ``BulkExportTimeout``, ``BulkExportFailed`` and the client's errors; the job is cancelled then."""
+        """Kick off (or, given ``resume``, poll again the job of that status URL, kicked off at
+        ``kicked_off_at``), poll until the manifest is there and return the job, whose iteration streams
+        its files. Use it as a context manager (or call ``close``): that deletes the job at the server and
+        frees the facility's lock, however the iteration ended (``close(keep=True)``: the job stays, to
+        be resumed). ``on_kickoff`` is told the new job's status URL before the first poll. Raises
+        ``BulkExportBusy``, ``BulkExportTimeout``, ``BulkExportFailed`` and the client's errors, the job
+        cancelled then; ``BulkExportPending`` (not complete by ``until``: the job kept) and
+        ``BulkExportGone`` (a resumed job the server no longer knows)."""
         if level == "group" and not group_id:
             raise ValueError("a group-level export needs group_id")
         lock = self._lock or self._redis_lock()
         if not lock.acquire():
             raise BulkExportBusy("an export of this facility is already running here")
         status_url: str | None = None
+        timeout_s = self.settings.bulk_timeout.total_seconds()
         try:
-            self._cancel_orphan(lock)
-            status_url = self._kickoff(level, group_id, since, types, lock)
-            lock.remember(status_url)
-            manifest = self._poll(status_url, lock)
-            return BulkRun(self, lock, status_url, manifest)
+            if resume is None:
+                self._cancel_orphan(lock)
+                status_url = self._kickoff(level, group_id, since, types, lock)
+                lock.remember(status_url)
+                if on_kickoff is not None:
+                    on_kickoff(status_url)
+            else:
+                self._cancel_orphan(lock, keeping=resume)
+                status_url = resume
+                lock.remember(status_url)
+                if kicked_off_at is not None:
+                    timeout_s -= (datetime.now(UTC) - kicked_off_at).total_seconds()
+                log.info("ehr.bulk.resumed", facility_id=self.client.facility_id, level=level)
+            manifest = self._poll(
+                status_url, lock, timeout_s=timeout_s, until=until, resumed=resume, first_wait=poll_after
+            )
+            return BulkRun(self, lock, status_url, manifest, resumed=resume is not None)
+        except BulkExportPending:
+            lock.release()  # the job stays at the server (and its URL beside the lease) for the next run
+            raise
+        except BulkExportGone:
+            lock.remember(None)
+            lock.release()
+            raise
         except BaseException as exc:
             if status_url is not None:
                 self._delete(status_url, why=getattr(exc, "reason", type(exc).__name__))
@@ -266,13 +305,30 @@ class BulkExport:
             log.info("ehr.bulk.kicked_off", facility_id=self.client.facility_id, level=level)
             return str(urljoin(url, location))
 
-    def _poll(self, status_url: str, lock: ExportLock) -> dict[str, Any]:
-        deadline = self._clock() + self.settings.bulk_timeout.total_seconds()
+    def _poll(
+        self,
+        status_url: str,
+        lock: ExportLock,
+        *,
+        timeout_s: float,
+        until: float | None,
+        resumed: str | None,
+        first_wait: float = 0.0,
+    ) -> dict[str, Any]:
+        deadline = self._clock() + timeout_s
         polls = 0
+        if first_wait > 0:  # what an earlier run still owed the server's Retry-After
+            if until is not None and self._clock() + first_wait > until:
+                raise BulkExportPending("not polled yet: its Retry-After runs", retry_after=first_wait)
+            self._sleep(first_wait)
         while True:
             polls += 1
             try:
                 response = self.client.send("GET", status_url, ok=(200, 202))
+            except EHRRejected as exc:
+                if resumed is not None and exc.status in (404, 410):
+                    raise BulkExportGone(f"status poll: {exc.status}") from exc
+                raise BulkExportFailed(f"status poll: {exc.reason}") from exc
             except (EHRServerError, PermanentEHRError) as exc:
                 raise BulkExportFailed(f"status poll: {exc.reason}") from exc
             except TransientEHRError as exc:  # 429, 502-504, transport: the job may well be fine
@@ -285,6 +341,8 @@ class BulkExport:
                 wait = self._wait(parse_retry_after(header, now=datetime.now(UTC)))
             if self._clock() + wait > deadline:
                 raise BulkExportTimeout(f"not complete after {polls} polls")
+            if until is not None and self._clock() + wait > until:
+                raise BulkExportPending(f"not complete after {polls} polls", retry_after=wait)
             lock.renew()
             self._sleep(wait)
 
@@ -302,9 +360,13 @@ class BulkExport:
             return
         log.info("ehr.bulk.deleted", facility_id=self.client.facility_id, why=why)
 
-    def _cancel_orphan(self, lock: ExportLock) -> None:
+    def cancel(self, status_url: str, *, why: str) -> None:
+        """Cancel a job kept by an earlier run that will not be resumed (best effort)."""
+        self._delete(status_url, why=why)
+
+    def _cancel_orphan(self, lock: ExportLock, *, keeping: str | None = None) -> None:
         orphan = lock.orphan()
-        if orphan is not None:
+        if orphan is not None and orphan != keeping:
             self._delete(orphan, why="orphaned by an earlier run")
             lock.remember(None)
 
@@ -328,10 +390,18 @@ class BulkExport:
 
 class BulkRun:
     """A completed job: ``transaction_time`` (the next ``_since``), its files, and iteration over their
-    items (once). Closing it deletes the job and frees the facility's lock."""
+    items (once; ``items(start)`` from a position). Closing it deletes the job and frees the facility's
+    lock; ``close(keep=True)`` only frees the lock (the job is resumed later). ``completed`` is the
+    position of the last line whose items were all given: ``(file index, lines of it)``."""
 
     def __init__(
-        self, export: BulkExport, lock: ExportLock, status_url: str, manifest: dict[str, Any]
+        self,
+        export: BulkExport,
+        lock: ExportLock,
+        status_url: str,
+        manifest: dict[str, Any],
+        *,
+        resumed: bool = False,
     ) -> None:
         self._export = export
         self._lock = lock
@@ -343,6 +413,8 @@ class BulkRun:
         self._seen: set[tuple[str, str, str]] = set()
         self._closed = False
         self._last_renewal = export._clock()
+        self.resumed = resumed
+        self.completed: tuple[int, int] = (0, 0)
 
     def __enter__(self) -> BulkRun:
         return self
@@ -352,27 +424,40 @@ class BulkRun:
     ) -> None:
         self.close(why="done" if exc is None else getattr(exc, "reason", type(exc).__name__))
 
-    def close(self, *, why: str = "done") -> None:
+    def close(self, *, why: str = "done", keep: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
         try:
+            if keep:
+                log.info("ehr.bulk.kept", facility_id=self._export.client.facility_id, why=why)
+                return
             self._export._delete(self.status_url, why=why)
             self._lock.remember(None)
         finally:
             self._lock.release()
 
     def __iter__(self) -> Iterator[BulkItem]:
+        return self.items()
+
+    def items(self, start: tuple[int, int] = (0, 0)) -> Iterator[BulkItem]:
+        """The items of the files from ``start`` (file index, lines of it already read) on."""
         if self._closed:
             raise RuntimeError("the export job is closed")
         client = self._export.client
-        for file in self.files:
+        first, skip = start
+        self.completed = start
+        for index, file in enumerate(self.files):
+            if index < first:
+                continue
             self.stats.files += 1
-            for number, raw, oversize in self._lines(file):
+            for number, raw, oversize in self._lines(file, skip=skip if index == first else 0):
                 self.stats.lines += 1
                 if self.stats.lines % RENEW_EVERY_LINES == 0:
                     self._renew()
                 yield from self._items(file, number, raw, oversize)
+                self.completed = (index, number)
+            self.completed = (index + 1, 0)
         log.info(
             "ehr.bulk.read",
             facility_id=client.facility_id,
@@ -452,12 +537,13 @@ class BulkRun:
 
     # -- streaming ---------------------------------------------------------------------------------
 
-    def _lines(self, file: _File) -> Iterator[tuple[int, bytes, bool]]:
-        """(line number, bytes, over-long) of a file, streamed; a download that breaks off is opened
-        again and the lines already given are skipped (the file is the server's fixed output)."""
+    def _lines(self, file: _File, *, skip: int = 0) -> Iterator[tuple[int, bytes, bool]]:
+        """(line number, bytes, over-long) of a file after its first ``skip`` lines, streamed; a download
+        that breaks off is opened again and the lines already given are skipped (the file is the
+        server's fixed output). A file of a resumed job that is gone (404/410) is ``BulkExportGone``."""
         client = self._export.client
         limit = self._export.settings.bulk_max_line_bytes
-        given = 0
+        given = skip
         for attempt in range(1, FILE_OPEN_ATTEMPTS + 1):
             try:
                 with client.stream(file.url, headers={"Accept": "application/fhir+ndjson"}) as response:
@@ -466,6 +552,10 @@ class BulkRun:
                             given = number
                             yield number, raw, oversize
                 return
+            except EHRRejected as exc:
+                if self.resumed and exc.status in (404, 410):
+                    raise BulkExportGone(f"file: {exc.status}") from exc
+                raise
             except EHRTransportError:
                 if attempt == FILE_OPEN_ATTEMPTS:
                     raise

@@ -11,9 +11,10 @@ TRY_LOCK = text("SELECT pg_try_advisory_lock(hashtextextended('ehri-reconcile:' 
 GAPS_TRACK_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('ehri-gaps:' || :fid, 0))")
 UNLOCK = text("SELECT pg_advisory_unlock(hashtextextended('ehri-reconcile:' || :fid, 0))")
 
-#: The facility's cohort: its stored patients, the subjects of its other stored resources, and the
-#: patients its HL7 v2 ADT feed named (``adt_inbox.patient_id``, resolved to FHIR ids), unless merged
-#: away by an A40 or stored as deleted.
+#: The facility's cohort: its stored patients, the subjects of its other stored resources, the patients
+#: its HL7 v2 ADT feed named (``adt_inbox.patient_id``, resolved to FHIR ids), unless merged away by an
+#: A40 or stored as deleted, and the Patient members of its configured Group (``:grp``, as last read:
+#: ``app.reconcile.cohort``) unless stored as deleted.
 COHORT = text(
     """
     SELECT resource_id AS patient FROM resources
@@ -26,6 +27,12 @@ COHORT = text(
        AND NOT EXISTS (SELECT 1 FROM resources r
                         WHERE r.facility_id = :fid AND r.resource_type = 'Patient'
                           AND r.resource_id = a.patient_id AND r.deleted)
+    UNION
+    SELECT g.patient_id FROM reconcile_group_members g
+     WHERE g.facility_id = :fid AND g.group_id = :grp
+       AND NOT EXISTS (SELECT 1 FROM resources r
+                        WHERE r.facility_id = :fid AND r.resource_type = 'Patient'
+                          AND r.resource_id = g.patient_id AND r.deleted)
     UNION
     SELECT substr(ref, 9) FROM (
         SELECT coalesce(resource->'subject'->>'reference', resource->'patient'->>'reference') AS ref

@@ -8,13 +8,18 @@ Guarantees:
   resumes from the old watermark (pages read twice converge: the store is version-guarded).
 - A search page that fails after the client's retries stops that type's run, keeps its watermark and
   records the reason (``reconcile_watermarks.last_reason``, the run's ``reasons``).
-- A run past ``reconcile_time_budget`` stops between pages; sorted strategies keep what they committed.
+- A run past ``reconcile_time_budget`` stops between pages; sorted strategies keep what they committed;
+  a bulk export job still running (or half read) is kept for the next run (``reconcile_bulk_jobs``),
+  whose first type is then that job's.
+- The facility's configured Group (``reconcile.group``) is read once per run that has a per-patient
+  type, its Patient members joining the cohort (``app.reconcile.cohort``); a failed read stops nothing
+  (its reason is the run's ``reasons["Group"]``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +43,8 @@ from app.ingest.pipeline.service import Pipeline, Work
 from app.ingest.quarantine import NdjsonQuarantine
 from app.metrics import RECONCILE_RUNS
 from app.reconcile import StrategyName, coverage, queries
+from app.reconcile.bulk_jobs import PostgresBulkJobs, kept_type
+from app.reconcile.cohort import refresh_group
 from app.reconcile.plan import FacilityPlan, TypePlan, plan_for
 from app.reconcile.probe import load_capabilities
 from app.reconcile.requests import REQUESTED
@@ -46,6 +53,9 @@ from app.reconcile.strategies.base import Page, Scope
 from app.settings import Settings
 
 log = structlog.get_logger("reconcile")
+
+#: The strategies that poll the facility's cohort patient by patient.
+PER_PATIENT: frozenset[StrategyName] = frozenset({"patient-last-updated", "created-date"})
 
 #: What a run of a type came to.
 COMPLETE, PARTIAL, FAILED = "complete", "partial", "failed"
@@ -76,6 +86,8 @@ class RunReport:
     #: The open ``reconcile_requests`` this run covers (consumed when it completes), and their earliest start.
     requests: list[int] = field(default_factory=list)
     window_since: datetime | None = None
+    #: Why the cohort Group could not be read this run (its last good members were polled).
+    group_reason: str | None = None
 
     @property
     def more(self) -> bool:
@@ -216,8 +228,12 @@ def reconcile_facility(
             session.add(run)
             session.commit()
             report.run_id = run.id
+            kept = kept_type(session, facility_id)
         deadline = time.monotonic() + settings.reconcile_time_budget.total_seconds()
-        for type_plan in plan.types:
+        if plan.export_group is not None and any(t.strategy in PER_PATIENT for t in plan.types):
+            report.group_reason = refresh_group(sessions, pipeline.client, facility_id, plan.export_group)
+        # A bulk job an earlier run left running is the facility's one job: its type goes first.
+        for type_plan in sorted(plan.types, key=lambda t: t.resource_type != kept):
             result = _run_type(
                 sessions,
                 pipeline,
@@ -230,6 +246,7 @@ def reconcile_facility(
                 deadline=deadline,
                 progress=progress,
                 settings=settings,
+                cohort_group=plan.export_group,
             )
             report.types.append(result)
             RECONCILE_RUNS.labels(facility_id, type_plan.resource_type, result.reason or result.outcome).inc()
@@ -269,6 +286,8 @@ def _finish(sessions: sessionmaker[Session], report: RunReport) -> None:
         run.pages, run.resources = report.total("pages"), report.total("resources")
         run.applied, run.recovered = report.total("applied"), report.total("recovered")
         run.reasons = {t.resource_type: t.reason for t in report.types if t.reason}
+        if report.group_reason is not None:
+            run.reasons["Group"] = report.group_reason
         if report.requests and report.outcome == COMPLETE:
             session.execute(
                 update(ReconcileRequest)
@@ -298,6 +317,7 @@ def _run_type(
     deadline: float,
     progress: Progress | None,
     settings: Settings,
+    cohort_group: str | None = None,
 ) -> TypeReport:
     result = TypeReport(type_plan.resource_type, type_plan.strategy)
     facility_id = plan.facility_id
@@ -318,22 +338,27 @@ def _run_type(
         since=lower - plan.overlap if lower is not None else None,
         started_at=started,
         recrawl=recrawled_at is None or started - recrawled_at >= plan.recrawl_interval,
-        cohort=lambda: _cohort(sessions, facility_id),
+        cohort=lambda: _cohort(sessions, facility_id, cohort_group),
         stored_ids=lambda rtype, patient: _stored_ids(sessions, facility_id, rtype, patient),
         settings=settings,
         quarantine=NdjsonQuarantine(sessions.kw["bind"]),
         export_group=plan.export_group,
+        deadline=deadline,
+        bulk_jobs=PostgresBulkJobs(sessions, facility_id),
     )
     high: datetime | None = watermark
     recrawled = False
+    pages = STRATEGIES[type_plan.strategy].pages(scope)
     try:
-        for page in STRATEGIES[type_plan.strategy].pages(scope):
+        for page in pages:
             _apply(sessions, pipeline, type_plan, page, run_id=run_id, result=result)
+            if page.committed is not None:
+                page.committed()
             high = page.high_water or high
             recrawled = recrawled or page.recrawled
             if progress is not None:
                 progress(result)
-            if time.monotonic() > deadline:
+            if page.out_of_time or time.monotonic() > deadline:
                 result.outcome = PARTIAL
                 if page.resumable:
                     _advance(sessions, facility_id, type_plan, high, recrawled=False, result=result)
@@ -351,6 +376,9 @@ def _run_type(
         )
         _record(sessions, facility_id, type_plan, result)
         return result
+    finally:
+        if isinstance(pages, Generator):
+            pages.close()  # at once, not when collected: a strategy stopped midway lets go of its job
     _advance(sessions, facility_id, type_plan, high, recrawled=recrawled, result=result)
     return result
 
@@ -435,9 +463,9 @@ def _record(
     _advance(sessions, facility_id, type_plan, None, recrawled=False, result=result)
 
 
-def _cohort(sessions: sessionmaker[Session], facility_id: str) -> list[str]:
+def _cohort(sessions: sessionmaker[Session], facility_id: str, group: str | None) -> list[str]:
     with sessions() as session:
-        return [str(p) for p in session.scalars(queries.COHORT, {"fid": facility_id})]
+        return [str(p) for p in session.scalars(queries.COHORT, {"fid": facility_id, "grp": group})]
 
 
 def _stored_ids(

@@ -8,7 +8,13 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import ReconcileRun, ReconcileWatermark, RecoveredChange
+from app.db.models import (
+    ReconcileBulkJob,
+    ReconcileGroup,
+    ReconcileRun,
+    ReconcileWatermark,
+    RecoveredChange,
+)
 
 
 @dataclass(frozen=True)
@@ -63,3 +69,15 @@ def reconcile_status(
         for w in session.scalars(marks)
     ]
     return rows, list(session.scalars(last))
+
+
+def cohort_and_jobs(
+    session: Session, facility_id: str | None
+) -> tuple[list[ReconcileGroup], list[ReconcileBulkJob]]:
+    """The cohort Groups as last read, and the bulk export jobs kept for the next run."""
+    groups = select(ReconcileGroup).order_by(ReconcileGroup.facility_id)
+    jobs = select(ReconcileBulkJob).order_by(ReconcileBulkJob.facility_id)
+    if facility_id is not None:
+        groups = groups.where(ReconcileGroup.facility_id == facility_id)
+        jobs = jobs.where(ReconcileBulkJob.facility_id == facility_id)
+    return list(session.scalars(groups)), list(session.scalars(jobs))

@@ -668,3 +668,44 @@ async def test_smart_configuration_lists_the_profiles_auth_methods(open_sim: Ope
         generic = (await client.get(f"{FHIR}/.well-known/smart-configuration")).json()
     assert set(oracle["token_endpoint_auth_methods_supported"]) == {"private_key_jwt", "client_secret_basic"}
     assert generic["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+
+
+async def test_groups_are_read_and_searched_where_the_profile_serves_them(open_sim: OpenSim) -> None:
+    groups = [{"id": "g-all"}, {"id": "g-two", "members": ["pat-1", "pat-2"]}]
+    async with open_sim("generic", patients=3, groups=groups) as client:
+        every = (await client.get(f"{FHIR}/Group/g-all")).json()
+        two = await client.get(f"{FHIR}/Group/g-two")
+        missing = await client.get(f"{FHIR}/Group/g-none")
+        search = (await client.get(f"{FHIR}/Group?_id=g-two")).json()
+        refused = await client.get(f"{FHIR}/Group?name=x")
+        await client.post("/_admin/general/groups", json={"id": "g-two", "members": ["pat-3"]})
+        changed = (await client.get(f"{FHIR}/Group/g-two")).json()
+        statement = (await client.get(f"{FHIR}/metadata")).json()
+        live = await _live(client, "Patient")
+    assert {m["entity"]["reference"] for m in every["member"]} == {f"Patient/{p}" for p in live}
+    assert two.status_code == 200
+    assert [m["entity"]["reference"] for m in two.json()["member"]] == ["Patient/pat-1", "Patient/pat-2"]
+    assert two.json()["quantity"] == 2
+    assert missing.status_code == 404
+    assert [e["resource"]["id"] for e in search["entry"]] == ["g-two"]
+    assert refused.status_code == 400
+    assert [m["entity"]["reference"] for m in changed["member"]] == ["Patient/pat-3"]
+    assert changed["meta"]["versionId"] == "2"
+    group = _resource(statement, "Group")
+    assert group is not None
+    assert {i["code"] for i in group["interaction"]} == {"read", "search-type"}
+
+
+@pytest.mark.parametrize("profile", ["epic", "oracle", "meditech", "athena"])
+async def test_groups_are_no_readable_type_where_the_vendor_is_not_known_to_serve_them(
+    open_sim: OpenSim, profile: str
+) -> None:
+    async with open_sim(profile, patients=2, groups=[{"id": "g-all"}]) as client:
+        read = await client.get(f"{FHIR}/Group/g-all")
+        search = await client.get(f"{FHIR}/Group")
+        statement = (await client.get(f"{FHIR}/metadata")).json()
+    assert read.status_code == 404
+    assert read.json()["issue"][0]["code"] == "not-supported"
+    assert search.status_code == 404
+    group = _resource(statement, "Group")
+    assert group is None or group["interaction"] == []

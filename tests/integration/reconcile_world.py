@@ -48,10 +48,18 @@ PATIENTS = {"rc-epic-wide": 130}
 #: bulk-since exporting ``_since`` the watermark (re-crawl an hour away), of a configured Group, from a
 #: MEDITECH that lists deletions (``bulk_deleted``: unverified for the vendor, off in its profile).
 BULK_SINCE = {"rc-meditech-since": ("meditech", ["Patient", "Observation", "Condition"])}
-ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY, **BULK_SINCE, **WIDE}
+#: Per-patient polling of a cohort known only from a configured Group: a server that serves Group reads
+#: (the generic profile), Patients not reconciled, so no patient is known any other way.
+COHORT_GROUP = {"rc-group": ("generic", ["Observation", "Condition"])}
+ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY, **BULK_SINCE, **WIDE, **COHORT_GROUP}
 #: Per facility: ehrsim profile overrides, and keys of our ``reconcile`` block, beyond the defaults.
 SIM_OVERRIDES: dict[str, dict[str, Any]] = {"rc-meditech-since": {"bulk_deleted": True}}
-RECONCILE_EXTRA: dict[str, dict[str, Any]] = {"rc-meditech-since": {"group": "g-all"}}
+RECONCILE_EXTRA: dict[str, dict[str, Any]] = {
+    "rc-meditech-since": {"group": "g-all"},
+    "rc-group": {"group": "g-cohort", "strategy": {"*": "patient-last-updated"}},
+}
+#: Per facility: the Groups ehrsim starts with (members set by the tests through its admin API).
+SIM_GROUPS: dict[str, list[dict[str, Any]]] = {"rc-group": [{"id": "g-cohort", "members": []}]}
 
 
 class Recording(httpx.BaseTransport):
@@ -105,6 +113,7 @@ def reconcile_world(workdir: Path) -> Iterator[World]:
             "seed": 5,
             "patients": PATIENTS.get(fid, 3),
             "profile_overrides": {"token_flaky_400_rate": 0, **SIM_OVERRIDES.get(fid, {})},
+            "groups": SIM_GROUPS.get(fid, []),
             "clients": [
                 {"client_id": "ehr-ingest", "public_key_file": str(public), "scopes": ["system/*.read"]}
             ],

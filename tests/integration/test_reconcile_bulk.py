@@ -13,7 +13,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.db.models import Facility, QuarantinedNotification, ReconcileWatermark
+from app.db.models import (
+    Facility,
+    QuarantinedNotification,
+    ReconcileBulkJob,
+    ReconcileRun,
+    ReconcileWatermark,
+)
 from app.ehr.client import EHRClient
 from app.errors import BulkLineUnparseable
 from app.reconcile.service import FAILED, PARTIAL
@@ -127,6 +133,7 @@ def test_a_failed_job_is_cancelled_and_does_not_move_the_watermark(world: World)
     assert report.outcome == FAILED
     assert {t.reason for t in report.types} == {"bulk_export_failed"}
     assert _marks(world, SINCE) == marks
+    assert _kept(world, SINCE) is None  # given up: nothing kept to resume
     with world.sessions() as session:
         rows = session.scalars(select(ReconcileWatermark).where(ReconcileWatermark.facility_id == SINCE))
         assert {w.last_reason for w in rows} == {"bulk_export_failed"}
@@ -153,7 +160,92 @@ def test_a_kickoff_refused_while_another_job_runs_waits_a_bounded_time_then_fail
     assert _unmatched(world, SINCE) == []
 
 
-def test_a_run_stopped_at_its_budget_midway_cancels_the_job_and_keeps_the_watermark(world: World) -> None:
+def _kickoffs(world: World, facility: str, rtype: str) -> int:
+    """Kick-offs of ``rtype`` exports ehrsim accepted."""
+    kickoffs = world.admin(facility, "exports")["kickoffs"]
+    return sum(httpx.URL(k["request"]).params.get("_type") == rtype for k in kickoffs)
+
+
+def _no_time(world: World) -> Any:
+    """Settings of a run with no time left, whose polls wait for nothing (no Retry-After carried over)."""
+    zero = timedelta(0)
+    return world.settings.model_copy(update={"reconcile_time_budget": zero, "bulk_retry_after_cap": zero})
+
+
+def _kept(world: World, facility: str) -> ReconcileBulkJob | None:
+    with world.sessions() as session:
+        return session.get(ReconcileBulkJob, facility)
+
+
+def test_a_job_past_the_run_budget_is_kept_and_resumed_by_the_next_runs_without_a_new_kickoff(
+    world: World,
+) -> None:
+    """ehrsim's MEDITECH answers two status polls 202 before the manifest; a run with no time left polls
+    once and stops. Runs 1 and 2 each poll once, run 3 reads one page of the files and stops, run 4
+    finishes: one kick-off in all, every change applied once."""
+    assert world.reconcile(SINCE).outcome == "complete"
+    marks = _marks(world, SINCE)
+    baseline = _recovered(world, SINCE)
+    before = world.admin(SINCE, "truth")["resources"]
+    for _ in range(20):  # until the export of Observation since the watermark is more than one page
+        world.admin(SINCE, "activity", {"changes": 1000})
+        after = world.admin(SINCE, "truth")["resources"]
+        if _changed_keys(before, after, {"Observation"}) > PAGE_SIZE:
+            break
+    changed = _changed_keys(before, after, {"Observation"})
+    assert changed > PAGE_SIZE
+    kickoffs = _kickoffs(world, SINCE, "Observation")
+    no_time = _no_time(world)
+
+    first = world.reconcile(SINCE, no_time, types=["Observation"])
+
+    assert first.outcome == PARTIAL
+    assert _kickoffs(world, SINCE, "Observation") == kickoffs + 1
+    kept = _kept(world, SINCE)
+    assert kept is not None
+    assert (kept.resource_type, kept.file_index, kept.line) == ("Observation", 0, 0)
+    assert httpx.URL(kept.status_url).path.startswith(f"/{SINCE}/fhir/$export-poll/")
+    assert not _no_job_runs(world, SINCE)  # kept at the EHR: not cancelled
+    assert _marks(world, SINCE) == marks
+
+    second = world.reconcile(SINCE, no_time, types=["Observation"])  # polls it again: still running
+    third = world.reconcile(SINCE, no_time, types=["Observation"])  # the manifest; one page, then out
+
+    assert [second.outcome, third.outcome] == [PARTIAL, PARTIAL]
+    assert _kickoffs(world, SINCE, "Observation") == kickoffs + 1  # no new kick-off
+    assert second.total("applied") == 0
+    assert 0 < third.total("applied") <= PAGE_SIZE
+    kept = _kept(world, SINCE)
+    assert kept is not None
+    assert kept.file_index == 0  # the committed part of the one file
+    assert 0 < kept.line <= PAGE_SIZE
+    assert _marks(world, SINCE) == marks
+
+    fourth = world.reconcile(SINCE)  # the whole plan: the kept job's type first, resumed
+
+    assert fourth.outcome == "complete", [(t.resource_type, t.reason) for t in fourth.types]
+    assert fourth.types[0].resource_type == "Observation"
+    assert _kickoffs(world, SINCE, "Observation") == kickoffs + 1
+    assert _kept(world, SINCE) is None
+    assert _no_job_runs(world, SINCE)  # read to the end, then deleted at the EHR
+    observation = [
+        t for t in (first, second, third, fourth) for t in t.types if t.resource_type == "Observation"
+    ]
+    assert sum(t.applied for t in observation) == changed  # every change applied once, none twice
+    assert _unmatched(world, SINCE) == []
+    assert _recovered(world, SINCE) - baseline == _changed_keys(
+        before, after, {"Patient", "Observation", "Condition"}
+    )
+    mark = _marks(world, SINCE)["Observation"]
+    old = marks["Observation"]
+    assert mark is not None
+    assert old is not None
+    assert mark > old
+
+
+def test_a_full_export_resumed_over_runs_still_finds_what_it_no_longer_lists(world: World) -> None:
+    """``rc-meditech`` re-crawls by a full export on every run and its manifest lists no deletions: a
+    deletion is found only by comparing the whole export with what is stored, here over four runs."""
     for _ in range(20):  # until the export of Observation is more than one page
         live = [
             r
@@ -163,18 +255,64 @@ def test_a_run_stopped_at_its_budget_midway_cancels_the_job_and_keeps_the_waterm
         if len(live) > PAGE_SIZE:
             break
         world.admin(FULL, "activity", {"changes": 2000})
-    assert len(live) > PAGE_SIZE
     assert world.reconcile(FULL).outcome == "complete"
-    marks = _marks(world, FULL)
+    before = world.admin(FULL, "truth")["resources"]
+    world.admin(FULL, "activity", {"changes": 200})
+    after = world.admin(FULL, "truth")["resources"]
+    gone = {r["id"] for r in after if r["resourceType"] == "Observation" and r["deleted"]}
+    gone -= {r["id"] for r in before if r["resourceType"] == "Observation" and r["deleted"]}
+    assert gone, "no Observation was deleted"
+    kickoffs = _kickoffs(world, FULL, "Observation")
+    no_time = _no_time(world)
 
-    stop_at_once = world.settings.model_copy(update={"reconcile_time_budget": timedelta(0)})
-    report = world.reconcile(FULL, stop_at_once, types=["Observation"])
+    reports = [world.reconcile(FULL, no_time, types=["Observation"]) for _ in range(3)]
+    world.transport.seen.clear()
+    last = world.reconcile(FULL, types=["Observation"])
 
-    assert report.outcome == PARTIAL
-    assert [(t.resource_type, t.pages) for t in report.types] == [("Observation", 1)]
-    assert _no_job_runs(world, FULL)  # the engine dropped the strategy midway: the job was cancelled
-    assert _marks(world, FULL) == marks
-    assert world.reconcile(FULL).outcome == "complete"
+    assert [r.outcome for r in reports] == [PARTIAL] * 3
+    assert last.outcome == "complete", [(t.resource_type, t.reason) for t in last.types]
+    assert _kickoffs(world, FULL, "Observation") == kickoffs + 1
+    assert [w for w in _unmatched(world, FULL) if w.startswith("('Observation'")] == []  # deletions too
+    # only what the whole export no longer lists is read, not what the first part of it listed
+    held = {r["id"] for r in before if r["resourceType"] == "Observation" and not r["deleted"]}
+    reads = [
+        url
+        for url, _ in world.transport.seen
+        if httpx.URL(url).path.startswith(f"/{FULL}/fhir/Observation/") and "?" not in url
+    ]
+    assert len(reads) == len(gone & held)
+    with world.sessions() as session:
+        row = session.get(ReconcileWatermark, (FULL, "Observation", "bulk-since"))
+        assert row is not None
+        assert row.recrawled_at is not None
+        assert row.recrawled_at >= last_run_started(world, last)
+
+
+def last_run_started(world: World, report: Any) -> datetime:
+    with world.sessions() as session:
+        run = session.get(ReconcileRun, report.run_id)
+        assert run is not None
+        return run.started_at
+
+
+def test_a_kept_job_the_ehr_no_longer_knows_is_dropped_and_a_new_one_kicked_off(world: World) -> None:
+    assert world.reconcile(SINCE).outcome == "complete"
+    world.admin(SINCE, "activity", {"changes": 20})
+    no_time = _no_time(world)
+    assert world.reconcile(SINCE, no_time, types=["Condition"]).outcome == PARTIAL
+    kept = _kept(world, SINCE)
+    assert kept is not None
+    _client(world, SINCE).send("DELETE", kept.status_url, ok=(202,))  # expired at the EHR
+    kickoffs = _kickoffs(world, SINCE, "Condition")
+
+    report = world.reconcile(SINCE, types=["Condition"])
+
+    assert report.outcome == "complete", [(t.resource_type, t.reason) for t in report.types]
+    assert _kickoffs(world, SINCE, "Condition") == kickoffs + 1  # started afresh, in the same run
+    assert _kept(world, SINCE) is None
+    assert _no_job_runs(world, SINCE)
+    assert world.reconcile(SINCE).outcome == "complete"
+    assert _unmatched(world, SINCE) == []
 
 
 def test_an_unparseable_line_is_quarantined_with_its_line_number_and_the_rest_is_stored(

@@ -37,6 +37,46 @@ class Page:
     resumable: bool = False
     #: Whether a re-crawl this run completed with this page.
     recrawled: bool = False
+    #: The strategy stopped at the run's time budget (``Scope.deadline``) with work left for the next
+    #: run (a bulk job still running): the engine ends the type's run as partial.
+    out_of_time: bool = False
+    #: Told once the page is committed (a bulk job's position is saved only then).
+    committed: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class KeptJob:
+    """A facility's bulk export job a run left running, as ``reconcile_bulk_jobs`` keeps it."""
+
+    resource_type: str
+    level: str
+    group_id: str | None
+    since: datetime | None  # None: a full export
+    status_url: str
+    kicked_off_at: datetime
+    file_index: int = 0  # every file before this one is committed ...
+    line: int = 0  # ... and the first ``line`` lines of this one
+    poll_after: datetime | None = None  # not polled before (the server's Retry-After)
+
+
+class BulkJobs(Protocol):
+    """Where a facility's one kept bulk job lives between runs (``app.reconcile.bulk_jobs``)."""
+
+    def load(self) -> KeptJob | None: ...
+    def save(self, job: KeptJob) -> None: ...
+    def defer(self, poll_after: datetime) -> None:
+        """The kept job is not to be polled before then."""
+        ...
+
+    def advance(self, file_index: int, line: int, seen: list[str]) -> None:
+        """The position committed pages reached, and the ids they listed (a full export's), at once."""
+        ...
+
+    def seen(self) -> set[str]:
+        """The ids ``advance`` was given since the job was saved."""
+        ...
+
+    def clear(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -59,6 +99,11 @@ class Scope:
     settings: Settings | None = None
     quarantine: LineQuarantine | None = None
     export_group: str | None = None
+    #: The run's time budget as a ``time.monotonic()`` instant (None: none): a bulk job not complete by
+    #: then is kept for the next run.
+    deadline: float | None = None
+    #: Where a bulk job a run leaves running is kept for the next (None: nowhere; it is cancelled).
+    bulk_jobs: BulkJobs | None = None
 
     @property
     def facts(self) -> SearchFacts:

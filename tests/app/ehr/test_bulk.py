@@ -15,7 +15,14 @@ import redis
 
 from app.ehr.bulk import BulkDeletion, BulkExport, RedisExportLock, UnparseableLine, _split_lines
 from app.ehr.politeness import Unlimited
-from app.errors import BulkExportBusy, BulkExportFailed, BulkExportTimeout, ForeignHostError
+from app.errors import (
+    BulkExportBusy,
+    BulkExportFailed,
+    BulkExportGone,
+    BulkExportPending,
+    BulkExportTimeout,
+    ForeignHostError,
+)
 from app.fhir.references import ResourceRef
 from app.settings import Settings
 from tests.conftest import REDIS_URL
@@ -375,3 +382,79 @@ def test_a_line_longer_than_the_limit_is_flagged_and_memory_stays_bounded() -> N
 def test_crlf_lines_and_lines_split_across_chunks() -> None:
     chunks = iter([b'{"a"', b':1}\r\n{"b":2}\r', b"\n"])
     assert list(_split_lines(chunks, limit=100)) == [(b'{"a":1}', False), (b'{"b":2}', False)]
+
+
+def test_a_job_not_complete_by_until_is_kept_at_the_server_and_the_lease_freed(
+    make_export: MakeExport, clock: Clock, settings: Settings
+) -> None:
+    ehr = FakeEHR(polls=[httpx.Response(202, headers={"Retry-After": "10"})] * 3)
+    export, _ = make_export(ehr)
+    told: list[str] = []
+    with pytest.raises(BulkExportPending):
+        export.run("patient", types=["Patient"], until=clock.now + 15, on_kickoff=told.append)
+    assert told == [STATUS]  # told before the first poll
+    assert ehr.deleted == []  # not cancelled
+    assert clock.waits == [10]  # one wait fitted before `until`, the next would not
+    # the lease is free again, and the URL kept beside it is not taken for an orphan by a resume
+    again = FakeEHR(files={f"{BASE}/files/Patient.ndjson": _ndjson(_resource("Patient", "p1"))})
+    export, _ = make_export(again)
+    with export.run("patient", types=["Patient"], resume=STATUS) as job:
+        assert [r["id"] for r in job if isinstance(r, dict)] == ["p1"]
+    assert not any("$export?" in str(r.url) for r in again.requests)  # no kick-off: polled again
+    assert str(again.requests[0].url) == STATUS
+    assert again.deleted == [STATUS]  # read to the end, then deleted
+
+
+def test_a_resumed_job_the_server_no_longer_knows_is_gone_not_failed(make_export: MakeExport) -> None:
+    ehr = FakeEHR(polls=[httpx.Response(404)])
+    export, _ = make_export(ehr)
+    with pytest.raises(BulkExportGone):
+        export.run("patient", types=["Patient"], resume=STATUS)
+    fresh = FakeEHR(polls=[httpx.Response(404)])
+    export, _ = make_export(fresh)
+    with pytest.raises(BulkExportFailed):  # a job we just kicked off answering 404 is a failure
+        export.run("patient", types=["Patient"])
+
+
+def test_items_from_a_position_skip_the_files_and_lines_already_committed(make_export: MakeExport) -> None:
+    ehr = FakeEHR(
+        files={
+            f"{BASE}/files/Patient.ndjson": _ndjson(_resource("Patient", "p1"), _resource("Patient", "p2")),
+            f"{BASE}/files/Observation.ndjson": _ndjson(
+                _resource("Observation", "o1"), _resource("Observation", "o2"), _resource("Observation", "o3")
+            ),
+        }
+    )
+    export, _ = make_export(ehr)
+    with export.run("patient", resume=STATUS) as job:
+        items = job.items((1, 1))
+        first = next(items)
+        assert isinstance(first, dict)
+        assert first["id"] == "o2"
+        assert job.completed == (1, 1)  # o2's line is complete only once the next item is asked for
+        rest = [i["id"] for i in items if isinstance(i, dict)]
+        assert job.completed == (2, 0)
+    assert rest == ["o3"]
+
+
+def test_a_kept_job_is_left_at_the_server_when_closed_with_keep(make_export: MakeExport) -> None:
+    ehr = FakeEHR(files={f"{BASE}/files/Patient.ndjson": _ndjson(_resource("Patient", "p1"))})
+    export, _ = make_export(ehr)
+    job = export.run("patient", types=["Patient"])
+    job.close(why="run stopped", keep=True)
+    assert ehr.deleted == []
+    export, _ = make_export(ehr)  # the lease is free: a new run may resume it
+    with export.run("patient", types=["Patient"], resume=STATUS):
+        pass
+    assert ehr.deleted == [STATUS]
+
+
+def test_a_resumed_job_still_counts_bulk_timeout_from_its_kickoff(
+    make_export: MakeExport, settings: Settings
+) -> None:
+    ehr = FakeEHR(polls=[httpx.Response(202, headers={"Retry-After": "10"})])
+    export, _ = make_export(ehr)
+    long_ago = datetime.now(UTC) - settings.bulk_timeout + timedelta(seconds=5)
+    with pytest.raises(BulkExportTimeout):  # 5 s left: the 10 s wait does not fit
+        export.run("patient", types=["Patient"], resume=STATUS, kicked_off_at=long_ago)
+    assert ehr.deleted == [STATUS]  # given up: cancelled

@@ -3,18 +3,21 @@ Redis lease: what it asks, the pages it gives the engine, and when the job is ca
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import httpx
 import pytest
+import redis
 
-from app.ehr.bulk import UnparseableLine
-from app.errors import BulkExportFailed
+from app.ehr.bulk import RedisExportLock, UnparseableLine
+from app.errors import BulkExportBusy, BulkExportFailed
 from app.fhir.references import ResourceRef
 from app.reconcile.strategies import STRATEGIES
-from app.reconcile.strategies.base import Page, Scope
+from app.reconcile.strategies.base import KeptJob, Page, Scope
 from app.reconcile.strategies.bulk_since import PAGE_SIZE
 from app.settings import Settings
 from app.vendors import adapter_for
@@ -196,3 +199,165 @@ def test_a_failed_job_raises_and_is_cancelled(settings: Settings) -> None:
     with pytest.raises(BulkExportFailed):
         _run(_scope(ehr, settings))
     assert ehr.deleted == [STATUS]
+
+
+class FakeJobs:
+    """``BulkJobs`` in memory (the engine's is ``app.reconcile.bulk_jobs.PostgresBulkJobs``)."""
+
+    def __init__(self, kept: KeptJob | None = None) -> None:
+        self.kept = kept
+        self.listed: set[str] = set()
+
+    def load(self) -> KeptJob | None:
+        return self.kept
+
+    def save(self, job: KeptJob) -> None:
+        self.kept, self.listed = job, set()
+
+    def defer(self, poll_after: datetime) -> None:
+        assert self.kept is not None
+        self.kept = dataclasses.replace(self.kept, poll_after=poll_after)
+
+    def advance(self, file_index: int, line: int, seen: list[str]) -> None:
+        assert self.kept is not None
+        self.kept = dataclasses.replace(self.kept, file_index=file_index, line=line)
+        self.listed.update(seen)
+
+    def seen(self) -> set[str]:
+        return set(self.listed)
+
+    def clear(self) -> None:
+        self.kept, self.listed = None, set()
+
+
+def _engine(scope: Scope, *, stop_after: int | None = None) -> list[Page]:
+    """As the engine does: each page committed, then told; closed after ``stop_after`` pages."""
+    pages: list[Page] = []
+    generator = cast(Generator[Page, None, None], STRATEGIES["bulk-since"].pages(scope))
+    for page in generator:
+        pages.append(page)
+        if page.committed is not None:
+            page.committed()
+        if page.out_of_time or len(pages) == stop_after:
+            generator.close()
+            break
+    return pages
+
+
+def _many(ehr: FakeEHR, n: int) -> None:
+    ehr.files[f"{BASE}/files/Observation-1.ndjson"] = _ndjson(
+        *(_resource("Observation", f"o{i}") for i in range(n))
+    )
+
+
+def test_a_job_still_running_at_the_deadline_is_kept_with_its_status_url(settings: Settings) -> None:
+    ehr = FakeEHR(polls=[httpx.Response(202, headers={"Retry-After": "1"})])
+    jobs = FakeJobs()
+    scope = dataclasses.replace(_scope(ehr, settings), deadline=time.monotonic(), bulk_jobs=jobs)
+
+    pages = _engine(scope)
+
+    assert [(p.out_of_time, p.found, p.high_water) for p in pages] == [(True, [], None)]
+    assert jobs.kept is not None
+    assert (jobs.kept.status_url, jobs.kept.resource_type, jobs.kept.since) == (STATUS, "Observation", SINCE)
+    assert ehr.deleted == []
+
+
+def test_a_run_stopped_midway_keeps_the_job_and_the_next_reads_on_from_the_committed_position(
+    settings: Settings,
+) -> None:
+    ehr = FakeEHR()
+    _many(ehr, PAGE_SIZE + 10)
+    jobs = FakeJobs()
+    first = _engine(dataclasses.replace(_scope(ehr, settings), bulk_jobs=jobs), stop_after=1)
+    assert len(first[0].found) == PAGE_SIZE
+    assert ehr.deleted == []  # kept
+    assert jobs.kept is not None
+    assert (jobs.kept.file_index, jobs.kept.line) == (0, PAGE_SIZE - 1)  # the line it ended on: again
+    kickoffs = sum("$export?" in str(r.url) for r in ehr.requests)
+
+    rest = _engine(dataclasses.replace(_scope(ehr, settings), bulk_jobs=jobs))
+
+    assert sum("$export?" in str(r.url) for r in ehr.requests) == kickoffs  # resumed, no kick-off
+    assert _ids(rest) == [f"o{i}" for i in range(PAGE_SIZE - 1, PAGE_SIZE + 10)]
+    assert rest[-1].high_water == TRANSACTION_TIME
+    assert jobs.kept is None
+    assert ehr.deleted == [STATUS]
+
+
+def test_a_kept_job_for_another_export_is_cancelled_and_a_new_one_kicked_off(settings: Settings) -> None:
+    other = f"{BASE}/$export-poll/job-0"
+    kept = KeptJob("Condition", "patient", None, SINCE, other, datetime.now(UTC))
+    ehr = FakeEHR()
+    jobs = FakeJobs(kept)
+    _engine(dataclasses.replace(_scope(ehr, settings), bulk_jobs=jobs))
+    assert ehr.deleted == [other, STATUS]
+    assert any("$export?" in str(r.url) for r in ehr.requests)
+    assert jobs.kept is None
+
+
+def test_a_kept_job_from_a_later_since_does_not_cover_this_run(settings: Settings) -> None:
+    later = KeptJob("Observation", "patient", None, SINCE + timedelta(days=1), STATUS, datetime.now(UTC))
+    ehr = FakeEHR()
+    _engine(dataclasses.replace(_scope(ehr, settings), bulk_jobs=FakeJobs(later)))
+    assert ehr.deleted[0] == STATUS  # cancelled, then a new job
+    assert ehr.requests[1].url.params["_since"] == "2026-02-01T00:00:00.000Z"
+
+
+def test_a_full_export_read_over_two_runs_is_compared_whole_with_what_is_stored(settings: Settings) -> None:
+    ehr = FakeEHR()
+    _many(ehr, PAGE_SIZE + 10)  # o0 … o509
+    jobs = FakeJobs()
+    # o3 is listed by the first run's page only, o9999 by no page at all: only o9999 vanished
+    stored = {"o3", "o9999"}
+    first = _engine(
+        dataclasses.replace(_scope(ehr, settings, since=None, stored=stored), bulk_jobs=jobs), stop_after=1
+    )
+    assert not first[-1].recrawled
+    assert "o3" in jobs.seen()
+
+    rest = _engine(dataclasses.replace(_scope(ehr, settings, since=None, stored=stored), bulk_jobs=jobs))
+
+    assert [ref for p in rest for ref in p.reads] == [ResourceRef("Observation", "o9999")]
+    assert rest[-1].recrawled  # the re-crawl is complete
+    assert jobs.kept is None
+    assert jobs.seen() == set()
+
+
+def test_a_kept_job_whose_lease_a_killed_run_still_holds_stays_kept(settings: Settings) -> None:
+    kept = KeptJob("Observation", "patient", None, SINCE, STATUS, datetime.now(UTC))
+    jobs = FakeJobs(kept)
+    ehr = FakeEHR()
+    scope = dataclasses.replace(_scope(ehr, settings), bulk_jobs=jobs)
+    lease = RedisExportLock(
+        redis.Redis.from_url(REDIS_URL), settings.redis_prefix, scope.client.facility_id, 60
+    )
+    assert lease.acquire()  # as the killed run left it
+    with pytest.raises(BulkExportBusy):
+        _engine(scope)
+    assert jobs.kept == kept
+    assert ehr.deleted == []
+    lease.release()
+    _engine(scope)  # the lease expired: resumed
+    assert not any("$export?" in str(r.url) for r in ehr.requests)
+    assert jobs.kept is None
+
+
+def test_a_kept_job_is_not_polled_before_the_retry_after_its_server_asked(settings: Settings) -> None:
+    ehr = FakeEHR(polls=[httpx.Response(202, headers={"Retry-After": "1"})])
+    jobs = FakeJobs()
+    no_time = dataclasses.replace(_scope(ehr, settings), deadline=time.monotonic(), bulk_jobs=jobs)
+    _engine(no_time)  # kicked off, polled once: Retry-After 1 s, capped to 10 ms
+    assert jobs.kept is not None
+    assert jobs.kept.poll_after is not None
+    polls = sum("$export-poll" in str(r.url) for r in ehr.requests)
+    jobs.kept = dataclasses.replace(jobs.kept, poll_after=datetime.now(UTC) + timedelta(hours=1))
+
+    again = _engine(dataclasses.replace(no_time, deadline=time.monotonic() + 60))
+
+    assert [p.out_of_time for p in again] == [True]  # an hour owed: not polled, not waited for
+    assert sum("$export-poll" in str(r.url) for r in ehr.requests) == polls
+    jobs.kept = dataclasses.replace(jobs.kept, poll_after=datetime.now(UTC) + timedelta(milliseconds=20))
+    done = _engine(dataclasses.replace(no_time, deadline=time.monotonic() + 60))
+    assert done[-1].high_water == TRANSACTION_TIME  # waited the 20 ms, then polled: the manifest
+    assert jobs.kept is None
