@@ -166,7 +166,9 @@ class Stack:
         env = {"EHRI_WORKER_METRICS_PORT": str(metrics_port)} if metrics_port is not None else {}
         return self.start(name, argv, env=env)
 
-    def start_beat(self) -> Proc:
+    def start_beat(self, name: str = "beat") -> Proc:
+        """A celery beat; a second one needs a ``name`` of its own: its log and its schedule file (beat's
+        state, which two processes must not share) are named after it."""
         argv = [
             sys.executable,
             "-m",
@@ -177,9 +179,9 @@ class Stack:
             "--loglevel",
             "INFO",  # as production runs it (docker-compose.yml); EHRI_LOG_LEVEL decides (app.logging)
             "--schedule",
-            str(self.workdir / "beat-schedule"),
+            str(self.workdir / f"{name}-schedule"),
         ]
-        return self.start("beat", argv)
+        return self.start(name, argv)
 
     def _wait_ready(self, proc: Proc, url: str, timeout: float = 30.0) -> None:
         check = http_ok(url)

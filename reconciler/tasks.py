@@ -166,8 +166,8 @@ def check_facility_gaps(facility_id: str) -> dict[str, int]:
 def evaluate_alerts() -> dict[str, int]:
     """One alerting cycle (``app.alerts.cycle``): feed health, alert transitions, due sink sends. On its
     own queue (``EHRI_ALERTS_QUEUE``), so a slow sink never holds a worker that drains notifications.
-    Running it twice at once is harmless (an alert opens once, a delivery is sent once). Not retried: an
-    error leaves everything for the next cycle."""
+    Running it twice at once is harmless (one evaluates at a time, an alert opens once, a delivery is sent
+    once). Not retried: an error leaves everything for the next cycle."""
     rt = runtime()
     try:
         report = run_cycle(rt.sessions, rt.alert_http)
@@ -175,6 +175,7 @@ def evaluate_alerts() -> dict[str, int]:
         log.warning("alerts.cycle_failed", reason=exc.reason)
         return {"failed": 1}
     return {
+        "evaluated": int(report.evaluated),  # 0: another cycle was evaluating; this one only sent
         "conditions": report.conditions,
         "opened": report.opened,
         "resolved": report.resolved,

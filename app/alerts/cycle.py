@@ -8,6 +8,13 @@ never opened without its deliveries queued), each send in its own. Two cycles at
 harmless: an alert opens once (the live-key index), a quiet check opens once per source, a delivery is
 claimed by one sender (``SKIP LOCKED``). The deliveries are sent right after the transitions that queued
 them, so a page leaves within one cycle of the condition being seen.
+
+The evaluation and its transitions run under a transaction-scoped advisory lock, one cycle at a time: a
+cycle that finds it taken skips them (the other one's evaluation is as fresh as its own would be) and only
+sends what is due. Without it an evaluation could be older than a transition another cycle commits
+meanwhile and undo it: a condition seen holding just before the dead letters were replayed reopens the
+alert the other cycle resolved on seeing them gone (a second trigger); one seen healthy just before the
+condition began resolves the alert the other cycle just opened (with no resolve delay).
 """
 
 from __future__ import annotations
@@ -17,13 +24,18 @@ from datetime import UTC, datetime
 
 import httpx
 import structlog
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.alerts.delivery import DeliveryReport, deliver_due
-from app.alerts.service import observe
+from app.alerts.service import ObserveResult, observe
 from app.feeds.service import evaluate
 
 log = structlog.get_logger("alerts.cycle")
+
+
+#: Held by the transaction that evaluates feed health and applies the alert transitions.
+EVALUATION_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended('ehri-alerts-evaluate', 0))")
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,7 @@ class CycleReport:
     resolved: int
     sent: int
     failed: int
+    evaluated: bool = True  # False: another cycle was evaluating; this one only sent what was due
 
 
 def run_cycle(
@@ -40,16 +53,17 @@ def run_cycle(
 ) -> CycleReport:
     now = now or datetime.now(UTC)
     with sessions.begin() as session:
-        conditions, evaluated = evaluate(session, now)
-        result = observe(session, conditions, evaluated, now)
+        transitions = evaluate_and_observe(session, now)
     delivery = deliver_due(sessions, datetime.now(UTC), http)
     _observe_sinks(sessions, delivery)
+    conditions, result = transitions or (0, ObserveResult())
     report = CycleReport(
-        conditions=len(conditions),
+        conditions=conditions,
         opened=len(result.opened) + len(result.reopened),
         resolved=len(result.resolved),
         sent=delivery.sent,
         failed=delivery.failed,
+        evaluated=transitions is not None,
     )
     if report.opened or report.resolved or report.failed:
         log.info(
@@ -61,6 +75,15 @@ def run_cycle(
             failed=report.failed,
         )
     return report
+
+
+def evaluate_and_observe(session: Session, now: datetime) -> tuple[int, ObserveResult] | None:
+    """Evaluate feed health and apply the alert transitions, holding the evaluation lock until the caller's
+    transaction ends: (conditions holding, what this pass changed), or None when another cycle holds it."""
+    if not session.scalar(EVALUATION_LOCK):
+        return None
+    conditions, evaluated = evaluate(session, now)
+    return len(conditions), observe(session, conditions, evaluated, now)
 
 
 def _observe_sinks(sessions: sessionmaker[Session], delivery: DeliveryReport) -> None:

@@ -4,7 +4,6 @@ hand, and a test event to a sink."""
 from __future__ import annotations
 
 import getpass
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -67,7 +66,10 @@ def list_(
             for a in alerts
         ]
     if as_json:
-        render.line(json.dumps({"alerts": documents}, sort_keys=True))
+        from app.fhir import jsonwire
+
+        # details come back from jsonb with exact decimals: the wire's encoder writes them as their digits
+        render.line(jsonwire.dumps({"alerts": documents}, canonical=True))
         return
     render.table(
         ("id", "facility", "source", "kind", "severity", "state", "opened", "summary"),

@@ -18,9 +18,11 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.alerts.conditions import Condition
 from app.alerts.delivery import DeliveryPolicy, DeliveryReport, deliver_due
 from app.alerts.service import AlertPolicy, acknowledge, observe, resolve
 from app.alerts.sinks import SinkDirectory
+from app.db.engine import make_engine, make_sessionmaker
 from app.db.models import AlertDelivery
 from app.facilities.schemas import AlertSinksFile, WebhookConfig
 from app.facilities.senders import sender_check
@@ -390,3 +392,50 @@ def test_an_unexpected_error_of_one_delivery_does_not_stop_the_others(
     with sessions() as session:
         errors = session.scalars(select(AlertDelivery.last_error).where(AlertDelivery.sink == "hook")).all()
     assert errors == ["internal_error"]
+
+
+@pytest.fixture
+def process_sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on an engine as the processes build it (``app.db.engine``: jsonb read back with exact
+    decimals), not the test suite's plain one."""
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+def test_details_with_fractions_read_back_from_postgres_reach_pagerduty_and_the_webhook(
+    process_sessions: sessionmaker[Session],
+    committed_facility: str,
+    pagerduty: FakeSink,
+    webhook: FakeSink,
+    http: httpx.Client,
+) -> None:
+    # jsonb is read back with exact decimals (app.db.engine): error_rate's rate and window are Decimals by
+    # the time the sender, in another process, builds the bodies.
+    sinks = directory(pd=pagerduty, hook=webhook)
+    error_rate = Condition(
+        committed_facility,
+        "facility",
+        "error_rate",
+        "8 failures against 9 events",
+        details={"failures": 8, "rate": 0.471, "window_s": 900.0},
+    )
+    with process_sessions.begin() as session:
+        observe(
+            session,
+            [error_rate],
+            set(),
+            T0,
+            policy=POLICY,
+            router=sinks.router(session, {committed_facility}),
+        )
+    report = _deliver(process_sessions, sinks, http, 0)
+
+    assert (report.sent, report.retried, report.failed) == (2, 0, 0)
+    [trigger] = [r.json() for r in pagerduty.received]
+    [hook] = [r.json() for r in webhook.received]
+    expected = {"failures": 8, "rate": 0.471, "window_s": 900.0}
+    assert trigger["payload"]["custom_details"]["details"] == expected
+    assert hook["data"]["details"] == expected

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from app.alerts.conditions import Condition
 from app.alerts.service import AlertPolicy, observe
 from app.db.models import AlertDelivery
 from tests.app.alerts.conftest import T0, condition, route_to
@@ -65,6 +66,22 @@ def test_list_as_json_carries_the_dedup_key_and_state(
     assert document["id"] == alert_id
     assert document["dedup_key"] == f"ehri:{facility}:facility:feed_quiet:{alert_id}"
     assert (document["state"], document["details"]) == ("open", {"recovered": 2})
+
+
+def test_list_as_json_writes_fractional_details_as_their_digits(
+    invoke: Invoke, cli_engine: Engine, facility: str
+) -> None:
+    # jsonb comes back with exact decimals (app.db.engine): error_rate's rate is a Decimal here.
+    error_rate = Condition(facility, "facility", "error_rate", "8 failures", details={"rate": 0.471})
+    with Session(cli_engine) as session:
+        observe(session, [error_rate], set(), T0, policy=AlertPolicy(), router=route_to("pd"))  # type: ignore[arg-type]
+        session.commit()
+
+    result = invoke("alerts", "list", "--json")
+
+    assert result.exit_code == 0, result.output
+    [document] = json.loads(result.stdout)["alerts"]
+    assert document["details"] == {"rate": 0.471}
 
 
 def test_ack_acknowledges_once_and_queues_the_acknowledge(
