@@ -18,9 +18,11 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.alerts.conditions import Condition
 from app.alerts.delivery import DeliveryPolicy, DeliveryReport, deliver_due
 from app.alerts.service import AlertPolicy, acknowledge, observe, resolve
 from app.alerts.sinks import SinkDirectory
+from app.db.engine import make_engine
 from app.db.models import AlertDelivery
 from app.facilities.schemas import AlertSinksFile, WebhookConfig
 from app.facilities.senders import sender_check
@@ -390,3 +392,34 @@ def test_an_unexpected_error_of_one_delivery_does_not_stop_the_others(
     with sessions() as session:
         errors = session.scalars(select(AlertDelivery.last_error).where(AlertDelivery.sink == "hook")).all()
     assert errors == ["internal_error"]
+
+
+def test_details_with_fractions_reach_every_sink_as_numbers(
+    database_url: str, committed_facility: str, pagerduty: FakeSink, webhook: FakeSink, http: httpx.Client
+) -> None:
+    """A float written into ``alerts.details`` reads back from ``jsonb`` as a Decimal through the engine
+    the processes build (``app.db.engine``: the exact JSON loader): an error rate or a window in seconds
+    must not make every send fail."""
+    engine = make_engine(database_url, pool_size=1)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    sinks = directory(pd=pagerduty, siem=webhook)
+    leak = Condition(
+        committed_facility,
+        "facility",
+        "feed_leaking",
+        "leaking",
+        details={"recovered": 11, "window_s": 3600.0, "rate": 0.35},
+    )
+    try:
+        with sessions.begin() as session:
+            router = sinks.router(session, {committed_facility})
+            observe(session, [leak], {leak.key}, T0, policy=POLICY, router=router)
+
+        report = _deliver(sessions, sinks, http, 0)
+    finally:
+        engine.dispose()
+
+    assert (report.sent, report.failed) == (2, 0)
+    details = pagerduty.received[0].json()["payload"]["custom_details"]["details"]
+    assert details == {"recovered": 11, "window_s": 3600.0, "rate": 0.35}
+    assert [r.json()["data"]["details"]["rate"] for r in webhook.accepted()] == [0.35]
