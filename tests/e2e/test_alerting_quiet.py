@@ -6,8 +6,12 @@ changing, at night or by day, pages nobody."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +158,111 @@ def test_a_stopped_feed_pages_once_within_its_window_is_reconciled_and_resolves(
         scenario.sql("SELECT * FROM alert_events"),
         scenario.sql("SELECT * FROM alert_deliveries"),
     )
+
+
+NIGHT_WINDOW_S = 2
+NIGHT_WINDOWS = 12  # one detection window standing in for each hour of a clinic's night
+
+
+def _local_zone(*, hour: int) -> str:
+    """A fixed-offset time zone in which it is ``hour`` o'clock now (``Etc/GMT-N`` is UTC+N)."""
+    offset = (hour - datetime.now(UTC).hour) % 24
+    offset = offset - 24 if offset > 14 else offset
+    return f"Etc/GMT{-offset:+d}" if offset else "Etc/GMT"
+
+
+def _feeds_json(scenario: Scenario) -> dict[str, Any]:
+    """``ehr-ingest feeds --json`` as an operator runs it."""
+    argv = [str(Path(sys.executable).parent / "ehr-ingest"), "feeds", "--json", "--facility", FACILITY]
+    done = subprocess.run(argv, env=scenario.env(), capture_output=True, check=True, timeout=60)
+    document: dict[str, Any] = json.loads(done.stdout)
+    return document
+
+
+def _quiet_clinic(scenario: Scenario, pagerduty: PagerDuty, *, timezone: str) -> None:
+    """Start everything, deliver one burst of changes, then nothing; then give the facility its clock:
+    open by day (a notification a second expected), closed at night (one a minute, below the night's
+    floor). The day and the night differ in the facility's time zone only. Its thresholds are set once
+    the burst is in, so that no check races the burst's own notifications."""
+    configure(scenario, FACILITY, reconcile=RECONCILE)
+    scenario.start(workers=1, concurrency=2, beat=True, env={**ENV, **pagerduty.env})
+    _first_reconcile(scenario)
+    scenario.make_changes(FACILITY, 10)
+    report = scenario.wait_for_ledger(FACILITY, timeout=30)
+    assert report.ok, (report.missing, report.behind, report.inbox)
+    configure(
+        scenario,
+        FACILITY,
+        feed_health={
+            "detection_latency": f"PT{NIGHT_WINDOW_S}S",
+            "timezone": timezone,
+            "business_hours": {"days": [1, 2, 3, 4, 5, 6, 7], "start": 7, "end": 19},
+            "expected_per_hour": 3600,
+            "min_expected": 1,  # two expected in a window by day: judged
+            "off_hours_expected_per_hour": 60,  # a thirtieth at night: below the night's floor (20)
+        },
+    )
+
+
+def test_a_closed_clinic_whose_data_stops_changing_pages_nobody_all_night(
+    scenario: Scenario, pagerduty: PagerDuty
+) -> None:
+    _quiet_clinic(scenario, pagerduty, timezone=_local_zone(hour=2))
+    last = scenario.sql("SELECT max(received_at) AS at FROM inbox WHERE facility_id = :f", f=FACILITY)[0].at
+    cycles = alert_cycles(scenario)
+
+    # the night: twelve detection windows without a change, every one of them evaluated
+    night_s = NIGHT_WINDOWS * NIGHT_WINDOW_S
+    wait_until(
+        lambda: (
+            (datetime.now(UTC) - last).total_seconds() > night_s + NIGHT_WINDOW_S
+            and alert_cycles(scenario) >= cycles + night_s
+        ),
+        timeout=night_s + 20,
+        what=f"{NIGHT_WINDOWS} silent detection windows, each evaluated",
+    )
+
+    assert pagerduty.sink.received == []
+    assert scenario.sql("SELECT kind FROM alerts") == []
+    assert scenario.sql("SELECT id FROM feed_checks") == []  # nothing expected at night: nothing suspected
+    [facility] = _feeds_json(scenario)["facilities"]
+    [source] = facility["sources"]
+    assert (source["source"], source["events_in_window"], source["quiet_check"]) == (
+        f"subscription:sub-{FACILITY}",
+        0,
+        None,
+    )
+
+
+def test_a_clinic_quiet_by_day_is_checked_found_unchanged_and_not_paged(
+    scenario: Scenario, pagerduty: PagerDuty
+) -> None:
+    """Daytime: silence is suspicious, so a reconcile is asked for; it finds nothing changed, the feed is
+    recorded genuinely quiet (and checked again a window later), and nobody is paged."""
+    _quiet_clinic(scenario, pagerduty, timezone=_local_zone(hour=12))
+
+    def checked_twice() -> bool:
+        outcomes = scenario.sql("SELECT outcome FROM feed_checks ORDER BY id")
+        return [o.outcome for o in outcomes][:2] == ["quiet", "quiet"]  # the first, then the check again
+
+    try:
+        wait_until(checked_twice, timeout=30, what="two quiet checks decided genuinely quiet")
+    except TimeoutError:
+        raise AssertionError(
+            (
+                scenario.sql("SELECT * FROM feed_checks"),
+                scenario.sql("SELECT * FROM reconcile_runs"),
+                _feeds_json(scenario),
+            )
+        ) from None
+
+    assert pagerduty.sink.received == []
+    assert scenario.sql("SELECT kind FROM alerts") == []
+    runs = scenario.sql(
+        "SELECT outcome, recovered FROM reconcile_runs WHERE id IN (SELECT run_id FROM feed_checks)"
+    )
+    assert {(r.outcome, r.recovered) for r in runs} == {("complete", 0)}
+    [facility] = _feeds_json(scenario)["facilities"]
+    [source] = facility["sources"]
+    assert source["quiet_check"]["reason"] == "below_expected"
+    assert source["quiet_check"]["outcome"] in {"quiet", None}  # decided, or the next one asked for
