@@ -127,7 +127,10 @@ def test_a_stopped_feed_pages_once_within_its_window_is_reconciled_and_resolves(
     # resource created and deleted within the silence, whose notifications were all dropped)
     unseeable = _created_and_deleted_since(before, scenario.truth(FACILITY))
     report = _settled_ledger(scenario, unseeable)
-    print(f"ledger after the quiet reconcile: {report.matched} of {report.expected} matched, lost 0")
+    print(
+        f"ledger after the quiet reconcile: {report.matched} of {report.expected} matched, lost 0"
+        f" ({len(unseeable)} created and deleted within the silence, never visible to a search)"
+    )
     check = scenario.sql(
         "SELECT c.outcome, c.recovered, r.recovered AS run_recovered FROM feed_checks c"
         " JOIN reconcile_runs r ON r.id = c.run_id WHERE c.facility_id = :f",
