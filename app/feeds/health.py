@@ -106,6 +106,7 @@ class FacilityHealth:
     dead_letters: int = 0
     dead_letters_new: int = 0  # dead-lettered in the error window
     recovered_last_hour: int = 0
+    #: of which no quiet check's reconcile recovered (those are its ``feed_quiet``'s)
     recovered_in_leak_window: int = 0
     token_rejected_at: datetime | None = None
     token_ok_at: datetime | None = None  # the last token issued or renewed

@@ -145,6 +145,9 @@ HISTORY = text(
 #: (the receiver's 401s of the facility's senders, per minute: a minute begun in the window counts),
 #: quarantined bodies,
 #: dead letters, recovered changes, token state, capabilities gone, the last probe and reconcile run.
+#: The leak window's recovered changes leave out those of a run a quiet check asked for (the run that
+#: decided it, or one started since an open check's suspicion): a silent feed's changes are that check's
+#: ``feed_quiet``, one incident paged once, not also a ``feed_leaking``.
 #: ``:auth_reasons``: the reason slugs that are authentication failures; ``:not_failures``: slugs that are
 #: our own pacing, not a failure of the EHR.
 FACILITIES = text(
@@ -193,12 +196,27 @@ FACILITIES = text(
           JOIN p USING (facility_id)
          GROUP BY 1
     ),
+    quiet_runs AS (
+        -- The runs quiet checks asked for: the one that decided a check (decided once it finished, so
+        -- after anything it recovered) and any started since an open check's suspicion.
+        SELECT c.run_id AS id
+          FROM feed_checks c JOIN p USING (facility_id)
+         WHERE c.run_id IS NOT NULL
+           AND c.decided_at > CAST(:now AS timestamptz) - make_interval(secs => p.leak_s)
+        UNION
+        SELECT x.id
+          FROM feed_checks c
+          JOIN reconcile_runs x ON x.facility_id = c.facility_id AND x.started_at >= c.suspected_at
+         WHERE c.outcome IS NULL AND c.facility_id = ANY(CAST(:fids AS text[]))
+    ),
     recovered AS (
         SELECT r.facility_id,
                count(*) FILTER (WHERE r.recovered_at > CAST(:now AS timestamptz) - interval '1 hour')
                    AS last_hour,
                count(*) FILTER (WHERE r.recovered_at > CAST(:now AS timestamptz)
-                                                       - make_interval(secs => p.leak_s)) AS in_leak_window
+                                                       - make_interval(secs => p.leak_s)
+                                  AND NOT EXISTS (SELECT 1 FROM quiet_runs q WHERE q.id = r.run_id))
+                   AS in_leak_window
           FROM reconcile_recovered r JOIN p USING (facility_id)
          WHERE r.recovered_at > CAST(:now AS timestamptz) - make_interval(secs => greatest(p.leak_s, 3600))
          GROUP BY 1

@@ -397,3 +397,68 @@ def test_an_adt_feed_far_below_its_usual_weekday_rate_is_checked_and_a_quiet_nig
     evaluate(db, NOW)  # 15:00 on a Wednesday: nothing arrived in 15 minutes where 10 were due
 
     assert [(c.source, c.reason) for c in _checks(db)] == [("adt", "below_expected")]
+
+
+def _recovering_run(db: Session, started: datetime, changes: int, *, finished: bool = True) -> None:
+    """A reconcile run that started at ``started`` and recovered ``changes`` changes (a second later)."""
+    run = ReconcileRun(
+        facility_id="fac-h",
+        trigger="schedule",
+        started_at=started,
+        finished_at=started + timedelta(seconds=5) if finished else None,
+        outcome="complete" if finished else None,
+        recovered=changes if finished else 0,
+    )
+    db.add(run)
+    db.flush()
+    for n in range(changes):
+        db.execute(
+            text(
+                "INSERT INTO reconcile_recovered (facility_id, resource_type, resource_id, deleted, strategy,"
+                " run_id, recovered_at) VALUES ('fac-h', 'Patient', :r, false, 'last-updated', :run, :at)"
+            ),
+            {"r": f"p{run.id}-{n}", "run": run.id, "at": started + timedelta(seconds=1)},
+        )
+
+
+def _kinds(conditions: list[Any]) -> set[str]:
+    return {c.kind for c in conditions}
+
+
+def test_what_a_quiet_checks_reconcile_recovers_is_its_feed_quiet_alone_not_also_a_leak(db: Session) -> None:
+    """One stopped feed is one incident: the changes the reconcile it asked for recovers (running, or
+    having decided the check) page as ``feed_quiet`` only, though notifications arrived in the leak
+    window before the silence."""
+    _quiet_heartbeat_source(db)
+    for minutes in (20, 15, 12):
+        _inbox(db, "fac-h", NOW - timedelta(minutes=minutes))
+    evaluate(db, NOW)  # suspected: a check opened, its reconcile asked for
+    _recovering_run(db, NOW + timedelta(seconds=10), 6, finished=False)
+
+    running, _ = evaluate(db, NOW + timedelta(seconds=30))  # its pages committed, the run not finished
+    db.execute(
+        text(
+            "UPDATE reconcile_runs SET finished_at = :t, outcome = 'complete', recovered = 6"
+            " WHERE trigger = 'schedule'"
+        ),
+        {"t": NOW + timedelta(seconds=40)},
+    )
+    decided, evaluated = evaluate(db, NOW + timedelta(minutes=1))
+
+    assert "feed_leaking" not in _kinds(running)
+    assert "feed_quiet" in _kinds(decided)
+    assert "feed_leaking" not in _kinds(decided)
+    assert ("fac-h", "facility", "feed_leaking") in evaluated  # healthy, not unknown
+    assert _one(feed_health(db, NOW + timedelta(minutes=1)), "fac-h").recovered_last_hour == 6
+
+
+def test_changes_recovered_by_a_run_no_quiet_check_asked_for_are_a_leak(db: Session) -> None:
+    _facility(db)
+    for minutes in (20, 15, 12):
+        _inbox(db, "fac-h", NOW - timedelta(minutes=minutes))
+    _recovering_run(db, NOW - timedelta(minutes=10), 4)
+
+    conditions, _ = evaluate(db, NOW)
+
+    leaks = [c for c in conditions if c.kind == "feed_leaking"]
+    assert [c.details["recovered"] for c in leaks] == [4]
