@@ -13,7 +13,6 @@ What leaves here is ids, counts, reason slugs and timestamps (``AlertMessage``);
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from app.facilities.schemas import (
 from app.facilities.secrets import resolve_secret
 from app.facilities.senders import standard_webhooks_key, standard_webhooks_signature
 from app.facilities.service import load_yaml_file
+from app.fhir import jsonwire
 
 if TYPE_CHECKING:
     from app.alerts.service import Router
@@ -158,7 +158,9 @@ def _post(
 
 
 def _dumps(document: Mapping[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    # An alert's details come back from jsonb through the product's decoder: a count with a fraction
+    # (a rate, a window in seconds) is a Decimal, which the standard encoder refuses.
+    return jsonwire.dumps(dict(document), canonical=True).encode()
 
 
 PAGERDUTY_DEDUP_KEY_MAX = 255

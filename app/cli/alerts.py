@@ -4,7 +4,6 @@ hand, and a test event to a sink."""
 from __future__ import annotations
 
 import getpass
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ import typer
 
 from app.cli import ledger, render
 from app.errors import ConfigurationError
+from app.fhir import jsonwire
 
 cli = typer.Typer(help="Alerts: feed health incidents, their state and their sinks.", no_args_is_help=True)
 
@@ -67,7 +67,7 @@ def list_(
             for a in alerts
         ]
     if as_json:
-        render.line(json.dumps({"alerts": documents}, sort_keys=True))
+        render.line(jsonwire.dumps({"alerts": documents}, canonical=True))  # details may hold Decimals
         return
     render.table(
         ("id", "facility", "source", "kind", "severity", "state", "opened", "summary"),

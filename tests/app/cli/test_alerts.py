@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from app.alerts.conditions import Condition
 from app.alerts.service import AlertPolicy, observe
 from app.db.models import AlertDelivery
 from tests.app.alerts.conftest import T0, condition, route_to
@@ -65,6 +66,24 @@ def test_list_as_json_carries_the_dedup_key_and_state(
     assert document["id"] == alert_id
     assert document["dedup_key"] == f"ehri:{facility}:facility:feed_quiet:{alert_id}"
     assert (document["state"], document["details"]) == ("open", {"recovered": 2})
+
+
+def test_list_as_json_writes_fractional_details_read_back_from_jsonb(
+    invoke: Invoke, cli_engine: Engine, facility: str
+) -> None:
+    """The CLI's engine decodes jsonb numbers with a fraction as Decimal: they are written as numbers."""
+    with Session(cli_engine) as session:
+        rate = Condition(
+            facility, "facility", "error_rate", "failures", details={"rate": 0.375, "window_s": 900.0}
+        )
+        observe(session, [rate], set(), T0, policy=AlertPolicy(), router=route_to("pd"))  # type: ignore[arg-type]
+        session.commit()
+
+    result = invoke("alerts", "list", "--json")
+
+    assert result.exit_code == 0, result.output
+    [document] = json.loads(result.stdout)["alerts"]
+    assert document["details"] == {"rate": 0.375, "window_s": 900.0}
 
 
 def test_ack_acknowledges_once_and_queues_the_acknowledge(
