@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -231,7 +232,7 @@ def test_a_feed_dropping_30_percent_pages_one_leak_alert_carrying_the_recovered_
         assert pagerduty.received == []  # no alert cycle ran yet
 
         stack.start_worker("alerts", 1, queues=("alerts",))
-        wait_until(lambda: _triggers(pagerduty, "feed_leaking"), timeout=30, what="the leak page")
+        wait_until(lambda: bool(_triggers(pagerduty, "feed_leaking")), timeout=30, what="the leak page")
         page = _triggers(pagerduty, "feed_leaking")[0]
         assert page["payload"]["custom_details"]["details"]["recovered"] == recovered
         assert page["payload"]["component"] == "facility"
@@ -263,3 +264,64 @@ def test_a_feed_dropping_30_percent_pages_one_leak_alert_carrying_the_recovered_
         report.not_tombstoned,
     )
     print(f"\nleak page: recovered {recovered} (coverage table), then {total}; lost 0")
+
+
+# -- 2. revoked credentials ------------------------------------------------------------------------------
+
+#: How long drains and reconcile runs keep wanting a token after the revocation.
+REVOKED_WINDOW_S = 15.0
+
+
+def test_revoked_credentials_page_token_failing_and_do_not_loop_on_the_token_endpoint(
+    scenario: Scenario,
+) -> None:
+    """The token endpoint answers 401 ``invalid_client``: the refusal is recorded, ``token_failing`` is
+    paged once, and over a window in which notifications keep being drained and a reconcile is due
+    every second, the token endpoint is asked a handful of times, not once per fetch or run."""
+    _configure(scenario, reconcile={"interval": "PT1S"}, feed_health={})
+    with fake_sink("pagerduty") as pagerduty:
+        env = {**ENV, **_sinks_env(scenario.workdir, pagerduty)}
+        scenario.start(workers=1, concurrency=2, beat=True, env=env)
+        scenario.make_changes(FACILITY, 5)
+        report = scenario.wait_for_ledger(FACILITY, timeout=30)
+        assert report.ok, (report.missing, report.behind, report.inbox)  # a token was issued and used
+
+        _admin(scenario, "faults", {"credentials_revoked": True})
+        revoked_at = time.time()  # ehrsim's request log is on the wall clock
+
+        def terminal() -> bool:
+            return scenario.sender_counters(FACILITY)["pending"] == 0 and scenario.ledger(FACILITY).drained
+
+        bursts = 0
+        while time.time() < revoked_at + REVOKED_WINDOW_S:  # paced by the drains, not by sleeping
+            scenario.make_changes(FACILITY, 3)
+            wait_until(terminal, timeout=30, what="the burst's notifications handled")
+            bursts += 1
+        wait_until(
+            lambda: bool(_triggers(pagerduty, "token_failing")), timeout=30, what="the token_failing page"
+        )
+        window_end = time.time()
+
+        token_requests = [r for r in _admin(scenario, "requests")["token"] if r["at"] >= revoked_at]
+        runs = _count(
+            scenario,
+            "SELECT count(*) FROM reconcile_runs WHERE facility_id = :f AND started_at >= to_timestamp(:t)",
+            t=revoked_at,
+        )
+        dead = _count(
+            scenario,
+            "SELECT count(*) FROM inbox WHERE facility_id = :f AND status = 'dead'"
+            " AND reason = 'ehr_auth_rejected'",
+        )
+        page = _triggers(pagerduty, "token_failing")
+        print(
+            f"\nrevoked for {window_end - revoked_at:.1f} s: {bursts} bursts, {dead} dead letters,"
+            f" {runs} reconcile runs, {len(token_requests)} token requests"
+        )
+        assert bursts >= 10, "the window saw many drains"
+        assert dead >= 10
+        assert runs >= 5, "the window saw many reconcile runs"
+        assert all(r["fault"] == 401 for r in token_requests)
+        assert 1 <= len(token_requests) <= 3, token_requests
+        assert len(page) == 1
+        assert page[0]["payload"]["severity"] == "critical"
