@@ -131,6 +131,16 @@ def _reconciled_after(scenario: Scenario, run_id: int) -> bool:
     )
 
 
+def _dead_letter(scenario: Scenario) -> None:
+    """A dead-lettered inbox row (no resource behind it): the next alert cycle pages ``dead_letters``."""
+    scenario.sql(
+        "INSERT INTO inbox (facility_id, dedup_key, received_at, done_at, status, reason, attempts,"
+        " focus_type, focus_id) VALUES (:f, 'alert-probe', now(), now(), 'dead', 'ehr_http_4xx', 1,"
+        " 'Patient', 'alert-probe')",
+        f=FACILITY,
+    )
+
+
 def _gaps_handled(scenario: Scenario) -> bool:
     return _count(scenario, "SELECT count(*) FROM subscription_gaps WHERE handled_at IS NULL") == 0
 
@@ -204,7 +214,8 @@ def test_a_feed_dropping_30_percent_pages_one_leak_alert_carrying_the_recovered_
     the count in the page is exactly what the coverage table holds; changes keep coming (and leaking)
     afterwards, another reconcile recovers more, and nothing is paged again."""
     reconcile = {"interval": "PT1H", "recrawl_interval": "PT1S"}  # the first run now, then on request
-    _configure(scenario, reconcile=reconcile, feed_health={"leak_min": 3, "leak_window": "PT1H"})
+    feed_health = {"leak_min": 3, "leak_window": "PT1H", "leak_settle": "PT1S"}
+    _configure(scenario, reconcile=reconcile, feed_health=feed_health)
     with fake_sink("pagerduty") as pagerduty:
         env = {**ENV, "EHRI_EVENT_GAP_GRACE": "PT1S", **_sinks_env(scenario.workdir, pagerduty)}
         stack = scenario.start(workers=0, beat=True, env=env)
@@ -369,13 +380,7 @@ def test_a_sink_answering_500_gets_the_page_later_once_and_ingestion_keeps_its_p
         baseline = _time_to_ledger(scenario)
 
         pagerduty.fail(4, 500)
-        # A dead letter stands in for any alert (the sinks are what is under test): the cycle pages it.
-        scenario.sql(
-            "INSERT INTO inbox (facility_id, dedup_key, received_at, done_at, status, reason, attempts,"
-            " focus_type, focus_id) VALUES (:f, 'sink-test', now(), now(), 'dead', 'ehr_http_4xx', 1,"
-            " 'Patient', 'sink-test')",
-            f=FACILITY,
-        )
+        _dead_letter(scenario)  # stands in for any alert: the sinks are what is under test
         wait_until(lambda: bool(pagerduty.received), timeout=30, what="the first (refused) page")
         faulted = _time_to_ledger(scenario)
         refused_meanwhile = len(pagerduty.received) - len(pagerduty.accepted())
@@ -408,3 +413,42 @@ def test_a_sink_answering_500_gets_the_page_later_once_and_ingestion_keeps_its_p
     assert failing["payload"]["custom_details"]["details"]["reason"] == "sink_transport"
     assert refused_meanwhile >= 1, "the changes were made while the page was being refused"
     assert faulted <= 2 * baseline + 3, (baseline, faulted)
+
+
+# -- 4. late, not lost -----------------------------------------------------------------------------------
+
+SETTLE_S = 5
+
+
+def test_notifications_arriving_after_a_reconcile_stored_their_change_page_no_leak(
+    scenario: Scenario,
+) -> None:
+    """Every notification is held 3 s at the EHR (a slow interface engine); a reconcile run in that time
+    stores the changes first. The notifications then arrive for the very versions it stored: the feed
+    delivered every change, late, so nothing counts as recovered and nothing is paged, however many
+    alert cycles run once the recoveries settled (``leak_settle``)."""
+    feed_health = {"leak_min": 3, "leak_window": "PT1H", "leak_settle": f"PT{SETTLE_S}S"}
+    _configure(scenario, reconcile={"interval": "PT1H"}, feed_health=feed_health)
+    with fake_sink("pagerduty") as pagerduty:
+        env = {**ENV, **_sinks_env(scenario.workdir, pagerduty)}
+        scenario.start(workers=1, concurrency=2, beat=True, env=env)
+        wait_until(lambda: _reconciled_after(scenario, 0), timeout=30, what="the first reconcile")
+        _admin(scenario, "faults", {"delay_s": 3.0})
+        scenario.make_changes(FACILITY, 30)
+        run = _request_reconcile(scenario)
+        wait_until(lambda: _reconciled_after(scenario, run), timeout=30, what="the reconcile")
+        stored_first = _count(scenario, "SELECT recovered FROM reconcile_runs WHERE id > :id", id=run)
+        reconciled = time.monotonic()
+        report = scenario.wait_for_ledger(FACILITY, timeout=30)
+        assert report.ok, (report.missing, report.behind, report.not_tombstoned, report.inbox)
+        assert scenario.sender_counters(FACILITY)["dropped"] == 0
+
+        # The clock must pass the settle time (that is the rule under test); then a dead letter, paged by
+        # the next cycle, proves a cycle judged the facility with the run's recoveries settled.
+        wait_until(lambda: time.monotonic() > reconciled + SETTLE_S, timeout=30, what="the settle time")
+        _dead_letter(scenario)
+        wait_until(lambda: bool(_triggers(pagerduty, "dead_letters")), timeout=30, what="a later cycle")
+        print(f"\nthe reconcile stored {stored_first} changes before their notifications arrived")
+        assert stored_first >= 3, "the run came first for some changes"
+        assert _count(scenario, "SELECT count(*) FROM reconcile_recovered WHERE facility_id = :f") == 0
+        assert _triggers(pagerduty, "feed_leaking") == []
