@@ -60,6 +60,7 @@ facilities:
       backlog_age: PT15M                  # the oldest undone inbox or ADT row older than this
       leak_window: PT1H                   # feed_leaking: the reconciler recovered, in this window ...
       leak_min: 3                         # ... at least this many changes while notifications arrived
+      leak_settle: PT2M                   # a recovery counts once this passed without its notification
       subscription_down_after: PT10M      # error/off and nothing received this long after re-activation
 ```
 Secrets are references (a file path or an environment variable name); their values never enter the database.
