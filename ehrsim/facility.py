@@ -172,6 +172,8 @@ class Facility:
     def apply_faults(self, update: FaultUpdate) -> None:
         now = self.clock()
         self.faults.update(update, now)
+        if self.faults.config.credentials_revoked:
+            self.auth.revoke_all()  # a revoked client's tokens die with it
         if self.mllp is not None:
             self.mllp.faults_changed()
         for action in update.actions:

@@ -75,6 +75,9 @@ class FaultConfig(_Model):
     # Reads are served by a replica this far behind: a read answers the version that was current then
     # (404 for a resource created since), so a read right after a change can return the older version.
     replica_lag_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    # The client's registration revoked (a key rotated out, an app deactivated): every token request
+    # answers 401 ``invalid_client`` and every token issued before stops working, until set back.
+    credentials_revoked: bool = False
     mllp: MllpFaults = MllpFaults()
 
 
@@ -94,6 +97,7 @@ class FaultUpdate(_Model):
     bad_ndjson: list[str] | None = None
     bulk_job_error: bool | None = None
     replica_lag_s: Annotated[float, Field(ge=0, le=3600)] | None = None
+    credentials_revoked: bool | None = None
     mllp: MllpFaults | None = None
     actions: list[Action] = []
     reset: bool = False  # clear every standing fault first

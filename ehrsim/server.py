@@ -185,6 +185,12 @@ class _Api:
         if facility is None:
             return _json({"error": "invalid_request", "error_description": "unknown facility"}, 404)
         fault = facility.faults.http_fault(self.clock())
+        if fault is None and facility.faults.config.credentials_revoked:
+            facility.faults.count("credentials_revoked")
+            facility.traffic.record("token", 401)
+            return _json(
+                {"error": "invalid_client", "error_description": "client authentication failed"}, 401
+            )
         facility.traffic.record("token", fault[0] if fault is not None else None)
         if fault is not None:
             status, headers = fault

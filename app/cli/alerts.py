@@ -11,6 +11,7 @@ import typer
 
 from app.cli import ledger, render
 from app.errors import ConfigurationError
+from app.fhir import jsonwire
 
 cli = typer.Typer(help="Alerts: feed health incidents, their state and their sinks.", no_args_is_help=True)
 
@@ -66,10 +67,7 @@ def list_(
             for a in alerts
         ]
     if as_json:
-        from app.fhir import jsonwire
-
-        # details come back from jsonb with exact decimals: the wire's encoder writes them as their digits
-        render.line(jsonwire.dumps({"alerts": documents}, canonical=True))
+        render.line(jsonwire.dumps({"alerts": documents}, canonical=True))  # details may hold Decimals
         return
     render.table(
         ("id", "facility", "source", "kind", "severity", "state", "opened", "summary"),

@@ -5,6 +5,13 @@ Tokens are shared by every worker process through a ``TokenCache`` and renewed b
 runs out (there are no refresh tokens in this flow). One process renews while the others wait briefly
 for its result, so a fleet of workers does not trip a token endpoint's rate limit. A token the server
 rejects is discarded and fetched again once by the caller. Lifecycle events go to a ``TokenEventSink``.
+
+A refusal of our credentials (revoked, a key rotated out: 4xx with an OAuth error) is shared through the
+cache too: until its back-off runs out (``refusal_backoff_s``, doubling with each consecutive refusal up
+to ``refusal_backoff_cap_s``) no process asks the token endpoint again, and every caller gets
+``EHRAuthRejected`` at once. Every drain and reconcile run needs a token; without this each would ask
+the endpoint, a retry loop against a server that already said no. New credentials (``facilities apply``)
+are a new cache key: they are tried at once.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import jwt
 
 from app.ehr import token_events
 from app.ehr.retry_after import parse_retry_after
-from app.ehr.token_cache import CachedToken, MemoryTokenCache, TokenCache
+from app.ehr.token_cache import CachedToken, MemoryTokenCache, Refusal, TokenCache
 from app.ehr.token_events import TokenEventSink
 from app.errors import (
     EHRAuthRejected,
@@ -41,6 +48,8 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_S = 240  # the spec allows at most 300; leave room for clock skew
 RENEWAL_LOCK_S = 30.0
 WAIT_FOR_PEER_S = 5.0
+REFUSAL_BACKOFF_S = 60.0
+REFUSAL_BACKOFF_CAP_S = 900.0
 
 
 def renewal_margin(expires_in: float) -> float:
@@ -62,8 +71,12 @@ class SmartBackendAuth:
         cache: TokenCache | None = None,
         events: TokenEventSink = token_events.log_only,
         clock: Callable[[], float] = time.time,
+        refusal_backoff_s: float = REFUSAL_BACKOFF_S,
+        refusal_backoff_cap_s: float = REFUSAL_BACKOFF_CAP_S,
     ) -> None:
         self._facility_id = facility_id
+        self._refusal_backoff_s = refusal_backoff_s
+        self._refusal_backoff_cap_s = refusal_backoff_cap_s
         self._base_url = base_url.rstrip("/")
         self._config = config
         self._credential = private_key.strip() if config.method != "private_key_jwt" else private_key
@@ -121,6 +134,8 @@ class SmartBackendAuth:
             cached = self._cache.get(self._key)
             if cached is not None:
                 return cached.value
+            if self._standing_refusal() is not None:
+                break  # the peer was refused: _renew raises without asking
         return self._renew().value
 
     def invalidate(self, value: str) -> None:
@@ -128,14 +143,34 @@ class SmartBackendAuth:
         self._cache.discard(self._key, value)
         self._events(self._facility_id, token_events.EXPIRED_EARLY)
 
+    def _standing_refusal(self) -> Refusal | None:
+        refusal = self._cache.refusal(self._key)
+        return refusal if refusal is not None and refusal.until > self._clock() else None
+
     def _renew(self) -> CachedToken:
+        standing = self._standing_refusal()
+        if standing is not None:
+            wait_s = int(standing.until - self._clock()) + 1
+            raise EHRAuthRejected(
+                f"token endpoint refused our credentials ({standing.detail}); asked again in {wait_s} s"
+            )
         value, expires_in = self._request_token()
         token = CachedToken(value, self._clock() + expires_in - renewal_margin(expires_in))
         self._cache.put(self._key, token)
+        self._cache.clear_refusal(self._key)
         event = token_events.RENEWED if self._issued_before else token_events.ISSUED
         self._issued_before = True
         self._events(self._facility_id, event, expires_in=int(expires_in))
         return token
+
+    def _record_refusal(self, detail: str) -> None:
+        """Share the refusal: no process asks again until its back-off runs out."""
+        previous = self._cache.refusal(self._key)
+        count = previous.count + 1 if previous is not None else 1
+        wait_s = _refusal_wait(self._refusal_backoff_s, self._refusal_backoff_cap_s, count)
+        # Kept past its end (a cap longer), so that the next refusal doubles the back-off.
+        keep_s = wait_s + self._refusal_backoff_cap_s
+        self._cache.refuse(self._key, Refusal(self._clock() + wait_s, count, detail), keep_s=keep_s)
 
     def _client_authentication(self, token_url: str) -> tuple[dict[str, str], dict[str, str]]:
         """(form fields, headers) that authenticate us at the token endpoint."""
@@ -190,8 +225,10 @@ class SmartBackendAuth:
             # Epic's token endpoint occasionally answers a bare 400: transient, retried with back-off.
             raise TokenEndpointFlaky("token endpoint answered a bare 400")
         if status != 200:
-            self._events(self._facility_id, token_events.REJECTED, detail=f"{status} {error or '-'}")
-            raise EHRAuthRejected(f"token endpoint answered {status} {error or '-'}")
+            detail = f"{status} {error or '-'}"
+            self._record_refusal(detail)
+            self._events(self._facility_id, token_events.REJECTED, detail=detail)
+            raise EHRAuthRejected(f"token endpoint answered {detail}")
         try:
             payload = response.json()
         except ValueError as exc:
@@ -200,6 +237,11 @@ class SmartBackendAuth:
         if not isinstance(value, str) or not isinstance(expires_in, int | float) or expires_in <= 0:
             raise TokenResponseInvalid("token response has no usable access_token")
         return value, float(expires_in)
+
+
+def _refusal_wait(backoff_s: float, cap_s: float, count: int) -> float:
+    """The back-off after the ``count``-th consecutive refusal: base x 2^(count-1), at most the cap."""
+    return float(min(cap_s, backoff_s * 2 ** max(count - 1, 0)))
 
 
 def _trusted_token_endpoint(endpoint: str, base_url: str) -> bool:

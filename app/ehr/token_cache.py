@@ -2,7 +2,9 @@
 so N processes do not each ask the token endpoint (athena allows 50 token requests a minute, Medplum 160).
 
 Keys: ``{prefix}token:{facility_id}:{fingerprint}`` (the fingerprint changes when the facility's auth
-config does), expiring with the token; ``…:lock`` while one process renews. Token values never reach a
+config does), expiring with the token; ``…:lock`` while one process renews; ``…:refused`` while the
+token endpoint's refusal of these credentials stands (``app.ehr.auth``: no process asks again before it
+runs out). Token values never reach a
 log line. If Redis is unreachable, tokens are kept in the process's memory meanwhile: each process may
 then ask for a token of its own, but fetches go on (the politeness limiter fails open the same way).
 """
@@ -27,12 +29,24 @@ class CachedToken:
     expires_at: float  # wall-clock epoch seconds at which we stop using it (renewal margin applied)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The token endpoint refused our credentials: not asked again before ``until``."""
+
+    until: float  # wall-clock epoch seconds
+    count: int  # consecutive refusals (the back-off doubles with each)
+    detail: str  # status and OAuth error, e.g. "401 invalid_client"
+
+
 class TokenCache(Protocol):
     def get(self, key: str) -> CachedToken | None: ...
     def put(self, key: str, token: CachedToken) -> None: ...
     def discard(self, key: str, value: str) -> None: ...
     def renewal_lock(self, key: str, ttl_s: float) -> bool: ...
     def release_lock(self, key: str) -> None: ...
+    def refusal(self, key: str) -> Refusal | None: ...
+    def refuse(self, key: str, refusal: Refusal, *, keep_s: float) -> None: ...
+    def clear_refusal(self, key: str) -> None: ...
 
 
 class MemoryTokenCache:
@@ -40,6 +54,7 @@ class MemoryTokenCache:
 
     def __init__(self) -> None:
         self._tokens: dict[str, CachedToken] = {}
+        self._refusals: dict[str, tuple[Refusal, float]] = {}  # with the time it is forgotten
         self._lock = threading.Lock()
 
     def get(self, key: str) -> CachedToken | None:
@@ -59,6 +74,16 @@ class MemoryTokenCache:
     def release_lock(self, key: str) -> None:
         if self._lock.locked():
             self._lock.release()
+
+    def refusal(self, key: str) -> Refusal | None:
+        kept = self._refusals.get(key)
+        return kept[0] if kept is not None and kept[1] > time.time() else None
+
+    def refuse(self, key: str, refusal: Refusal, *, keep_s: float) -> None:
+        self._refusals[key] = (refusal, time.time() + keep_s)
+
+    def clear_refusal(self, key: str) -> None:
+        self._refusals.pop(key, None)
 
 
 # Delete the token only if it is still the one that was rejected (another process may have renewed it).
@@ -131,3 +156,29 @@ class RedisTokenCache:
             self._redis.delete(f"{self._key(key)}:lock")
         except redis.RedisError as exc:
             self._unavailable(exc)  # the lock expires on its own
+
+    def refusal(self, key: str) -> Refusal | None:
+        try:
+            raw = self._redis.get(f"{self._key(key)}:refused")
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+            return self._fallback.refusal(key)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return Refusal(float(data["until"]), int(data["count"]), str(data["detail"]))
+
+    def refuse(self, key: str, refusal: Refusal, *, keep_s: float) -> None:
+        self._fallback.refuse(key, refusal, keep_s=keep_s)
+        payload = json.dumps({"until": refusal.until, "count": refusal.count, "detail": refusal.detail})
+        try:
+            self._redis.set(f"{self._key(key)}:refused", payload, px=max(1, int(keep_s * 1000)))
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+
+    def clear_refusal(self, key: str) -> None:
+        self._fallback.clear_refusal(key)
+        try:
+            self._redis.delete(f"{self._key(key)}:refused")
+        except redis.RedisError as exc:
+            self._unavailable(exc)

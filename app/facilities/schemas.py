@@ -60,6 +60,7 @@ facilities:
       backlog_age: PT15M                  # the oldest undone inbox or ADT row older than this
       leak_window: PT1H                   # feed_leaking: the reconciler recovered, in this window ...
       leak_min: 3                         # ... at least this many changes while notifications arrived
+      leak_settle: PT2M                   # a recovery counts once this passed without its notification
       subscription_down_after: PT10M      # error/off and nothing received this long after re-activation
 ```
 Secrets are references (a file path or an environment variable name); their values never enter the database.
@@ -406,6 +407,9 @@ class FeedHealthConfig(BaseModel):
     backlog_age: timedelta = Field(default=timedelta(minutes=15), gt=timedelta(0))
     leak_window: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0))
     leak_min: int = Field(default=3, ge=1)
+    #: a change the reconciler stored first counts as recovered once this passed: a notification of it
+    #: arriving meanwhile (late, not lost) withdraws it (app.reconcile.coverage.retract_delivered)
+    leak_settle: timedelta = Field(default=timedelta(minutes=2), ge=timedelta(0), le=timedelta(minutes=15))
     #: a subscription in error/off (or gone) whose source delivered nothing for this long after the
     #: check tried to re-activate it
     subscription_down_after: timedelta = Field(default=timedelta(minutes=10), ge=timedelta(0))

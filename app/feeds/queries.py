@@ -2,7 +2,8 @@
 
 Each statement takes the facilities and their windows as parallel arrays (``unnest``): ``:fids``,
 ``:latency_s`` (the detection latency), ``:error_s`` (the error window), ``:leak_s`` (the leak window),
-and ``:now``. A *source* is ``subscription:{id}`` (the id of ``Subscription/{id}`` as notifications name
+``:settle_s`` (how late a notification may still deliver a change the reconciler stored first), and
+``:now``. A *source* is ``subscription:{id}`` (the id of ``Subscription/{id}`` as notifications name
 it, ``-`` for shapes that name none) or ``adt``.
 """
 
@@ -25,8 +26,8 @@ _PARAMS = """
     p AS (
         SELECT * FROM unnest(
             CAST(:fids AS text[]), CAST(:latency_s AS float8[]), CAST(:error_s AS float8[]),
-            CAST(:leak_s AS float8[])
-        ) AS p(facility_id, latency_s, error_s, leak_s)
+            CAST(:leak_s AS float8[]), CAST(:settle_s AS float8[])
+        ) AS p(facility_id, latency_s, error_s, leak_s, settle_s)
     )
 """
 
@@ -213,12 +214,17 @@ FACILITIES = text(
         SELECT r.facility_id,
                count(*) FILTER (WHERE r.recovered_at > CAST(:now AS timestamptz) - interval '1 hour')
                    AS last_hour,
-               count(*) FILTER (WHERE r.recovered_at > CAST(:now AS timestamptz)
-                                                       - make_interval(secs => p.leak_s)
+               -- a recovery counts once a late notification could no longer have delivered it (settled),
+               -- and not when a quiet check's reconcile made it (that is the feed_quiet's incident)
+               count(*) FILTER (WHERE r.recovered_at <= CAST(:now AS timestamptz)
+                                                        - make_interval(secs => p.settle_s)
+                                  AND r.recovered_at > CAST(:now AS timestamptz)
+                                                       - make_interval(secs => p.leak_s + p.settle_s)
                                   AND NOT EXISTS (SELECT 1 FROM quiet_runs q WHERE q.id = r.run_id))
                    AS in_leak_window
           FROM reconcile_recovered r JOIN p USING (facility_id)
-         WHERE r.recovered_at > CAST(:now AS timestamptz) - make_interval(secs => greatest(p.leak_s, 3600))
+         WHERE r.recovered_at > CAST(:now AS timestamptz)
+                                - make_interval(secs => greatest(p.leak_s + p.settle_s, 3600))
          GROUP BY 1
     ),
     gone AS (

@@ -76,7 +76,15 @@ def feed_health(session: Session, now: datetime, *, facility: str | None = None)
     latency_s = [configs[f].detection_latency.total_seconds() for f in fids]
     error_s = [configs[f].error_window.total_seconds() for f in fids]
     leak_s = [configs[f].leak_window.total_seconds() for f in fids]
-    params = {"now": now, "fids": fids, "latency_s": latency_s, "error_s": error_s, "leak_s": leak_s}
+    settle_s = [configs[f].leak_settle.total_seconds() for f in fids]
+    params = {
+        "now": now,
+        "fids": fids,
+        "latency_s": latency_s,
+        "error_s": error_s,
+        "leak_s": leak_s,
+        "settle_s": settle_s,
+    }
     span = max([_HOUR.total_seconds(), *latency_s, *error_s, *leak_s])  # every window of the SOURCES scan
     weeks = max(c.history_weeks for c in configs.values())
     history: dict[tuple[str, str], dict[int, int]] = {}

@@ -29,7 +29,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import structlog
@@ -53,6 +53,7 @@ from app.ingest.pipeline.observed import Observed, Outcome
 from app.ingest.pipeline.references import ReferenceCache
 from app.ingest.pipeline.service import Fetched, IdentifierKey, Pipeline, Work
 from app.metrics import BATCH_SECONDS, DRAIN_SECONDS, INBOX_ROWS, STALE_WRITES
+from app.reconcile import coverage
 from app.reconcile.requests import request_reconcile
 from app.settings import Settings
 from app.vendors.base import VendorAdapter
@@ -295,6 +296,8 @@ def _record(
             report=report,
         )
     if done:
+        notified = [(r.focus.resource_type, r.focus.resource_id) for r in done if r.focus is not None]
+        coverage.retract_delivered(session, plan.facility_id, notified, datetime.now(UTC))
         _mark(
             session,
             queries.MARK_DONE,

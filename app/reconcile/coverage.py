@@ -4,11 +4,21 @@ What a page's write changed is told by the stored rows before and after it, in t
 a key whose (content, deleted, version) moved was applied by this write. It is recovered unless a
 notification for it is still on its way (a pending inbox row): then the webhook path would have
 delivered it too, and the reconciler merely came first.
+
+A notification can also still be on its way at the EHR or the receiver (a slow interface engine): it
+arrives after the run. When the drain's read of it finds the very version the reconciler stored (still
+current), the feed delivered that change, late: ``retract_delivered`` deletes the recovered row, so a
+feed that is slow but whole is never counted as leaking (``feed_leaking``). Only a versioned change, and
+only within ``LATE_DELIVERY`` of its recovery.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import insert
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
 from app.db.models import RecoveredChange
@@ -16,8 +26,30 @@ from app.ingest.pipeline.observed import Observed
 from app.metrics import RECONCILE_RECOVERED
 from app.reconcile import queries
 
+log = structlog.get_logger("reconcile.coverage")
+
 Key = tuple[str, str]
 State = tuple[str, bool, str | None]
+
+#: A notification arriving this long after the reconciler stored its change still delivered it.
+LATE_DELIVERY = timedelta(minutes=15)
+
+# Recent recovered rows of the facility (the recovered_at index) whose key a drained notification named
+# and whose version is the one stored now.
+_RETRACT = text(
+    """
+    DELETE FROM reconcile_recovered rr
+     USING resources r,
+           unnest(CAST(:types AS text[]), CAST(:ids AS text[])) AS n(resource_type, resource_id)
+     WHERE rr.facility_id = :fid
+       AND rr.recovered_at > CAST(:now AS timestamptz) - make_interval(secs => :late_s)
+       AND rr.resource_type = n.resource_type AND rr.resource_id = n.resource_id
+       AND rr.version_id IS NOT NULL
+       AND r.facility_id = rr.facility_id AND r.resource_type = rr.resource_type
+       AND r.resource_id = rr.resource_id AND r.version_id = rr.version_id AND r.deleted = rr.deleted
+    RETURNING rr.id
+    """
+)
 
 
 def _state(session: Session, facility_id: str, keys: list[Key]) -> dict[Key, State]:
@@ -81,3 +113,27 @@ def record(
     for resource_type, _ in recovered:
         RECONCILE_RECOVERED.labels(facility_id, resource_type, strategy).inc()
     return len(recovered)
+
+
+def retract_delivered(session: Session, facility_id: str, notified: Iterable[Key], now: datetime) -> int:
+    """The drain read ``notified`` (the focus of notifications it is marking done, after its store, in
+    its transaction): a recent recovered change of one of them at the version now stored was delivered
+    after all, late. Deletes those recovered rows; returns how many (caller commits)."""
+    keys = list(dict.fromkeys(notified))
+    if not keys:
+        return 0
+    retracted = len(
+        session.execute(
+            _RETRACT,
+            {
+                "fid": facility_id,
+                "types": [k[0] for k in keys],
+                "ids": [k[1] for k in keys],
+                "now": now,
+                "late_s": LATE_DELIVERY.total_seconds(),
+            },
+        ).all()
+    )
+    if retracted:
+        log.info("reconcile.recovered.delivered_late", facility_id=facility_id, changes=retracted)
+    return retracted

@@ -249,3 +249,22 @@ async def test_medplum_throttle_carries_a_ratelimit_header(
     assert response.status_code == 429
     assert response.headers["retry-after"] == "4"
     assert "remaining=0" in response.headers["ratelimit"]
+
+
+async def test_revoked_credentials_refuse_every_token_request_and_issued_token_until_restored(
+    authed: httpx.AsyncClient, assertion: Assertions, form: Form
+) -> None:
+    assert (await authed.get("/general/fhir/Patient/pat-1")).status_code == 200
+    await authed.post(FAULTS, json={"credentials_revoked": True})
+    assert (await authed.get("/general/fhir/Patient/pat-1")).status_code == 401
+    refused = await authed.post("/general/oauth2/token", data=form(assertion()))
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "invalid_client"
+    requests = (await authed.get("/_admin/general/requests")).json()["token"]
+    assert requests[-1]["fault"] == 401  # counted where the tests measure token traffic
+
+    await authed.post(FAULTS, json={"credentials_revoked": False})
+    restored = await authed.post("/general/oauth2/token", data=form(assertion()))
+    assert restored.status_code == 200
+    state = (await authed.get(FAULTS)).json()
+    assert state["applied"]["credentials_revoked"] == 1

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from sqlalchemy.orm import Session
 
-from app.alerts.sinks import SinkDirectory, facility_alerts, load_sinks_file, pagerduty_dedup_key
+from app.alerts.sinks import (
+    AlertMessage,
+    PagerDutySink,
+    SinkDirectory,
+    facility_alerts,
+    load_sinks_file,
+    pagerduty_dedup_key,
+)
 from app.errors import ConfigurationError
-from app.facilities.schemas import FacilityAlertsConfig
+from app.facilities.schemas import FacilityAlertsConfig, PagerDutySinkConfig
 from app.facilities.service import apply_facilities, list_facilities, load_facilities_file
+from tests.app.alerts.fake_sinks import fake_sink
 
 GLOBAL = """
 sinks:
@@ -113,3 +124,32 @@ def test_a_dedup_key_longer_than_pagerduty_takes_becomes_a_stable_digest() -> No
     assert pagerduty_dedup_key(long_) == pagerduty_dedup_key(long_)
     assert len(pagerduty_dedup_key(long_)) <= 255
     assert pagerduty_dedup_key(long_) != pagerduty_dedup_key(long_.replace(":1", ":2"))
+
+
+def test_a_sink_sends_details_read_back_from_jsonb_as_decimals_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The product's engine decodes jsonb numbers with a fraction as Decimal (app.fhir.jsonwire): the
+    alert's details (a rate, a window in seconds) are sent as the same numbers, not refused."""
+    monkeypatch.setenv("EHRI_TEST_PD_KEY", "pd-routing-key-0123456789abcdef")
+    with fake_sink("pagerduty") as pagerduty, httpx.Client() as http:
+        config = PagerDutySinkConfig(
+            name="oncall", type="pagerduty", routing_key={"env": "EHRI_TEST_PD_KEY"}, url=pagerduty.url
+        )
+        message = AlertMessage(
+            message_id="ehri-delivery-1",
+            action="trigger",
+            alert_id=1,
+            dedup_key="ehri:fac-1:facility:feed_leaking",
+            facility_id="fac-1",
+            source="facility",
+            kind="feed_leaking",
+            severity="error",
+            state="open",
+            summary="leaking",
+            opened_at=datetime(2026, 12, 3, tzinfo=UTC),
+            details={"recovered": 7, "window_s": Decimal("3600.0"), "rate": Decimal("0.125")},
+        )
+        PagerDutySink(config).send(http, message, datetime.now(UTC))
+        sent = pagerduty.accepted()[0].json()["payload"]["custom_details"]["details"]
+    assert sent == {"recovered": 7, "window_s": 3600.0, "rate": 0.125}

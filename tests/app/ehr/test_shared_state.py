@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -34,6 +34,7 @@ def _auth(
     cache: RedisTokenCache,
     method: str = "private_key_jwt",
     events: TokenEventSink = log_only,
+    clock: Callable[[], float] = time.time,
 ) -> SmartBackendAuth:
     config = AuthConfig.model_validate(
         {
@@ -53,6 +54,7 @@ def _auth(
         http=httpx.Client(transport=transport),
         cache=cache,
         events=events,
+        clock=clock,
     )
 
 
@@ -141,6 +143,43 @@ def test_bare_400_from_the_token_endpoint_is_transient_but_invalid_client_is_not
     refused = httpx.MockTransport(lambda _: httpx.Response(400, json={"error": "invalid_client"}))
     with pytest.raises(EHRAuthRejected):
         _auth(refused, RedisTokenCache(rds, redis_prefix)).token()
+
+
+def test_a_refusal_of_our_credentials_stops_every_process_asking_until_its_back_off_ran_out(
+    rds: redis.Redis, redis_prefix: str
+) -> None:
+    requests: list[httpx.Request] = []
+    answers = [httpx.Response(401, json={"error": "invalid_client"})] * 2 + [
+        httpx.Response(200, json={"access_token": "tok-back", "expires_in": 300})
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return answers[len(requests) - 1]
+
+    now = [time.time()]
+    a, b = (
+        _auth(httpx.MockTransport(handler), RedisTokenCache(rds, redis_prefix), clock=lambda: now[0])
+        for _ in range(2)
+    )
+    for auth in (a, b, a, b):  # every drain and reconcile run of every process wants a token
+        with pytest.raises(EHRAuthRejected):
+            auth.token()
+    assert len(requests) == 1
+
+    now[0] += 61  # the first back-off (60 s) ran out: one process asks once; refused, it doubles
+    for auth in (b, a, b):
+        with pytest.raises(EHRAuthRejected):
+            auth.token()
+    assert len(requests) == 2
+    now[0] += 119
+    with pytest.raises(EHRAuthRejected):
+        a.token()
+    assert len(requests) == 2
+
+    now[0] += 2  # 120 s after the second refusal: credentials restored, the token is issued
+    assert a.token() == b.token() == "tok-back"
+    assert len(requests) == 3
 
 
 def _polite(rds: redis.Redis, prefix: str, **limits: float) -> RedisPoliteness:

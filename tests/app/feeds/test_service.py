@@ -202,6 +202,24 @@ def test_backlog_failures_dead_letters_quarantine_and_recovered_changes(db: Sess
     assert (other.backlog, other.fetch_failures, other.auth_failures) == (1, 1, 0)
 
 
+def test_a_recovered_change_counts_toward_a_leak_once_it_settled(db: Session) -> None:
+    """Within ``leak_settle`` of its recovery a late notification may still deliver the change (and
+    withdraw it): only settled recoveries count, over a leak window that ends at the settle time."""
+    _facility(db, feed_health={"leak_window": "PT1H", "leak_settle": "PT2M"})
+    for n, ago in enumerate((timedelta(seconds=30), timedelta(minutes=3), timedelta(minutes=61))):
+        db.execute(
+            text(
+                "INSERT INTO reconcile_recovered (facility_id, resource_type, resource_id, deleted, strategy,"
+                " recovered_at) VALUES ('fac-h', 'Patient', :id, false, 'last-updated', :at)"
+            ),
+            {"id": f"p{n}", "at": NOW - ago},
+        )
+
+    facility = _one(feed_health(db, NOW), "fac-h")
+
+    assert facility.recovered_in_leak_window == 2  # 3 and 61 minutes ago; 30 s ago not yet settled
+
+
 def test_history_is_the_same_hour_of_past_weeks_the_facility_existed_for(db: Session) -> None:
     _facility(db, created=NOW - timedelta(weeks=2, hours=2))  # three weeks ago it did not exist yet
     for week, events in ((1, 6), (2, 2)):
