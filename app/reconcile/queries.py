@@ -61,6 +61,17 @@ SNAPSHOT = text(
     """
 )
 
+#: A page's recovered changes, one statement (an ORM executemany binds seven parameters a row).
+RECORD_RECOVERED = text(
+    """
+    INSERT INTO reconcile_recovered (facility_id, resource_type, resource_id, version_id, deleted, strategy,
+                                     run_id)
+    SELECT :fid, x.resource_type, x.resource_id, x.version_id, x.deleted, :strategy, CAST(:run_id AS bigint)
+    FROM unnest(CAST(:resource_type AS text[]), CAST(:resource_id AS text[]), CAST(:version_id AS text[]),
+                CAST(:deleted AS boolean[])) AS x(resource_type, resource_id, version_id, deleted)
+    """
+)
+
 #: Resources a notification is on its way for (a pending inbox row): their change is not recovered.
 NOTIFIED_PENDING = text(
     """
