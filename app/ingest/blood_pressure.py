@@ -30,18 +30,28 @@ GroupKey = tuple[str, str | None, str | None]
 
 # Groups whose readings may change: those of the written blood-pressure Observations (tombstones keep
 # their last summary), and the groups a written Observation was last paired in (its time or code moved).
+# One primary-key probe per written id (LATERAL ... OFFSET 0 keeps the planner from flattening it): left to
+# itself, a planner whose statistics still describe a smaller table (a backfill into an empty database)
+# hashes every blood-pressure Observation of the facility for each batch, a cost that grows with the table.
 _AFFECTED = text(
     """
     SELECT r.facility_id, r.normalized->>'subject' AS subject, r.normalized->>'effective_key' AS effective_key
-    FROM resources r
-    JOIN unnest(CAST(:facility_id AS text[]), CAST(:resource_id AS text[])) AS x(facility_id, resource_id)
-      ON r.facility_id = x.facility_id AND r.resource_type = 'Observation' AND r.resource_id = x.resource_id
+    FROM unnest(CAST(:facility_id AS text[]), CAST(:resource_id AS text[])) AS x(facility_id, resource_id)
+    CROSS JOIN LATERAL (
+        SELECT r.facility_id, r.normalized FROM resources r
+        WHERE r.facility_id = x.facility_id AND r.resource_type = 'Observation'
+          AND r.resource_id = x.resource_id
+        OFFSET 0
+    ) r
     WHERE r.normalized->>'bp_role' IS NOT NULL
     UNION
     SELECT m.facility_id, m.subject, m.effective_key
-    FROM blood_pressure_members m
-    JOIN unnest(CAST(:facility_id AS text[]), CAST(:resource_id AS text[])) AS x(facility_id, resource_id)
-      ON m.facility_id = x.facility_id AND m.resource_id = x.resource_id
+    FROM unnest(CAST(:facility_id AS text[]), CAST(:resource_id AS text[])) AS x(facility_id, resource_id)
+    CROSS JOIN LATERAL (
+        SELECT m.facility_id, m.subject, m.effective_key FROM blood_pressure_members m
+        WHERE m.facility_id = x.facility_id AND m.resource_id = x.resource_id
+        OFFSET 0
+    ) m
     """
 )
 

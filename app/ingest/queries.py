@@ -138,23 +138,24 @@ UPSERT_RESOURCES = text(
     """  # noqa: S608 - the interpolated fragments are the constants above
 )
 
-CURRENT_HASHES = text(
-    """
-    SELECT r.resource_type, r.resource_id, r.content_hash, r.deleted, r.fetched_at
-    FROM resources r
-    JOIN unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]))
-         AS k(facility_id, resource_type, resource_id)
-      ON r.facility_id = k.facility_id AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id
-    """
-)
-
-# The stored resources among some keys (three arrays of one length: facility, type, id).
+# The stored resources among some keys (three arrays of one length: facility, type, id), one primary-key
+# probe per key (LATERAL ... OFFSET 0 keeps the planner from flattening it into a join): left to itself, a
+# planner whose statistics still describe a smaller table (a backfill into an empty database) hashes every
+# resource of the facility for each batch, a cost that grows with the table.
 _RESOURCES_BY_KEY = """
-    FROM resources r
-    JOIN unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]))
+    FROM unnest(CAST(:facility_id AS text[]), CAST(:resource_type AS text[]), CAST(:resource_id AS text[]))
          AS k(facility_id, resource_type, resource_id)
-      ON r.facility_id = k.facility_id AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id
+    CROSS JOIN LATERAL (
+        SELECT * FROM resources r
+        WHERE r.facility_id = k.facility_id AND r.resource_type = k.resource_type
+          AND r.resource_id = k.resource_id
+        OFFSET 0
+    ) r
 """
+
+CURRENT_HASHES = text(
+    f"SELECT r.resource_type, r.resource_id, r.content_hash, r.deleted, r.fetched_at {_RESOURCES_BY_KEY}"
+)
 
 # Tombstoned resources among some keys: a payload for one of them is read instead (issue 9 item 1).
 TOMBSTONED = text(f"SELECT r.resource_type, r.resource_id {_RESOURCES_BY_KEY} WHERE r.deleted")

@@ -18,10 +18,9 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import insert, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.db.models import RecoveredChange
 from app.ingest.pipeline.observed import Observed
 from app.metrics import RECONCILE_RECOVERED
 from app.reconcile import queries
@@ -96,19 +95,16 @@ def record(
     if not recovered:
         return 0
     session.execute(
-        insert(RecoveredChange),
-        [
-            {
-                "facility_id": facility_id,
-                "resource_type": k[0],
-                "resource_id": k[1],
-                "version_id": after[k][2],
-                "deleted": after[k][1],
-                "strategy": strategy,
-                "run_id": run_id,
-            }
-            for k in recovered
-        ],
+        queries.RECORD_RECOVERED,
+        {
+            "fid": facility_id,
+            "strategy": strategy,
+            "run_id": run_id,
+            "resource_type": [k[0] for k in recovered],
+            "resource_id": [k[1] for k in recovered],
+            "version_id": [after[k][2] for k in recovered],
+            "deleted": [after[k][1] for k in recovered],
+        },
     )
     for resource_type, _ in recovered:
         RECONCILE_RECOVERED.labels(facility_id, resource_type, strategy).inc()

@@ -54,12 +54,28 @@ STORED_IDS_OF_PATIENT = text(
 )
 
 #: What is stored now for some keys: told before and after a page's write, the difference is applied.
+# One primary-key probe per key (LATERAL ... OFFSET 0, as app.ingest.queries does): a planner with the
+# statistics of an empty table (a first backfill) hashed every resource of the facility for each page.
 SNAPSHOT = text(
     """
     SELECT r.resource_type, r.resource_id, r.content_hash, r.deleted, r.version_id
-    FROM resources r
-    JOIN unnest(CAST(:resource_type AS text[]), CAST(:resource_id AS text[])) AS k(resource_type, resource_id)
-      ON r.facility_id = :fid AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id
+    FROM unnest(CAST(:resource_type AS text[]), CAST(:resource_id AS text[])) AS k(resource_type, resource_id)
+    CROSS JOIN LATERAL (
+        SELECT r.resource_type, r.resource_id, r.content_hash, r.deleted, r.version_id FROM resources r
+        WHERE r.facility_id = :fid AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id
+        OFFSET 0
+    ) r
+    """
+)
+
+#: A page's recovered changes, one statement (an ORM executemany binds seven parameters a row).
+RECORD_RECOVERED = text(
+    """
+    INSERT INTO reconcile_recovered (facility_id, resource_type, resource_id, version_id, deleted, strategy,
+                                     run_id)
+    SELECT :fid, x.resource_type, x.resource_id, x.version_id, x.deleted, :strategy, CAST(:run_id AS bigint)
+    FROM unnest(CAST(:resource_type AS text[]), CAST(:resource_id AS text[]), CAST(:version_id AS text[]),
+                CAST(:deleted AS boolean[])) AS x(resource_type, resource_id, version_id, deleted)
     """
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -160,3 +161,33 @@ def test_update_then_delete_in_one_batch_ends_deleted(db: Session) -> None:
         [_obs("3", 30, fetched=1), Observed("fac-1", "Observation", "o1", None, T0 + timedelta(seconds=2))],
     )
     assert _current(db).deleted is True
+
+
+def test_bodies_summaries_and_issues_are_stored_exactly_whatever_characters_they_hold(
+    db: Session,
+) -> None:
+    """The JSON columns are bound as one text[] literal per statement: every character that literal
+    syntax gives a meaning to (quotes, backslashes, braces, commas, spaces, the word NULL) comes back as
+    sent, in the current row and in history, beside a tombstone's NULL body in the same statement."""
+    make_facility(db)
+    tricky = ['say "hi"', "C:\\path\\", '\\"', "{a,b}", "NULL", "", " spaced ", "naïve ✓ 日本", "\\u0041"]
+    body = _obs("1", 10).resource
+    assert body is not None
+    body["note"] = [{"text": t} for t in tricky]
+    body["valueQuantity"]["value"] = Decimal("1.00")
+    other = observation("o2", "1", "2026-11-24T10:00:00Z")
+    store_versions(db, [Observed("fac-1", "Observation", "o2", other, T0)])
+    item = Observed(
+        "fac-1", "Observation", "o1", body, T0, summary={"display": tricky}, issues=["note.0.text: x\\y"]
+    )
+    gone = Observed("fac-1", "Observation", "o2", None, T0 + timedelta(seconds=1), deletion="gone")
+    stats = store_versions(db, [item, gone])
+    assert (stats.applied, stats.tombstones) == (2, 1)
+    row = _current(db)
+    assert row.resource == body
+    assert (row.normalized, row.issues) == ({"display": tricky}, ["note.0.text: x\\y"])
+    history = db.scalars(select(ResourceVersion).where(ResourceVersion.resource_id == "o1")).one()
+    assert history.resource == body
+    tombstone = db.get(Resource, ("fac-1", "Observation", "o2"))
+    assert tombstone is not None
+    assert (tombstone.deleted, tombstone.resource) == (True, other)
