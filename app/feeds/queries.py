@@ -199,11 +199,12 @@ FACILITIES = text(
     ),
     quiet_runs AS (
         -- The runs quiet checks asked for: the one that decided a check (decided once it finished, so
-        -- after anything it recovered) and any started since an open check's suspicion.
+        -- after anything it recovered; for as long as the leak window, which ends settle_s ago, can hold
+        -- its recoveries) and any started since an open check's suspicion.
         SELECT c.run_id AS id
           FROM feed_checks c JOIN p USING (facility_id)
          WHERE c.run_id IS NOT NULL
-           AND c.decided_at > CAST(:now AS timestamptz) - make_interval(secs => p.leak_s)
+           AND c.decided_at > CAST(:now AS timestamptz) - make_interval(secs => p.leak_s + p.settle_s)
         UNION
         SELECT x.id
           FROM feed_checks c
