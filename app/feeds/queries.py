@@ -297,9 +297,10 @@ LATEST_CHECKS = text(
 )
 
 #: Decide the open checks a reconcile has answered: the first run of the facility that started at or
-#: after the suspicion and completed (or stopped at its budget having recovered something). A run that
-#: recovered changes says the silence hid them (``leaking``); one that found nothing, that the data
-#: genuinely stopped changing (``quiet``). A failed run decides nothing: the next one will.
+#: after the suspicion and completed, or recovered something (stopped at its budget, or failed in another
+#: type). A run that recovered changes says the silence hid them (``leaking``); one that found nothing,
+#: that the data genuinely stopped changing (``quiet``). A failed run that recovered nothing decides
+#: nothing: the next one will.
 DECIDE_CHECKS = text(
     """
     WITH answered AS (
@@ -309,7 +310,7 @@ DECIDE_CHECKS = text(
               SELECT x.id, x.recovered FROM reconcile_runs x
                WHERE x.facility_id = c.facility_id AND x.started_at >= c.suspected_at
                  AND x.finished_at IS NOT NULL
-                 AND (x.outcome = 'complete' OR (x.outcome = 'partial' AND x.recovered > 0))
+                 AND (x.outcome = 'complete' OR x.recovered > 0)
                ORDER BY x.started_at LIMIT 1
           ) r
          WHERE c.outcome IS NULL

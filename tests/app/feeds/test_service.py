@@ -499,3 +499,30 @@ def test_a_quiet_checks_recoveries_stay_its_own_until_they_left_the_settled_leak
 
     assert ("fac-h", "facility", "feed_leaking") in evaluated
     assert "feed_leaking" not in _kinds(conditions)
+
+
+def test_a_failed_reconcile_that_recovered_changes_still_answers_the_quiet_check(db: Session) -> None:
+    """A run fails as a whole when one type fails (a search refused for good, say), though the other types
+    recovered what the silent feed never delivered: that is the check's answer (leaking). Left open, the
+    check waits for a complete run that never comes, and while it is open the runs' recoveries are no
+    ``feed_leaking`` either: the stopped feed pages nobody."""
+    _quiet_heartbeat_source(db)
+    evaluate(db, NOW)
+    _recovering_run(db, NOW + timedelta(seconds=10), 4)
+    db.execute(text("UPDATE reconcile_runs SET outcome = 'failed' WHERE trigger = 'schedule'"))
+
+    conditions, _ = evaluate(db, NOW + timedelta(minutes=1))
+
+    quiet = [c for c in conditions if c.kind == "feed_quiet"]
+    assert [(c.source, c.details["recovered"]) for c in quiet] == [("subscription:abc", 4)]
+    assert [(c.outcome, c.recovered) for c in _checks(db)] == [("leaking", 4)]
+
+
+def test_a_failed_reconcile_that_recovered_nothing_decides_nothing(db: Session) -> None:
+    _quiet_heartbeat_source(db)
+    evaluate(db, NOW)
+    _run(db, NOW + timedelta(seconds=10), recovered=0, outcome="failed")
+
+    evaluate(db, NOW + timedelta(minutes=1))
+
+    assert [c.outcome for c in _checks(db)] == [None]
