@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from app.alerts.conditions import Condition
@@ -130,10 +130,34 @@ def deliver_due(
                 failing=failing,
             )
     delivering = report.delivered_to - failing
-    if delivering:
-        with session_factory() as session:
+    with session_factory() as session:
+        if delivering:
             report.evaluated |= _live_sink_alerts(session, delivering)
+        report.evaluated |= _recovering_sink_alerts(session, failing)
     return report
+
+
+def _recovering_sink_alerts(session: Session, failing: set[str]) -> set[Key]:
+    """The keys of live ``sink_failing`` alerts whose sink delivered since (``healthy_since``) and refuses
+    nothing now (not in this pass, no delivery to it backing off): still healthy, evaluated so in every
+    pass, so that the alert resolves once the resolve delay ran out, not only at the sink's next delivery
+    after that (on a calm night, none)."""
+    sink_name = func.substr(Alert.source, len(SINK_SOURCE_PREFIX) + 1)
+    refusing = (
+        select(AlertDelivery.id)
+        .where(AlertDelivery.sink == sink_name, AlertDelivery.state == "pending", AlertDelivery.attempts > 0)
+        .exists()
+    )
+    rows = session.execute(
+        select(Alert.facility_id, Alert.source, Alert.kind).where(
+            Alert.kind == "sink_failing",
+            Alert.state.in_(ALERT_LIVE_STATES),
+            Alert.healthy_since.is_not(None),
+            Alert.source.not_in([f"{SINK_SOURCE_PREFIX}{s}" for s in failing]),
+            ~refusing,
+        )
+    )
+    return {(r.facility_id, r.source, r.kind) for r in rows}
 
 
 def _live_sink_alerts(session: Session, sinks: set[str]) -> set[Key]:

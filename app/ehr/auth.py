@@ -240,8 +240,10 @@ class SmartBackendAuth:
 
 
 def _refusal_wait(backoff_s: float, cap_s: float, count: int) -> float:
-    """The back-off after the ``count``-th consecutive refusal: base x 2^(count-1), at most the cap."""
-    return float(min(cap_s, backoff_s * 2 ** max(count - 1, 0)))
+    """The back-off after the ``count``-th consecutive refusal: base x 2^(count-1), at most the cap. The
+    exponent is bounded: the count keeps growing while credentials stay refused (one a cap), and 2^1024
+    overflows a float."""
+    return float(min(cap_s, backoff_s * 2 ** min(max(count - 1, 0), 64)))
 
 
 def _trusted_token_endpoint(endpoint: str, base_url: str) -> bool:

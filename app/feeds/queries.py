@@ -199,11 +199,12 @@ FACILITIES = text(
     ),
     quiet_runs AS (
         -- The runs quiet checks asked for: the one that decided a check (decided once it finished, so
-        -- after anything it recovered) and any started since an open check's suspicion.
+        -- after anything it recovered; for as long as the leak window, which ends settle_s ago, can hold
+        -- its recoveries) and any started since an open check's suspicion.
         SELECT c.run_id AS id
           FROM feed_checks c JOIN p USING (facility_id)
          WHERE c.run_id IS NOT NULL
-           AND c.decided_at > CAST(:now AS timestamptz) - make_interval(secs => p.leak_s)
+           AND c.decided_at > CAST(:now AS timestamptz) - make_interval(secs => p.leak_s + p.settle_s)
         UNION
         SELECT x.id
           FROM feed_checks c
@@ -296,9 +297,10 @@ LATEST_CHECKS = text(
 )
 
 #: Decide the open checks a reconcile has answered: the first run of the facility that started at or
-#: after the suspicion and completed (or stopped at its budget having recovered something). A run that
-#: recovered changes says the silence hid them (``leaking``); one that found nothing, that the data
-#: genuinely stopped changing (``quiet``). A failed run decides nothing: the next one will.
+#: after the suspicion and completed, or recovered something (stopped at its budget, or failed in another
+#: type). A run that recovered changes says the silence hid them (``leaking``); one that found nothing,
+#: that the data genuinely stopped changing (``quiet``). A failed run that recovered nothing decides
+#: nothing: the next one will.
 DECIDE_CHECKS = text(
     """
     WITH answered AS (
@@ -308,7 +310,7 @@ DECIDE_CHECKS = text(
               SELECT x.id, x.recovered FROM reconcile_runs x
                WHERE x.facility_id = c.facility_id AND x.started_at >= c.suspected_at
                  AND x.finished_at IS NOT NULL
-                 AND (x.outcome = 'complete' OR (x.outcome = 'partial' AND x.recovered > 0))
+                 AND (x.outcome = 'complete' OR x.recovered > 0)
                ORDER BY x.started_at LIMIT 1
           ) r
          WHERE c.outcome IS NULL

@@ -35,7 +35,7 @@ def group_patients(group: dict[str, Any], base_url: str) -> tuple[list[str], int
     for member in members if isinstance(members, list) else []:
         entity = member.get("entity") if isinstance(member, dict) else None
         reference = entity.get("reference") if isinstance(entity, dict) else None
-        if member.get("inactive") is True or not isinstance(reference, str):
+        if not isinstance(reference, str) or member.get("inactive") is True:
             skipped += 1
             continue
         try:

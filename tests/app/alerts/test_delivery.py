@@ -370,6 +370,74 @@ def test_a_failing_sink_that_delivers_again_is_healthy_for_every_facility(
     assert delivered.conditions == []
 
 
+def test_a_failing_sink_that_delivered_again_resolves_after_the_delay_with_nothing_more_to_send(
+    sessions: sessionmaker[Session],
+    commit_facility: Callable[[str], str],
+    pagerduty: FakeSink,
+    webhook: FakeSink,
+    http: httpx.Client,
+) -> None:
+    """Evaluated healthy only when it delivers, a sink that delivered once again would wait for another
+    delivery, the resolve delay later, to resolve its sink_failing: on a calm night, never."""
+    committed_facility, other = commit_facility("alerts-failed-at"), commit_facility("alerts-sent-at")
+    sinks = directory(pd=pagerduty, hook=webhook)
+    once = DeliveryPolicy(max_attempts=1)
+    pagerduty.fail(1, 503)
+    _observe(sessions, sinks, committed_facility, 0, holds=True)
+
+    def cycle(minutes: float) -> list[int]:
+        report = _deliver(sessions, sinks, http, minutes, once)
+        with sessions.begin() as session:
+            router = sinks.router(session, {committed_facility, other})
+            now = T0 + timedelta(minutes=minutes)
+            return observe(
+                session, report.conditions, report.evaluated, now, policy=POLICY, router=router
+            ).resolved
+
+    assert cycle(0) == []  # pd failed: sink_failing opened
+    _observe(sessions, sinks, other, 1, holds=True)  # another alert, to pd: delivered
+    assert cycle(1) == []  # healthy since minute 1
+    resolved = cycle(7)  # nothing left to send
+
+    with sessions.begin() as session:
+        [sink_alert] = [a for a in alerts_of(session, committed_facility) if a.kind == "sink_failing"]
+        assert resolved == [sink_alert.id]
+        assert sink_alert.state == "resolved"
+
+
+def test_a_failing_sink_with_a_delivery_backing_off_again_does_not_resolve(
+    sessions: sessionmaker[Session],
+    commit_facility: Callable[[str], str],
+    pagerduty: FakeSink,
+    webhook: FakeSink,
+    http: httpx.Client,
+) -> None:
+    committed_facility, other = commit_facility("alerts-failed-at"), commit_facility("alerts-sent-at")
+    sinks = directory(pd=pagerduty, hook=webhook)
+    patient = DeliveryPolicy(max_attempts=3, retry_base=timedelta(hours=1))
+    pagerduty.fail(1, 503)
+    _observe(sessions, sinks, committed_facility, 0, holds=True)
+
+    def cycle(minutes: float, policy: DeliveryPolicy) -> list[int]:
+        report = _deliver(sessions, sinks, http, minutes, policy)
+        with sessions.begin() as session:
+            router = sinks.router(session, {committed_facility, other})
+            now = T0 + timedelta(minutes=minutes)
+            return observe(
+                session, report.conditions, report.evaluated, now, policy=POLICY, router=router
+            ).resolved
+
+    cycle(0, DeliveryPolicy(max_attempts=1))  # pd failed: sink_failing opened
+    _observe(sessions, sinks, other, 1, holds=True)
+    cycle(1, patient)  # delivered to pd: healthy since minute 1
+    _observe(sessions, sinks, other, 2, holds=False)
+    _observe(sessions, sinks, other, 8, holds=False)  # resolved: its resolve goes to pd
+    pagerduty.fail(1, 503)
+    cycle(8, patient)  # pd refuses it: backing off for an hour
+
+    assert cycle(9, patient) == []  # not due, not sent, still refused: no resolve
+
+
 def test_an_unexpected_error_of_one_delivery_does_not_stop_the_others(
     sessions: sessionmaker[Session], committed_facility: str, pagerduty: FakeSink, webhook: FakeSink
 ) -> None:

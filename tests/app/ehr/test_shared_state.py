@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 
 from app.ehr.auth import SmartBackendAuth
 from app.ehr.politeness import BACKGROUND, LIVE, Priority, RedisPoliteness
-from app.ehr.token_cache import RedisTokenCache
+from app.ehr.token_cache import RedisTokenCache, Refusal
 from app.ehr.token_events import TokenEventSink, database_sink, log_only
 from app.errors import EHRAuthRejected, PolitenessThrottled, TokenEndpointFlaky, YieldedToLive
 from app.facilities.schemas import AuthConfig, LimitsConfig
@@ -180,6 +180,33 @@ def test_a_refusal_of_our_credentials_stops_every_process_asking_until_its_back_
     now[0] += 2  # 120 s after the second refusal: credentials restored, the token is issued
     assert a.token() == b.token() == "tok-back"
     assert len(requests) == 3
+
+
+def test_credentials_refused_for_weeks_still_back_off_at_the_cap(rds: redis.Redis, redis_prefix: str) -> None:
+    """Revoked credentials left in place: one refusal every 15 min, consecutive for weeks (the count
+    past a thousand). Its back-off stays the cap; it must not overflow and leave nothing recorded (every
+    caller then asks the token endpoint again)."""
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(401, json={"error": "invalid_client"})
+
+    now = [time.time()]
+    cache = RedisTokenCache(rds, redis_prefix)
+    a = _auth(httpx.MockTransport(handler), cache, clock=lambda: now[0])
+    key = a._key
+    cache.refuse(key, Refusal(now[0] - 1, 14 * 24 * 4, "401 invalid_client"), keep_s=900)  # two weeks
+
+    for _ in range(3):
+        with pytest.raises(EHRAuthRejected):
+            a.token()
+
+    assert len(requests) == 1
+    refusal = cache.refusal(key)
+    assert refusal is not None
+    assert refusal.count == 14 * 24 * 4 + 1
+    assert refusal.until == pytest.approx(now[0] + 900)  # the cap
 
 
 def _polite(rds: redis.Redis, prefix: str, **limits: float) -> RedisPoliteness:

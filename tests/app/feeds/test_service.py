@@ -480,3 +480,49 @@ def test_changes_recovered_by_a_run_no_quiet_check_asked_for_are_a_leak(db: Sess
 
     leaks = [c for c in conditions if c.kind == "feed_leaking"]
     assert [c.details["recovered"] for c in leaks] == [4]
+
+
+def test_a_quiet_checks_recoveries_stay_its_own_until_they_left_the_settled_leak_window(db: Session) -> None:
+    """A recovery counts toward a leak over a window that ends ``leak_settle`` ago: the quiet check's run
+    is left out for as long, or its recoveries page a second time, as a ``feed_leaking``, a leak window
+    after the check was decided."""
+    _quiet_heartbeat_source(db)
+    evaluate(db, NOW)  # suspected: a check opened, its reconcile asked for
+    _recovering_run(db, NOW + timedelta(seconds=10), 6)
+    decided, _ = evaluate(db, NOW + timedelta(seconds=30))
+    assert "feed_quiet" in _kinds(decided)
+    later = NOW + timedelta(seconds=30) + timedelta(hours=1, seconds=30)  # leak window (PT1H) + 30 s
+    for minutes in (20, 15, 12):  # notifications flow again
+        _inbox(db, "fac-h", later - timedelta(minutes=minutes))
+
+    conditions, evaluated = evaluate(db, later)
+
+    assert ("fac-h", "facility", "feed_leaking") in evaluated
+    assert "feed_leaking" not in _kinds(conditions)
+
+
+def test_a_failed_reconcile_that_recovered_changes_still_answers_the_quiet_check(db: Session) -> None:
+    """A run fails as a whole when one type fails (a search refused for good, say), though the other types
+    recovered what the silent feed never delivered: that is the check's answer (leaking). Left open, the
+    check waits for a complete run that never comes, and while it is open the runs' recoveries are no
+    ``feed_leaking`` either: the stopped feed pages nobody."""
+    _quiet_heartbeat_source(db)
+    evaluate(db, NOW)
+    _recovering_run(db, NOW + timedelta(seconds=10), 4)
+    db.execute(text("UPDATE reconcile_runs SET outcome = 'failed' WHERE trigger = 'schedule'"))
+
+    conditions, _ = evaluate(db, NOW + timedelta(minutes=1))
+
+    quiet = [c for c in conditions if c.kind == "feed_quiet"]
+    assert [(c.source, c.details["recovered"]) for c in quiet] == [("subscription:abc", 4)]
+    assert [(c.outcome, c.recovered) for c in _checks(db)] == [("leaking", 4)]
+
+
+def test_a_failed_reconcile_that_recovered_nothing_decides_nothing(db: Session) -> None:
+    _quiet_heartbeat_source(db)
+    evaluate(db, NOW)
+    _run(db, NOW + timedelta(seconds=10), recovered=0, outcome="failed")
+
+    evaluate(db, NOW + timedelta(minutes=1))
+
+    assert [c.outcome for c in _checks(db)] == [None]
