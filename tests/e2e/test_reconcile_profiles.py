@@ -1,15 +1,18 @@
 """The reconciler end to end against each vendor profile ehrsim simulates, with real processes (ehrsim,
-receiver, beat, a worker, Postgres, Redis): the facility is probed as ``facilities apply`` probes it, so
-each type's strategy is the one its capabilities choose, and every create, update and delete reaches
-Postgres within one reconcile interval (within one re-crawl period for what only a re-crawl can see:
-Epic's edits and deletions, Oracle's minor edits, MEDITECH's deletions), counted as recovered exactly
-when no notification delivered it.
+receiver, beat, a worker, Postgres, Redis). The facility is probed as ``facilities apply`` probes it, so
+each type's strategy is the one its capabilities choose (and the one its watermark says ran). Of the
+changes made: what the type's change search sees (creates; updates except Epic's) reaches Postgres within
+one reconcile interval with no re-crawl in between; the rest (Epic's edits, Oracle's minor edits, every
+deletion) within one re-crawl period, both set short. The recovered resources are exactly those whose
+latest change no notification delivered, and the change feed holds no change twice.
 
-Epic, Oracle and MEDITECH send no notifications at all. athena and HAPI send them, 30 % dropped. The
-cohort the per-patient strategies poll is formed as in production: no Group is configured (Epic, Oracle
-and athena serve none), so the patients are those the reconciler's own Patient crawl stored (Epic: by
-birth-date ranges, its Patient search needing criteria) and the subjects of what notifications
-brought."""
+Epic, Oracle and MEDITECH push nothing (no sender at all). athena, HAPI and Medplum send notifications,
+30 % dropped; the webhook path drains before the reconcile interval is set short, so that what it left
+behind is known. HAPI's default notification is an empty POST: it names nothing and asks for a reconcile,
+so every change is the reconciler's. The cohort the per-patient strategies poll is formed as in
+production: no Group is configured (Epic, Oracle and athena serve none), so the patients are those the
+reconciler's own Patient crawl stored (Epic: by birth-date ranges, its Patient search needing criteria)
+and the subjects of what it and the notifications brought."""
 
 from __future__ import annotations
 
@@ -235,7 +238,7 @@ def test_every_change_of_a_vendor_profile_is_reconciled_with_the_probed_strategy
     stack = scenario.start(workers=1, concurrency=2, beat=False, env=ENV)
     _probe(scenario, case.strategies())
     if case.notifies:
-        # a first run of the seed patients, then only the run asked for once the webhook path drained
+        # a first run of the seed patients, then none until the webhook path drained
         scenario.sql(
             'UPDATE facilities SET reconcile = reconcile || \'{"interval": "PT1H"}\' WHERE id = :f',
             f=FACILITY,
