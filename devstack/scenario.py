@@ -23,6 +23,8 @@ from devstack.database import clear_redis_prefix, create_database, drop_database
 from devstack.keys import write_keypair
 from devstack.ledger import LedgerReport, check_ledger
 from devstack.processes import Stack, free_port
+from ehrsim.generator import mrn_system
+from ehrsim.profiles import get_profile
 
 
 @dataclass
@@ -63,11 +65,22 @@ class Scenario:
 
     # -- setup ---------------------------------------------------------------------------------------
 
-    def prepare(self, *, patients: int = 0, seed: int = 7, sender_concurrency: int = 8) -> None:
+    def prepare(
+        self,
+        *,
+        patients: int = 0,
+        seed: int = 7,
+        sender_concurrency: int = 8,
+        profile: str = "generic",
+        profile_overrides: dict[str, Any] | None = None,
+    ) -> None:
         """Create the database (migrated), keys and both config files; register the facilities.
 
         ehrsim's seed ``patients`` predate the subscription and are never notified: only a backfill finds
-        them. Scenarios that check the webhook path alone start from an empty EHR (the default)."""
+        them. Scenarios that check the webhook path alone start from an empty EHR (the default).
+        ``profile``: the ehrsim profile every facility runs (``ehrsim.profiles``), our facilities naming the
+        vendor of the same name with its MRN system (a profile with no Subscription support gets no sender:
+        nothing is pushed); ``profile_overrides``: ehrsim profile fields to change."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         create_database(self.database_url)
         sim_facilities: list[dict[str, Any]] = []
@@ -80,7 +93,8 @@ class Scenario:
             sim_facilities.append(
                 {
                     "id": fid,
-                    "profile": "generic",
+                    "profile": profile,
+                    **({"profile_overrides": profile_overrides} if profile_overrides else {}),
                     "seed": seed + index,
                     "patients": patients,
                     "clients": [
@@ -102,7 +116,8 @@ class Scenario:
             our_facilities.append(
                 {
                     "id": fid,
-                    "vendor": "generic",
+                    "vendor": profile,
+                    **({"mrn_system": mrn_system(get_profile(profile), fid)} if profile != "generic" else {}),
                     "base_url": f"{self.sim_url}/{fid}/fhir",
                     "auth": {
                         "client_id": "ehr-ingest",
@@ -114,6 +129,9 @@ class Scenario:
                     **({"limits": self.limits} if self.limits is not None else {}),
                 }
             )
+        if get_profile(profile).notification is None:  # no Subscription support: nothing is pushed
+            for sim in sim_facilities:
+                del sim["webhook"]
         (self.workdir / "ehrsim.yaml").write_text(
             yaml.safe_dump({"public_base_url": self.sim_url, "facilities": sim_facilities})
         )

@@ -2,6 +2,10 @@
 
 Content depends only on the seed and the sequence of calls (timestamps come from the store), so two
 simulators with the same seed produce the same resources and ids.
+
+What activity records carries the store's time as its admin date (``RECORDED_AT``: an Observation's
+``issued``, a Condition's ``recordedDate``...), as a record entered now does: what a created-date search
+finds. The seeded chart keeps its historic dates.
 """
 
 from __future__ import annotations
@@ -82,6 +86,14 @@ _SYSTOLIC = ("8480-6", "Systolic blood pressure")
 _DIASTOLIC = ("8462-4", "Diastolic blood pressure")
 _RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 _UCUM = "http://unitsofmeasure.org"
+#: The admin date element of each type, set to the time activity records it (date-only elements: its day).
+RECORDED_AT = {
+    "Observation": "issued",
+    "Condition": "recordedDate",
+    "MedicationRequest": "authoredOn",
+    "AllergyIntolerance": "recordedDate",
+    "DocumentReference": "date",
+}
 _BASE_S = 1_735_689_600  # 2025-01-01T00:00:00Z: clinical dates are seeded offsets from here
 
 
@@ -131,9 +143,17 @@ class Generator:
         self._live = _Bag()  # every non-deleted resource
         self._deletable = _Bag()  # non-deleted, non-Patient
         self._follow_ups: deque[Change] = deque()  # the second half of a two-resource change
+        self._populating = False  # the seeded chart: historic admin dates
 
     def populate(self, patients: int) -> list[Change]:
         """The chart as it stands before the simulation starts: patients with a few results each."""
+        self._populating = True
+        try:
+            return self._populate(patients)
+        finally:
+            self._populating = False
+
+    def _populate(self, patients: int) -> list[Change]:
         changes: list[Change] = []
         for _ in range(patients):
             patient = self._create_patient()
@@ -192,6 +212,11 @@ class Generator:
         return self._profile.id_template.format(prefix=prefix, n=self._counters[resource_type])
 
     def _create(self, resource_type: str, id_: str, content: dict[str, Any]) -> Change:
+        element = RECORDED_AT.get(resource_type)
+        if element is not None and not self._populating:
+            now = time.gmtime(self._store.clock())
+            date_only = len(str(content.get(element, ""))) == len("2025-01-01")
+            content[element] = time.strftime("%Y-%m-%d" if date_only else "%Y-%m-%dT%H:%M:%SZ", now)
         change = self._store.put(resource_type, id_, content)
         self._live.add((resource_type, id_))
         if resource_type != "Patient":

@@ -118,6 +118,10 @@ class ResourceStore:
         self._types = {t: _TypeIndex() for t in resource_types}
 
     @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
     def last_change_ms(self) -> int:
         """The ``lastUpdated`` of the latest change (the clock may be behind it: changes are 1 ms apart)."""
         return self._last_ms

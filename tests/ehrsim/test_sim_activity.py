@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
+from ehrsim.generator import RECORDED_AT, Generator
+from ehrsim.profiles import get_profile
 from ehrsim.server import create_app
+from ehrsim.store import ResourceStore
 
 if TYPE_CHECKING:
     from tests.ehrsim.conftest import FakeClock, MakeConfig, Run
@@ -66,3 +70,25 @@ async def test_activity_rejects_a_bad_body(sim: httpx.AsyncClient) -> None:
 
 async def test_healthz(sim: httpx.AsyncClient) -> None:
     assert (await sim.get("/_admin/healthz")).json() == {"ok": True}
+
+
+def test_what_activity_records_carries_its_time_as_the_admin_date() -> None:
+    """A created-date search finds what was recorded since: activity's admin dates are the store's time;
+    the seeded chart keeps its historic dates."""
+    now = 1_796_300_000.0  # 2026-12-03T12:13:20Z
+    profile = get_profile("epic")
+    store = ResourceStore(lambda: now, profile.resource_types, meta=False)
+    generator = Generator(store, 7, "fac", profile)
+    seeded = {(c.resource_type, c.id) for c in generator.populate(5)}
+    while len({c.resource_type for c in store.records() if (c.resource_type, c.id) not in seeded}) < 6:
+        generator.step()
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    for record in store.records():
+        element = RECORDED_AT.get(record.resource_type)
+        if element is None or record.deleted:
+            continue
+        value = str(record.resource.get(element, ""))
+        if (record.resource_type, record.id) in seeded:
+            assert not value.startswith(today)
+        else:
+            assert value in {today, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
