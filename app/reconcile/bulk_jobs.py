@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import ReconcileBulkJob, ReconcileBulkSeen
+from app.db.upsert import upsert
 from app.reconcile.strategies.base import KeptJob
 
 
@@ -50,16 +50,11 @@ class PostgresBulkJobs:
             "line": job.line,
             "updated_at": datetime.now(UTC),
         }
-        stmt = insert(ReconcileBulkJob).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["facility_id"],
-            set_={k: stmt.excluded[k] for k in values if k != "facility_id"},
-        )
         with self._sessions.begin() as session:
             session.execute(
                 delete(ReconcileBulkSeen).where(ReconcileBulkSeen.facility_id == self._facility_id)
             )
-            session.execute(stmt)
+            session.execute(upsert(ReconcileBulkJob, values))
 
     def defer(self, poll_after: datetime) -> None:
         with self._sessions.begin() as session:

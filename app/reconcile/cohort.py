@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import ReconcileGroup, ReconcileGroupMember
+from app.db.upsert import upsert
 from app.ehr.client import EHRClient
 from app.errors import GroupNotFound, IngestError
 from app.fhir.references import ResourceRef, parse_reference
@@ -94,8 +95,4 @@ def _note(
     }
     if reason is None:
         values |= {"read_at": now, "members": members or 0}
-    stmt = insert(ReconcileGroup).values(**values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["facility_id"], set_={k: stmt.excluded[k] for k in values if k != "facility_id"}
-    )
-    session.execute(stmt)
+    session.execute(upsert(ReconcileGroup, values))

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.ingest.pipeline.observed import Observed
@@ -32,23 +31,6 @@ State = tuple[str, bool, str | None]
 
 #: A notification arriving this long after the reconciler stored its change still delivered it.
 LATE_DELIVERY = timedelta(minutes=15)
-
-# Recent recovered rows of the facility (the recovered_at index) whose key a drained notification named
-# and whose version is the one stored now.
-_RETRACT = text(
-    """
-    DELETE FROM reconcile_recovered rr
-     USING resources r,
-           unnest(CAST(:types AS text[]), CAST(:ids AS text[])) AS n(resource_type, resource_id)
-     WHERE rr.facility_id = :fid
-       AND rr.recovered_at > CAST(:now AS timestamptz) - make_interval(secs => :late_s)
-       AND rr.resource_type = n.resource_type AND rr.resource_id = n.resource_id
-       AND rr.version_id IS NOT NULL
-       AND r.facility_id = rr.facility_id AND r.resource_type = rr.resource_type
-       AND r.resource_id = rr.resource_id AND r.version_id = rr.version_id AND r.deleted = rr.deleted
-    RETURNING rr.id
-    """
-)
 
 
 def _state(session: Session, facility_id: str, keys: list[Key]) -> dict[Key, State]:
@@ -120,7 +102,7 @@ def retract_delivered(session: Session, facility_id: str, notified: Iterable[Key
         return 0
     retracted = len(
         session.execute(
-            _RETRACT,
+            queries.RETRACT_RECOVERED,
             {
                 "fid": facility_id,
                 "types": [k[0] for k in keys],

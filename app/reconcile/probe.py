@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.db.models import CapabilityEvent, Facility, FacilityCapabilities, ResourceCapabilities
+from app.db.upsert import upsert
 from app.ehr.client import EHRClient
 from app.ehr.pool import EHRClientPool
 from app.errors import EHRRejected, IngestError, UnparseableResource
@@ -135,13 +136,7 @@ def record_capabilities(
         "capabilities": capabilities.to_json(),
         "last_ok_at": now,
     }
-    stmt = insert(FacilityCapabilities).values(**values)
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[FacilityCapabilities.facility_id],
-            set_={k: stmt.excluded[k] for k in values if k != "facility_id"},
-        )
-    )
+    session.execute(upsert(FacilityCapabilities, values))
     adapter = adapter_for(facility.vendor, mrn_system=facility.mrn_system)
     choices = explain_strategies(capabilities, adapter, overrides_of(facility))
     session.execute(delete(ResourceCapabilities).where(ResourceCapabilities.facility_id == facility.id))

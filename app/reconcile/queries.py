@@ -87,3 +87,20 @@ NOTIFIED_PENDING = text(
        AND focus_id = ANY(CAST(:ids AS text[]))
     """
 )
+
+# Recent recovered rows of the facility (the recovered_at index) whose key a drained notification named
+# and whose version is the one stored now.
+RETRACT_RECOVERED = text(
+    """
+    DELETE FROM reconcile_recovered rr
+     USING resources r,
+           unnest(CAST(:types AS text[]), CAST(:ids AS text[])) AS n(resource_type, resource_id)
+     WHERE rr.facility_id = :fid
+       AND rr.recovered_at > CAST(:now AS timestamptz) - make_interval(secs => :late_s)
+       AND rr.resource_type = n.resource_type AND rr.resource_id = n.resource_id
+       AND rr.version_id IS NOT NULL
+       AND r.facility_id = rr.facility_id AND r.resource_type = rr.resource_type
+       AND r.resource_id = rr.resource_id AND r.version_id = rr.version_id AND r.deleted = rr.deleted
+    RETURNING rr.id
+    """
+)
