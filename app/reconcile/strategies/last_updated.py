@@ -14,6 +14,7 @@ periodic re-crawl finds deletions.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -119,10 +120,8 @@ def _changed_at(entry: dict[str, Any]) -> datetime | None:
     response = entry.get("response")
     modified = response.get("lastModified") if isinstance(response, dict) else None
     if isinstance(modified, str):
-        try:
+        with contextlib.suppress(ValueError):  # an unreadable time only means "no bound from this one"
             at = later(at, parse_instant(modified))
-        except ValueError:
-            pass  # an unreadable time only means "no bound from this entry"
     return at
 
 
@@ -131,8 +130,9 @@ def _deleted_id(entry: dict[str, Any], pattern: re.Pattern[str]) -> str | None:
     no resource), from ``request.url`` or else ``fullUrl``; None for any other entry."""
     if entry.get("resource") is not None:
         return None
-    request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
-    response = entry.get("response") if isinstance(entry.get("response"), dict) else {}
+    request, response = entry.get("request"), entry.get("response")
+    request = request if isinstance(request, dict) else {}
+    response = response if isinstance(response, dict) else {}
     method, status = request.get("method"), response.get("status")
     if method != "DELETE" and not (isinstance(status, str) and status.startswith("410")):
         return None
