@@ -3,13 +3,15 @@
 it committed: the watermark moves to the latest ``meta.lastUpdated`` seen.
 
 Deletions never appear in a ``_lastUpdated`` search. Where the facility's probed capabilities list
-type-level ``_history`` for the type (``Scope.history``), the run first pages
-``{type}/_history?_since={watermark - overlap}`` and reads each stored live resource a ``DELETE`` entry
-names (404/410 → tombstone; a live answer, deleted then created again, → stored as it is now). The
-history is newest first, so a run stopped inside it keeps its watermark; once it is committed, the
-search's watermark may move no later than the newest change the history listed: a deletion the history
-did not list yet (made after it was read) is then still after the next run's ``_since``. Elsewhere the
-periodic re-crawl finds deletions.
+type-level ``_history`` for the type (``Scope.history``) and no re-crawl is due (one reads every stored
+id it no longer lists anyway), the run first pages ``{type}/_history?_since={watermark - overlap}`` and
+reads each stored live resource a ``DELETE`` entry names (404/410 → tombstone; a live answer, deleted
+then created again, → stored as it is now). The history is newest first, so a run stopped inside it
+keeps its watermark; once it is committed, the search's watermark may move no later than the newest
+change the history listed: a deletion the history did not list yet (made after it was read) is then
+still after the next run's ``_since``. A history longer than ``MAX_HISTORY_PAGES`` (a window days wide)
+is left there: its newest deletions were read, the older ones wait for the re-crawl, and the watermark
+is not bounded by it. Elsewhere the periodic re-crawl finds deletions.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import structlog
 
 from app.fhir.references import ResourceRef
 from app.fhir.resources import parse_instant
@@ -34,6 +38,12 @@ from app.reconcile.strategies.base import (
     later,
 )
 
+log = structlog.get_logger("reconcile")
+
+#: The most ``_history`` pages one run reads: past them the rest of the window's deletions wait for the
+#: re-crawl, so that a wide window cannot hold a type's change search back run after run.
+MAX_HISTORY_PAGES = 50
+
 #: A FHIR id (``[A-Za-z0-9\-\.]{1,64}``) after its type, as the last segments of a URL, a version
 #: (``/_history/{v}``: HAPI names deleted versions so) allowed after it.
 _ID = r"([A-Za-z0-9\-.]{1,64})(?:/_history/[^/?#]+)?/?(?:[?#].*)?"
@@ -45,7 +55,8 @@ class LastUpdated:
     def pages(self, scope: Scope) -> Iterator[Page]:
         facts = scope.facts
         stored = scope.stored_ids(scope.resource_type, None) if scope.recrawl else set()
-        history = _History(scope) if scope.history and scope.since is not None else None
+        wanted = scope.history and scope.since is not None and not scope.recrawl
+        history = _History(scope) if wanted else None
         if history is not None:
             yield from history.pages()
         params = {"_count": str(facts.page_size)}
@@ -74,6 +85,8 @@ class _History:
     scope: Scope
     #: The latest change time any entry carried (``meta.lastUpdated``, ``response.lastModified``).
     newest: datetime | None = None
+    #: The history was longer than ``MAX_HISTORY_PAGES``: what it did not reach waits for the re-crawl.
+    abandoned: bool = False
 
     def pages(self) -> Iterator[Page]:
         """One page per history page: reads of the stored live resources its ``DELETE`` entries name,
@@ -85,7 +98,7 @@ class _History:
         pattern = re.compile(rf"(?:^|/){re.escape(scope.resource_type)}/{_ID}$")
         live: set[str] | None = None  # the stored live ids, read at the first deletion
         asked: set[str] = set()
-        for bundle in scope.client.history_pages(scope.resource_type, params):
+        for n, bundle in enumerate(scope.client.history_pages(scope.resource_type, params), start=1):
             gone: list[str] = []
             for entry in bundle.get("entry") or []:
                 if not isinstance(entry, dict):
@@ -99,15 +112,34 @@ class _History:
             wanted = sorted({i for i in gone if live is not None and i in live})
             asked.update(gone)
             yield Page(reads=[ResourceRef(scope.resource_type, i) for i in wanted])
+            if n == MAX_HISTORY_PAGES and _links_next(bundle):
+                self.abandoned = True
+                log.info(
+                    "reconcile.history_left",
+                    facility_id=scope.client.facility_id,
+                    resource_type=scope.resource_type,
+                    pages=n,
+                )
+                return
 
     def bound(self, high: datetime | None) -> datetime | None:
         """``high`` no later than the newest change the history listed (never below the watermark):
         every deletion up to there was read, a later one is inside the next run's ``_since``. None
-        (leave the watermark) where neither the watermark nor the history gave an instant."""
+        (leave the watermark) where neither the watermark nor the history gave an instant. A history
+        left unfinished bounds nothing: the deletions it did not reach are the re-crawl's."""
+        if self.abandoned:
+            return high
         limit = later(self.scope.watermark, self.newest)
         if high is None or limit is None:
             return None
         return min(high, limit)
+
+
+def _links_next(bundle: dict[str, Any]) -> bool:
+    links = bundle.get("link")
+    return isinstance(links, list) and any(
+        isinstance(link, dict) and link.get("relation") == "next" and link.get("url") for link in links
+    )
 
 
 def _instant(value: datetime) -> str:

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from app.fhir.references import ResourceRef
-from app.reconcile.strategies import STRATEGIES
+from app.reconcile.strategies import STRATEGIES, last_updated
 from app.reconcile.strategies.base import Page, Scope
 from app.vendors import adapter_for
 from tests.ehr_mocks import BASE, TOKEN_URL, make_client
@@ -68,7 +69,9 @@ class Server:
         return httpx.Response(404)
 
 
-def _scope(server: Server, *, history: bool, stored: set[str], since: datetime | None = SINCE) -> Scope:
+def _scope(
+    server: Server, *, history: bool, stored: set[str], since: datetime | None = SINCE, recrawl: bool = False
+) -> Scope:
     return Scope(
         client=make_client(httpx.MockTransport(server), vendor="hapi"),
         adapter=adapter_for("hapi"),
@@ -76,7 +79,7 @@ def _scope(server: Server, *, history: bool, stored: set[str], since: datetime |
         watermark=WATERMARK if since is not None else None,
         since=since,
         started_at=datetime.now(UTC),
-        recrawl=False,
+        recrawl=recrawl,
         cohort=lambda: [],
         stored_ids=lambda rtype, patient: set(stored) if rtype == "Observation" else set(),
         history=history,
@@ -165,3 +168,34 @@ def test_a_first_run_without_a_lower_bound_reads_no_history() -> None:
 
     assert _reads(pages) == []
     assert [u.path for u in server.seen] == ["/fhir/Observation"]
+
+
+def test_a_run_that_re_crawls_reads_no_history_the_crawl_reads_every_vanished_id() -> None:
+    server = Server([[_deleted("Observation/o1", WATERMARK)]], found=[_obs("o6", WATERMARK)])
+
+    pages = _run(_scope(server, history=True, stored={"o1", "o6"}, recrawl=True))
+
+    assert not [u for u in server.seen if u.path.endswith("/_history") or "_getpages" in u.params]
+    assert [r.resource_id for r in _reads(pages)] == ["o1"]  # vanished from the crawl
+    assert pages[-1].recrawled
+
+
+def test_a_history_longer_than_a_run_reads_is_left_to_the_re_crawl_and_bounds_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(last_updated, "MAX_HISTORY_PAGES", 2)
+    newest, later = WATERMARK + timedelta(seconds=10), WATERMARK + timedelta(seconds=30)
+    server = Server(
+        [
+            [_deleted("Observation/o1", newest)],
+            [_deleted("Observation/o2", newest - timedelta(seconds=1))],
+            [_deleted("Observation/o3", newest - timedelta(seconds=2))],  # not reached
+        ],
+        found=[_obs("o6", later)],
+    )
+
+    pages = _run(_scope(server, history=True, stored={"o1", "o2", "o3"}))
+
+    assert [r.resource_id for r in _reads(pages)] == ["o1", "o2"]
+    assert len([u for u in server.seen if u.path.endswith("/_history") or "_getpages" in u.params]) == 2
+    assert pages[-1].high_water == later  # o3's deletion is the re-crawl's: nothing held back for it
