@@ -11,7 +11,8 @@ keeps its watermark; once it is committed, the search's watermark may move no la
 change the history listed: a deletion the history did not list yet (made after it was read) is then
 still after the next run's ``_since``. A history longer than ``MAX_HISTORY_PAGES`` (a window days wide)
 is left there: its newest deletions were read, the older ones wait for the re-crawl, and the watermark
-is not bounded by it. Elsewhere the periodic re-crawl finds deletions.
+is not bounded by it; so with one the EHR refuses (4xx) though advertised. Elsewhere the periodic
+re-crawl finds deletions.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from app.errors import EHRRejected
 from app.fhir.references import ResourceRef
 from app.fhir.resources import parse_instant
 from app.reconcile import StrategyName
@@ -85,16 +87,32 @@ class _History:
     scope: Scope
     #: The latest change time any entry carried (``meta.lastUpdated``, ``response.lastModified``).
     newest: datetime | None = None
-    #: The history was longer than ``MAX_HISTORY_PAGES``: what it did not reach waits for the re-crawl.
+    #: The history was longer than ``MAX_HISTORY_PAGES``, or refused: what it did not reach waits for the
+    #: re-crawl.
     abandoned: bool = False
 
     def pages(self) -> Iterator[Page]:
         """One page per history page: reads of the stored live resources its ``DELETE`` entries name,
         each id once. The watermark stays (``high_water`` None, not resumable): the history is newest
-        first, so what a stop leaves unread may be older than anything committed."""
+        first, so what a stop leaves unread may be older than anything committed. A refusal (4xx) ends
+        it (the re-crawl's then, as where it is not advertised); a transient failure raises, as a
+        search page's does (the type's run stops, its watermark kept)."""
         scope = self.scope
         assert scope.since is not None  # checked by the caller
         params = {"_since": _instant(scope.since), "_count": str(scope.facts.page_size)}
+        try:
+            yield from self._pages(params)
+        except EHRRejected as exc:  # advertised but refused (a 4xx): the re-crawl's, as if not advertised
+            self.abandoned = True
+            log.info(
+                "reconcile.history_refused",
+                facility_id=scope.client.facility_id,
+                resource_type=scope.resource_type,
+                reason=exc.reason,
+            )
+
+    def _pages(self, params: dict[str, str]) -> Iterator[Page]:
+        scope = self.scope
         pattern = re.compile(rf"(?:^|/){re.escape(scope.resource_type)}/{_ID}$")
         live: set[str] | None = None  # the stored live ids, read at the first deletion
         asked: set[str] = set()

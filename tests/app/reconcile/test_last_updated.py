@@ -47,8 +47,11 @@ class Server:
     """``Observation`` searches and ``Observation/_history`` (two pages, the second by a ``next`` link
     with no type in its path, as HAPI's ``_getpages``), recording every request."""
 
-    def __init__(self, history: list[list[dict[str, Any]]], found: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, history: list[list[dict[str, Any]]], found: list[dict[str, Any]], history_status: int = 200
+    ) -> None:
         self.history = history
+        self.history_status = history_status
         self.found = found
         self.seen: list[httpx.URL] = []
 
@@ -58,6 +61,8 @@ class Server:
         self.seen.append(request.url)
         path, params = request.url.path, request.url.params
         if path.endswith("/Observation/_history") or "_getpages" in params:
+            if self.history_status != 200:
+                return httpx.Response(self.history_status, json={"resourceType": "OperationOutcome"})
             n = int(params.get("_getpagesoffset", "0"))
             bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "entry": self.history[n]}
             if n + 1 < len(self.history):
@@ -199,3 +204,14 @@ def test_a_history_longer_than_a_run_reads_is_left_to_the_re_crawl_and_bounds_no
     assert [r.resource_id for r in _reads(pages)] == ["o1", "o2"]
     assert len([u for u in server.seen if u.path.endswith("/_history") or "_getpages" in u.params]) == 2
     assert pages[-1].high_water == later  # o3's deletion is the re-crawl's: nothing held back for it
+
+
+def test_a_history_refused_though_advertised_leaves_deletions_to_the_re_crawl_and_the_search_runs() -> None:
+    later = WATERMARK + timedelta(seconds=30)
+    server = Server([[]], found=[_obs("o6", later)], history_status=404)
+
+    pages = _run(_scope(server, history=True, stored={"o1"}))
+
+    assert _reads(pages) == []
+    assert [u.path for u in server.seen] == ["/fhir/Observation/_history", "/fhir/Observation"]
+    assert pages[-1].high_water == later
