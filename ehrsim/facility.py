@@ -88,13 +88,32 @@ class Facility:
         """Perform ``changes`` seeded changes, each queued as a notification for matching subscriptions
         (``adt``: Patient and Encounter changes only, the mix of an ADT feed)."""
         for _ in range(changes):
-            change = self._generator.step_adt() if adt else self._generator.step()
-            if self.sender is not None and self.sender.subscriptions:
-                record = self.store.get(change.resource_type, change.id)
-                resource = record.resource if record is not None and not record.deleted else None
-                self.sender.enqueue(change, resource, self._identifier_focus(change, resource))
-            if self.mllp is not None and change.resource_type in ADT_TYPES:
-                self._announce_adt(change)
+            self._announce(self._generator.step_adt() if adt else self._generator.step())
+
+    def change(self, resource_type: str, id_: str, *, delete: bool) -> Change:
+        """One change of a named resource, announced as ``activity``'s are: its deletion, or (``delete``
+        false) a deleted resource created again with its last content. Raises ``KeyError`` for a
+        resource the store never held, ``ValueError`` for one already deleted (or live)."""
+        record = self.store.get(resource_type, id_)
+        if record is None:
+            raise KeyError(f"{resource_type}/{id_}")
+        if delete:
+            change = self.store.delete(resource_type, id_)
+        elif not record.deleted:
+            raise ValueError(f"{resource_type}/{id_} is not deleted")
+        else:
+            content = {k: v for k, v in record.resource.items() if k != "meta"}
+            change = self.store.put(resource_type, id_, content)
+        self._announce(change)
+        return change
+
+    def _announce(self, change: Change) -> None:
+        if self.sender is not None and self.sender.subscriptions:
+            record = self.store.get(change.resource_type, change.id)
+            resource = record.resource if record is not None and not record.deleted else None
+            self.sender.enqueue(change, resource, self._identifier_focus(change, resource))
+        if self.mllp is not None and change.resource_type in ADT_TYPES:
+            self._announce_adt(change)
 
     def _wire(self) -> Wire:
         """Who the facility is on its HL7 v2 feed (``mllp:`` in the config, defaults per profile)."""

@@ -694,6 +694,27 @@ class _Api:
         facility.activity(changes, adt=adt)
         return _json({"changes": changes})
 
+    async def change(self, request: Request) -> Response:
+        """``POST {"type": T, "id": i, "delete": true}`` deletes one resource; ``"delete": false``
+        creates a deleted one again with its last content. Announced as ``activity``'s changes are."""
+        facility = self._facility(request)
+        try:
+            body = await request.json()
+            rtype, id_, delete = body["type"], body["id"], body["delete"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            rtype = id_ = delete = None
+        if not (isinstance(rtype, str) and isinstance(id_, str) and isinstance(delete, bool)):
+            return _json({"error": 'body must be {"type": T, "id": i, "delete": true|false}'}, 400)
+        if rtype not in facility.store.resource_types:
+            return _json({"error": f"{rtype} is not a type of this facility"}, 404)
+        try:
+            change = facility.change(rtype, id_, delete=delete)
+        except KeyError:
+            return _json({"error": f"{rtype}/{id_} is not known"}, 404)
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 409)
+        return _json({"change": change.kind, "version": change.version})
+
     async def truth(self, request: Request) -> Response:
         content = request.query_params.get("content") == "true"
         return _json({"resources": self._facility(request).truth(content=content)})
@@ -811,6 +832,7 @@ def create_app(
     routes = [
         Route("/_admin/healthz", api.healthz, methods=["GET"]),
         Route("/_admin/{fac}/activity", api.activity, methods=["POST"]),
+        Route("/_admin/{fac}/change", api.change, methods=["POST"]),
         Route("/_admin/{fac}/truth", api.truth, methods=["GET"]),
         Route("/_admin/{fac}/notifications", api.notifications, methods=["GET"]),
         Route("/_admin/{fac}/notifications/dropped", api.dropped, methods=["GET"]),

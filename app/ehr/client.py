@@ -219,7 +219,20 @@ class EHRClient:
         page before reading the next (the reconciler). When the server forgets the search between two
         pages, the query is issued again and its pages come again from the first: callers must be
         idempotent. A page that fails after the retries raises, and nothing more is yielded."""
-        first = str(httpx.URL(f"{self.base_url}/{resource_type}", params=params))
+        return self._reissued_pages(f"{self.base_url}/{resource_type}", params, resource_type)
+
+    def history_pages(
+        self, resource_type: str, params: Mapping[str, str | list[str]]
+    ) -> Iterator[dict[str, Any]]:
+        """The pages of ``{type}/_history`` (``_since``, ``_count``) one at a time, ``next`` links followed
+        as a search's are (HAPI's ``?_getpages=`` with no type in the path, ehrsim's own page token), and
+        the query issued again when the server forgets it: the same guarantees as ``search_pages``."""
+        return self._reissued_pages(f"{self.base_url}/{resource_type}/_history", params, resource_type)
+
+    def _reissued_pages(
+        self, url: str, params: Mapping[str, str | list[str]], resource_type: str
+    ) -> Iterator[dict[str, Any]]:
+        first = str(httpx.URL(url, params=params))
         for run in range(MAX_QUERY_REISSUES + 1):
             try:
                 yield from self._iter_pages(first, resource_type)

@@ -17,7 +17,7 @@ Each ``TypePlan`` says where its strategy came from (``source``) and what the pr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal, cast
 
@@ -53,6 +53,9 @@ class TypePlan:
     #: What the last successful probe's capabilities alone choose (no override, no fallback); None when
     #: never probed, the type not seen, or nothing allowed.
     probed: StrategyName | None = None
+    #: Whether the last successful probe found type-level ``_history`` (``history-type``) on the type:
+    #: ``last-updated`` then finds deletions in it too (False: never probed, or not advertised).
+    history: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ def plan_for(
             raise ConfigInvalid(
                 f"{facility.id}: strategy {plan.strategy} for {resource_type} is not available"
             )
+        if capabilities is not None and resource_type in capabilities.types:
+            plan = replace(plan, history=capabilities.types[resource_type].history)
         plans.append(plan)
     overlap = max(
         config.overlap if config.overlap is not None else DEFAULT_OVERLAP, adapter.search_facts.min_overlap

@@ -345,6 +345,7 @@ def _run_type(
         export_group=plan.export_group,
         deadline=deadline,
         bulk_jobs=PostgresBulkJobs(sessions, facility_id),
+        history=type_plan.history,
     )
     high: datetime | None = watermark
     recrawled = False

@@ -149,6 +149,35 @@ async def test_history_is_served_only_where_the_vendor_has_it(open_sim: OpenSim)
     assert all(not i["code"].startswith("history") for i in observation["interaction"])
 
 
+async def test_one_named_resource_is_deleted_and_created_again_through_the_admin_api(
+    open_sim: OpenSim, clock: FakeClock
+) -> None:
+    async with open_sim("hapi") as client:
+        target = next(r for r in await _truth(client) if r["resourceType"] == "Observation")
+        before = (await client.get(f"{FHIR}/Observation/{target['id']}")).json()
+        name = {"type": "Observation", "id": target["id"]}
+        clock.advance(1)
+        deleted = await client.post("/_admin/general/change", json={**name, "delete": True})
+        gone = await client.get(f"{FHIR}/Observation/{target['id']}")
+        again = await client.post("/_admin/general/change", json={**name, "delete": True})
+        clock.advance(1)
+        created = await client.post("/_admin/general/change", json={**name, "delete": False})
+        back = (await client.get(f"{FHIR}/Observation/{target['id']}")).json()
+        history = (await client.get(f"{FHIR}/Observation/{target['id']}/_history")).json()
+        unknown = await client.post(
+            "/_admin/general/change", json={"type": "Observation", "id": "nope", "delete": True}
+        )
+        malformed = await client.post("/_admin/general/change", json={"type": "Observation"})
+    assert deleted.json()["change"] == "delete"
+    assert gone.status_code in (404, 410)
+    assert again.status_code == 409
+    assert created.json()["change"] == "create"
+    assert {k: v for k, v in back.items() if k != "meta"} == {k: v for k, v in before.items() if k != "meta"}
+    assert back["meta"]["lastUpdated"] > before["meta"]["lastUpdated"]
+    assert [e["request"]["method"] for e in history["entry"][:2]] == ["PUT", "DELETE"]
+    assert (unknown.status_code, malformed.status_code) == (404, 400)
+
+
 # -- $export ---------------------------------------------------------------------------------------------
 
 

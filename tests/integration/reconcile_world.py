@@ -42,6 +42,13 @@ CHANGE_SEARCH_ONLY = {
     "rc-oracle-lu": ("oracle", ["Patient", "Observation", "Condition"]),
     "rc-athena-lu": ("athena", ["Patient", "Observation", "Condition"]),
 }
+#: ``last-updated`` with the re-crawl an hour away after the first run, probed first: where the EHR has
+#: type-level ``_history`` (HAPI, Medplum) deletions are found in it; elsewhere (generic) they wait.
+HISTORY = {
+    "rc-hapi-hist": ("hapi", ["Observation"]),
+    "rc-medplum-hist": ("medplum", ["Observation"]),
+    "rc-generic-hist": ("generic", ["Observation"]),
+}
 #: More patients than Epic lists in one Patient search (4127 past 100).
 WIDE = {"rc-epic-wide": ("epic", ["Patient"])}
 PATIENTS = {"rc-epic-wide": 130}
@@ -51,7 +58,7 @@ BULK_SINCE = {"rc-meditech-since": ("meditech", ["Patient", "Observation", "Cond
 #: Per-patient polling of a cohort known only from a configured Group: a server that serves Group reads
 #: (the generic profile), Patients not reconciled, so no patient is known any other way.
 COHORT_GROUP = {"rc-group": ("generic", ["Observation", "Condition"])}
-ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY, **BULK_SINCE, **WIDE, **COHORT_GROUP}
+ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY, **HISTORY, **BULK_SINCE, **WIDE, **COHORT_GROUP}
 #: Per facility: ehrsim profile overrides, and keys of our ``reconcile`` block, beyond the defaults.
 SIM_OVERRIDES: dict[str, dict[str, Any]] = {"rc-meditech-since": {"bulk_deleted": True}}
 RECONCILE_EXTRA: dict[str, dict[str, Any]] = {

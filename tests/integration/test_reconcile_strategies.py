@@ -4,6 +4,7 @@ notifications at all: whatever reaches Postgres, the reconciler found."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -13,8 +14,9 @@ from sqlalchemy import delete, func, select, text
 from app.db.models import INBOX_DONE, AdtMessage, Facility, ReconcileWatermark, RecoveredChange
 from app.fhir.references import ResourceRef
 from app.fhir.resources import content_hash
+from app.reconcile.probe import probe
 from app.reconcile.service import FAILED
-from tests.integration.reconcile_world import ALL, FACILITIES, World
+from tests.integration.reconcile_world import ALL, FACILITIES, HISTORY, World
 
 
 def _unmatched(world: World, facility: str) -> list[str]:
@@ -224,3 +226,74 @@ def test_more_patients_than_epic_lists_in_one_search_are_all_found_by_narrower_r
     assert len(truth) > 100
     assert _unmatched(world, facility) == []
     assert _recovered(world, facility) == sum(not r["deleted"] for r in truth)
+
+
+def _probed(world: World, facility: str) -> None:
+    with world.sessions.begin() as session:
+        row = session.get(Facility, facility)
+        assert row is not None
+        assert probe(session, row, world.clients, now=datetime.now(UTC)).ok
+
+
+def _stored(world: World, facility: str, rtype: str) -> dict[str, tuple[str | None, bool]]:
+    """Each stored resource of a type: (versionId, deleted)."""
+    with world.sessions() as session:
+        rows = session.execute(
+            text(
+                "SELECT resource_id, version_id, deleted FROM resources"
+                " WHERE facility_id = :f AND resource_type = :t"
+            ),
+            {"f": facility, "t": rtype},
+        )
+        return {r.resource_id: (r.version_id, r.deleted) for r in rows}
+
+
+@pytest.mark.parametrize("facility", list(HISTORY))
+def test_a_deletion_is_found_in_the_history_before_any_re_crawl_where_the_ehr_has_it(
+    world: World, facility: str
+) -> None:
+    has_history = facility != "rc-generic-hist"
+    _probed(world, facility)
+    first = world.reconcile(facility)  # never re-crawled: a full crawl
+    assert first.outcome == "complete", [(t.resource_type, t.reason) for t in first.types]
+    live = sorted(
+        r["id"]
+        for r in world.admin(facility, "truth")["resources"]
+        if r["resourceType"] == "Observation" and not r["deleted"]
+    )
+    gone, back = live[0], live[1]
+    world.admin(facility, "change", {"type": "Observation", "id": gone, "delete": True})
+    world.admin(facility, "change", {"type": "Observation", "id": back, "delete": True})
+    world.admin(facility, "change", {"type": "Observation", "id": back, "delete": False})  # created again
+    world.transport.seen.clear()
+
+    second = world.reconcile(facility)  # the re-crawl is an hour away: only the change search runs
+
+    assert second.outcome == "complete", [(t.resource_type, t.reason) for t in second.types]
+    urls = [httpx.URL(url) for url, _ in world.transport.seen if f"/{facility}/fhir/" in url]
+    searches = [u for u in urls if u.path.endswith("/Observation") and "_id" not in u.params]
+    assert searches
+    assert all(u.params.get("_lastUpdated") for u in searches)  # no re-crawl ran
+    histories = [u for u in urls if u.path.endswith("/Observation/_history")]
+    # reads by id, batched as an ``_id`` search or one at a time (what a batch did not list)
+    reads = sorted(
+        [i for u in urls if u.path.endswith("/Observation") for i in u.params.get("_id", "").split(",") if i]
+        + [u.path.rsplit("/", 1)[-1] for u in urls if u.path.startswith(f"/{facility}/fhir/Observation/")]
+    )
+    stored = _stored(world, facility, "Observation")
+    truth = {
+        r["id"]: r for r in world.admin(facility, "truth")["resources"] if r["resourceType"] == "Observation"
+    }
+    assert stored[back] == (truth[back]["versionId"], False)  # deleted, created again: live
+    if has_history:
+        assert histories
+        assert histories[0].params.get("_since")
+        assert stored[gone][1] is True  # tombstoned without a re-crawl or a notification
+        assert {i for i in reads if i != "_history"} == {gone, back}  # nothing else read
+        assert _unmatched(world, facility) == []
+    else:
+        assert histories == []
+        assert reads == []
+        assert stored[gone][1] is False  # as before: the re-crawl will find it
+    # what the history named is applied once: a run with no change applies nothing
+    assert world.reconcile(facility).total("applied") == 0

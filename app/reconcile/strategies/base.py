@@ -104,6 +104,9 @@ class Scope:
     deadline: float | None = None
     #: Where a bulk job a run leaves running is kept for the next (None: nowhere; it is cancelled).
     bulk_jobs: BulkJobs | None = None
+    #: Whether the facility's probed capabilities list type-level ``_history`` for this type
+    #: (``TypePlan.history``): where they do, ``last-updated`` pages it for deletions.
+    history: bool = False
 
     @property
     def facts(self) -> SearchFacts:

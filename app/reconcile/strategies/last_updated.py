@@ -1,12 +1,34 @@
 """``last-updated``: ``{type}?_lastUpdated=gt{watermark - overlap}&_sort=_lastUpdated`` system-wide
 (HAPI, Medplum, generic servers). Sorted ascending, so a run stopped between two pages may keep what
-it committed: the watermark moves to the latest ``meta.lastUpdated`` seen. Deletions never appear in a
-``_lastUpdated`` search: the periodic re-crawl finds them."""
+it committed: the watermark moves to the latest ``meta.lastUpdated`` seen.
+
+Deletions never appear in a ``_lastUpdated`` search. Where the facility's probed capabilities list
+type-level ``_history`` for the type (``Scope.history``) and no re-crawl is due (one reads every stored
+id it no longer lists anyway), the run first pages ``{type}/_history?_since={watermark - overlap}`` and
+reads each stored live resource a ``DELETE`` entry names (404/410 → tombstone; a live answer, deleted
+then created again, → stored as it is now). The history is newest first, so a run stopped inside it
+keeps its watermark; once it is committed, the search's watermark may move no later than the newest
+change the history listed: a deletion the history did not list yet (made after it was read) is then
+still after the next run's ``_since``. A history longer than ``MAX_HISTORY_PAGES`` (a window days wide)
+is left there: its newest deletions were read, the older ones wait for the re-crawl, and the watermark
+is not bounded by it; so with one the EHR refuses (4xx) though advertised. Elsewhere the periodic
+re-crawl finds deletions.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+import structlog
+
+from app.errors import EHRRejected
+from app.fhir.references import ResourceRef
+from app.fhir.resources import parse_instant
 from app.reconcile import StrategyName
 from app.reconcile.strategies.base import (
     Page,
@@ -18,6 +40,16 @@ from app.reconcile.strategies.base import (
     later,
 )
 
+log = structlog.get_logger("reconcile")
+
+#: The most ``_history`` pages one run reads: past them the rest of the window's deletions wait for the
+#: re-crawl, so that a wide window cannot hold a type's change search back run after run.
+MAX_HISTORY_PAGES = 50
+
+#: A FHIR id (``[A-Za-z0-9\-\.]{1,64}``) after its type, as the last segments of a URL, a version
+#: (``/_history/{v}``: HAPI names deleted versions so) allowed after it.
+_ID = r"([A-Za-z0-9\-.]{1,64})(?:/_history/[^/?#]+)?/?(?:[?#].*)?"
+
 
 class LastUpdated:
     name: StrategyName = "last-updated"
@@ -25,6 +57,10 @@ class LastUpdated:
     def pages(self, scope: Scope) -> Iterator[Page]:
         facts = scope.facts
         stored = scope.stored_ids(scope.resource_type, None) if scope.recrawl else set()
+        wanted = scope.history and scope.since is not None and not scope.recrawl
+        history = _History(scope) if wanted else None
+        if history is not None:
+            yield from history.pages()
         params = {"_count": str(facts.page_size)}
         if scope.since is not None:
             params[facts.last_updated_param] = last_updated_value(facts, scope.since)
@@ -35,8 +71,122 @@ class LastUpdated:
             found = entries(scope, bundle)
             for resource in found:
                 high = later(high, last_updated_of(resource))
-            yield Page(found=found, high_water=high, resumable=facts.sort_last_updated)
+            mark = history.bound(high) if history is not None else high
+            yield Page(found=found, high_water=mark, resumable=facts.sort_last_updated)
+        mark = history.bound(high) if history is not None else high
         if scope.recrawl:
             crawl_params = {"_count": str(facts.page_size)}
-            for page in crawl(scope, crawl_params, stored, high_water=high):
-                yield Page(page.found, page.reads, high, resumable=True, recrawled=page.recrawled)
+            for page in crawl(scope, crawl_params, stored, high_water=mark):
+                yield Page(page.found, page.reads, mark, resumable=True, recrawled=page.recrawled)
+
+
+@dataclass
+class _History:
+    """One run's ``_history`` traversal: the deletions it names, and the newest change it listed."""
+
+    scope: Scope
+    #: The latest change time any entry carried (``meta.lastUpdated``, ``response.lastModified``).
+    newest: datetime | None = None
+    #: The history was longer than ``MAX_HISTORY_PAGES``, or refused: what it did not reach waits for the
+    #: re-crawl.
+    abandoned: bool = False
+
+    def pages(self) -> Iterator[Page]:
+        """One page per history page: reads of the stored live resources its ``DELETE`` entries name,
+        each id once. The watermark stays (``high_water`` None, not resumable): the history is newest
+        first, so what a stop leaves unread may be older than anything committed. A refusal (4xx) ends
+        it (the re-crawl's then, as where it is not advertised); a transient failure raises, as a
+        search page's does (the type's run stops, its watermark kept)."""
+        scope = self.scope
+        assert scope.since is not None  # checked by the caller
+        params = {"_since": _instant(scope.since), "_count": str(scope.facts.page_size)}
+        try:
+            yield from self._pages(params)
+        except EHRRejected as exc:  # advertised but refused (a 4xx): the re-crawl's, as if not advertised
+            self.abandoned = True
+            log.info(
+                "reconcile.history_refused",
+                facility_id=scope.client.facility_id,
+                resource_type=scope.resource_type,
+                reason=exc.reason,
+            )
+
+    def _pages(self, params: dict[str, str]) -> Iterator[Page]:
+        scope = self.scope
+        pattern = re.compile(rf"(?:^|/){re.escape(scope.resource_type)}/{_ID}$")
+        live: set[str] | None = None  # the stored live ids, read at the first deletion
+        asked: set[str] = set()
+        for n, bundle in enumerate(scope.client.history_pages(scope.resource_type, params), start=1):
+            gone: list[str] = []
+            for entry in bundle.get("entry") or []:
+                if not isinstance(entry, dict):
+                    continue
+                self.newest = later(self.newest, _changed_at(entry))
+                deleted = _deleted_id(entry, pattern)
+                if deleted is not None and deleted not in asked:
+                    gone.append(deleted)
+            if gone and live is None:
+                live = scope.stored_ids(scope.resource_type, None)
+            wanted = sorted({i for i in gone if live is not None and i in live})
+            asked.update(gone)
+            yield Page(reads=[ResourceRef(scope.resource_type, i) for i in wanted])
+            if n == MAX_HISTORY_PAGES and _links_next(bundle):
+                self.abandoned = True
+                log.info(
+                    "reconcile.history_left",
+                    facility_id=scope.client.facility_id,
+                    resource_type=scope.resource_type,
+                    pages=n,
+                )
+                return
+
+    def bound(self, high: datetime | None) -> datetime | None:
+        """``high`` no later than the newest change the history listed (never below the watermark):
+        every deletion up to there was read, a later one is inside the next run's ``_since``. None
+        (leave the watermark) where neither the watermark nor the history gave an instant. A history
+        left unfinished bounds nothing: the deletions it did not reach are the re-crawl's."""
+        if self.abandoned:
+            return high
+        limit = later(self.scope.watermark, self.newest)
+        if high is None or limit is None:
+            return None
+        return min(high, limit)
+
+
+def _links_next(bundle: dict[str, Any]) -> bool:
+    links = bundle.get("link")
+    return isinstance(links, list) and any(
+        isinstance(link, dict) and link.get("relation") == "next" and link.get("url") for link in links
+    )
+
+
+def _instant(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _changed_at(entry: dict[str, Any]) -> datetime | None:
+    resource = entry.get("resource")
+    at = last_updated_of(resource) if isinstance(resource, dict) else None
+    response = entry.get("response")
+    modified = response.get("lastModified") if isinstance(response, dict) else None
+    if isinstance(modified, str):
+        with contextlib.suppress(ValueError):  # an unreadable time only means "no bound from this one"
+            at = later(at, parse_instant(modified))
+    return at
+
+
+def _deleted_id(entry: dict[str, Any], pattern: re.Pattern[str]) -> str | None:
+    """The id a history entry says was deleted (``request.method`` DELETE, or a ``410`` response, with
+    no resource), from ``request.url`` or else ``fullUrl``; None for any other entry."""
+    if entry.get("resource") is not None:
+        return None
+    request, response = entry.get("request"), entry.get("response")
+    request = request if isinstance(request, dict) else {}
+    response = response if isinstance(response, dict) else {}
+    method, status = request.get("method"), response.get("status")
+    if method != "DELETE" and not (isinstance(status, str) and status.startswith("410")):
+        return None
+    for url in (request.get("url"), entry.get("fullUrl")):
+        if isinstance(url, str) and (match := pattern.search(url)) is not None:
+            return match.group(1)
+    return None
