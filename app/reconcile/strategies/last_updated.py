@@ -9,10 +9,11 @@ reads each stored live resource a ``DELETE`` entry names (404/410 → tombstone;
 then created again, → stored as it is now). The history is newest first, so a run stopped inside it
 keeps its watermark; once it is committed, the search's watermark may move no later than the newest
 change the history listed: a deletion the history did not list yet (made after it was read) is then
-still after the next run's ``_since``. A history longer than ``MAX_HISTORY_PAGES`` (a window days wide)
-is left there: its newest deletions were read, the older ones wait for the re-crawl, and the watermark
-is not bounded by it; so with one the EHR refuses (4xx) though advertised. Elsewhere the periodic
-re-crawl finds deletions.
+still after the next run's ``_since`` (a history whose entries say nowhere when they changed bounds
+nothing: the overlap covers the seconds between it and the search). A history longer than
+``MAX_HISTORY_PAGES`` (a window days wide) is left there: its newest deletions were read, the older
+ones wait for the re-crawl, and the watermark is not bounded by it; so with one the EHR refuses (4xx)
+though advertised. Elsewhere the periodic re-crawl finds deletions.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class _History:
     #: The history was longer than ``MAX_HISTORY_PAGES``, or refused: what it did not reach waits for the
     #: re-crawl.
     abandoned: bool = False
+    #: History entries were listed but none said when it changed: the history cannot bound anything.
+    untimed: bool = False
 
     def pages(self) -> Iterator[Page]:
         """One page per history page: reads of the stored live resources its ``DELETE`` entries name,
@@ -118,10 +121,13 @@ class _History:
         asked: set[str] = set()
         for n, bundle in enumerate(scope.client.history_pages(scope.resource_type, params), start=1):
             gone: list[str] = []
-            for entry in bundle.get("entry") or []:
+            listed = bundle.get("entry")
+            for entry in listed if isinstance(listed, list) else []:
                 if not isinstance(entry, dict):
                     continue
-                self.newest = later(self.newest, _changed_at(entry))
+                changed = _changed_at(entry)
+                self.untimed = self.untimed or changed is None
+                self.newest = later(self.newest, changed)
                 deleted = _deleted_id(entry, pattern)
                 if deleted is not None and deleted not in asked:
                     gone.append(deleted)
@@ -145,8 +151,8 @@ class _History:
         every deletion up to there was read, a later one is inside the next run's ``_since``. None
         (leave the watermark) where neither the watermark nor the history gave an instant. A history
         left unfinished bounds nothing: the deletions it did not reach are the re-crawl's."""
-        if self.abandoned:
-            return high
+        if self.abandoned or (self.untimed and self.newest is None):
+            return high  # else a server whose entries carry no time would hold the watermark for ever
         limit = later(self.scope.watermark, self.newest)
         if high is None or limit is None:
             return None

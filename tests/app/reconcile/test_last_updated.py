@@ -155,6 +155,26 @@ def test_an_empty_history_leaves_the_watermark_where_it_was() -> None:
     assert pages[-1].high_water == WATERMARK
 
 
+def test_a_history_whose_entries_carry_no_time_bounds_nothing_so_the_watermark_still_moves() -> None:
+    later = WATERMARK + timedelta(seconds=30)
+    untimed = {"fullUrl": f"{BASE}/Observation/o1", "request": {"method": "DELETE", "url": "Observation/o1"}}
+    server = Server([[untimed, "not an entry"]], found=[_obs("o6", later)])
+
+    pages = _run(_scope(server, history=True, stored={"o1"}))
+
+    assert _reads(pages) == [ResourceRef("Observation", "o1")]
+    assert pages[-1].high_water == later  # not held at the old watermark run after run
+
+
+def test_a_history_page_whose_entry_is_not_a_list_reads_nothing_and_does_not_raise() -> None:
+    server = Server([{"resourceType": "x"}], found=[])  # type: ignore[list-item]
+    server.history = [5]  # type: ignore[list-item]
+
+    pages = _run(_scope(server, history=True, stored={"o1"}))
+
+    assert _reads(pages) == []
+
+
 def test_without_history_advertised_nothing_but_the_search_is_asked() -> None:
     later = WATERMARK + timedelta(seconds=30)
     server = Server([[_deleted("Observation/o1", later)]], found=[_obs("o6", later)])
