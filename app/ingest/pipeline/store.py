@@ -91,31 +91,29 @@ def _rounds(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return rounds
 
 
-#: Columns holding JSON text (``app.fhir.pgsafe.dumps``), bound as one ``text[]`` literal each.
-_JSON_COLUMNS = frozenset({"resource", "normalized", "issues"})
+def _element(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, datetime):
+        return '"' + value.isoformat() + '"'  # aware (fetched_at, lastUpdated): the offset is kept
+    return _element(str(value))
 
 
-def _text_array(values: list[str | None]) -> str:
-    """``values`` as a Postgres ``text[]`` literal, for ``CAST(:x AS text[])``. psycopg's list adapter
-    quotes each element through a Python callback per double quote it escapes, and a JSON body has
-    hundreds: the largest CPU cost of a backfill. The rule is the same (every element quoted, ``\\`` and
-    ``"`` backslash-escaped, NULL bare), done by ``str.replace``."""
-    return (
-        "{"
-        + ",".join(
-            "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values
-        )
-        + "}"
-    )
+def _array_literal(values: list[Any]) -> str:
+    """``values`` as a Postgres array literal, for ``CAST(:x AS text[])`` (also ``timestamptz[]``,
+    ``boolean[]``: Postgres parses the elements). psycopg's list adapter costs a Python call per element
+    (per datetime several), and per double quote it escapes in a JSON body: the largest CPU cost of a
+    backfill. The rule is the same (strings and instants quoted, ``\\`` and ``"`` backslash-escaped,
+    NULL bare), done by ``str.replace``."""
+    return "{" + ",".join(map(_element, values)) + "}"
 
 
-def _arrays(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> dict[str, Any]:
-    return {
-        column: _text_array([row[column] for row in rows])
-        if column in _JSON_COLUMNS
-        else [row[column] for row in rows]
-        for column in columns
-    }
+def _arrays(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> dict[str, str]:
+    return {column: _array_literal([row[column] for row in rows]) for column in columns}
 
 
 def store_versions(session: Session, observed: list[Observed]) -> StoreStats:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 from sqlalchemy import func, select
@@ -191,3 +191,33 @@ def test_bodies_summaries_and_issues_are_stored_exactly_whatever_characters_they
     tombstone = db.get(Resource, ("fac-1", "Observation", "o2"))
     assert tombstone is not None
     assert (tombstone.deleted, tombstone.resource) == (True, other)
+
+
+def test_ids_versions_and_instants_are_stored_exactly_as_every_column_is_bound_as_one_literal(
+    db: Session,
+) -> None:
+    """Every column (ids, versions, instants, flags) travels as one array literal per statement: an
+    id or version holding literal syntax comes back as sent, an instant keeps its microseconds and its
+    offset, a missing lastUpdated stays NULL (not the word), and the booleans stay booleans."""
+    make_facility(db)
+    plus_two = datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    odd_ids = ['a"b', "c\\d", "{e,f}", "NULL", " g "]
+    items = []
+    for n, rid in enumerate(odd_ids):
+        body = observation(rid, f'v"{n}\\', "2026-11-24T10:00:00.5+05:30")
+        if rid == "NULL":
+            del body["meta"]["lastUpdated"]
+        items.append(Observed("fac-1", "Observation", rid, body, plus_two + timedelta(microseconds=n)))
+    stats = store_versions(db, items)
+    assert stats.applied == len(odd_ids)
+    db.expire_all()
+    for n, rid in enumerate(odd_ids):
+        row = db.get(Resource, ("fac-1", "Observation", rid))
+        assert row is not None, rid
+        assert row.version_id == f'v"{n}\\'
+        assert row.fetched_at == plus_two + timedelta(microseconds=n)
+        assert row.deleted is False
+        expected = None if rid == "NULL" else datetime(2026, 11, 24, 4, 30, 0, 500000, tzinfo=UTC)
+        assert row.last_updated == expected
+    versions = db.scalars(select(ResourceVersion.resource_id).where(ResourceVersion.facility_id == "fac-1"))
+    assert sorted(versions) == sorted(odd_ids)
