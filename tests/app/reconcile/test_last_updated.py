@@ -158,7 +158,8 @@ def test_an_empty_history_leaves_the_watermark_where_it_was() -> None:
 def test_a_history_whose_entries_carry_no_time_bounds_nothing_so_the_watermark_still_moves() -> None:
     later = WATERMARK + timedelta(seconds=30)
     untimed = {"fullUrl": f"{BASE}/Observation/o1", "request": {"method": "DELETE", "url": "Observation/o1"}}
-    server = Server([[untimed, "not an entry"]], found=[_obs("o6", later)])
+    not_an_entry: Any = "not an entry"
+    server = Server([[untimed, not_an_entry]], found=[_obs("o6", later)])
 
     pages = _run(_scope(server, history=True, stored={"o1"}))
 
@@ -167,8 +168,8 @@ def test_a_history_whose_entries_carry_no_time_bounds_nothing_so_the_watermark_s
 
 
 def test_a_history_page_whose_entry_is_not_a_list_reads_nothing_and_does_not_raise() -> None:
-    server = Server([{"resourceType": "x"}], found=[])  # type: ignore[list-item]
-    server.history = [5]  # type: ignore[list-item]
+    not_a_list: Any = 5
+    server = Server([not_a_list], found=[])
 
     pages = _run(_scope(server, history=True, stored={"o1"}))
 
