@@ -8,6 +8,11 @@ answer to too many concurrent requests). With ``_since`` and a profile that list
 (``bulk_deleted``), the manifest's ``deleted`` names ndjson files of ``transaction`` Bundles whose entries
 are ``DELETE {type}/{id}``: what was deleted since then. The data is a snapshot taken at kick-off. A
 resource named in ``garbled`` (the ``bad_ndjson`` fault) is written cut short: its line is no JSON.
+
+A Group-level export (``patients``: the Group's members at kick-off) holds only the members' Patients and
+the resources in their compartments, as ``patient=`` searches find them (``compartment_patient``); a
+type no patient scopes (Medication) is not exported. Its ``deleted`` lists only deletions of such
+resources: a deleted resource keeps its last content, so the Patient it belonged to is known.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ehrsim.instants import format_instant
+from ehrsim.search import compartment_patient
 from ehrsim.store import Record, ResourceStore
 
 DELETIONS_PER_BUNDLE = 100
@@ -73,7 +79,9 @@ class Exports:
         now_ms: int,
         *,
         garbled: frozenset[str] = frozenset(),
+        patients: frozenset[str] | None = None,
     ) -> ExportJob:
+        """``patients``: a Group-level export of these members (``None``: no narrowing by patient)."""
         if any(j.client_id == client_id and not j.done for j in self._jobs.values()):
             raise ExportBusy(client_id)
         job = ExportJob(
@@ -89,6 +97,8 @@ class Exports:
             live: list[bytes] = []
             for r in self._store.records_of(resource_type):
                 if since_ms is not None and r.last_updated < since_ms:
+                    continue
+                if patients is not None and compartment_patient(resource_type, r.resource) not in patients:
                     continue
                 if not r.deleted:
                     garble = f"{r.resource_type}/{r.id}" in garbled

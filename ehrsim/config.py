@@ -116,7 +116,7 @@ class FacilityConfig(_Model):
     mllp: MllpConfig | None = None  # an HL7 v2 ADT feed over MLLP (epic, oracle, meditech)
     faults: FaultConfig = FaultConfig()
     profile_overrides: dict[str, Any] = {}  # Profile fields to change, e.g. {"token_flaky_400_rate": 0}
-    groups: list[GroupConfig] = []  # served where the profile has group_read
+    groups: list[GroupConfig] = []  # the cohorts of Group/{id}/$export; read/searched where group_read
 
     @field_validator("profile")
     @classmethod

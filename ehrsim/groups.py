@@ -1,5 +1,6 @@
-"""The Groups of one facility: the cohorts a client exports (``Group/{id}/$export``) and, where the
-profile serves them (``group_read``), reads (``GET Group/{id}``) and searches (``GET Group``, ``_id``).
+"""The Groups of one facility: the cohorts a client exports (``Group/{id}/$export``: the members'
+Patients and their compartments, ``ehrsim.bulk``) and, where the profile serves them (``group_read``),
+reads (``GET Group/{id}``) and searches (``GET Group``, ``_id``).
 
 A Group lists its members as ``member[].entity`` references to Patients; one configured without members
 (``members: null``) is every live patient of the facility, as it is when read. Membership is set from the
@@ -45,11 +46,14 @@ class Groups:
     def all(self) -> list[Group]:
         return [self._groups[k] for k in sorted(self._groups)]
 
-    def resource(self, group: Group) -> dict[str, Any]:
+    def member_ids(self, group: Group) -> list[str]:
+        """The Patient ids of the Group's members now, as its ``member[].entity`` references name them."""
         if group.members is None:
-            members = [r.id for r in self._store.records_of("Patient") if not r.deleted]
-        else:
-            members = group.members
+            return [r.id for r in self._store.records_of("Patient") if not r.deleted]
+        return list(group.members)
+
+    def resource(self, group: Group) -> dict[str, Any]:
+        members = self.member_ids(group)
         resource: dict[str, Any] = {"resourceType": "Group", "id": group.id}
         if self._meta:
             resource["meta"] = {

@@ -379,6 +379,20 @@ def listed(store: ResourceStore, search: Search) -> list[Record]:
     return sorted(found.values(), key=lambda r: r.last_updated, reverse=search.descending)
 
 
+def compartment_patient(resource_type: str, resource: dict[str, Any]) -> str | None:
+    """The id of the Patient whose compartment a resource is in, as ``patient=`` searches find it: a
+    Patient's own id; for a type searched by patient, the Patient its ``subject`` / ``patient`` names;
+    ``None`` for a type no patient scopes (``_UNSCOPED_TYPES`` but Patient: Medication)."""
+    if resource_type == "Patient":
+        return str(resource.get("id"))
+    if resource_type in _UNSCOPED_TYPES:
+        return None
+    reference = _patient_of(resource)
+    if reference is None or not reference.startswith("Patient/"):
+        return None
+    return reference.removeprefix("Patient/")
+
+
 def _patient_of(resource: dict[str, Any]) -> str | None:
     for key in ("subject", "patient"):
         ref = resource.get(key)

@@ -606,6 +606,12 @@ class _Api:
         if level not in export_levels(facility.profile):
             raise _outcome(404, "not-supported", f"{level}-level $export is not supported")
         token = self._authorize(request, facility, "Patient", "r")
+        members: frozenset[str] | None = None
+        if level == "group":
+            group = facility.groups.get(request.path_params["group"])
+            if group is None:
+                raise _outcome(404, "not-found", "Group is not known")
+            members = frozenset(facility.groups.member_ids(group))
         if request.headers.get("prefer", "").lower() != "respond-async":
             raise _outcome(400, "invalid", "$export requires the header Prefer: respond-async")
         params = request.query_params
@@ -628,6 +634,7 @@ class _Api:
                 since_ms,
                 int(self.clock() * 1000),
                 garbled=frozenset(facility.faults.config.bad_ndjson),
+                patients=members,
             )
         except ExportBusy:
             raise _outcome(

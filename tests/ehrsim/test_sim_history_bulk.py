@@ -272,6 +272,112 @@ async def test_a_failed_job_answers_its_polls_500_and_can_still_be_deleted(open_
     assert again.status_code == 202  # the failed job no longer holds the client's one slot
 
 
+def _subject(resource: dict[str, Any]) -> str | None:
+    """The Patient id a resource belongs to (itself for a Patient), as a ``patient=`` search finds it."""
+    if resource["resourceType"] == "Patient":
+        return str(resource["id"])
+    for key in ("subject", "patient"):
+        ref = resource.get(key)
+        if isinstance(ref, dict) and str(ref.get("reference", "")).startswith("Patient/"):
+            return str(ref["reference"]).removeprefix("Patient/")
+    return None
+
+
+async def _exported(client: httpx.AsyncClient, manifest: dict[str, Any]) -> dict[tuple[str, str], str | None]:
+    """Every resource of the manifest's output files: key → the Patient it belongs to."""
+    found = {}
+    for output in manifest["output"]:
+        for line in (await client.get(output["url"])).text.splitlines():
+            resource = json.loads(line)
+            assert resource["resourceType"] == output["type"]
+            found[(resource["resourceType"], resource["id"])] = _subject(resource)
+    return found
+
+
+async def _deleted(client: httpx.AsyncClient, manifest: dict[str, Any]) -> set[tuple[str, ...]]:
+    return {
+        tuple(entry["request"]["url"].split("/"))
+        for f in manifest.get("deleted", [])
+        for line in (await client.get(f["url"])).text.splitlines()
+        for entry in json.loads(line)["entry"]
+    }
+
+
+async def test_a_group_export_holds_only_its_members_patients_and_their_compartments(
+    open_sim: OpenSim,
+) -> None:
+    members = {"pat-1", "pat-2"}
+    groups = [{"id": "g-two", "members": sorted(members)}]
+    overrides = {"medication": ["reference"]}  # Medication resources, which no patient's compartment holds
+    async with open_sim("meditech", patients=6, groups=groups, profile_overrides=overrides) as client:
+        everything = await _export(client, f"{FHIR}/Group/g-two/$export")
+        got = await _exported(client, everything)
+        observations = await _export(client, f"{FHIR}/Group/g-two/$export?_type=Observation")
+        got_observations = await _exported(client, observations)
+        truth = (await client.get("/_admin/general/truth?content=true")).json()["resources"]
+    live = {(r["resourceType"], r["id"]): _subject(r["content"]) for r in truth if not r["deleted"]}
+    expected = {key: patient for key, patient in live.items() if patient in members}
+    assert {("Patient", m) for m in members} <= expected.keys()
+    assert {t for t, _ in expected} > {"Patient", "Observation"}  # more types than those: all of them
+    assert got == expected  # the members' Patients and every resource of theirs, all types, nothing else
+    outsider = next(k for k, p in live.items() if k[0] == "Observation" and p not in members)
+    assert outsider not in got
+    assert ("Medication", next(i for t, i in live if t == "Medication")) not in got  # in no compartment
+    assert got_observations == {k: p for k, p in expected.items() if k[0] == "Observation"}
+
+
+async def test_a_group_export_of_an_unknown_group_is_refused_at_kickoff(open_sim: OpenSim) -> None:
+    async with open_sim("meditech", patients=3, groups=[{"id": "g-all"}]) as client:
+        unknown = await client.get(f"{FHIR}/Group/g-none/$export", headers=PREFER)
+        kickoffs = (await client.get("/_admin/general/exports")).json()["kickoffs"]
+        known = await client.get(f"{FHIR}/Group/g-all/$export", headers=PREFER)
+    assert unknown.status_code == 404
+    assert unknown.json()["resourceType"] == "OperationOutcome"
+    assert unknown.json()["issue"][0]["code"] == "not-found"
+    assert kickoffs == []  # no job was started
+    assert known.status_code == 202
+
+
+async def test_a_group_export_since_holds_the_members_changes_and_deletions_only(
+    open_sim: OpenSim, clock: FakeClock
+) -> None:
+    members = {"pat-1", "pat-2"}
+    groups = [{"id": "g-two", "members": sorted(members)}]
+    async with open_sim("generic", patients=6, groups=groups) as client:
+        before = (await client.get("/_admin/general/truth?content=true")).json()["resources"]
+        observations = [
+            (r["id"], _subject(r["content"])) for r in before if r["resourceType"] == "Observation"
+        ]
+        mine = [i for i, p in observations if p in members]
+        theirs = [i for i, p in observations if p not in members]
+        assert len(mine) >= 3
+        assert len(theirs) >= 2
+        clock.advance(60)
+        since = format_instant(int(clock.now * 1000))
+        clock.advance(1)
+
+        async def change(id_: str, *, delete: bool) -> None:
+            response = await client.post(
+                "/_admin/general/change", json={"type": "Observation", "id": id_, "delete": delete}
+            )
+            assert response.status_code == 200, response.text
+
+        await change(mine[0], delete=True)  # a member's deletion
+        await change(theirs[0], delete=True)  # a non-member's deletion
+        for id_ in (mine[1], theirs[1]):  # changed since: deleted, then made again
+            await change(id_, delete=True)
+            await change(id_, delete=False)
+        manifest = await _export(client, f"{FHIR}/Group/g-two/$export?_since={since}")
+        got = await _exported(client, manifest)
+        deleted = await _deleted(client, manifest)
+        everyone = await _export(client, f"{FHIR}/$export?_since={since}")  # the system level, for contrast
+        all_changed = await _exported(client, everyone)
+    assert got == {("Observation", mine[1]): next(p for i, p in observations if i == mine[1])}
+    assert ("Observation", mine[2]) not in got  # a member's, unchanged since: _since still applies
+    assert deleted == {("Observation", mine[0])}
+    assert {("Observation", mine[1]), ("Observation", theirs[1])} == set(all_changed)
+
+
 # -- lagging replica -------------------------------------------------------------------------------------
 
 

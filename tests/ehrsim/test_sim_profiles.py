@@ -391,7 +391,7 @@ async def test_meditech_pages_with_continue(open_sim: OpenSim) -> None:
 
 
 async def test_meditech_group_export_is_asynchronous(open_sim: OpenSim) -> None:
-    async with open_sim("meditech", patients=6) as client:
+    async with open_sim("meditech", patients=6, groups=[{"id": "all"}]) as client:  # every live patient
         kickoff = await client.get(
             f"{FHIR}/Group/all/$export?_type=Patient,Observation", headers={"Prefer": "respond-async"}
         )

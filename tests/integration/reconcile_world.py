@@ -55,18 +55,30 @@ PATIENTS = {"rc-epic-wide": 130}
 #: bulk-since exporting ``_since`` the watermark (re-crawl an hour away), of a configured Group, from a
 #: MEDITECH that lists deletions (``bulk_deleted``: unverified for the vendor, off in its profile).
 BULK_SINCE = {"rc-meditech-since": ("meditech", ["Patient", "Observation", "Condition"])}
+#: bulk-since of a cohort Group naming some of the patients only (its members set by the tests): what
+#: reaches Postgres is the members' and nobody else's.
+BULK_GROUP = {"rc-meditech-group": ("meditech", ["Patient", "Observation", "Condition"])}
 #: Per-patient polling of a cohort known only from a configured Group: a server that serves Group reads
 #: (the generic profile), Patients not reconciled, so no patient is known any other way.
 COHORT_GROUP = {"rc-group": ("generic", ["Observation", "Condition"])}
-ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY, **HISTORY, **BULK_SINCE, **WIDE, **COHORT_GROUP}
+ALL = {**FACILITIES, **CHANGE_SEARCH_ONLY, **HISTORY, **BULK_SINCE, **BULK_GROUP, **WIDE, **COHORT_GROUP}
 #: Per facility: ehrsim profile overrides, and keys of our ``reconcile`` block, beyond the defaults.
-SIM_OVERRIDES: dict[str, dict[str, Any]] = {"rc-meditech-since": {"bulk_deleted": True}}
+SIM_OVERRIDES: dict[str, dict[str, Any]] = {
+    "rc-meditech-since": {"bulk_deleted": True},
+    "rc-meditech-group": {"bulk_deleted": True},
+}
 RECONCILE_EXTRA: dict[str, dict[str, Any]] = {
     "rc-meditech-since": {"group": "g-all"},
+    "rc-meditech-group": {"group": "g-few"},
     "rc-group": {"group": "g-cohort", "strategy": {"*": "patient-last-updated"}},
 }
-#: Per facility: the Groups ehrsim starts with (members set by the tests through its admin API).
-SIM_GROUPS: dict[str, list[dict[str, Any]]] = {"rc-group": [{"id": "g-cohort", "members": []}]}
+#: Per facility: the Groups ehrsim starts with (``members`` null: every live patient; an empty list: set
+#: by the tests through its admin API). A Group-level export of a Group ehrsim lacks answers 404.
+SIM_GROUPS: dict[str, list[dict[str, Any]]] = {
+    "rc-group": [{"id": "g-cohort", "members": []}],
+    "rc-meditech-since": [{"id": "g-all", "members": None}],
+    "rc-meditech-group": [{"id": "g-few", "members": []}],
+}
 
 
 class Recording(httpx.BaseTransport):

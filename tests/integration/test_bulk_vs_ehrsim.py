@@ -36,7 +36,14 @@ def bulk_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
             "clients": [client],
             "profile_overrides": {"bulk_file_resources": 25},
         },
-        {"id": "meditech", "profile": "meditech", "seed": 6, "patients": 10, "clients": [client]},
+        {
+            "id": "meditech",
+            "profile": "meditech",
+            "seed": 6,
+            "patients": 10,
+            "clients": [client],
+            "groups": [{"id": "all", "members": None}],  # every live patient
+        },
     ]
     port = free_port()
     config = workdir / "ehrsim.yaml"

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.db.models import (
     Facility,
@@ -362,3 +362,110 @@ def _quiet_sim(world: World) -> None:
     """Each test starts with no fault standing."""
     for facility in (SINCE, FULL):
         world.admin(facility, "faults", {"reset": True})
+
+
+GROUP_FACILITY, FEW = "rc-meditech-group", "g-few"
+
+
+def _belongs_to(resource: dict[str, Any]) -> str | None:
+    """The Patient a resource belongs to (itself for a Patient)."""
+    if resource.get("resourceType") == "Patient":
+        return f"Patient/{resource['id']}"
+    for key in ("subject", "patient"):
+        ref = resource.get(key)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            return str(ref["reference"])
+    return None
+
+
+def _by_patient(world: World, facility: str) -> dict[str, dict[tuple[str, str], str]]:
+    """ehrsim's live resources of the reconciled types, per the Patient they belong to: key → versionId."""
+    types = {"Patient", "Observation", "Condition"}
+    found: dict[str, dict[tuple[str, str], str]] = {}
+    for r in world.admin(facility, "truth?content=true")["resources"]:
+        if r["resourceType"] in types and not r["deleted"]:
+            patient = _belongs_to(r["content"]) or ""
+            found.setdefault(patient, {})[(r["resourceType"], r["id"])] = r["versionId"]
+    return found
+
+
+def _stored_live(world: World, facility: str) -> dict[tuple[str, str], str | None]:
+    with world.sessions() as session:
+        rows = session.execute(
+            text(
+                "SELECT resource_type, resource_id, version_id FROM resources"
+                " WHERE facility_id = :f AND NOT deleted"
+            ),
+            {"f": facility},
+        )
+        return {(r.resource_type, r.resource_id): r.version_id for r in rows}
+
+
+def test_a_group_export_stores_the_members_resources_and_no_one_elses(world: World) -> None:
+    patients = sorted(
+        r["id"]
+        for r in world.admin(GROUP_FACILITY, "truth")["resources"]
+        if r["resourceType"] == "Patient" and not r["deleted"]
+    )
+    assert len(patients) >= 2
+    member, outsider = f"Patient/{patients[0]}", f"Patient/{patients[1]}"
+    world.admin(GROUP_FACILITY, "groups", {"id": FEW, "members": [patients[0]]})
+    before = _by_patient(world, GROUP_FACILITY)
+    assert any(t == "Observation" for t, _ in before.get(outsider, {})), "the outsider has no Observation"
+    world.transport.seen.clear()
+
+    first = world.reconcile(GROUP_FACILITY)
+
+    assert first.outcome == "complete", [(t.resource_type, t.reason) for t in first.types]
+    assert {t.strategy for t in first.types} == {"bulk-since"}
+    exports = _exports(world, GROUP_FACILITY)
+    assert {url.path for url in exports} == {f"/{GROUP_FACILITY}/fhir/Group/{FEW}/$export"}
+    assert all("_since" not in url.params for url in exports)  # the first run: a full export
+    assert _stored_live(world, GROUP_FACILITY) == before[member]  # the member's, at ehrsim's version, only
+
+    world.admin(GROUP_FACILITY, "activity", {"changes": 60})
+    after = _by_patient(world, GROUP_FACILITY)
+    assert after.get(outsider) != before.get(outsider), "nothing of the outsider's changed"
+    world.transport.seen.clear()
+
+    second = world.reconcile(GROUP_FACILITY)
+
+    assert second.outcome == "complete", [(t.resource_type, t.reason) for t in second.types]
+    exports = _exports(world, GROUP_FACILITY)
+    assert exports
+    assert all("_since" in url.params for url in exports)  # changes since the watermark, of the Group
+    # the member's changes (deletions tombstoned from the manifest's deleted), nobody else's resources
+    assert _stored_live(world, GROUP_FACILITY) == after[member]
+    with world.sessions() as session:
+        subjects = set(
+            session.scalars(
+                text(
+                    "SELECT DISTINCT coalesce(resource->'subject'->>'reference',"
+                    " 'Patient/' || resource_id) FROM resources WHERE facility_id = :f"
+                ),
+                {"f": GROUP_FACILITY},
+            )
+        )
+    assert subjects == {member}  # live or tombstoned
+
+
+def test_a_group_export_of_a_group_the_ehr_lacks_fails_at_kickoff_and_moves_no_watermark(
+    world: World,
+) -> None:
+    assert world.reconcile(GROUP_FACILITY).outcome == "complete"
+    marks = _marks(world, GROUP_FACILITY)
+    members = [m["entity"]["reference"].removeprefix("Patient/") for m in _group(world)["member"]]
+    world.admin(GROUP_FACILITY, "groups", {"id": FEW, "remove": True})
+    try:
+        report = world.reconcile(GROUP_FACILITY, types=["Observation"])
+    finally:
+        world.admin(GROUP_FACILITY, "groups", {"id": FEW, "members": members})
+    assert report.outcome == FAILED
+    assert [t.reason for t in report.types] == ["bulk_export_failed"]
+    assert _marks(world, GROUP_FACILITY) == marks
+    assert _kept(world, GROUP_FACILITY) is None
+
+
+def _group(world: World) -> dict[str, Any]:
+    groups: list[dict[str, Any]] = world.admin(GROUP_FACILITY, "groups")["groups"]
+    return next(g for g in groups if g["id"] == FEW)
