@@ -70,7 +70,7 @@ How the drain treats a failure is a class distinction:
             ├── UnparseableResource         unparseable_resource     not the FHIR resource we asked for
             ├── BulkExportFailed            bulk_export_failed       the server failed or refused a $export
             ├── BulkExportGone              bulk_export_gone         a kept $export the server no longer knows
-            ├── GroupNotFound               group_not_found          the cohort Group reads 404/410
+            ├── GroupNotFound               group_not_found          the cohort Group reads or exports 404/410
             └── BulkLineUnparseable         bulk_line_unparseable    an ndjson line: quarantined, file goes on
 
 A 410 is a deletion, stored as a tombstone. A 404 becomes one only once confirmed (read again after a
@@ -467,7 +467,8 @@ class BulkExportGone(PermanentEHRError):
 
 class GroupNotFound(PermanentEHRError):
     """The facility's cohort Group (``reconcile.group``) reads 404/410: its members are not refreshed (the
-    last good read's stay in the cohort)."""
+    last good read's stay in the cohort); or its ``$export`` kick-off does (that type's run fails, its
+    watermark kept)."""
 
     reason = "group_not_found"
 

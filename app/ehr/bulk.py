@@ -67,6 +67,7 @@ from app.errors import (
     EHRRejected,
     EHRServerError,
     EHRTransportError,
+    GroupNotFound,
     IngestError,
     PermanentEHRError,
     TransientEHRError,
@@ -298,6 +299,8 @@ class BulkExport:
                 self._sleep(wait)
                 continue
             except EHRRejected as exc:
+                if level == "group" and exc.status in (404, 410):  # the YAML's Group: a human must look
+                    raise GroupNotFound(f"Group kick-off refused: {exc.status}") from exc
                 raise BulkExportFailed(f"kick-off refused: {exc.status}") from exc
             location = response.headers.get("content-location")
             if not location:
