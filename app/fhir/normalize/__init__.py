@@ -1,8 +1,8 @@
 """Normalization of FHIR R4 resources: pure functions, no I/O, no clock (``now`` is passed in), no database.
 Vendor adapters (``app.vendors``) compose these; the vendor-neutral rules live here.
 
-``normalize_resource(resource, now=..., options=...) -> Normalized`` keeps the resource (identifier values
-trimmed, nothing else changed), records validation issues (``"path: error_type"``, never values) and builds
+``normalize_resource(resource, now=..., options=...) -> Normalized`` reads the resource with identifier
+values trimmed (nothing else changed; the stored body stays as the EHR sent it), records validation issues (``"path: error_type"``, never values) and builds
 the summary below. ``pair_blood_pressure(observations)`` turns panels and split halves into readings
 (keys in ``app.fhir.normalize.blood_pressure``).
 

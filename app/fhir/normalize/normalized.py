@@ -14,8 +14,11 @@ from app.fhir.normalize.validation import validation_issues
 
 @dataclass(frozen=True)
 class Normalized:
-    """``resource``: what to store, the input with identifier values trimmed and nothing else changed
-    (date precision, unknown elements and invalid content kept). ``summary``: the view fields of its type.
+    """``resource``: the input with identifier values trimmed and nothing else changed (date precision,
+    unknown elements and invalid content kept): what the summary and the validation read. The pipeline
+    stores the EHR's body as sent (``Observed.resource``), so content hashes and re-crawl comparisons see
+    what the EHR sent, and the trimmed values are the summary's (the views'). ``summary``: the view fields
+    of its type.
     ``issues``: ``"path: error_type"`` strings, never values. ``references``: (type, id) of resources to
     fetch to complete this one; contained ``#id`` references are resolved inline and not listed."""
 
