@@ -2,9 +2,10 @@
 Vendor adapters (``app.vendors``) compose these; the vendor-neutral rules live here.
 
 ``normalize_resource(resource, now=..., options=...) -> Normalized`` reads the resource with identifier
-values trimmed (nothing else changed; the stored body stays as the EHR sent it), records validation issues (``"path: error_type"``, never values) and builds
-the summary below. ``pair_blood_pressure(observations)`` turns panels and split halves into readings
-(keys in ``app.fhir.normalize.blood_pressure``).
+values trimmed (nothing else changed; the stored body stays as the EHR sent it), records validation
+issues (``"path: error_type"``, never values) and builds the summary below.
+``pair_blood_pressure(observations)`` turns panels and split halves into readings (keys in
+``app.fhir.normalize.blood_pressure``).
 
 Summary keys per resource type (the contract of the normalized SQL views). Every key is always present;
 None when the resource does not say. References are ``Type/id`` (absolute URLs and ``/_history``
