@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import yaml
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.ehr.pool import EHRClientPool
@@ -118,6 +119,18 @@ class World:
         return reconcile_facility(
             self.sessions, self.clients.get, facility, settings or self.settings, **kwargs
         )
+
+    def stored_live(self, facility: str) -> dict[tuple[str, str], str | None]:
+        """The facility's live stored resources: (type, id) -> version id."""
+        with self.sessions() as session:
+            rows = session.execute(
+                text(
+                    "SELECT resource_type, resource_id, version_id FROM resources"
+                    " WHERE facility_id = :f AND NOT deleted"
+                ),
+                {"f": facility},
+            )
+            return {(r.resource_type, r.resource_id): r.version_id for r in rows}
 
 
 @contextmanager

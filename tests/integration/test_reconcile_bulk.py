@@ -389,18 +389,6 @@ def _by_patient(world: World, facility: str) -> dict[str, dict[tuple[str, str], 
     return found
 
 
-def _stored_live(world: World, facility: str) -> dict[tuple[str, str], str | None]:
-    with world.sessions() as session:
-        rows = session.execute(
-            text(
-                "SELECT resource_type, resource_id, version_id FROM resources"
-                " WHERE facility_id = :f AND NOT deleted"
-            ),
-            {"f": facility},
-        )
-        return {(r.resource_type, r.resource_id): r.version_id for r in rows}
-
-
 def test_a_group_export_stores_the_members_resources_and_no_one_elses(world: World) -> None:
     patients = sorted(
         r["id"]
@@ -421,7 +409,7 @@ def test_a_group_export_stores_the_members_resources_and_no_one_elses(world: Wor
     exports = _exports(world, GROUP_FACILITY)
     assert {url.path for url in exports} == {f"/{GROUP_FACILITY}/fhir/Group/{FEW}/$export"}
     assert all("_since" not in url.params for url in exports)  # the first run: a full export
-    assert _stored_live(world, GROUP_FACILITY) == before[member]  # the member's, at ehrsim's version, only
+    assert world.stored_live(GROUP_FACILITY) == before[member]  # the member's, at ehrsim's version, only
 
     world.admin(GROUP_FACILITY, "activity", {"changes": 60})
     after = _by_patient(world, GROUP_FACILITY)
@@ -435,7 +423,7 @@ def test_a_group_export_stores_the_members_resources_and_no_one_elses(world: Wor
     assert exports
     assert all("_since" in url.params for url in exports)  # changes since the watermark, of the Group
     # the member's changes (deletions tombstoned from the manifest's deleted), nobody else's resources
-    assert _stored_live(world, GROUP_FACILITY) == after[member]
+    assert world.stored_live(GROUP_FACILITY) == after[member]
     with world.sessions() as session:
         subjects = set(
             session.scalars(

@@ -41,18 +41,6 @@ def _live_of(world: World, patients: set[str]) -> dict[tuple[str, str], str]:
     }
 
 
-def _stored(world: World) -> dict[tuple[str, str], str | None]:
-    with world.sessions() as session:
-        rows = session.execute(
-            text(
-                "SELECT resource_type, resource_id, version_id FROM resources"
-                " WHERE facility_id = :f AND NOT deleted"
-            ),
-            {"f": FACILITY},
-        )
-        return {(r.resource_type, r.resource_id): r.version_id for r in rows}
-
-
 def _patients(world: World) -> list[str]:
     truth = world.admin(FACILITY, "truth")["resources"]
     return sorted(r["id"] for r in truth if r["resourceType"] == "Patient" and not r["deleted"])
@@ -62,7 +50,7 @@ def test_a_patient_known_only_as_a_group_member_has_its_resources_reconciled(wor
     patients = _patients(world)
     assert len(patients) >= 2
     member = patients[0]
-    assert _stored(world) == {}  # nothing stored, nothing notified: no patient is known yet
+    assert world.stored_live(FACILITY) == {}  # nothing stored, nothing notified: no patient is known yet
     assert world.reconcile(FACILITY).total("resources") == 0  # an empty Group: an empty cohort
     world.admin(FACILITY, "groups", {"id": GROUP, "members": [member]})
     world.transport.seen.clear()
@@ -80,7 +68,9 @@ def test_a_patient_known_only_as_a_group_member_has_its_resources_reconciled(wor
     assert searched == {member}
     expected = _live_of(world, {f"Patient/{member}"})
     assert expected, "the member has no Observation or Condition at ehrsim"
-    assert _stored(world) == expected  # every one of the member's, at ehrsim's version; nobody else's
+    assert (
+        world.stored_live(FACILITY) == expected
+    )  # every one of the member's, at ehrsim's version; nobody else's
     with world.sessions() as session:
         group = session.get(ReconcileGroup, FACILITY)
         assert group is not None
@@ -120,7 +110,7 @@ def test_a_group_that_cannot_be_read_stops_nothing_and_its_last_members_stay(
         assert group is not None
         assert (group.members, group.last_reason) == (1, "group_not_found")
     # the last good read's member was still polled: its new and changed resources are in
-    stored = _stored(world)
+    stored = world.stored_live(FACILITY)
     wrong = {k: v for k, v in _live_of(world, {f"Patient/{member}"}).items() if stored.get(k) != v}
     # Deletions and edits wait for the re-crawl (an hour away); creates and updates are found now.
     assert all(k in stored for k in wrong), wrong
