@@ -71,8 +71,10 @@ def history_entry(base: str, resource_type: str, id_: str, version: Version) -> 
     }
     entry: dict[str, Any] = {"fullUrl": f"{base}/{resource_type}/{id_}"}
     if version.body is None:
+        # As HAPI lists a deleted version: no resource and no time of its own (the Bundle's
+        # ``meta.lastUpdated`` says when the history was read).
         entry["request"] = {"method": "DELETE", "url": f"{resource_type}/{id_}"}
-        entry["response"] = {"status": "204 No Content", **response}
+        entry["response"] = {"status": "204 No Content", "etag": response["etag"]}
         return entry
     # Parsed back from the stored bytes: the body is the version as it was served then.
     entry["resource"] = json.loads(version.body)

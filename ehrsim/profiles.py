@@ -92,7 +92,9 @@ class Profile:
     )
     meta: bool = True  # resources carry ``meta.versionId`` / ``meta.lastUpdated``
     uuid_version_ids: bool = False  # ``meta.versionId`` is a UUID (Medplum)
-    history: frozenset[HistoryLevel] = frozenset()  # the ``_history`` interactions served (HAPI, Medplum)
+    history: frozenset[HistoryLevel] = (
+        frozenset()
+    )  # ``_history`` served: HAPI type+instance, Medplum instance
     padded_identifiers: bool = False  # identifier values padded with spaces (Epic)
     # The MRN's system (``{facility}`` is replaced by the facility id; Epic: a per-customer OID) and how it
     # is typed: v2-0203 ``MR``, or only by ``type.text`` (Epic: "EPI"), so consumers must know the system.
@@ -241,7 +243,8 @@ PROFILES: dict[str, Profile] = {
             resource_types=CLINICAL_TYPES,
             observations=RICH_OBSERVATIONS,
             uuid_version_ids=True,
-            history=frozenset({"type", "instance"}),
+            # Medplum's CapabilityStatement lists history-instance only, and it routes no {type}/_history.
+            history=frozenset({"instance"}),
             name_style="nickname",
             notification="medplum",
             subscription_operations=frozenset(),

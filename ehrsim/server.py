@@ -295,6 +295,8 @@ class _Api:
         base = self._base(request, facility)
         bundle: dict[str, Any] = {
             "resourceType": "Bundle",
+            # When the history was read (the traversal's snapshot), as HAPI stamps its bundles.
+            "meta": {"lastUpdated": format_instant(window.until_ms)},
             "type": "history",
             "total": len(changes),
             "link": [{"relation": "self", "url": str(request.url)}],

@@ -256,10 +256,8 @@ class EHRClient:
             if bundle.get("resourceType") != "Bundle":
                 raise UnparseableResource(f"{resource_type} search did not return a Bundle")
             yield bundle
-            next_url = next(
-                (link.get("url") for link in bundle.get("link", []) if link.get("relation") == "next"), None
-            )
-            if not isinstance(next_url, str) or not next_url:
+            next_url = next_link(bundle)
+            if next_url is None:
                 return
             url = urljoin(url, next_url)
         raise PagingLoop("search paging did not end")
@@ -479,3 +477,14 @@ def _wait_honouring_retry_after(state: RetryCallState) -> float:
     if isinstance(exc, IngestError) and exc.retry_after is not None:
         return max(backoff, min(exc.retry_after, RETRY_AFTER_CAP_S))
     return backoff
+
+
+def next_link(bundle: dict[str, Any]) -> str | None:
+    """The URL of a Bundle's first ``next`` link; None where it has none, or ``link`` is not a list of
+    link objects (a server's malformed page ends the paging, it does not crash the caller)."""
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            return url if isinstance(url, str) and url else None
+    return None

@@ -45,6 +45,10 @@ COHORT = text(
 STORED_IDS = text(
     "SELECT resource_id FROM resources WHERE facility_id = :fid AND resource_type = :rtype AND NOT deleted"
 )
+LIVE_IDS = text(
+    "SELECT resource_id FROM resources WHERE facility_id = :fid AND resource_type = :rtype"
+    " AND resource_id = ANY(CAST(:ids AS text[])) AND NOT deleted"
+)
 STORED_IDS_OF_PATIENT = text(
     """
     SELECT resource_id FROM resources

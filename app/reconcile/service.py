@@ -346,6 +346,7 @@ def _run_type(
         deadline=deadline,
         bulk_jobs=PostgresBulkJobs(sessions, facility_id),
         history=type_plan.history,
+        live_ids=lambda rtype, ids: _live_ids(sessions, facility_id, rtype, ids),
     )
     high: datetime | None = watermark
     recrawled = False
@@ -467,6 +468,16 @@ def _record(
 def _cohort(sessions: sessionmaker[Session], facility_id: str, group: str | None) -> list[str]:
     with sessions() as session:
         return [str(p) for p in session.scalars(queries.COHORT, {"fid": facility_id, "grp": group})]
+
+
+def _live_ids(
+    sessions: sessionmaker[Session], facility_id: str, resource_type: str, ids: list[str]
+) -> set[str]:
+    if not ids:
+        return set()
+    with sessions() as session:
+        rows = session.scalars(queries.LIVE_IDS, {"fid": facility_id, "rtype": resource_type, "ids": ids})
+        return {str(r) for r in rows}
 
 
 def _stored_ids(

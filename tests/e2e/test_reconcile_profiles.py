@@ -80,7 +80,7 @@ CASES = {
     "meditech": Case("bulk-since", notifies=False),
     "athena": Case("patient-last-updated", notifies=True, patient="created-date"),
     "hapi": Case("last-updated", notifies=True, focused=False, finds_deletions=True),
-    "medplum": Case("last-updated", notifies=True, finds_deletions=True),
+    "medplum": Case("last-updated", notifies=True),  # instance _history only: the re-crawl finds deletions
 }
 
 

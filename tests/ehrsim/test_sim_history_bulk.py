@@ -78,20 +78,46 @@ async def _export(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
 # -- _history --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("profile", ["hapi", "medplum"])
-async def test_type_history_since_lists_every_change_and_deletion_newest_first(
-    open_sim: OpenSim, clock: FakeClock, profile: str
+async def test_medplum_serves_instance_history_only_as_its_capability_statement_says(
+    open_sim: OpenSim, clock: FakeClock
 ) -> None:
-    async with open_sim(profile, patients=8) as client:
+    async with open_sim("medplum", patients=2) as client:
+        await _changes(client, clock, 5)
+        typed = await client.get(f"{FHIR}/Observation/_history")
+        metadata = (await client.get(f"{FHIR}/metadata")).json()
+        truth = await _truth(client)
+        some = next(r for r in truth if r["resourceType"] == "Observation")
+        instance = await client.get(f"{FHIR}/Observation/{some['id']}/_history")
+    assert typed.status_code == 404
+    assert instance.status_code == 200
+    interactions = {
+        i["code"]
+        for r in metadata["rest"][0]["resource"]
+        if r["type"] == "Observation"
+        for i in r["interaction"]
+    }
+    assert "history-instance" in interactions
+    assert "history-type" not in interactions
+
+
+async def test_type_history_since_lists_every_change_and_deletion_newest_first(
+    open_sim: OpenSim, clock: FakeClock
+) -> None:
+    async with open_sim("hapi", patients=8) as client:
         since = await _changes(client, clock, 60)
         bundles = await _history_pages(client, f"{FHIR}/Observation/_history?_since={since}&_count=7")
         truth = await _truth(client)
     entries = [e for b in bundles for e in b["entry"]]
     assert all(b["type"] == "history" for b in bundles)
     assert len(bundles) > 1
-    stamps = [e["response"]["lastModified"] for e in entries]
+    # Every page says when the history was read (the first page's snapshot), as HAPI stamps its bundles;
+    # a deletion carries no time of its own.
+    read_at = {b["meta"]["lastUpdated"] for b in bundles}
+    assert len(read_at) == 1
+    assert all("lastModified" not in e["response"] for e in entries if e["request"]["method"] == "DELETE")
+    stamps = [e["response"]["lastModified"] for e in entries if e["request"]["method"] != "DELETE"]
     assert stamps == sorted(stamps, reverse=True)
-    assert all(s >= since for s in stamps)
+    assert all(since <= s <= next(iter(read_at)) for s in stamps)
     deleted = {r["id"] for r in truth if r["resourceType"] == "Observation" and r["deleted"]}
     deletions = {e["request"]["url"].split("/")[1] for e in entries if e["request"]["method"] == "DELETE"}
     assert deletions == deleted

@@ -44,7 +44,8 @@ CHANGE_SEARCH_ONLY = {
     "rc-athena-lu": ("athena", ["Patient", "Observation", "Condition"]),
 }
 #: ``last-updated`` with the re-crawl an hour away after the first run, probed first: where the EHR has
-#: type-level ``_history`` (HAPI, Medplum) deletions are found in it; elsewhere (generic) they wait.
+#: type-level ``_history`` (HAPI) deletions are found in it; elsewhere (Medplum: instance history only;
+#: generic) they wait.
 HISTORY = {
     "rc-hapi-hist": ("hapi", ["Observation"]),
     "rc-medplum-hist": ("medplum", ["Observation"]),

@@ -252,7 +252,7 @@ def _stored(world: World, facility: str, rtype: str) -> dict[str, tuple[str | No
 def test_a_deletion_is_found_in_the_history_before_any_re_crawl_where_the_ehr_has_it(
     world: World, facility: str
 ) -> None:
-    has_history = facility != "rc-generic-hist"
+    has_history = facility == "rc-hapi-hist"
     _probed(world, facility)
     first = world.reconcile(facility)  # never re-crawled: a full crawl
     assert first.outcome == "complete", [(t.resource_type, t.reason) for t in first.types]

@@ -100,7 +100,7 @@ def _element(value: object) -> str:
         return "t" if value else "f"
     if isinstance(value, datetime):
         return '"' + value.isoformat() + '"'  # aware (fetched_at, lastUpdated): the offset is kept
-    return _element(str(value))
+    raise TypeError(f"no array literal for a {type(value).__name__}")  # a bug: never stringified quietly
 
 
 def _array_literal(values: list[Any]) -> str:

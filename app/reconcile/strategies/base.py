@@ -107,6 +107,9 @@ class Scope:
     #: Whether the facility's probed capabilities list type-level ``_history`` for this type
     #: (``TypePlan.history``): where they do, ``last-updated`` pages it for deletions.
     history: bool = False
+    #: Which of some ids of a type are stored live (None: ``stored_ids`` of the whole type, filtered):
+    #: what a ``_history`` page's deletions are checked against, without loading every id of the type.
+    live_ids: Callable[[str, list[str]], set[str]] | None = None
 
     @property
     def facts(self) -> SearchFacts:

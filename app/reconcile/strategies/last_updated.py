@@ -7,19 +7,22 @@ type-level ``_history`` for the type (``Scope.history``) and no re-crawl is due 
 id it no longer lists anyway), the run first pages ``{type}/_history?_since={watermark - overlap}`` and
 reads each stored live resource a ``DELETE`` entry names (404/410 → tombstone; a live answer, deleted
 then created again, → stored as it is now). The history is newest first, so a run stopped inside it
-keeps its watermark; once it is committed, the search's watermark may move no later than the newest
-change the history listed: a deletion the history did not list yet (made after it was read) is then
-still after the next run's ``_since`` (a history whose entries say nowhere when they changed bounds
-nothing: the overlap covers the seconds between it and the search). A history longer than
-``MAX_HISTORY_PAGES`` (a window days wide) is left there: its newest deletions were read, the older
-ones wait for the re-crawl, and the watermark is not bounded by it; so with one the EHR refuses (4xx)
-though advertised. Elsewhere the periodic re-crawl finds deletions.
+keeps its watermark; once it is read, the search's watermark may move no later than the newest instant
+the history vouched for (its first page's ``Bundle.meta.lastUpdated``, else its newest entry's time):
+a deletion it did not list (made after it was read) is then still after the next run's ``_since``. A
+history that vouches for no instant (no bundle time, entries without times) bounds nothing: the overlap
+covers the seconds between it and the search. The history never holds the change search back: one
+longer than ``MAX_HISTORY_PAGES`` (a window days wide), one that fails (refused though advertised, a
+server error after the retries, an unreadable page) or one still paging when half the run's time
+budget is gone is left there (logged): the deletions it did not reach wait for the re-crawl. Elsewhere
+the periodic re-crawl finds deletions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +30,8 @@ from typing import Any
 
 import structlog
 
-from app.errors import EHRRejected
+from app.ehr.client import next_link
+from app.errors import IngestError
 from app.fhir.references import ResourceRef
 from app.fhir.resources import parse_instant
 from app.reconcile import StrategyName
@@ -83,32 +87,26 @@ class LastUpdated:
 
 @dataclass
 class _History:
-    """One run's ``_history`` traversal: the deletions it names, and the newest change it listed."""
+    """One run's ``_history`` traversal: the deletions it names, and the newest instant it vouched for."""
 
     scope: Scope
-    #: The latest change time any entry carried (``meta.lastUpdated``, ``response.lastModified``).
+    #: The latest instant the history vouched for: its first page's ``Bundle.meta.lastUpdated`` and the
+    #: change times its entries carried (``meta.lastUpdated``, ``response.lastModified``).
     newest: datetime | None = None
-    #: The history was longer than ``MAX_HISTORY_PAGES``, or refused: what it did not reach waits for the
-    #: re-crawl.
-    abandoned: bool = False
-    #: History entries were listed but none said when it changed: the history cannot bound anything.
-    untimed: bool = False
 
     def pages(self) -> Iterator[Page]:
         """One page per history page: reads of the stored live resources its ``DELETE`` entries name,
         each id once. The watermark stays (``high_water`` None, not resumable): the history is newest
-        first, so what a stop leaves unread may be older than anything committed. A refusal (4xx) ends
-        it (the re-crawl's then, as where it is not advertised); a transient failure raises, as a
-        search page's does (the type's run stops, its watermark kept)."""
+        first, so what a stop leaves unread may be older than anything committed. A failure of any kind
+        (after the client's retries) ends it, logged: the change search runs all the same."""
         scope = self.scope
         assert scope.since is not None  # checked by the caller
         params = {"_since": _instant(scope.since), "_count": str(scope.facts.page_size)}
         try:
             yield from self._pages(params)
-        except EHRRejected as exc:  # advertised but refused (a 4xx): the re-crawl's, as if not advertised
-            self.abandoned = True
+        except IngestError as exc:
             log.info(
-                "reconcile.history_refused",
+                "reconcile.history_left",
                 facility_id=scope.client.facility_id,
                 resource_type=scope.resource_type,
                 reason=exc.reason,
@@ -117,57 +115,69 @@ class _History:
     def _pages(self, params: dict[str, str]) -> Iterator[Page]:
         scope = self.scope
         pattern = re.compile(rf"(?:^|/){re.escape(scope.resource_type)}/{_ID}$")
-        live: set[str] | None = None  # the stored live ids, read at the first deletion
         asked: set[str] = set()
+        # Half of what is left of the run's budget at most: the change search must still run.
+        now = time.monotonic()
+        give_up = now + (scope.deadline - now) / 2 if scope.deadline is not None else None
         for n, bundle in enumerate(scope.client.history_pages(scope.resource_type, params), start=1):
+            if n == 1:
+                self.newest = later(self.newest, _bundle_time(bundle))
             gone: list[str] = []
             listed = bundle.get("entry")
             for entry in listed if isinstance(listed, list) else []:
                 if not isinstance(entry, dict):
                     continue
-                changed = _changed_at(entry)
-                self.untimed = self.untimed or changed is None
-                self.newest = later(self.newest, changed)
+                self.newest = later(self.newest, _changed_at(entry))
                 deleted = _deleted_id(entry, pattern)
                 if deleted is not None and deleted not in asked:
                     gone.append(deleted)
-            if gone and live is None:
-                live = scope.stored_ids(scope.resource_type, None)
-            wanted = sorted({i for i in gone if live is not None and i in live})
-            asked.update(gone)
-            yield Page(reads=[ResourceRef(scope.resource_type, i) for i in wanted])
-            if n == MAX_HISTORY_PAGES and _links_next(bundle):
-                self.abandoned = True
+                    asked.add(deleted)
+            yield Page(reads=[ResourceRef(scope.resource_type, i) for i in sorted(self._live(gone))])
+            more = next_link(bundle) is not None
+            out_of_time = give_up is not None and time.monotonic() > give_up
+            if more and (n == MAX_HISTORY_PAGES or out_of_time):
                 log.info(
                     "reconcile.history_left",
                     facility_id=scope.client.facility_id,
                     resource_type=scope.resource_type,
+                    reason="out_of_time" if out_of_time else "too_long",
                     pages=n,
                 )
                 return
 
+    def _live(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are stored live (only those are read)."""
+        if not ids:
+            return set()
+        scope = self.scope
+        if scope.live_ids is not None:
+            return scope.live_ids(scope.resource_type, ids)
+        return set(ids) & scope.stored_ids(scope.resource_type, None)
+
     def bound(self, high: datetime | None) -> datetime | None:
-        """``high`` no later than the newest change the history listed (never below the watermark):
-        every deletion up to there was read, a later one is inside the next run's ``_since``. None
-        (leave the watermark) where neither the watermark nor the history gave an instant. A history
-        left unfinished bounds nothing: the deletions it did not reach are the re-crawl's."""
-        if self.abandoned or (self.untimed and self.newest is None):
-            return high  # else a server whose entries carry no time would hold the watermark for ever
+        """``high`` no later than the newest instant the history vouched for (never below the
+        watermark): every deletion up to there was listed, a later one is inside the next run's
+        ``_since``. A history that vouched for no instant bounds nothing."""
+        if self.newest is None:
+            return high
         limit = later(self.scope.watermark, self.newest)
         if high is None or limit is None:
             return None
         return min(high, limit)
 
 
-def _links_next(bundle: dict[str, Any]) -> bool:
-    links = bundle.get("link")
-    return isinstance(links, list) and any(
-        isinstance(link, dict) and link.get("relation") == "next" and link.get("url") for link in links
-    )
-
-
 def _instant(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _bundle_time(bundle: dict[str, Any]) -> datetime | None:
+    """When the server generated the history (``Bundle.meta.lastUpdated``, as HAPI sets it)."""
+    meta = bundle.get("meta")
+    value = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return parse_instant(value)
+    return None
 
 
 def _changed_at(entry: dict[str, Any]) -> datetime | None:
@@ -184,13 +194,14 @@ def _changed_at(entry: dict[str, Any]) -> datetime | None:
 def _deleted_id(entry: dict[str, Any], pattern: re.Pattern[str]) -> str | None:
     """The id a history entry says was deleted (``request.method`` DELETE, or a ``410`` response, with
     no resource), from ``request.url`` or else ``fullUrl``; None for any other entry."""
-    if entry.get("resource") is not None:
+    if entry.get("resource"):  # an empty object is no resource either
         return None
     request, response = entry.get("request"), entry.get("response")
     request = request if isinstance(request, dict) else {}
     response = response if isinstance(response, dict) else {}
     method, status = request.get("method"), response.get("status")
-    if method != "DELETE" and not (isinstance(status, str) and status.startswith("410")):
+    gone = isinstance(status, (str, int)) and not isinstance(status, bool) and str(status).startswith("410")
+    if method != "DELETE" and not gone:
         return None
     for url in (request.get("url"), entry.get("fullUrl")):
         if isinstance(url, str) and (match := pattern.search(url)) is not None:

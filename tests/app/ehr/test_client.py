@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import jwt
@@ -181,6 +182,16 @@ def test_search_follows_hapi_next_links_that_name_the_base_itself() -> None:
 
     bundles = make_client(_with_token(handler)).search("Observation", {"_count": "1"})
     assert len(bundles) == 2
+
+
+@pytest.mark.parametrize("link", [None, 5, ["x"], {"relation": "next"}, [{"relation": "next", "url": 7}]])
+def test_a_page_whose_link_is_malformed_ends_the_paging_instead_of_crashing(link: Any) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "link": link})
+
+    client = make_client(_with_token(handler))
+    assert len(list(client.search_pages("Observation", {}))) == 1
+    assert len(list(client.history_pages("Observation", {}))) == 1
 
 
 def _epic_4113() -> httpx.Response:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,9 +50,14 @@ class Server:
     with no type in its path, as HAPI's ``_getpages``), recording every request."""
 
     def __init__(
-        self, history: list[list[dict[str, Any]]], found: list[dict[str, Any]], history_status: int = 200
+        self,
+        history: list[list[dict[str, Any]]],
+        found: list[dict[str, Any]],
+        history_status: int = 200,
+        generated: datetime | None = None,
     ) -> None:
         self.history = history
+        self.generated = generated
         self.history_status = history_status
         self.found = found
         self.seen: list[httpx.URL] = []
@@ -65,6 +72,8 @@ class Server:
                 return httpx.Response(self.history_status, json={"resourceType": "OperationOutcome"})
             n = int(params.get("_getpagesoffset", "0"))
             bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "entry": self.history[n]}
+            if self.generated is not None:
+                bundle["meta"] = {"lastUpdated": _instant(self.generated)}
             if n + 1 < len(self.history):
                 bundle["link"] = [{"relation": "next", "url": f"{BASE}?_getpages=h1&_getpagesoffset={n + 1}"}]
             return httpx.Response(200, json=bundle)
@@ -75,10 +84,16 @@ class Server:
 
 
 def _scope(
-    server: Server, *, history: bool, stored: set[str], since: datetime | None = SINCE, recrawl: bool = False
+    server: Server,
+    *,
+    history: bool,
+    stored: set[str],
+    since: datetime | None = SINCE,
+    recrawl: bool = False,
+    attempts: int = 4,
 ) -> Scope:
     return Scope(
-        client=make_client(httpx.MockTransport(server), vendor="hapi"),
+        client=make_client(httpx.MockTransport(server), vendor="hapi", attempts=attempts),
         adapter=adapter_for("hapi"),
         resource_type="Observation",
         watermark=WATERMARK if since is not None else None,
@@ -147,12 +162,22 @@ def test_a_stop_inside_the_history_keeps_the_watermark_and_the_search_moves_it_n
     assert all(p.resumable for p in search)
 
 
-def test_an_empty_history_leaves_the_watermark_where_it_was() -> None:
-    server = Server([[]], found=[_obs("o6", WATERMARK + timedelta(seconds=30))])
+def test_an_empty_history_bounds_the_watermark_by_the_instant_its_bundle_vouches_for() -> None:
+    generated = WATERMARK + timedelta(seconds=10)  # when the server read the history
+    server = Server([[]], found=[_obs("o6", WATERMARK + timedelta(seconds=30))], generated=generated)
 
     pages = _run(_scope(server, history=True, stored=set()))
 
-    assert pages[-1].high_water == WATERMARK
+    assert pages[-1].high_water == generated  # a deletion after it is inside the next run's _since
+
+
+def test_an_empty_history_without_a_bundle_time_does_not_pin_the_watermark() -> None:
+    later = WATERMARK + timedelta(seconds=30)
+    server = Server([[]], found=[_obs("o6", later)])
+
+    pages = _run(_scope(server, history=True, stored=set()))
+
+    assert pages[-1].high_water == later  # not held at the old watermark run after run
 
 
 def test_a_history_whose_entries_carry_no_time_bounds_nothing_so_the_watermark_still_moves() -> None:
@@ -206,7 +231,7 @@ def test_a_run_that_re_crawls_reads_no_history_the_crawl_reads_every_vanished_id
     assert pages[-1].recrawled
 
 
-def test_a_history_longer_than_a_run_reads_is_left_to_the_re_crawl_and_bounds_nothing(
+def test_a_history_longer_than_a_run_reads_is_left_to_the_re_crawl_and_still_bounds_the_watermark(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(last_updated, "MAX_HISTORY_PAGES", 2)
@@ -224,7 +249,61 @@ def test_a_history_longer_than_a_run_reads_is_left_to_the_re_crawl_and_bounds_no
 
     assert [r.resource_id for r in _reads(pages)] == ["o1", "o2"]
     assert len([u for u in server.seen if u.path.endswith("/_history") or "_getpages" in u.params]) == 2
-    assert pages[-1].high_water == later  # o3's deletion is the re-crawl's: nothing held back for it
+    # o3's (older) deletion is the re-crawl's; one newer than the history's newest is the next run's
+    assert pages[-1].high_water == newest
+
+
+def test_a_history_still_paging_at_half_the_budget_is_left_and_the_search_runs() -> None:
+    later = WATERMARK + timedelta(seconds=30)
+    server = Server(
+        [[_deleted("Observation/o1", WATERMARK)], [_deleted("Observation/o2", WATERMARK)]],
+        found=[_obs("o6", later)],
+    )
+    scope = replace(_scope(server, history=True, stored={"o1", "o2"}), deadline=time.monotonic())
+
+    pages = _run(scope)
+
+    assert [r.resource_id for r in _reads(pages)] == ["o1"]  # the first page, then left
+    assert server.seen[-1].path == "/fhir/Observation"  # the change search ran
+
+
+def test_a_history_failing_after_the_retries_is_left_and_the_search_still_runs() -> None:
+    later = WATERMARK + timedelta(seconds=30)
+    server = Server([[]], found=[_obs("o6", later)], history_status=503)
+
+    pages = _run(_scope(server, history=True, stored={"o1"}, attempts=1))
+
+    assert _reads(pages) == []
+    assert pages[-1].high_water == later
+    assert server.seen[-1].path == "/fhir/Observation"
+
+
+def test_deletions_are_told_by_a_numeric_410_or_an_empty_resource_and_checked_by_id_only() -> None:
+    t = WATERMARK + timedelta(seconds=10)
+    server = Server(
+        [
+            [
+                {"fullUrl": f"{BASE}/Observation/o1", "response": {"status": 410}},
+                {**_deleted("Observation/o2", t), "resource": {}},
+                {"fullUrl": f"{BASE}/Observation/o3", "response": {"status": True}},  # no status at all
+            ]
+        ],
+        found=[],
+    )
+    asked: list[list[str]] = []
+
+    def live_ids(rtype: str, ids: list[str]) -> set[str]:
+        asked.append(sorted(ids))
+        return set(ids)
+
+    def everything(rtype: str, patient: str | None) -> set[str]:
+        raise AssertionError("every stored id of the type was loaded")
+
+    scope = replace(_scope(server, history=True, stored=set()), live_ids=live_ids, stored_ids=everything)
+    pages = _run(scope)
+
+    assert sorted(r.resource_id for r in _reads(pages)) == ["o1", "o2"]
+    assert asked == [["o1", "o2"]]
 
 
 def test_a_history_refused_though_advertised_leaves_deletions_to_the_re_crawl_and_the_search_runs() -> None:
