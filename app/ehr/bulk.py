@@ -300,7 +300,9 @@ class BulkExport:
                 continue
             except EHRRejected as exc:
                 if level == "group" and exc.status in (404, 410):  # the YAML's Group: a human must look
-                    raise GroupNotFound(f"Group kick-off refused: {exc.status}") from exc
+                    raise GroupNotFound(
+                        f"Group kick-off refused: {exc.status} (no such Group, or no Group $export)"
+                    ) from exc
                 raise BulkExportFailed(f"kick-off refused: {exc.status}") from exc
             location = response.headers.get("content-location")
             if not location:
