@@ -147,8 +147,9 @@ HISTORY = text(
 #: quarantined bodies,
 #: dead letters, recovered changes, token state, capabilities gone, the last probe and reconcile run.
 #: The leak window's recovered changes leave out those of a run a quiet check asked for (the run that
-#: decided it, or one started since an open check's suspicion): a silent feed's changes are that check's
-#: ``feed_quiet``, one incident paged once, not also a ``feed_leaking``.
+#: decided it, one started since an open check's suspicion, and those carrying on a deciding run that
+#: did not complete, up to the first that does): a silent feed's changes are that check's ``feed_quiet``,
+#: one incident paged once, not also a ``feed_leaking``.
 #: ``:auth_reasons``: the reason slugs that are authentication failures; ``:not_failures``: slugs that are
 #: our own pacing, not a failure of the EHR.
 FACILITIES = text(
@@ -210,6 +211,18 @@ FACILITIES = text(
           FROM feed_checks c
           JOIN reconcile_runs x ON x.facility_id = c.facility_id AND x.started_at >= c.suspected_at
          WHERE c.outcome IS NULL AND c.facility_id = ANY(CAST(:fids AS text[]))
+        UNION
+        -- A deciding run that did not complete (stopped at its time budget, or failed in one type): the
+        -- runs carrying its work on, up to the first that completes, recover the same silence.
+        SELECT x.id
+          FROM feed_checks c JOIN p USING (facility_id)
+          JOIN reconcile_runs d ON d.id = c.run_id AND d.outcome <> 'complete'
+          JOIN reconcile_runs x ON x.facility_id = c.facility_id AND x.started_at > d.started_at
+         WHERE c.decided_at > CAST(:now AS timestamptz) - make_interval(secs => p.leak_s + p.settle_s)
+           AND NOT EXISTS (
+               SELECT 1 FROM reconcile_runs y
+                WHERE y.facility_id = c.facility_id AND y.outcome = 'complete'
+                  AND y.started_at > d.started_at AND y.started_at < x.started_at)
     ),
     recovered AS (
         SELECT r.facility_id,

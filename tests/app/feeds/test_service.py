@@ -501,6 +501,38 @@ def test_a_quiet_checks_recoveries_stay_its_own_until_they_left_the_settled_leak
     assert "feed_leaking" not in _kinds(conditions)
 
 
+def test_the_runs_carrying_on_a_quiet_checks_budget_stopped_reconcile_are_its_incident_too(
+    db: Session,
+) -> None:
+    """The check's reconcile stopped at its time budget (partial) and decided it; the scheduled runs that
+    carry on recovering the same silence, up to the first that completes, are the same ``feed_quiet``
+    incident, not a ``feed_leaking`` page besides it. A run after that one is the feed's own again."""
+    _quiet_heartbeat_source(db)
+    evaluate(db, NOW)  # suspected: a check opened, its reconcile asked for
+    _recovering_run(db, NOW + timedelta(seconds=10), 6)
+    db.execute(text("UPDATE reconcile_runs SET outcome = 'partial' WHERE trigger = 'schedule'"))
+    decided, _ = evaluate(db, NOW + timedelta(seconds=30))
+    assert "feed_quiet" in _kinds(decided)
+    _recovering_run(db, NOW + timedelta(minutes=5), 4)  # carries on, and completes
+    later = NOW + timedelta(minutes=10)
+    for minutes in (20, 15, 12):  # notifications flow again, and heartbeats
+        _inbox(db, "fac-h", later - timedelta(minutes=minutes))
+    db.execute(text("UPDATE subscription_ledger SET last_heartbeat_at = :t"), {"t": later})
+
+    conditions, evaluated = evaluate(db, later)
+
+    assert ("fac-h", "facility", "feed_leaking") in evaluated
+    assert "feed_leaking" not in _kinds(conditions)
+    assert [c.outcome for c in _checks(db)] == ["leaking"]  # no second check: the feed is back
+
+    _recovering_run(db, later + timedelta(minutes=1), 3)  # after the continuation completed
+
+    conditions, _ = evaluate(db, later + timedelta(minutes=5))
+
+    leaks = [c for c in conditions if c.kind == "feed_leaking"]
+    assert [c.details["recovered"] for c in leaks] == [3]
+
+
 def test_a_failed_reconcile_that_recovered_changes_still_answers_the_quiet_check(db: Session) -> None:
     """A run fails as a whole when one type fails (a search refused for good, say), though the other types
     recovered what the silent feed never delivered: that is the check's answer (leaking). Left open, the
