@@ -296,7 +296,11 @@ def _record(
             report=report,
         )
     if done:
-        notified = [(r.focus.resource_type, r.focus.resource_id) for r in done if r.focus is not None]
+        notified = [
+            (r.focus.resource_type, r.focus.resource_id, r.notified_version)
+            for r in done
+            if r.focus is not None
+        ]
         coverage.retract_delivered(session, plan.facility_id, notified, datetime.now(UTC))
         _mark(
             session,

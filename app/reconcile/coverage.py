@@ -6,10 +6,10 @@ notification for it is still on its way (a pending inbox row): then the webhook 
 delivered it too, and the reconciler merely came first.
 
 A notification can also still be on its way at the EHR or the receiver (a slow interface engine): it
-arrives after the run. When the drain's read of it finds the very version the reconciler stored (still
-current), the feed delivered that change, late: ``retract_delivered`` deletes the recovered row, so a
-feed that is slow but whole is never counted as leaking (``feed_leaking``). Only a versioned change, and
-only within ``LATE_DELIVERY`` of its recovery.
+arrives after the run. When it announced the very version the reconciler stored (or, announcing none,
+the drain's read of it finds that version still current), the feed delivered that change, late:
+``retract_delivered`` deletes the recovered row, so a feed that is slow but whole is never counted as
+leaking (``feed_leaking``). Only a versioned change, and only within ``LATE_DELIVERY`` of its recovery.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from app.reconcile import queries
 log = structlog.get_logger("reconcile.coverage")
 
 Key = tuple[str, str]
+#: A notification's focus (type, id) and the version it announced (None: none).
+Notified = tuple[str, str, str | None]
 State = tuple[str, bool, str | None]
 
 #: A notification arriving this long after the reconciler stored its change still delivered it.
@@ -93,10 +95,11 @@ def record(
     return len(recovered)
 
 
-def retract_delivered(session: Session, facility_id: str, notified: Iterable[Key], now: datetime) -> int:
+def retract_delivered(session: Session, facility_id: str, notified: Iterable[Notified], now: datetime) -> int:
     """The drain read ``notified`` (the focus of notifications it is marking done, after its store, in
-    its transaction): a recent recovered change of one of them at the version now stored was delivered
-    after all, late. Deletes those recovered rows; returns how many (caller commits)."""
+    its transaction, with the version each announced, if any): a recent recovered change of one of them
+    at the announced version (none announced: at the version now stored) was delivered after all, late.
+    Deletes those recovered rows; returns how many (caller commits)."""
     keys = list(dict.fromkeys(notified))
     if not keys:
         return 0
@@ -107,6 +110,7 @@ def retract_delivered(session: Session, facility_id: str, notified: Iterable[Key
                 "fid": facility_id,
                 "types": [k[0] for k in keys],
                 "ids": [k[1] for k in keys],
+                "versions": [k[2] for k in keys],
                 "now": now,
                 "late_s": LATE_DELIVERY.total_seconds(),
             },

@@ -98,13 +98,17 @@ RETRACT_RECOVERED = text(
     """
     DELETE FROM reconcile_recovered rr
      USING resources r,
-           unnest(CAST(:types AS text[]), CAST(:ids AS text[])) AS n(resource_type, resource_id)
+           unnest(CAST(:types AS text[]), CAST(:ids AS text[]), CAST(:versions AS text[]))
+               AS n(resource_type, resource_id, version_id)
      WHERE rr.facility_id = :fid
        AND rr.recovered_at > CAST(:now AS timestamptz) - make_interval(secs => :late_s)
        AND rr.resource_type = n.resource_type AND rr.resource_id = n.resource_id
        AND rr.version_id IS NOT NULL
        AND r.facility_id = rr.facility_id AND r.resource_type = rr.resource_type
-       AND r.resource_id = rr.resource_id AND r.version_id = rr.version_id AND r.deleted = rr.deleted
+       AND r.resource_id = rr.resource_id
+       -- the version the notification announced; where it named none, the one its read found (now stored)
+       AND CASE WHEN n.version_id IS NOT NULL THEN rr.version_id = n.version_id
+                ELSE r.version_id = rr.version_id AND r.deleted = rr.deleted END
     RETURNING rr.id
     """
 )

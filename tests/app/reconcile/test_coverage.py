@@ -50,7 +50,23 @@ def test_a_notification_finding_the_recovered_version_withdraws_only_that_recove
     _recovered(db, "unversioned", None, timedelta(seconds=20))  # no version tells the change apart
     _stored(db, "other", "1")
     _recovered(db, "other", "1", timedelta(seconds=20))  # not notified
-    notified = [("Patient", k) for k in ("late", "newer", "old", "unversioned")]
+    notified = [("Patient", k, None) for k in ("late", "newer", "old", "unversioned")]
 
     assert retract_delivered(db, "fac-c", notified, NOW) == 1
     assert _left(db) == ["newer", "old", "other", "unversioned"]
+
+
+def test_a_notification_announcing_the_recovered_version_withdraws_it_though_a_newer_one_is_stored(
+    db: Session,
+) -> None:
+    """The notification of v2 arrives late, after v3 is stored: it delivered v2 all the same (its read
+    finding v3 says nothing about v2). One announcing v3, or another version, withdraws nothing of v2."""
+    make_facility(db, "fac-c")
+    _stored(db, "moved-on", "3")
+    _recovered(db, "moved-on", "2", timedelta(seconds=20))
+    _stored(db, "announced-other", "3")
+    _recovered(db, "announced-other", "2", timedelta(seconds=20))
+    notified = [("Patient", "moved-on", "2"), ("Patient", "announced-other", "3")]
+
+    assert retract_delivered(db, "fac-c", notified, NOW) == 1
+    assert _left(db) == ["announced-other"]
