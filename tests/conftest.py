@@ -16,10 +16,11 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from app.db.engine import make_engine
 from app.db.models import Facility
 from devstack.database import clear_redis_prefix, create_database, drop_database
 from devstack.servers import ServerError, Servers, dev_servers
@@ -89,7 +90,9 @@ def migrated_database(name: str) -> Iterator[str]:
 
 @contextmanager
 def engine_for(url: str) -> Iterator[Engine]:
-    engine = create_engine(url)
+    """The product's engine (``make_engine``): jsonb reads back as the product reads it (exact decimals),
+    statements' parameters hidden from errors."""
+    engine = make_engine(url)
     try:
         yield engine
     finally:
