@@ -1,0 +1,479 @@
+"""Soak benchmark: the whole stack under a steady trickle of changes and random faults (FAULTS.md "long
+soak with random faults").
+
+One local deployment with real processes (``devstack.scenario``: fresh database and Redis prefix, ehrsim
+over HTTP sending notifications for 2 facilities, the receiver, 2 Celery workers, beat). For
+``BENCH_SOAK_SECONDS`` (default 90) ehrsim makes ``BENCH_SOAK_RATE`` changes per second per facility
+(default 2). The first quarter is a fault-free warm-up; after it, faults drawn from a seeded RNG
+(``BENCH_SOAK_SEED``, printed; random when unset) follow each other, one at a time, with a few quiet
+seconds between them: kill -9 of a worker node (parent and prefork children; nothing supervises the
+stack's workers, so the bench starts a replacement at once, as a supervisor would), dropped notifications
+for a while, a 429 storm with Retry-After, a 5xx burst. RSS (``VmRSS``, a process plus its descendants) of
+the receiver and of every worker node is sampled every second. At the end the faults stop and the bench
+polls the ledger check (``Scenario.wait_for_ledger``) until drained, with a deadline.
+
+Figures (bench/results.json):
+- soak.lost: changes not in Postgres at the EHR's version once drained (must be 0; the bench fails
+  otherwise, after writing its figures, and when the ledger is not drained by the deadline).
+- soak.rss_slope_mb_per_min.receiver / .worker: least-squares slope of RSS over the run's second half,
+  one slope shared by every process of the kind with an intercept per process (a replacement worker has
+  its own level), each process's first WARMUP_S seconds left out; baseline: the slope's standard error
+  from the same fit, so the ratio is the t statistic (|ratio| < 3: the slope is noise, memory flat).
+- soak.p99_end_to_end_ms: ehrsim's ``meta.lastUpdated`` of each stored version (when the EHR made the
+  change) → its ``resource_history.recorded_at`` (the writing transaction's ``now()``), for changes made
+  after the warm-up outside any fault window (from FAULT_MARGIN_S before a fault begins until it has
+  ended: drops cleared, the 429/5xx budget spent, or the killed worker's rows all done); baseline: the
+  same p99 over the fault-free warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.results import Figure, write
+from devstack.processes import Proc
+from devstack.scenario import Scenario, scenario_for
+
+BASE_DB = os.environ.get("EHRI_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("EHRI_REDIS_URL", "redis://127.0.0.1:6379/0")
+DURATION_S = float(os.environ.get("BENCH_SOAK_SECONDS", "90"))
+RATE = float(os.environ.get("BENCH_SOAK_RATE", "2"))  # changes per second per facility
+FACILITIES = ["soak-a", "soak-b"]
+WORKERS = 2
+CONCURRENCY = 2
+WARMUP_S = 15.0  # a process's first seconds (imports, pools, caches) are left out of its RSS fit
+FAULT_MARGIN_S = 5.0  # changes made this long before a fault began may be caught in it
+DRAIN_TIMEOUT_S = 90.0
+KILL_RECOVERY_TIMEOUT_S = 60.0
+# Short grace and tick so that dropped notifications are found (event-number gaps, $events) in seconds.
+STACK_ENV = {"EHRI_EVENT_GAP_GRACE": "PT1S", "EHRI_RECONCILE_TICK": "PT1S", "EHRI_LOG_LEVEL": "WARNING"}
+
+
+# -- statistics (pure) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlopeFit:
+    slope: float  # y units per x unit
+    stderr: float  # the slope's standard error (nan with too few points)
+    points: int
+    series: int
+
+
+def pooled_slope(series: list[list[tuple[float, float]]]) -> SlopeFit:
+    """One least-squares slope shared by every series, each with its own intercept (a fixed-effects
+    fit): a process replaced mid-run contributes its trend, not the jump between the two levels."""
+    sxx = sxy = 0.0
+    centred: list[tuple[float, float]] = []
+    used = n = 0
+    for points in series:
+        if len(points) < 2:
+            continue
+        used += 1
+        n += len(points)
+        mx = sum(x for x, _ in points) / len(points)
+        my = sum(y for _, y in points) / len(points)
+        for x, y in points:
+            centred.append((x - mx, y - my))
+            sxx += (x - mx) ** 2
+            sxy += (x - mx) * (y - my)
+    if sxx == 0:
+        return SlopeFit(math.nan, math.nan, n, used)
+    slope = sxy / sxx
+    dof = n - used - 1
+    if dof <= 0:
+        return SlopeFit(slope, math.nan, n, used)
+    residuals = sum((dy - slope * dx) ** 2 for dx, dy in centred)
+    return SlopeFit(slope, math.sqrt(residuals / dof / sxx), n, used)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1), linear between closest ranks (as Postgres' percentile_cont)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def outside(t: float, windows: list[tuple[float, float]]) -> bool:
+    return all(not (start <= t <= end) for start, end in windows)
+
+
+# -- memory --------------------------------------------------------------------------------------------
+
+
+def _descendants(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found += _descendants(int(child))
+    return found
+
+
+def rss_mb(pid: int) -> float | None:
+    """VmRSS of ``pid`` and its descendants (celery's prefork children), in MB; None once gone."""
+    total = 0
+    seen = False
+    for p in _descendants(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    seen = True
+        except OSError:
+            continue
+    return total / 1024 if seen else None
+
+
+# -- the run -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    kind: str
+    facility: str | None
+    started: float  # epoch seconds
+    ended: float = math.nan
+    detail: str = ""
+    recovery_s: float | None = None
+
+
+@dataclass
+class Run:
+    sc: Scenario
+    rng: random.Random
+    t0: float = field(default_factory=time.time)
+    stop: threading.Event = field(default_factory=threading.Event)  # the run is over
+    abort: threading.Event = field(default_factory=threading.Event)  # and no fault waits for recovery
+    faults: list[Fault] = field(default_factory=list)
+    rss: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # proc name → (t, MB)
+    changes: int = 0
+    change_errors: int = 0
+    replacements: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admin(self, facility: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        url = f"{self.sc.sim_url}/_admin/{facility}/faults"
+        response = httpx.post(url, json=body, timeout=10) if body is not None else httpx.get(url, timeout=10)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    # Changes at a steady rate, each facility its own clock tick.
+    def drive(self) -> None:
+        interval = 1.0 / RATE
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            for facility in FACILITIES:
+                try:
+                    self.sc.make_changes(facility, 1)
+                    self.changes += 1
+                except httpx.HTTPError:
+                    self.change_errors += 1
+            next_at += interval
+            self.stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def sample(self) -> None:
+        assert self.sc.stack is not None
+        while not self.stop.is_set():
+            now = time.time() - self.t0
+            with self.lock:
+                procs = list(self.sc.stack.procs)
+            for proc in procs:
+                if proc.name == "receiver" or proc.name.startswith("worker"):
+                    mb = rss_mb(proc.popen.pid) if proc.alive() else None
+                    if mb is not None:
+                        self.rss.setdefault(proc.name, []).append((now, mb))
+            self.stop.wait(1.0)
+
+    def inject(self, until: float) -> None:
+        """Faults one at a time until ``until`` (epoch), each followed by a few quiet seconds."""
+        kinds: list[tuple[str, Callable[[], Fault]]] = [
+            ("kill", self._kill),
+            ("drops", self._drops),
+            ("throttle", self._throttle),
+            ("error_burst", self._burst),
+        ]
+        while not self.stop.wait(self.rng.uniform(3.0, 7.0)) and time.time() < until - 5:
+            kind, action = self.rng.choice(kinds)
+            fault = action()
+            self.faults.append(fault)
+            print(
+                f"  +{fault.started - self.t0:5.1f}s {kind} {fault.facility or ''} {fault.detail}"
+                f" ({fault.ended - fault.started:.1f}s)",
+                flush=True,
+            )
+
+    def _kill(self) -> Fault:
+        assert self.sc.stack is not None
+        with self.lock:
+            workers = [p for p in self.sc.stack.procs if p.name.startswith("worker") and p.alive()]
+        victim: Proc = self.rng.choice(workers)
+        pending = {int(r.id) for r in self.sc.sql("SELECT id FROM inbox WHERE status = 'pending'")}
+        fault = Fault("kill", None, time.time(), detail=f"{victim.name} ({len(pending)} rows pending)")
+        victim.kill()  # SIGKILL to the node's process group: the parent and its prefork children
+        self.replacements += 1
+        with self.lock:
+            self.sc.stack.procs.remove(victim)
+            self.sc.stack.start_worker(f"worker-r{self.replacements}", CONCURRENCY)
+        deadline = time.monotonic() + KILL_RECOVERY_TIMEOUT_S
+        while time.monotonic() < deadline and not self.abort.is_set():
+            left = pending & {int(r.id) for r in self.sc.sql("SELECT id FROM inbox WHERE status = 'pending'")}
+            if not left:
+                fault.recovery_s = time.time() - fault.started
+                break
+            time.sleep(0.2)
+        fault.ended = time.time()
+        return fault
+
+    def _drops(self) -> Fault:
+        facility = self.rng.choice(FACILITIES)
+        rate = round(self.rng.uniform(0.1, 0.5), 2)
+        seconds = self.rng.uniform(4.0, 10.0)
+        fault = Fault("drops", facility, time.time(), detail=f"drop_rate {rate} for {seconds:.0f}s")
+        self.admin(facility, {"drop_rate": rate})
+        self.stop.wait(seconds)
+        self.admin(facility, {"drop_rate": 0.0})
+        fault.ended = time.time()
+        return fault
+
+    def _spent(self, facility: str, which: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.admin(facility, None)["remaining"][which] > 0:
+            time.sleep(0.2)
+
+    def _throttle(self) -> Fault:
+        facility = self.rng.choice(FACILITIES)
+        requests = self.rng.randint(10, 40)
+        retry_after = self.rng.randint(1, 3)
+        fault = Fault(
+            "throttle", facility, time.time(), detail=f"{requests} x 429 Retry-After {retry_after}s"
+        )
+        self.admin(facility, {"throttle": {"requests": requests, "retry_after_s": retry_after}})
+        self._spent(facility, "throttle", 20.0)
+        self.admin(facility, {"throttle": {"requests": 0}})
+        fault.ended = time.time()
+        return fault
+
+    def _burst(self) -> Fault:
+        facility = self.rng.choice(FACILITIES)
+        requests = self.rng.randint(10, 40)
+        status = self.rng.choice([500, 502, 503, 504])
+        fault = Fault("error_burst", facility, time.time(), detail=f"{requests} x {status}")
+        self.admin(facility, {"error_burst": {"requests": requests, "status": status}})
+        self._spent(facility, "error_burst", 20.0)
+        self.admin(facility, {"error_burst": {"requests": 0}})
+        fault.ended = time.time()
+        return fault
+
+
+def _probe(sc: Scenario) -> None:
+    """What ``facilities apply`` does against a live EHR: find $events, so the gap pass can fetch the
+    events of dropped notifications (the scenario registers the facilities before ehrsim runs)."""
+    from app.db.engine import make_engine, make_sessionmaker
+    from app.db.models import Facility
+    from app.ehr.pool import EHRClientPool
+    from app.reconcile.probe import probe_facility
+
+    engine = make_engine(sc.database_url, pool_size=1)
+    pool = EHRClientPool()
+    try:
+        for fid in FACILITIES:
+            with make_sessionmaker(engine).begin() as session:
+                facility = session.get(Facility, fid)
+                assert facility is not None
+                probe_facility(session, facility, pool.get(facility), now=datetime.now(UTC))
+    finally:
+        pool.close()
+        engine.dispose()
+
+
+def _latencies(sc: Scenario) -> list[tuple[float, float]]:
+    """(changed at ehrsim, epoch s; end to end, ms) of every stored live version."""
+    rows = sc.sql(
+        "SELECT extract(epoch FROM last_updated) AS changed,"
+        " extract(epoch FROM recorded_at - last_updated) * 1000 AS ms"
+        " FROM resource_history WHERE last_updated IS NOT NULL AND NOT deleted"
+    )
+    return [(float(r.changed), float(r.ms)) for r in rows]
+
+
+def _is(kind: str, name: str) -> bool:
+    return (name == "receiver") == (kind == "receiver")
+
+
+def _slope_figure(run: Run, kind: str, half: float) -> Figure:
+    series = []
+    for name, points in run.rss.items():
+        if _is(kind, name):
+            born = points[0][0]
+            # minutes on x: the slope comes out in MB per minute
+            series.append([(t / 60, mb) for t, mb in points if t >= half and t - born >= WARMUP_S])
+    fit = pooled_slope(series)
+    warm = [mb for n, ps in run.rss.items() if _is(kind, n) for t, mb in ps if WARMUP_S <= t < half]
+    start_mb = sum(warm) / len(warm) if warm else math.nan
+    last = ", ".join(f"{ps[-1][1]:.0f}" for n, ps in run.rss.items() if _is(kind, n))
+    return Figure(
+        f"soak.rss_slope_mb_per_min.{kind}",
+        round(fit.slope, 3),
+        "MB/min",
+        baseline=None if math.isnan(fit.stderr) else round(fit.stderr, 3),
+        target="flat: |ratio| < 3",
+        note=(
+            f"VmRSS (process + children) 1/s, least squares over the second half: {fit.points} samples of "
+            f"{fit.series} process(es), one slope, an intercept each, each one's first {WARMUP_S:.0f}s left "
+            f"out; baseline: the slope's standard error (ratio = t statistic); mean {start_mb:.0f} MB a "
+            f"process in the first half after warm-up, {last} MB at the end"
+        ),
+    )
+
+
+def _trajectories(run: Run) -> None:
+    """Every process's RSS every 10 s, to see what the fit saw."""
+    for name, points in run.rss.items():
+        marks = " ".join(f"{mb:.0f}@{t:.0f}s" for t, mb in points[::10])
+        print(f"  rss {name}: {marks} (MB@s)", flush=True)
+
+
+def main() -> None:
+    seed = int(os.environ.get("BENCH_SOAK_SEED") or random.SystemRandom().randrange(1_000_000))
+    print(f"  seed {seed} (BENCH_SOAK_SEED={seed} repeats the fault schedule), {DURATION_S:.0f}s", flush=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM cleans up as Ctrl-C does
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
+        sc = scenario_for(Path(tmp), base_database_url=BASE_DB, redis_url=REDIS_URL, facilities=FACILITIES)
+        try:
+            sc.prepare()
+            sc.start(workers=WORKERS, concurrency=CONCURRENCY, beat=True, env=STACK_ENV)
+            _probe(sc)
+            _soak(sc, seed)
+        finally:
+            stack = sc.stack
+            tails = {p.name: p.log_tail(15) for p in (stack.procs if stack else [])}
+            sc.teardown()
+            signal.signal(signal.SIGTERM, previous)
+            if sys.exc_info()[0] is not None:
+                for name, tail in tails.items():
+                    print(f"--- {name}\n{tail}", flush=True)
+
+
+def _soak(sc: Scenario, seed: int) -> None:
+    run = Run(sc, random.Random(seed))
+    end = run.t0 + DURATION_S
+    warmup_end = run.t0 + DURATION_S / 4
+    threads = [
+        threading.Thread(target=run.drive, daemon=True),
+        threading.Thread(target=run.sample, daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    injector = threading.Thread(target=lambda: run.inject(end), daemon=True)
+    try:
+        run.stop.wait(max(0.0, warmup_end - time.time()))
+        injector.start()
+        injector.join()  # it stops drawing faults near the end, and lets the last one finish
+    finally:
+        run.abort.set()  # only set early when this is an exception or Ctrl-C
+        run.stop.set()
+        for t in [*threads, injector]:
+            if t.ident is not None:
+                t.join(timeout=30)
+    soaked = time.time() - run.t0
+    for facility in FACILITIES:  # nothing left standing
+        httpx.delete(f"{sc.sim_url}/_admin/{facility}/faults", timeout=10).raise_for_status()
+    drain_started = time.monotonic()
+    reports = [
+        sc.wait_for_ledger(f, timeout=max(1.0, DRAIN_TIMEOUT_S - (time.monotonic() - drain_started)))
+        for f in FACILITIES
+    ]
+    drain_s = time.monotonic() - drain_started
+    drained = all(r.drained for r in reports)
+    lost = sum(r.unmatched for r in reports)
+    print(
+        f"  {run.changes} changes in {soaked:.0f}s ({run.change_errors} admin errors), "
+        f"{len(run.faults)} faults; drained {drained} after {drain_s:.1f}s, unmatched {lost}",
+        flush=True,
+    )
+    _trajectories(run)
+
+    windows = [(f.started - FAULT_MARGIN_S, f.ended) for f in run.faults]
+    latencies = _latencies(sc)
+    calm = [ms for t, ms in latencies if t >= warmup_end and t < end and outside(t, windows)]
+    warm = [ms for t, ms in latencies if run.t0 + 5 <= t < warmup_end]
+    every = [ms for t, ms in latencies if t >= warmup_end]
+    counts: dict[str, int] = {}
+    for f in run.faults:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    recoveries = [
+        f"{f.recovery_s:.1f}s" if f.recovery_s is not None else "not recovered"
+        for f in run.faults
+        if f.kind == "kill"
+    ]
+    kinds = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) or "none"
+    fault_note = (
+        f"seed {seed}; faults {kinds}; recovery after each kill (every row pending at the kill done): "
+        + (", ".join(recoveries) or "no kill drawn")
+    )
+    expected = sum(r.expected for r in reports)
+    if drained:
+        drain_note = f"drained {drain_s:.1f}s after the faults stopped"
+    else:
+        pending = [r.pending for r in reports]
+        drain_note = f"NOT drained after {drain_s:.0f}s (pending {pending}), unmatched counted as lost"
+    half = soaked / 2
+    write(
+        [
+            Figure(
+                "soak.lost",
+                float(lost),
+                "changes",
+                target="0",
+                note=(
+                    f"ledger check over {expected} resources of {len(FACILITIES)} facilities, "
+                    f"{run.changes} changes in {soaked:.0f}s; {drain_note}; {fault_note}"
+                ),
+            ),
+            _slope_figure(run, "receiver", half),
+            _slope_figure(run, "worker", half),
+            Figure(
+                "soak.p99_end_to_end_ms",
+                round(percentile(calm, 0.99), 1),
+                "ms",
+                baseline=round(percentile(warm, 0.99), 1) if warm else None,
+                target=None,
+                note=(
+                    f"ehrsim lastUpdated → resource_history.recorded_at, {len(calm)} versions made "
+                    f"outside fault windows (p50 {percentile(calm, 0.5):.0f} ms); baseline: p99 of "
+                    f"{len(warm)} in the fault-free warm-up (p50 {percentile(warm, 0.5):.0f} ms); all "
+                    f"{len(every)} after warm-up, faults included: p99 {percentile(every, 0.99):.0f} ms"
+                ),
+            ),
+        ]
+    )
+    if not drained or lost:
+        detail = [(r.missing[:5], r.behind[:5], r.not_tombstoned[:5], r.inbox) for r in reports]
+        raise SystemExit(f"soak: lost {lost}, drained {drained}: {detail}")
+
+
+if __name__ == "__main__":
+    main()
