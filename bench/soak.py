@@ -65,8 +65,8 @@ KILL_RECOVERY_TIMEOUT_S = 60.0
 STACK_ENV = {"EHRI_EVENT_GAP_GRACE": "PT1S", "EHRI_RECONCILE_TICK": "PT1S", "EHRI_LOG_LEVEL": "WARNING"}
 
 
-PENDING = "SELECT id FROM inbox WHERE status = 'pending'"
-IN_FLIGHT = "SELECT id FROM inbox WHERE status = 'pending' AND lease_until > now()"
+# Rows not done yet, and whether a worker holds them now (a live lease).
+PENDING = "SELECT id, coalesce(lease_until > now(), false) AS claimed FROM inbox WHERE status = 'pending'"
 
 
 # -- statistics (pure) -----------------------------------------------------
@@ -239,11 +239,12 @@ class Run:
         # Mid-batch when the trickle allows: wait a little for a claimed row (which worker holds it is not
         # known here; the victim is drawn anyway).
         deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and not self.sc.sql(IN_FLIGHT):
+        rows = self.sc.sql(PENDING)
+        while time.monotonic() < deadline and not any(r.claimed for r in rows):
             time.sleep(0.02)
-        claimed = len(self.sc.sql(IN_FLIGHT))
-        pending = {int(r.id) for r in self.sc.sql(PENDING)}
-        detail = f"{victim.name}, {claimed} of {len(pending)} pending rows claimed"
+            rows = self.sc.sql(PENDING)
+        pending = {int(r.id) for r in rows}
+        detail = f"{victim.name}, {sum(bool(r.claimed) for r in rows)} of {len(rows)} pending rows claimed"
         fault = Fault("kill", None, time.time(), detail=detail)
         victim.kill()  # SIGKILL to the node's process group: the parent and its prefork children
         self.replacements += 1
@@ -344,7 +345,13 @@ def _slope_figure(run: Run, kind: str, half: float) -> Figure:
             # minutes on x: the slope comes out in MB per minute
             series.append([(t / 60, mb) for t, mb in points if t >= half and t - born >= WARMUP_S])
     fit = pooled_slope(series)
-    warm = [mb for n, ps in run.rss.items() if _is(kind, n) for t, mb in ps if WARMUP_S <= t < half]
+    warm = [
+        mb
+        for n, ps in run.rss.items()
+        if _is(kind, n)
+        for t, mb in ps
+        if t - ps[0][0] >= WARMUP_S and t < half
+    ]
     start_mb = sum(warm) / len(warm) if warm else math.nan
     last = ", ".join(f"{ps[-1][1]:.0f}" for n, ps in run.rss.items() if _is(kind, n))
     return Figure(
