@@ -16,11 +16,13 @@ Figures (bench/results.json):
 - soak.lost: changes not in Postgres at the EHR's version once drained (must be 0; the bench fails
   otherwise, after writing its figures, and when the ledger is not drained by the deadline).
 - soak.rss_slope_mb_per_min.receiver / .worker: least-squares slope of RSS over the run's second half,
-  one slope shared by every process of the kind with an intercept per process (a replacement worker has
-  its own level), each process's first WARMUP_S seconds left out; baseline: the mean RSS of a process of
-  the kind over the first half after its warm-up, so the ratio is the share of its memory gained a minute
-  (the slope's standard error is in the note: RSS moves in steps, so even a small steady creep over a
-  short run is far outside the fit's noise, which made the t statistic a poor baseline).
+  one slope shared by the processes of the kind started with the stack, an intercept each. Replacement
+  workers are left out of the fit (their first and last RSS are in the note): started mid-run, they fill
+  up for minutes as their pool processes meet their first tasks, which is warm-up, not a leak; worker0 is
+  never the one killed, so at least one worker spans the whole run. Baseline: the mean RSS of those
+  processes from WARMUP_S to half-time, so the ratio is the share of its memory a process gains a minute
+  (the slope's standard error is in the note; RSS moves in steps, so even a small steady creep is far
+  outside the fit's noise in a short run, which made the t statistic a poor baseline).
 - soak.p99_end_to_end_ms: ehrsim's ``meta.lastUpdated`` of each stored version (when the EHR made the
   change) → its ``resource_history.recorded_at`` (the writing transaction's ``now()``), for changes made
   after the warm-up outside any fault window (from FAULT_MARGIN_S before a fault begins until it has
@@ -57,7 +59,7 @@ RATE = float(os.environ.get("BENCH_SOAK_RATE", "2"))  # changes per second per f
 FACILITIES = ["soak-a", "soak-b"]
 WORKERS = 2
 CONCURRENCY = 2
-WARMUP_S = 30.0  # a process's first seconds (imports, pools, caches) are left out of its RSS fit
+WARMUP_S = 30.0  # a process's first seconds (imports, pools, caches): not in the RSS baseline
 FAULT_MARGIN_S = 2.0  # changes made this long before a fault began may be caught in it (p99 ~0.2 s)
 DRAIN_TIMEOUT_S = 90.0
 KILL_RECOVERY_TIMEOUT_S = 60.0
@@ -234,7 +236,9 @@ class Run:
     def _kill(self) -> Fault:
         assert self.sc.stack is not None
         with self.lock:
-            workers = [p for p in self.sc.stack.procs if p.name.startswith("worker") and p.alive()]
+            # worker0 is never killed: one worker's memory spans the whole run (the RSS slope's witness)
+            workers = [p for p in self.sc.stack.procs if p.name.startswith("worker") and p.name != "worker0"]
+            workers = [p for p in workers if p.alive()]
         victim: Proc = self.rng.choice(workers)
         # Mid-batch when the trickle allows: wait a little for a claimed row (which worker holds it is not
         # known here; the victim is drawn anyway).
@@ -338,22 +342,27 @@ def _is(kind: str, name: str) -> bool:
 
 
 def _slope_figure(run: Run, kind: str, half: float) -> Figure:
-    series = []
+    """The fit takes the processes started with the stack (before any fault), over the run's second half:
+    a replacement worker fills up for minutes after it starts (its pool processes import and cache as
+    their first tasks come), which says nothing about a leak; its first and last RSS go in the note."""
+    series: list[list[tuple[float, float]]] = []
+    warm: list[float] = []
+    replacements: list[str] = []
+    last: list[str] = []
     for name, points in run.rss.items():
-        if _is(kind, name):
-            born = points[0][0]
-            # minutes on x: the slope comes out in MB per minute
-            series.append([(t / 60, mb) for t, mb in points if t >= half and t - born >= WARMUP_S])
+        if not _is(kind, name):
+            continue
+        last.append(f"{points[-1][1]:.0f}")
+        if name.startswith("worker-r"):  # a replacement, started mid-run
+            replacements.append(
+                f"{name} {points[0][1]:.0f}→{points[-1][1]:.0f} MB in {points[-1][0] - points[0][0]:.0f}s"
+            )
+            continue
+        # minutes on x: the slope comes out in MB per minute
+        series.append([(t / 60, mb) for t, mb in points if t >= half])
+        warm += [mb for t, mb in points if WARMUP_S <= t < half]
     fit = pooled_slope(series)
-    warm = [
-        mb
-        for n, ps in run.rss.items()
-        if _is(kind, n)
-        for t, mb in ps
-        if t - ps[0][0] >= WARMUP_S and t < half
-    ]
     start_mb = sum(warm) / len(warm) if warm else math.nan
-    last = ", ".join(f"{ps[-1][1]:.0f}" for n, ps in run.rss.items() if _is(kind, n))
     return Figure(
         f"soak.rss_slope_mb_per_min.{kind}",
         round(fit.slope, 3),
@@ -362,10 +371,10 @@ def _slope_figure(run: Run, kind: str, half: float) -> Figure:
         target="flat: ratio ~ 0 (/min)",
         note=(
             f"VmRSS (process + children) 1/s, least squares over the second half: {fit.points} samples of "
-            f"{fit.series} process(es), one slope, an intercept each, each one's first {WARMUP_S:.0f}s left "
-            f"out; slope stderr {fit.stderr:.3f} MB/min; baseline: mean RSS (MB) a process over the first "
-            f"half after its warm-up, so ratio = share of the process's memory gained a minute; "
-            f"{last} MB at the end"
+            f"{fit.series} process(es) started with the stack, one slope, an intercept each; slope stderr "
+            f"{fit.stderr:.3f} MB/min; baseline: their mean RSS (MB) from {WARMUP_S:.0f}s to half-time, so "
+            f"ratio = share of a process's memory gained a minute; {', '.join(last)} MB at the end"
+            + (f"; replacements left out: {'; '.join(replacements)}" if replacements else "")
         ),
     )
 
