@@ -184,6 +184,7 @@ class Run:
     changes: int = 0
     change_errors: int = 0
     replacements: int = 0
+    error: BaseException | None = None  # what stopped the fault injector, if anything did
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def admin(self, facility: str, body: dict[str, Any] | None) -> dict[str, Any]:
@@ -422,7 +423,14 @@ def _soak(sc: Scenario, seed: int) -> None:
     ]
     for t in threads:
         t.start()
-    injector = threading.Thread(target=lambda: run.inject(end), daemon=True)
+
+    def inject() -> None:
+        try:
+            run.inject(end)
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread, after cleaning up
+            run.error = exc
+
+    injector = threading.Thread(target=inject, daemon=True)
     try:
         run.stop.wait(max(0.0, warmup_end - time.time()))
         injector.start()
@@ -433,6 +441,8 @@ def _soak(sc: Scenario, seed: int) -> None:
         for t in [*threads, injector]:
             if t.ident is not None:
                 t.join(timeout=30)
+    if run.error is not None:
+        raise SystemExit(f"soak: the fault injector failed: {run.error!r}")
     soaked = time.time() - run.t0
     for facility in FACILITIES:  # nothing left standing
         httpx.delete(f"{sc.sim_url}/_admin/{facility}/faults", timeout=10).raise_for_status()
