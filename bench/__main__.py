@@ -9,7 +9,14 @@ import importlib
 import sys
 import traceback
 
-BENCHMARKS = ["bench.pipeline", "bench.ehrsim_bench", "bench.webhook", "bench.backfill", "bench.mllp"]
+BENCHMARKS = [
+    "bench.pipeline",
+    "bench.ehrsim_bench",
+    "bench.webhook",
+    "bench.backfill",
+    "bench.mllp",
+    "bench.soak",
+]
 
 
 def main(argv: list[str]) -> int:
