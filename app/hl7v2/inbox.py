@@ -104,14 +104,14 @@ class AdtWriter(GroupCommit[AdtRow, bool]):
     """``await write(row)`` returns True when this call stored the row, False for a duplicate; raises
     when it could not be committed, and ``WriterStopped`` at once after ``stop`` (nothing stored: the
     listener answers AE, so the sender's engine resends to the next listener). The group commit is
-    the receiver's (``app.ingest.group_commit``: writer threads, so a busy loop never delays a commit)."""
+    the receiver's (``app.ingest.group_commit``)."""
 
-    def __init__(self, conninfo: str, *, max_batch: int = 256, loops: int = 1) -> None:
+    def __init__(self, conninfo: str, *, max_batch: int = 256, slots: int = 1) -> None:
         # One writer by default: senders keep one message in flight per connection, so whatever arrives
         # while a commit runs makes the next batch; two halve the batches and cost the listener and
         # Postgres about 10 % more CPU per message (measured with bench/mllp.py's load). Autocommit: the
         # batch is one statement, its own transaction, committed in one round trip.
-        super().__init__(conninfo, max_batch=max_batch, threads=loops, name="adt-writer", autocommit=True)
+        super().__init__(conninfo, max_batch=max_batch, slots=slots, name="adt-writer", autocommit=True)
         self._quarantine_conn: psycopg.AsyncConnection[Any] | None = None
 
     async def write(self, row: AdtRow) -> bool:
@@ -151,9 +151,9 @@ class AdtWriter(GroupCommit[AdtRow, bool]):
             self._quarantine_conn = conn
         return conn
 
-    def commit_batch(self, slot: int, items: list[AdtRow]) -> list[bool | BaseException]:
+    async def commit_batch(self, slot: int, items: list[AdtRow]) -> list[bool | BaseException]:
         try:
-            stored = self._insert(slot, items)
+            stored = await self._insert(slot, items)
         except psycopg.OperationalError as exc:  # the database: every waiting connection answers AE
             return [exc] * len(items)
         except psycopg.Error as exc:
@@ -161,7 +161,7 @@ class AdtWriter(GroupCommit[AdtRow, bool]):
                 return [exc]
             answers: list[bool | BaseException] = []
             for row in items:  # one row's data failed the batch: each alone, so it fails alone
-                answers += self.commit_batch(slot, [row])
+                answers += await self.commit_batch(slot, [row])
             return answers
         answers = []
         for row in items:
@@ -170,11 +170,11 @@ class AdtWriter(GroupCommit[AdtRow, bool]):
             stored.discard(key)  # the same message twice in one batch: the first stored it
         return answers
 
-    def _insert(self, slot: int, rows: list[AdtRow]) -> set[tuple[str, str]]:
-        conn = self.connection(slot)
+    async def _insert(self, slot: int, rows: list[AdtRow]) -> set[tuple[str, str]]:
+        conn = await self.connection(slot)
         try:
-            cur = conn.execute(_INSERT, (json.dumps([r.record() for r in rows]),))
-            return {(r.facility_id, r.control_id) for r in cur.fetchall()}
+            cur = await conn.execute(_INSERT, (json.dumps([r.record() for r in rows]),))
+            return {(r.facility_id, r.control_id) for r in await cur.fetchall()}
         except psycopg.OperationalError:
-            self.drop_connection(slot)
+            await self.drop_connection(slot)
             raise

@@ -1,33 +1,34 @@
-"""Group commit: concurrent callers on an event loop share one Postgres transaction, run in writer threads.
+"""Group commit: concurrent callers on an event loop share one Postgres transaction.
 
 The receiver's inbox writer (``app.ingest.writer``) and the HL7 v2 listener's ADT writer
 (``app.hl7v2.inbox``) both answer a sender only after its rows are committed, and both batch the rows
 of concurrent senders into one transaction. This module is the part they share: the queue, the
 batching, the connections, the answers.
 
-Why threads: on a busy event loop every database round trip also waits for a turn of the loop, behind
-the requests being parsed meanwhile (profiled: at ~1,000 notifications/s most of a commit's time was
-spent waiting for those turns, not in Postgres). A writer thread blocks on its own socket instead,
-with the GIL released, so its round trips follow each other as soon as Postgres answers; the loop is
-woken once per batch, to settle the callers' futures. A few threads (``threads``), each with its own
-connection, so one slow commit does not hold up the next batch.
+The transactions run on the event loop itself (psycopg's ``AsyncConnection``), in a few committer
+tasks (``slots``), each with its own connection, so one slow commit does not hold up the next batch.
+An earlier design ran them in writer threads, so that a round trip would not wait for a turn of a busy
+loop; measured with ``bench/webhook.py`` once the hook routes had become cheap, the threads cost more
+than they saved: every round trip's wake-up had to win the GIL back from the loop thread, a commit of
+~0.8 ms in Postgres took 10-17 ms at saturation, and acknowledgements per second varied by 1.7x from
+run to run with how the threads happened to interleave. On the loop, a commit waits at most for the
+callbacks already ready, which are the very requests whose rows make up the next batch.
 
-    caller (event loop)                      writer thread (one of ``threads``)
-    await submit(item) ──► queue.Queue ──►   take what is queued (up to max_batch)
-                                             commit_batch(slot, items)  # the subclass's transaction
-    future settled    ◄── call_soon_threadsafe ◄ answers, one per item (a result or an exception)
+    caller                                   committer task (one of ``slots``)
+    await submit(item) ──► pending ──►       take what is pending (up to max_batch)
+                                             await commit_batch(slot, items)  # the subclass's transaction
+    future settled    ◄──────────────────    answers, one per item (a result or an exception)
 
 Contract of ``commit_batch(slot, items)``: one answer per item, in order; it may raise, and then every
-item of the batch gets that exception. ``connection(slot)`` is the thread's connection, reopened when
-found broken.
+item of the batch gets that exception. ``await connection(slot)`` is the task's connection, reopened
+when found broken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
-import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -57,13 +58,10 @@ class Job(Generic[Item, Result]):
     future: asyncio.Future[Result]
 
 
-_STOP = object()  # tells one writer thread to end
-
-
 class GroupCommit(Generic[Item, Result]):
     """``await submit(item)``: the item's answer once the transaction holding it committed.
 
-    Subclasses implement ``commit_batch``. ``start`` and ``stop`` run on the event loop that submits;
+    Subclasses implement ``commit_batch``. ``start``, ``stop`` and ``submit`` run on one event loop;
     after ``stop`` (and before ``start``) ``submit`` raises ``WriterStopped`` at once."""
 
     def __init__(
@@ -71,114 +69,109 @@ class GroupCommit(Generic[Item, Result]):
         conninfo: str,
         *,
         max_batch: int = 256,
-        threads: int = 2,
+        slots: int = 2,
         name: str = "group-commit",
         autocommit: bool = False,
     ) -> None:
         self.conninfo = conninfo
         self._autocommit = autocommit  # a batch of one statement commits in one round trip
         self.max_batch = max_batch
-        self._threads_wanted = threads
+        self._slots = slots
         self._name = name
-        self._queue: queue.SimpleQueue[Job[Item, Result] | object] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: deque[Job[Item, Result]] = deque()
+        self._work = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopped = True
-        self._connections: dict[int, psycopg.Connection[Any]] = {}
-        self._lock = threading.Lock()  # guards _connections between the writer threads and stop()
+        self._connections: dict[int, psycopg.AsyncConnection[Any]] = {}
 
     # -- the subclass's part -------------------------------------------------------------------------
 
-    def commit_batch(self, slot: int, items: list[Item]) -> Sequence[Result | BaseException]:
-        """Store ``items`` in one transaction on ``self.connection(slot)``; one answer per item (runs in
-        writer thread ``slot``)."""
+    async def commit_batch(self, slot: int, items: list[Item]) -> Sequence[Result | BaseException]:
+        """Store ``items`` in one transaction on ``await self.connection(slot)``; one answer per item."""
         raise NotImplementedError
 
-    def after_batch(self, slot: int) -> None:
-        """Called in writer thread ``slot`` after each batch's answers went out (housekeeping)."""
+    async def after_batch(self, slot: int) -> None:
+        """Called by committer ``slot`` after each batch's answers went out (housekeeping)."""
 
     # -- life cycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._stopped = False
-        self._threads = [
-            threading.Thread(target=self._run, args=(slot,), name=f"{self._name}-{slot}", daemon=True)
-            for slot in range(self._threads_wanted)
+        self._work = asyncio.Event()  # bound to the running loop from its first wait
+        self._tasks = [
+            asyncio.create_task(self._run(slot), name=f"{self._name}-{slot}") for slot in range(self._slots)
         ]
-        for thread in self._threads:
-            thread.start()
 
     async def stop(self) -> None:
-        """Refuse new items, let the threads finish the batch they hold (bounded), and answer every
-        item still queued ``WriterStopped`` (nothing of it was stored: its sender retries)."""
-        self._stopped = True  # first: an item arriving while the threads wind down is refused, not queued
-        for _ in self._threads:
-            self._queue.put(_STOP)
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, STOP_TIMEOUT_S)
-            if thread.is_alive():
-                # Stuck in a commit (Postgres not answering): interrupt it; its items get the error.
-                self._cancel_connections()
-                await asyncio.to_thread(thread.join, CONNECT_TIMEOUT_S)
-        self._threads = []
-        with self._lock:
-            connections, self._connections = list(self._connections.values()), {}
+        """Refuse new items, let the committers finish the batch they hold (bounded), and answer every
+        item still pending ``WriterStopped`` (nothing of it was stored: its sender retries)."""
+        self._stopped = True  # first: an item arriving while the committers wind down is refused
+        self._work.set()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            for task in stuck:  # in a commit Postgres does not answer: its items get the error
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck, timeout=CONNECT_TIMEOUT_S + 1)
+        self._tasks = []
+        connections, self._connections = list(self._connections.values()), {}
         for conn in connections:
-            conn.close()
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(job, Job) and not job.future.done():
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+        while self._pending:
+            job = self._pending.popleft()
+            if not job.future.done():
                 job.future.set_exception(WriterStopped("shutting down"))
 
     async def submit(self, item: Item, size: int = 1) -> Result:
         if self._stopped:  # nobody would take it: the caller must not wait for its timeout
             raise WriterStopped("shutting down")
         job: Job[Item, Result] = Job(item, size, asyncio.get_running_loop().create_future())
-        self._queue.put(job)
+        self._pending.append(job)
+        self._work.set()
         return await job.future
 
     @property
-    def connections(self) -> list[psycopg.Connection[Any]]:
-        """The writer threads' connections now (tests break them to simulate a lost database)."""
-        with self._lock:
-            return list(self._connections.values())
+    def connections(self) -> list[psycopg.AsyncConnection[Any]]:
+        """The committers' connections now (tests break them to simulate a lost database)."""
+        return list(self._connections.values())
 
-    # -- the writer threads --------------------------------------------------------------------------
+    # -- the committers ------------------------------------------------------------------------------
 
-    def _run(self, slot: int) -> None:
+    async def _run(self, slot: int) -> None:
         while True:
-            first = self._queue.get()
-            if not isinstance(first, Job):
-                return
-            jobs: list[Job[Item, Result]] = [first]
-            size = first.size
-            stop = False
-            while size < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if not isinstance(more, Job):
-                    stop = True  # finish this batch, then end
-                    break
-                jobs.append(more)
-                size += more.size
-            answers = self._answers(slot, jobs)
-            self._settle(jobs, answers)
-            if stop:
+            while not self._pending:
+                if self._stopped:
+                    return
+                self._work.clear()
+                await self._work.wait()
+            jobs = self._take()
+            try:
+                answers = await self._answers(slot, jobs)
+            except asyncio.CancelledError:  # stop() gave up on this batch: its callers must hear of it
+                _settle(jobs, [WriterStopped("shutting down")] * len(jobs))
+                raise
+            _settle(jobs, answers)
+            if self._stopped and not self._pending:
                 return
             try:
-                self.after_batch(slot)
-            except Exception:  # housekeeping must never end a writer thread
+                await self.after_batch(slot)
+            except Exception:  # housekeeping must never end a committer
                 log.exception("ingest.group_commit.housekeeping_failed", writer=self._name)
 
-    def _answers(self, slot: int, jobs: list[Job[Item, Result]]) -> Sequence[Result | BaseException]:
+    def _take(self) -> list[Job[Item, Result]]:
+        """The oldest pending jobs, up to ``max_batch`` of size (at least one)."""
+        first = self._pending.popleft()
+        jobs, size = [first], first.size
+        while self._pending and size + self._pending[0].size <= self.max_batch:
+            job = self._pending.popleft()
+            jobs.append(job)
+            size += job.size
+        return jobs
+
+    async def _answers(self, slot: int, jobs: list[Job[Item, Result]]) -> Sequence[Result | BaseException]:
         try:
-            answers = self.commit_batch(slot, [job.item for job in jobs])
+            answers = await self.commit_batch(slot, [job.item for job in jobs])
         except Exception as exc:  # noqa: BLE001 - every waiting caller must learn of the failure
             return [exc] * len(jobs)
         if len(answers) != len(jobs):  # a bug in the subclass: never leave a caller waiting
@@ -186,51 +179,37 @@ class GroupCommit(Generic[Item, Result]):
             return [error] * len(jobs)
         return answers
 
-    def _settle(self, jobs: list[Job[Item, Result]], answers: Sequence[Result | BaseException]) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
-            loop.call_soon_threadsafe(_settle, jobs, answers)
-
     # -- connections ---------------------------------------------------------------------------------
 
-    def connection(self, slot: int) -> psycopg.Connection[Any]:
-        """Writer thread ``slot``'s connection, (re)opened when missing or broken."""
-        with self._lock:
-            conn = self._connections.get(slot)
+    async def connection(self, slot: int) -> psycopg.AsyncConnection[Any]:
+        """Committer ``slot``'s connection, (re)opened when missing or broken."""
+        conn = self._connections.get(slot)
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
-                conn.close()
-            conn = psycopg.Connection.connect(
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await conn.close()
+            conn = await psycopg.AsyncConnection.connect(
                 self.conninfo,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 row_factory=namedtuple_row,
                 autocommit=self._autocommit,
             )
-            with self._lock:
-                self._connections[slot] = conn
+            self._connections[slot] = conn
         return conn
 
     def connection_lost(self, slot: int) -> bool:
-        with self._lock:
-            conn = self._connections.get(slot)
+        conn = self._connections.get(slot)
         return conn is None or conn.closed or conn.broken
 
-    def drop_connection(self, slot: int) -> None:
-        with self._lock:
-            conn = self._connections.pop(slot, None)
+    async def drop_connection(self, slot: int) -> None:
+        conn = self._connections.pop(slot, None)
         if conn is not None:
-            conn.close()
-
-    def _cancel_connections(self) -> None:
-        for conn in self.connections:
-            with contextlib.suppress(psycopg.Error):
-                conn.cancel_safe(timeout=CONNECT_TIMEOUT_S)
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
 
 
 def _settle(jobs: Sequence[Job[Any, Any]], answers: Sequence[Any]) -> None:
-    """On the event loop: each caller's answer (a caller that gave up, e.g. timed out, is skipped)."""
+    """Each caller's answer (a caller that gave up, e.g. timed out, is skipped)."""
     for job, answer in zip(jobs, answers, strict=True):
         if job.future.done():
             continue

@@ -1,7 +1,7 @@
 """Group commit for the receiver: concurrent requests share one transaction.
 
 Each request hands its intake (inbox entries and a ledger observation) to ``InboxWriter.commit`` and
-waits; a few writer threads (``app.ingest.group_commit``) take everything queued (up to ``max_batch``
+waits; a few committer tasks (``app.ingest.group_commit``) take everything pending (up to ``max_batch``
 entries) and, in one transaction of two round trips (pipeline mode), claim the sender message ids
 (Standard Webhooks: a message already committed is a replay and stores nothing), lock the event-ledger
 rows of the subscriptions involved (both in key order, so two threads or two processes never deadlock),
@@ -16,7 +16,6 @@ fails the others sharing its batch.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
@@ -165,11 +164,12 @@ class _Outcome:
 
 
 class InboxWriter(GroupCommit[_Job, WriteResult]):
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 256, loops: int = 2) -> None:
-        # psycopg directly, one connection per writer thread: the hot path cannot afford an ORM layer per
-        # batch; a broken connection is replaced at the next batch, whose requests get the error.
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 256, slots: int = 2) -> None:
+        # psycopg directly, one connection per committer: the hot path cannot afford an ORM layer per
+        # batch; a broken connection is replaced at the next batch, whose requests get the error. Two
+        # committers: while one commits, the next batch takes its locks and waits in Postgres, not here.
         conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        super().__init__(conninfo, max_batch=max_batch, threads=loops, name="inbox-writer")
+        super().__init__(conninfo, max_batch=max_batch, slots=slots, name="inbox-writer")
         self._next_prune = 0.0
 
     async def write(self, entries: list[InboxEntry]) -> WriteResult:
@@ -182,22 +182,22 @@ class InboxWriter(GroupCommit[_Job, WriteResult]):
         """Commit one notification: its inbox entries and its event-ledger observation."""
         return await self.submit(_Job(intake, intake.entries), len(intake.entries) + 1)
 
-    def after_batch(self, slot: int) -> None:
+    async def after_batch(self, slot: int) -> None:
         if slot == 0 and time.monotonic() >= self._next_prune:  # between batches, answers sent
             self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
             try:
-                self._prune(self.connection(0))
+                await self._prune(await self.connection(0))
             except (psycopg.Error, OSError) as exc:  # the next round tries again; the table only grows
                 log.warning("ingest.prune_failed", error=type(exc).__name__)
 
-    def commit_batch(self, slot: int, items: list[_Job]) -> list[WriteResult | BaseException]:
+    async def commit_batch(self, slot: int, items: list[_Job]) -> list[WriteResult | BaseException]:
         """Each job's result or error. A batch that fails while its connection stays healthy failed
         because of what some job holds: every job is then retried alone, so one tenant's unstorable
         value fails only its own request (``Unstorable``) and the others commit."""
         COMMIT_BATCH.observe(len(items))
         started = time.perf_counter()
         try:
-            answers = _results(items, *self._transaction(slot, items))
+            answers = _results(items, *(await self._transaction(slot, items)))
         except Exception as exc:  # noqa: BLE001 - every waiting request must learn of the failure
             if len(items) == 1 or self.connection_lost(slot):
                 return [_refusal(exc)] * len(items)
@@ -210,22 +210,24 @@ class InboxWriter(GroupCommit[_Job, WriteResult]):
         isolated: list[WriteResult | BaseException] = []
         for index, job in enumerate(items):
             try:
-                isolated += _results([job], *self._transaction(slot, [job]))
+                isolated += _results([job], *(await self._transaction(slot, [job])))
             except Exception as exc:  # noqa: BLE001 - this job's own failure, answered to it alone
                 if self.connection_lost(slot):  # the database went away meanwhile: no more tries
                     return isolated + [exc] * (len(items) - index)
                 isolated.append(_refusal(exc))
         return isolated
 
-    def _transaction(self, slot: int, jobs: list[_Job]) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
+    async def _transaction(
+        self, slot: int, jobs: list[_Job]
+    ) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
         for attempt in (1, 2):
-            conn = self.connection(slot)
+            conn = await self.connection(slot)
             try:
-                return _write(conn, jobs)
+                return await _write(conn, jobs)
             except psycopg.OperationalError:
                 if not (conn.broken or conn.closed):
                     raise
-                self.drop_connection(slot)
+                await self.drop_connection(slot)
                 # A connection that died while idle (Postgres restarted): one retry on a fresh one is
                 # safe, because the inbox insert is idempotent on its dedup keys.
                 if attempt == 2:
@@ -235,44 +237,45 @@ class InboxWriter(GroupCommit[_Job, WriteResult]):
     async def prune_messages(self) -> int:
         """Forget the sender message ids whose replay window has closed; returns how many."""
 
-        def prune() -> int:
-            with psycopg.Connection.connect(self.conninfo, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-                return self._prune(conn)
-
-        return await asyncio.to_thread(prune)
+        async with await psycopg.AsyncConnection.connect(
+            self.conninfo, connect_timeout=CONNECT_TIMEOUT_S
+        ) as conn:
+            return await self._prune(conn)
 
     @staticmethod
-    def _prune(conn: psycopg.Connection[Any]) -> int:
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute(_PRUNE_MESSAGES)
+    async def _prune(conn: psycopg.AsyncConnection[Any]) -> int:
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(_PRUNE_MESSAGES)
             return cur.rowcount
 
 
-def _write(
-    conn: psycopg.Connection[Any], jobs: list[_Job]
+async def _write(
+    conn: psycopg.AsyncConnection[Any], jobs: list[_Job]
 ) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
     """One transaction in two round trips (pipeline mode): BEGIN, claim the message ids and lock the
     ledger rows, read both; then write the rows and the ledger, COMMIT, read what was stored."""
     messages = _Messages.of(jobs)
     keys = sorted({job.intake.observation.key for job in jobs if job.intake is not None})
-    with conn.pipeline(), conn.cursor() as claim, conn.cursor() as lock, conn.cursor() as write:
-        with conn.transaction():
+    async with conn.pipeline(), conn.cursor() as claim, conn.cursor() as lock, conn.cursor() as write:
+        async with conn.transaction():
             if messages.keys:
-                claim.execute(_CLAIM_MESSAGES, messages.params())
+                await claim.execute(_CLAIM_MESSAGES, messages.params())
             if keys:
                 lock_params = {"facility_id": [k[0] for k in keys], "subscription": [k[1] for k in keys]}
-                lock.execute(_LOCK_LEDGER, lock_params)
+                await lock.execute(_LOCK_LEDGER, lock_params)
             replays = messages.replays
             if messages.keys:
-                replays |= messages.committed_before(claim.fetchall())
-            rows = lock.fetchall() if keys else []
+                replays |= messages.committed_before(await claim.fetchall())
+            rows = await lock.fetchall() if keys else []
             states = {(r.facility_id, r.subscription): LedgerState.from_row(r) for r in rows}
             live = [job for index, job in enumerate(jobs) if index not in replays]
             live_outcomes = _apply_ledger(states, live)
             inbox_rows = [_inbox_row(e) for outcome in live_outcomes for e in outcome.entries]
             ledger_rows = [_ledger_row(state) for state in states.values()]
-            write.execute(_WRITE, {"inbox": jsonwire.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)})
-        stored = Counter((r.facility_id, r.dedup_key) for r in write.fetchall())
+            await write.execute(
+                _WRITE, {"inbox": jsonwire.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
+            )
+        stored = Counter((r.facility_id, r.dedup_key) for r in await write.fetchall())
     next_live = iter(live_outcomes)
     outcomes = [
         _Outcome(job.entries, replay=True) if index in replays else next(next_live)

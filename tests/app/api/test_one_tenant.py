@@ -126,7 +126,7 @@ async def test_the_writer_retries_a_failed_batch_one_request_at_a_time(
     bad, good = facilities.add(shared_secret()), facilities.add(shared_secret())
     isolated_before = REGISTRY.get_sample_value("ehri_commit_batches_isolated_total") or 0.0
     engine = make_async_engine(api_database_url)
-    writer = InboxWriter(engine, loops=1)
+    writer = InboxWriter(engine, slots=1)
     await writer.start()
     try:
         # Queued before the single loop runs: one batch. focus_type is VARCHAR(64); 100 characters

@@ -92,7 +92,7 @@ def start_listener(
             return load_directory(session)
 
     listener = Listener(
-        AdtWriter(conninfo, loops=loops),
+        AdtWriter(conninfo, slots=loops),
         directory,
         ListenerConfig(max_message_bytes=max_bytes, idle_timeout_s=idle_s, doorbell_interval_s=0.01),
         ring=rings.append,

@@ -1,10 +1,9 @@
-"""The group-commit base (``app.ingest.group_commit``): commits run in writer threads, so a busy event
-loop does not hold them up; every caller gets its own answer, whatever the batch or the shutdown does."""
+"""The group-commit base (``app.ingest.group_commit``): concurrent callers share a transaction, the
+committers overlap, and every caller gets its own answer, whatever the batch or the shutdown does."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -19,20 +18,25 @@ DEADLINE_S = 10.0
 
 class Notes(GroupCommit[str, int]):
     """Stores strings in a table of its own; answers each with the batch size it was committed in.
-    A string ``"bad"`` fails its batch; ``hold`` blocks the writer thread until released."""
+    A string ``"bad"`` fails its batch; ``"hold"`` keeps its transaction open until ``release`` is set."""
 
-    def __init__(self, conninfo: str, table: str, *, threads: int = 2, max_batch: int = 256) -> None:
-        super().__init__(conninfo, threads=threads, max_batch=max_batch, name="notes")
+    def __init__(self, conninfo: str, table: str, *, slots: int = 2, max_batch: int = 256) -> None:
+        super().__init__(conninfo, slots=slots, max_batch=max_batch, name="notes")
         self.table = table
         self.batches: list[list[str]] = []
+        self.holding = asyncio.Event()  # set once a "hold" transaction is open
+        self.release = asyncio.Event()
 
-    def commit_batch(self, slot: int, items: list[str]) -> Sequence[int | BaseException]:
-        conn = self.connection(slot)
+    async def commit_batch(self, slot: int, items: list[str]) -> Sequence[int | BaseException]:
+        conn = await self.connection(slot)
         self.batches.append(items)
-        with conn.transaction(), conn.cursor() as cur:
+        async with conn.transaction(), conn.cursor() as cur:
             if "bad" in items:
                 raise ValueError("refused")
-            cur.executemany(f"INSERT INTO {self.table} (note) VALUES (%s)", [(i,) for i in items])
+            await cur.executemany(f"INSERT INTO {self.table} (note) VALUES (%s)", [(i,) for i in items])
+            if "hold" in items:
+                self.holding.set()
+                await self.release.wait()
         return [len(items)] * len(items)
 
 
@@ -54,26 +58,46 @@ def _count(conninfo: str, table: str) -> int:
     return int(row[0])
 
 
-def test_a_commit_completes_while_the_event_loop_is_busy(table: tuple[str, str]) -> None:
-    """The loop thread is kept busy (blocked, as by a burst of requests being parsed) right after an item
-    is submitted: the row is committed meanwhile. On a loop-driven writer it could not be, since every
-    round trip of its transaction would wait for the loop."""
+def test_a_batch_commits_while_another_committer_holds_its_transaction(table: tuple[str, str]) -> None:
+    """Two committers: a transaction that does not finish (a slow commit) does not hold up the callers
+    who arrive after it; theirs commits on the other connection meanwhile."""
 
     async def scenario() -> None:
         conninfo, name = table
-        writer = Notes(conninfo, name, threads=1)
+        writer = Notes(conninfo, name, slots=2)
         await writer.start()
         try:
-            pending = asyncio.ensure_future(writer.submit("one"))
-            await asyncio.sleep(0)  # the item is queued
-            deadline = time.monotonic() + DEADLINE_S
-            committed = False
-            while time.monotonic() < deadline and not committed:  # the loop does nothing else meanwhile
-                committed = _count(conninfo, name) == 1
-            assert committed, "the commit waited for the event loop"
-            assert await pending == 1
+            held = asyncio.ensure_future(writer.submit("hold"))
+            await asyncio.wait_for(writer.holding.wait(), DEADLINE_S)  # the first committer holds it
+            assert await asyncio.wait_for(writer.submit("next"), DEADLINE_S) == 1
+            assert not held.done()
+            writer.release.set()
+            assert await asyncio.wait_for(held, DEADLINE_S) == 1
         finally:
+            writer.release.set()
             await writer.stop()
+        assert _count(conninfo, name) == 2
+
+    asyncio.run(scenario())
+
+
+def test_stop_answers_a_batch_it_had_to_give_up_on(
+    table: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that never finishes is cancelled by ``stop`` after its bound: its caller is told
+    ``WriterStopped`` (the sender retries), never left waiting."""
+    monkeypatch.setattr("app.ingest.group_commit.STOP_TIMEOUT_S", 0.2)
+
+    async def scenario() -> None:
+        conninfo, name = table
+        writer = Notes(conninfo, name, slots=1)
+        await writer.start()
+        held = asyncio.ensure_future(writer.submit("hold"))
+        await asyncio.wait_for(writer.holding.wait(), DEADLINE_S)
+        await asyncio.wait_for(writer.stop(), DEADLINE_S)
+        with pytest.raises(WriterStopped):
+            await asyncio.wait_for(held, DEADLINE_S)
+        assert _count(conninfo, name) == 0  # rolled back with its connection
 
     asyncio.run(scenario())
 
@@ -81,7 +105,7 @@ def test_a_commit_completes_while_the_event_loop_is_busy(table: tuple[str, str])
 def test_concurrent_callers_share_a_batch_and_each_gets_its_answer(table: tuple[str, str]) -> None:
     async def scenario() -> None:
         conninfo, name = table
-        writer = Notes(conninfo, name, threads=1)
+        writer = Notes(conninfo, name, slots=1)
         await writer.start()
         try:
             answers = await asyncio.gather(*(writer.submit(f"n{i}") for i in range(50)))
@@ -98,7 +122,7 @@ def test_concurrent_callers_share_a_batch_and_each_gets_its_answer(table: tuple[
 def test_a_failed_batch_answers_each_caller_with_the_error(table: tuple[str, str]) -> None:
     async def scenario() -> None:
         conninfo, name = table
-        writer = Notes(conninfo, name, threads=1, max_batch=1)
+        writer = Notes(conninfo, name, slots=1, max_batch=1)
         await writer.start()
         try:
             results = await asyncio.gather(
@@ -116,7 +140,7 @@ def test_a_failed_batch_answers_each_caller_with_the_error(table: tuple[str, str
 def test_a_caller_that_gave_up_does_not_disturb_the_others(table: tuple[str, str]) -> None:
     async def scenario() -> None:
         conninfo, name = table
-        writer = Notes(conninfo, name, threads=1)
+        writer = Notes(conninfo, name, slots=1)
         await writer.start()
         try:
             impatient = asyncio.ensure_future(writer.submit("gave-up"))
@@ -132,7 +156,7 @@ def test_a_caller_that_gave_up_does_not_disturb_the_others(table: tuple[str, str
 def test_after_stop_a_submit_is_refused_at_once(table: tuple[str, str]) -> None:
     async def scenario() -> None:
         conninfo, name = table
-        writer = Notes(conninfo, name, threads=2)
+        writer = Notes(conninfo, name, slots=2)
         await writer.start()
         await writer.stop()
         with pytest.raises(WriterStopped):
@@ -154,7 +178,7 @@ def test_a_writer_never_started_refuses(table: tuple[str, str]) -> None:
 def test_a_broken_connection_is_replaced_at_the_next_batch(table: tuple[str, str]) -> None:
     async def scenario() -> None:
         conninfo, name = table
-        writer = Notes(conninfo, name, threads=1)
+        writer = Notes(conninfo, name, slots=1)
         await writer.start()
         try:
             await writer.submit("first")
