@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import make_async_engine
 from app.facilities.webhooks import FacilityDirectory, receiver_facility
@@ -66,6 +68,76 @@ def test_a_flood_of_random_ids_stays_bounded_and_a_later_facility_is_found(
         asyncio.run(scenario())
     finally:
         _remove(engine, known, late)
+
+
+def _count_lookups(async_engine: AsyncEngine) -> list[str]:
+    """The facility lookups the directory sends (their statements), as they are sent."""
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM facilities" in statement:
+            sent.append(statement)
+
+    event.listen(async_engine.sync_engine, "before_cursor_execute", record)
+    return sent
+
+
+def test_concurrent_misses_of_one_facility_share_one_lookup(engine: Engine, database_url: str) -> None:
+    facility = f"herd-{uuid.uuid4().hex[:8]}"
+    _add(engine, facility)
+
+    async def scenario() -> None:
+        async_engine = make_async_engine(database_url, pool_size=2)
+        lookups = _count_lookups(async_engine)
+        directory = FacilityDirectory(async_engine, ttl_s=TTL_S)
+        try:
+            found = await asyncio.gather(*(directory.get(facility) for _ in range(50)))
+            assert all(f is not None and f.id == facility for f in found)
+            assert len(lookups) == 1
+        finally:
+            await async_engine.dispose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        _remove(engine, facility)
+
+
+def test_a_facility_in_use_is_reloaded_before_it_expires(engine: Engine, database_url: str) -> None:
+    """Used after most of its TTL, the entry is answered at once and reloaded in the background: a
+    request after the original expiry finds the reloaded entry (no lookup of its own to wait for), and
+    a change made meanwhile is in it."""
+    facility = f"ahead-{uuid.uuid4().hex[:8]}"
+    _add(engine, facility)
+
+    async def scenario() -> None:
+        async_engine = make_async_engine(database_url, pool_size=2)
+        lookups = _count_lookups(async_engine)
+        directory = FacilityDirectory(async_engine, ttl_s=TTL_S)
+        try:
+            first = await directory.get(facility)
+            assert first is not None
+            assert first.vendor == "generic"
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE facilities SET vendor = 'hapi' WHERE id = :id"), {"id": facility})
+            await asyncio.sleep(TTL_S * 0.85)
+            assert await directory.get(facility) is first  # answered from the cache, reload started
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(lookups) < 2 or directory._loading:  # the reload has run
+                assert asyncio.get_running_loop().time() < deadline, "no reload started"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(TTL_S * 0.3)  # past the first load's expiry
+            reloaded = await directory.get(facility)
+            assert reloaded is not None
+            assert reloaded.vendor == "hapi"
+            assert len(lookups) == 2  # no third lookup: the reloaded entry answered
+        finally:
+            await async_engine.dispose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        _remove(engine, facility)
 
 
 def test_event_identity_comes_from_the_adapter_unless_the_facility_overrides_it(engine: Engine) -> None:
