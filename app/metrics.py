@@ -52,6 +52,12 @@ BATCHES_ISOLATED = Counter(
     "ehri_commit_batches_isolated_total",
     "Group-commit transactions that failed on a healthy connection and were retried one request at a time.",
 )
+LEDGER_CACHE = Counter(
+    "ehri_commit_ledger_cache_total",
+    "Receiver transactions by how they met the event ledger: hit (the rows as this process last wrote"
+    " them, one round trip), stale (changed meanwhile by another writer: locked and read again), miss.",
+    ["result"],
+)
 DOORBELL_FAILURES = Counter("ehri_doorbell_failures_total", "Doorbells that could not reach Redis.")
 
 

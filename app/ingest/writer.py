@@ -20,7 +20,7 @@ import contextlib
 import json
 import re
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +36,7 @@ from app.fhir import jsonwire
 from app.ingest.group_commit import CONNECT_TIMEOUT_S, GroupCommit
 from app.ingest.inbox import INBOX_COLUMNS, InboxEntry, Intake
 from app.ingest.ledger import LEDGER_COLUMNS, LEDGER_KEY, LedgerState, apply
-from app.metrics import BATCHES_ISOLATED, COMMIT_BATCH, COMMIT_SECONDS
+from app.metrics import BATCHES_ISOLATED, COMMIT_BATCH, COMMIT_SECONDS, LEDGER_CACHE
 
 log = structlog.get_logger("ingest.writer")
 
@@ -47,13 +47,17 @@ log = structlog.get_logger("ingest.writer")
 # element by element.
 # Column names come from InboxEntry and LedgerState, their SQL types from the models: nothing restated.
 _INBOX_TYPES = sql_types(InboxRow, INBOX_COLUMNS)
-_INSERT_INBOX = f"""
+
+
+def _insert_inbox(condition: str = "") -> str:
+    return f"""
     INSERT INTO inbox ({", ".join(_INBOX_TYPES)})
-    SELECT * FROM jsonb_to_recordset(%(inbox)s::jsonb)
-        AS r({", ".join(f"{c} {t}" for c, t in _INBOX_TYPES.items())})
+    SELECT r.* FROM jsonb_to_recordset(%(inbox)s::jsonb)
+        AS r({", ".join(f"{c} {t}" for c, t in _INBOX_TYPES.items())}) {condition}
     ON CONFLICT (facility_id, dedup_key) DO NOTHING
     RETURNING facility_id, dedup_key
 """  # noqa: S608 - column names are the constants above, values are a bound parameter
+
 
 # Creates missing ledger rows and locks all of them; the no-op update is what makes RETURNING see (and
 # lock) rows that already exist.
@@ -66,13 +70,47 @@ _LOCK_LEDGER = """
 
 _LEDGER_TYPES = sql_types(SubscriptionLedger, LEDGER_COLUMNS)
 _LEDGER_SET = [c for c in LEDGER_COLUMNS if c not in LEDGER_KEY]
-_UPDATE_LEDGER = f"""
+
+
+def _update_ledger(extra_from: str = "", condition: str = "") -> str:
+    return f"""
     UPDATE subscription_ledger AS l
     SET {", ".join(f"{c} = u.{c}" for c in _LEDGER_SET)}, updated_at = now()
     FROM jsonb_to_recordset(%(ledger)s::jsonb) AS u({", ".join(f"{c} {t}" for c, t in _LEDGER_TYPES.items())})
-    WHERE {" AND ".join(f"l.{c} = u.{c}" for c in LEDGER_KEY)}
+        {extra_from}
+    WHERE {" AND ".join(f"l.{c} = u.{c}" for c in LEDGER_KEY)} {condition}
 """  # noqa: S608 - column names are the constants above, values are a bound parameter
-_WRITE = f"WITH ledger AS ({_UPDATE_LEDGER}), ins AS ({_INSERT_INBOX}) SELECT facility_id, dedup_key FROM ins"  # noqa: S608 - constants only
+
+
+_WRITE = (
+    f"WITH ledger AS ({_update_ledger()}), ins AS ({_insert_inbox()}) SELECT facility_id, dedup_key FROM ins"  # noqa: S608 - constants only
+)
+
+# The one-round-trip write (``_LedgerCache``): the ledger rows are locked, and the batch written only
+# if each row still counts the notifications the cache says (every write of the ledger goes through
+# ``app.ingest.ledger.apply``, which counts each one: a row another writer changed counts more); else
+# nothing is written and the one row answered has no facility, only whether a row was ahead of the
+# cache (another writer's notifications) or behind it (the transaction it built on is not committed
+# yet, or failed). FOR UPDATE waits for a concurrent transaction and then sees its version, so the
+# check and the write are of one version.
+_WRITE_CACHED = f"""
+    WITH expected AS (
+        SELECT * FROM jsonb_to_recordset(%(expected)s::jsonb)
+            AS e(facility_id text, subscription text, notifications bigint)
+    ), locked AS (
+        SELECT l.facility_id, l.subscription, l.notifications
+        FROM subscription_ledger AS l JOIN expected AS e USING (facility_id, subscription)
+        ORDER BY l.facility_id, l.subscription
+        FOR UPDATE OF l
+    ), fresh AS (
+        SELECT count(*) FILTER (WHERE locked.notifications = e.notifications) = %(keys)s::int AS ok,
+               coalesce(bool_or(locked.notifications > e.notifications), false) AS ahead
+        FROM locked JOIN expected AS e USING (facility_id, subscription)
+    ), ledger AS ({_update_ledger(", fresh", "AND fresh.ok")}),
+    ins AS ({_insert_inbox("CROSS JOIN fresh WHERE fresh.ok")})
+    SELECT facility_id, dedup_key FROM ins
+    UNION ALL SELECT NULL, CASE WHEN ahead THEN 'ahead' ELSE 'behind' END FROM fresh WHERE NOT fresh.ok
+"""  # noqa: S608 - constants only
 
 
 # Claims the batch's sender message ids (in key order: two receivers never deadlock on them). A row
@@ -121,7 +159,8 @@ class _Prepared:
 _CLAIM = _Prepared("ehri_claim_messages", _CLAIM_MESSAGES)
 _LOCK = _Prepared("ehri_lock_ledger", _LOCK_LEDGER)
 _WRITE_ROWS = _Prepared("ehri_write_rows", _WRITE)
-_PREPARE_ALL = ";".join(p.prepare() for p in (_CLAIM, _LOCK, _WRITE_ROWS))
+_WRITE_CACHED_ROWS = _Prepared("ehri_write_cached_rows", _WRITE_CACHED)
+_PREPARE_ALL = ";".join(p.prepare() for p in (_CLAIM, _LOCK, _WRITE_ROWS, _WRITE_CACHED_ROWS))
 
 
 def with_epoch(entry: InboxEntry, epoch: int) -> InboxEntry:
@@ -206,6 +245,7 @@ class InboxWriter(GroupCommit[_Job, WriteResult]):
         super().__init__(conninfo, max_batch=max_batch, slots=slots, name="inbox-writer", autocommit=True)
         self._next_prune = 0.0
         self._prepared: dict[int, psycopg.AsyncConnection[Any]] = {}
+        self._ledger = _LedgerCache()
 
     async def connection(self, slot: int) -> psycopg.AsyncConnection[Any]:
         """The committer's connection, with the writer's statements prepared on it."""
@@ -267,7 +307,7 @@ class InboxWriter(GroupCommit[_Job, WriteResult]):
         for attempt in (1, 2):
             conn = await self.connection(slot)
             try:
-                return await _write(conn, jobs)
+                return await _write(conn, jobs, self._ledger)
             except psycopg.OperationalError:
                 if not (conn.broken or conn.closed):
                     raise
@@ -293,8 +333,121 @@ class InboxWriter(GroupCommit[_Job, WriteResult]):
             return cur.rowcount
 
 
+LedgerKey = tuple[str, str]
+LEDGER_CACHE_ENTRIES = 4096  # subscriptions remembered per process (a sender can name any number)
+SHARED_BACKOFF_S = 10.0  # how long a row another writer changed goes the two-round-trip way
+
+
+class _LedgerCache:
+    """The ledger rows as this writer's latest transaction leaves them (committed, or still in flight),
+    so that the next batch on the same subscriptions commits in one round trip (``_WRITE_CACHED``)
+    instead of locking and reading them first, and holds their lock only while Postgres runs its
+    statement, not across the turns of the loop between two round trips.
+
+    Never trusted blindly: the write checks, under each row's lock, that it counts the notifications
+    the cache says. A row changed by another writer (another receiver process), or a transaction this
+    one built on that failed, makes the batch go the two-round-trip way, and the rows are forgotten
+    until a transaction reads them again; rows another writer changed are not cached for a while
+    (``SHARED_BACKOFF_S``: with several receiver processes on one subscription, most cached attempts
+    would fail and cost a round trip more)."""
+
+    def __init__(self, max_entries: int = LEDGER_CACHE_ENTRIES) -> None:
+        self._rows: OrderedDict[LedgerKey, LedgerState] = OrderedDict()
+        self._max = max_entries
+        self._shared_until: dict[LedgerKey, float] = {}  # rows other writers write too: not cached
+
+    def lookup(self, keys: list[LedgerKey]) -> dict[LedgerKey, LedgerState] | None:
+        """A copy of every key's row (``apply`` mutates it), or None unless all are known."""
+        found: dict[LedgerKey, LedgerState] = {}
+        now = time.monotonic()
+        for key in keys:
+            state = self._rows.get(key)
+            if state is None or self._shared_until.get(key, 0.0) > now:
+                return None
+            found[key] = replace(state, missing=[list(r) for r in state.missing])
+        return found
+
+    def predict(self, states: dict[LedgerKey, LedgerState]) -> None:
+        """The rows as a transaction about to commit will leave them."""
+        for key, state in states.items():
+            self._rows[key] = state
+            self._rows.move_to_end(key)
+        while len(self._rows) > self._max:
+            self._rows.popitem(last=False)
+
+    def forget(self, keys: list[LedgerKey], *, shared: bool = False) -> None:
+        """Drop the rows; ``shared``: another writer changed one of them, so for a while these rows go
+        the two-round-trip way (a cached attempt would mostly fail and cost a round trip more)."""
+        for key in keys:
+            self._rows.pop(key, None)
+        if shared:
+            until = time.monotonic() + SHARED_BACKOFF_S
+            self._shared_until.update(dict.fromkeys(keys, until))
+            if len(self._shared_until) > self._max:
+                now = time.monotonic()
+                self._shared_until = {k: t for k, t in self._shared_until.items() if t > now}
+
+
 async def _write(
-    conn: psycopg.AsyncConnection[Any], jobs: list[_Job]
+    conn: psycopg.AsyncConnection[Any], jobs: list[_Job], cache: _LedgerCache
+) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
+    """One transaction: in one round trip when ``cache`` knows every ledger row of the batch and no
+    sender message id is to be claimed, else in two (``_write_locked``)."""
+    messages = _Messages.of(jobs)
+    keys = sorted({job.intake.observation.key for job in jobs if job.intake is not None})
+    cached = cache.lookup(keys) if keys and not messages.keys else None
+    if cached is not None:
+        written = await _write_cached(conn, jobs, cached, cache)
+        if written is not None:
+            LEDGER_CACHE.labels("hit").inc()
+            return written
+        LEDGER_CACHE.labels("stale").inc()
+    elif keys:
+        LEDGER_CACHE.labels("miss").inc()
+    return await _write_locked(conn, jobs, messages, keys, cache)
+
+
+async def _write_cached(
+    conn: psycopg.AsyncConnection[Any],
+    jobs: list[_Job],
+    states: dict[LedgerKey, LedgerState],
+    cache: _LedgerCache,
+) -> tuple[list[_Outcome], Counter[tuple[str, str]]] | None:
+    """The batch applied to the cached rows and written in one statement (its own transaction); None,
+    with nothing written, when a row is no longer as cached."""
+    keys = list(states)
+    expected = [
+        {"facility_id": k[0], "subscription": k[1], "notifications": s.notifications}
+        for k, s in states.items()
+    ]
+    outcomes = _apply_ledger(states, jobs)
+    params = {
+        "expected": json.dumps(expected),
+        "keys": len(keys),
+        "ledger": json.dumps([_ledger_row(state) for state in states.values()]),
+        "inbox": jsonwire.dumps([_inbox_row(e) for outcome in outcomes for e in outcome.entries]),
+    }
+    cache.predict(states)
+    try:
+        async with psycopg.AsyncClientCursor(conn) as cur:
+            await cur.execute(_WRITE_CACHED_ROWS.execute(), params)
+            rows = await cur.fetchall()
+    except BaseException:
+        cache.forget(keys)
+        raise
+    stale = [row.dedup_key for row in rows if row.facility_id is None]
+    if stale:
+        cache.forget(keys, shared=stale[0] == "ahead")
+        return None
+    return outcomes, Counter((r.facility_id, r.dedup_key) for r in rows)
+
+
+async def _write_locked(
+    conn: psycopg.AsyncConnection[Any],
+    jobs: list[_Job],
+    messages: _Messages,
+    keys: list[LedgerKey],
+    cache: _LedgerCache,
 ) -> tuple[list[_Outcome], Counter[tuple[str, str]]]:
     """One transaction in two round trips: BEGIN, claim the message ids and lock the ledger rows, read
     both; then write the rows and the ledger, COMMIT, read what was stored.
@@ -304,8 +457,6 @@ async def _write(
     transaction. The extended protocol in pipeline mode needed eleven
     (a send, partial results, the syncs), and on a busy loop every wait is a turn of the loop to wait
     for (measured with bench/webhook.py at ~1,000 requests/s: a 0.8 ms transaction took 4 ms)."""
-    messages = _Messages.of(jobs)
-    keys = sorted({job.intake.observation.key for job in jobs if job.intake is not None})
     statements = ["BEGIN"]
     params: dict[str, Any] = {}
     if messages.keys:
@@ -328,12 +479,14 @@ async def _write(
         states = {(r.facility_id, r.subscription): LedgerState.from_row(r) for r in rows}
         live = [job for index, job in enumerate(jobs) if index not in replays]
         live_outcomes = _apply_ledger(states, live)
+        cache.predict(states)  # a batch that starts now may build on these rows (see _LedgerCache)
         inbox_rows = [_inbox_row(e) for outcome in live_outcomes for e in outcome.entries]
         ledger_rows = [_ledger_row(state) for state in states.values()]
         write = {"inbox": jsonwire.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
         await cur.execute(f"{_WRITE_ROWS.execute()}; COMMIT", write)
         stored = Counter((r.facility_id, r.dedup_key) for r in await cur.fetchall())
     except BaseException:
+        cache.forget(keys)
         if not (conn.broken or conn.closed) and conn.info.transaction_status != TransactionStatus.IDLE:
             with contextlib.suppress(psycopg.Error, OSError):
                 await conn.execute("ROLLBACK")
