@@ -47,8 +47,19 @@ log = structlog.get_logger("ingest.group_commit")
 
 
 class WriterStopped(Exception):
-    """The writer stopped (its process is shutting down) before this item was committed: nothing was
-    stored, and the sender is told to retry (a 503, an AE), never a 500."""
+    """The writer stopped (its process is shutting down) before this item's commit was known to
+    succeed: the sender is told to retry (a 503, an AE), never a 500. Nothing of it was stored, except
+    when ``stop`` had to cancel a commit already sent: then its outcome is unknown, and a resend of a
+    committed item is a duplicate (dedup keys), never a second row."""
+
+
+class BatchInterrupted(Exception):
+    """Raised by ``commit_batch`` when it is cancelled after the answers of its first items are known
+    (each committed in a transaction of its own): those are answered, the rest get ``WriterStopped``."""
+
+    def __init__(self, answers: Sequence[Any]) -> None:
+        super().__init__(f"cancelled after {len(answers)} answers")
+        self.answers = list(answers)
 
 
 @dataclass
@@ -172,6 +183,9 @@ class GroupCommit(Generic[Item, Result]):
     async def _answers(self, slot: int, jobs: list[Job[Item, Result]]) -> Sequence[Result | BaseException]:
         try:
             answers = await self.commit_batch(slot, [job.item for job in jobs])
+        except BatchInterrupted as exc:  # cancelled midway: what is known is answered, then as cancelled
+            _settle(jobs[: len(exc.answers)], exc.answers)
+            raise asyncio.CancelledError from None
         except Exception as exc:  # noqa: BLE001 - every waiting caller must learn of the failure
             return [exc] * len(jobs)
         if len(answers) != len(jobs):  # a bug in the subclass: never leave a caller waiting

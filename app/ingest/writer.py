@@ -1,8 +1,9 @@
 """Group commit for the receiver: concurrent requests share one transaction.
 
 Each request hands its intake (inbox entries and a ledger observation) to ``InboxWriter.commit`` and
-waits; a few committer tasks (``app.ingest.group_commit``) take everything pending (up to ``max_batch``
-entries) and, in one transaction of two round trips (``_write``), claim the sender message ids
+waits; the committer task (``app.ingest.group_commit``) takes everything pending (up to ``max_batch``
+entries) and, in one transaction (``_write``: one round trip when the subscriptions' ledger rows are
+as this writer left them, ``_LedgerCache``; else two), claim the sender message ids
 (Standard Webhooks: a message already committed is a replay and stores nothing), lock the event-ledger
 rows of the subscriptions involved (both in key order, so two committers or two processes never deadlock),
 apply the observations in arrival order (which fixes each numbered event's epoch, part of its dedup
@@ -16,6 +17,7 @@ fails the others sharing its batch.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -33,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.models import InboxRow, SubscriptionLedger, sql_types
 from app.errors import Unstorable
 from app.fhir import jsonwire
-from app.ingest.group_commit import CONNECT_TIMEOUT_S, GroupCommit
+from app.ingest.group_commit import CONNECT_TIMEOUT_S, BatchInterrupted, GroupCommit
 from app.ingest.inbox import INBOX_COLUMNS, InboxEntry, Intake
 from app.ingest.ledger import LEDGER_COLUMNS, LEDGER_KEY, LedgerState, apply
 from app.metrics import BATCHES_ISOLATED, COMMIT_BATCH, COMMIT_SECONDS, LEDGER_CACHE
@@ -61,12 +63,14 @@ def _insert_inbox(condition: str = "") -> str:
 
 # Creates missing ledger rows and locks all of them; the no-op update is what makes RETURNING see (and
 # lock) rows that already exist.
-_LOCK_LEDGER = """
+_LOCK_LEDGER = f"""
     INSERT INTO subscription_ledger AS l (facility_id, subscription)
     SELECT * FROM unnest(%(ledger_facility)s::text[], %(ledger_subscription)s::text[])
     ON CONFLICT (facility_id, subscription) DO UPDATE SET epoch = l.epoch
-    RETURNING l.*
-"""
+    RETURNING {", ".join(f"l.{c}" for c in LEDGER_COLUMNS)}
+"""  # noqa: S608 - column names are constants
+# (Named, not l.*: a prepared statement whose result type changes with the table fails until prepared
+# again. That, a statement gone from the session, and the retry are handled in InboxWriter._transaction.)
 
 _LEDGER_TYPES = sql_types(SubscriptionLedger, LEDGER_COLUMNS)
 _LEDGER_SET = [c for c in LEDGER_COLUMNS if c not in LEDGER_KEY]
@@ -87,23 +91,27 @@ _WRITE = (
 )
 
 # The one-round-trip write (``_LedgerCache``): the ledger rows are locked, and the batch written only
-# if each row still counts the notifications the cache says (every write of the ledger goes through
-# ``app.ingest.ledger.apply``, which counts each one: a row another writer changed counts more); else
-# nothing is written and the one row answered has no facility, only whether a row was ahead of the
-# cache (another writer's notifications) or behind it (the transaction it built on is not committed
-# yet, or failed). FOR UPDATE waits for a concurrent transaction and then sees its version, so the
-# check and the write are of one version.
+# if each row still counts the notifications the cache says, and was last written at the instant it
+# says (every write of the ledger goes through ``app.ingest.ledger.apply``, which counts each
+# notification and stamps its time: a row another writer changed counts more, and a row rebuilt from
+# a failed prediction has another stamp); else nothing is written and the one row answered has no
+# facility, only whether a row was ahead of the cache (another writer's notifications) or behind it
+# (the transaction it built on had not reached the row yet, or failed). FOR UPDATE waits for a
+# concurrent transaction and then sees its version, so the check and the write are of one version.
 _WRITE_CACHED = f"""
     WITH expected AS (
         SELECT * FROM jsonb_to_recordset(%(expected)s::jsonb)
-            AS e(facility_id text, subscription text, notifications bigint)
+            AS e(facility_id text, subscription text, notifications bigint, last_notification_at timestamptz)
     ), locked AS (
-        SELECT l.facility_id, l.subscription, l.notifications
+        SELECT l.facility_id, l.subscription, l.notifications, l.last_notification_at
         FROM subscription_ledger AS l JOIN expected AS e USING (facility_id, subscription)
         ORDER BY l.facility_id, l.subscription
         FOR UPDATE OF l
     ), fresh AS (
-        SELECT count(*) FILTER (WHERE locked.notifications = e.notifications) = %(keys)s::int AS ok,
+        SELECT count(*) FILTER (
+                   WHERE locked.notifications = e.notifications
+                   AND locked.last_notification_at IS NOT DISTINCT FROM e.last_notification_at
+               ) = %(keys)s::int AS ok,
                coalesce(bool_or(locked.notifications > e.notifications), false) AS ahead
         FROM locked JOIN expected AS e USING (facility_id, subscription)
     ), ledger AS ({_update_ledger(", fresh", "AND fresh.ok")}),
@@ -297,6 +305,8 @@ class InboxWriter(GroupCommit[_Job, WriteResult]):
         for index, job in enumerate(items):
             try:
                 isolated += _results([job], *(await self._transaction(slot, [job])))
+            except asyncio.CancelledError:  # stop() gave up: the jobs committed so far are answered
+                raise BatchInterrupted(isolated) from None
             except Exception as exc:  # noqa: BLE001 - this job's own failure, answered to it alone
                 if self.connection_lost(slot):  # the database went away meanwhile: no more tries
                     return isolated + [exc] * (len(items) - index)
@@ -310,6 +320,15 @@ class InboxWriter(GroupCommit[_Job, WriteResult]):
             conn = await self.connection(slot)
             try:
                 return await _write(conn, jobs, self._ledger)
+            except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.FeatureNotSupported):
+                # The session lost its prepared statements (DISCARD ALL) or one no longer fits its
+                # table ("cached plan must not change result type", after a migration): nothing was
+                # written; prepare them again and retry once.
+                if attempt == 2:
+                    raise
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("DEALLOCATE ALL")
+                self._prepared.pop(slot, None)
             except psycopg.OperationalError:
                 if not (conn.broken or conn.closed):
                     raise
@@ -356,7 +375,7 @@ class _LedgerCache:
     def __init__(self, max_entries: int = LEDGER_CACHE_ENTRIES) -> None:
         self._rows: OrderedDict[LedgerKey, LedgerState] = OrderedDict()
         self._max = max_entries
-        self._shared_until: dict[LedgerKey, float] = {}  # rows other writers write too: not cached
+        self._shared_until: OrderedDict[LedgerKey, float] = OrderedDict()  # rows others write too
 
     def lookup(self, keys: list[LedgerKey]) -> dict[LedgerKey, LedgerState] | None:
         """A copy of every key's row (``apply`` mutates it), or None unless all are known."""
@@ -384,10 +403,11 @@ class _LedgerCache:
             self._rows.pop(key, None)
         if shared:
             until = time.monotonic() + SHARED_BACKOFF_S
-            self._shared_until.update(dict.fromkeys(keys, until))
-            if len(self._shared_until) > self._max:
-                now = time.monotonic()
-                self._shared_until = {k: t for k, t in self._shared_until.items() if t > now}
+            for key in keys:
+                self._shared_until[key] = until
+                self._shared_until.move_to_end(key)
+            while len(self._shared_until) > self._max:  # the oldest marks first: bounded, O(1) each
+                self._shared_until.popitem(last=False)
 
 
 async def _write(
@@ -419,7 +439,12 @@ async def _write_cached(
     with nothing written, when a row is no longer as cached."""
     keys = list(states)
     expected = [
-        {"facility_id": k[0], "subscription": k[1], "notifications": s.notifications}
+        {
+            "facility_id": k[0],
+            "subscription": k[1],
+            "notifications": s.notifications,
+            "last_notification_at": s.last_notification_at.isoformat() if s.last_notification_at else None,
+        }
         for k, s in states.items()
     ]
     outcomes = _apply_ledger(states, jobs)

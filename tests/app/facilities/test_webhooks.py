@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import Engine, event, text
@@ -82,62 +83,61 @@ def _count_lookups(async_engine: AsyncEngine) -> list[str]:
     return sent
 
 
-def test_concurrent_misses_of_one_facility_share_one_lookup(engine: Engine, database_url: str) -> None:
-    facility = f"herd-{uuid.uuid4().hex[:8]}"
+Scenario = Callable[[FacilityDirectory, str, list[str]], Awaitable[None]]
+
+
+def _run_with_directory(engine: Engine, database_url: str, scenario: Scenario) -> None:
+    """``scenario(directory, facility_id, lookups)`` for a facility of its own, the lookups counted."""
+    facility = f"dir-{uuid.uuid4().hex[:8]}"
     _add(engine, facility)
 
-    async def scenario() -> None:
+    async def run() -> None:
         async_engine = make_async_engine(database_url, pool_size=2)
         lookups = _count_lookups(async_engine)
-        directory = FacilityDirectory(async_engine, ttl_s=TTL_S)
         try:
-            found = await asyncio.gather(*(directory.get(facility) for _ in range(50)))
-            assert all(f is not None and f.id == facility for f in found)
-            assert len(lookups) == 1
+            await scenario(FacilityDirectory(async_engine, ttl_s=TTL_S), facility, lookups)
         finally:
             await async_engine.dispose()
 
     try:
-        asyncio.run(scenario())
+        asyncio.run(run())
     finally:
         _remove(engine, facility)
+
+
+def test_concurrent_misses_of_one_facility_share_one_lookup(engine: Engine, database_url: str) -> None:
+    async def scenario(directory: FacilityDirectory, facility: str, lookups: list[str]) -> None:
+        found = await asyncio.gather(*(directory.get(facility) for _ in range(50)))
+        assert all(f is not None and f.id == facility for f in found)
+        assert len(lookups) == 1
+
+    _run_with_directory(engine, database_url, scenario)
 
 
 def test_a_facility_in_use_is_reloaded_before_it_expires(engine: Engine, database_url: str) -> None:
     """Used after most of its TTL, the entry is answered at once and reloaded in the background: a
     request after the original expiry finds the reloaded entry (no lookup of its own to wait for), and
     a change made meanwhile is in it."""
-    facility = f"ahead-{uuid.uuid4().hex[:8]}"
-    _add(engine, facility)
 
-    async def scenario() -> None:
-        async_engine = make_async_engine(database_url, pool_size=2)
-        lookups = _count_lookups(async_engine)
-        directory = FacilityDirectory(async_engine, ttl_s=TTL_S)
-        try:
-            first = await directory.get(facility)
-            assert first is not None
-            assert first.vendor == "generic"
-            with engine.begin() as conn:
-                conn.execute(text("UPDATE facilities SET vendor = 'hapi' WHERE id = :id"), {"id": facility})
-            await asyncio.sleep(TTL_S * 0.85)
-            assert await directory.get(facility) is first  # answered from the cache, reload started
-            deadline = asyncio.get_running_loop().time() + 10
-            while len(lookups) < 2 or directory._loading:  # the reload has run
-                assert asyncio.get_running_loop().time() < deadline, "no reload started"
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(TTL_S * 0.3)  # past the first load's expiry
-            reloaded = await directory.get(facility)
-            assert reloaded is not None
-            assert reloaded.vendor == "hapi"
-            assert len(lookups) == 2  # no third lookup: the reloaded entry answered
-        finally:
-            await async_engine.dispose()
+    async def scenario(directory: FacilityDirectory, facility: str, lookups: list[str]) -> None:
+        first = await directory.get(facility)
+        assert first is not None
+        assert first.vendor == "generic"
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE facilities SET vendor = 'hapi' WHERE id = :id"), {"id": facility})
+        await asyncio.sleep(TTL_S * 0.85)
+        assert await directory.get(facility) is first  # answered from the cache, reload started
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(lookups) < 2 or directory._loading:  # the reload has run
+            assert asyncio.get_running_loop().time() < deadline, "no reload started"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(TTL_S * 0.3)  # past the first load's expiry
+        reloaded = await directory.get(facility)
+        assert reloaded is not None
+        assert reloaded.vendor == "hapi"
+        assert len(lookups) == 2  # no third lookup: the reloaded entry answered
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        _remove(engine, facility)
+    _run_with_directory(engine, database_url, scenario)
 
 
 def test_event_identity_comes_from_the_adapter_unless_the_facility_overrides_it(engine: Engine) -> None:
