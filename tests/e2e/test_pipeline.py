@@ -73,3 +73,34 @@ def test_duplicated_and_reordered_notifications_converge_without_duplicate_rows(
         sum(1 for r in live if r["resourceType"] == t) for t in ("Patient", "Observation", "Condition")
     )
     assert tuple(views) == expected
+
+
+def test_the_real_receiver_commits_through_its_ledger_cache(scenario: Scenario) -> None:
+    """The uvicorn receiver's group commit takes the one-round-trip path for the subscription it wrote
+    last (``ehri_commit_ledger_cache_total``), and under duplicates and reordering the ledger it keeps
+    that way ends exact: every event number seen, no gap left open, one epoch."""
+    import httpx
+
+    from tests.e2e.scrape import scrape, total
+
+    scenario.start(workers=1, concurrency=2, beat=False)
+    faults = {"duplicate_rate": 0.3, "delay_s": 0.2, "reorder": True}
+    httpx.post(f"{scenario.sim_url}/_admin/fac-e2e/faults", json=faults, timeout=10).raise_for_status()
+    scenario.make_changes("fac-e2e", 150)
+
+    report = scenario.wait_for_ledger("fac-e2e", timeout=90)
+
+    assert report.ok, (report.missing, report.behind, report.not_tombstoned, report.inbox)
+    samples = scrape(scenario.receiver_port)
+    assert total(samples, "ehri_commit_ledger_cache_total", result="hit") > 0
+    events = scenario.sql(
+        "SELECT max(event_number) AS top, count(*) AS n FROM inbox WHERE event_number IS NOT NULL"
+    )
+    ledger = scenario.sql(
+        "SELECT highest_event, missing, epoch FROM subscription_ledger WHERE facility_id = 'fac-e2e'"
+        " AND highest_event IS NOT NULL"
+    )
+    assert len(ledger) == 1
+    assert ledger[0].highest_event == events[0].top == events[0].n  # numbers 1..n, each stored once
+    assert ledger[0].missing == []
+    assert ledger[0].epoch == 1
