@@ -366,9 +366,10 @@ class _LedgerCache:
     statement, not across the turns of the loop between two round trips.
 
     Never trusted blindly: the write checks, under each row's lock, that it counts the notifications
-    the cache says. A row changed by another writer (another receiver process), or a transaction this
-    one built on that failed, makes the batch go the two-round-trip way, and the rows are forgotten
-    until a transaction reads them again; rows another writer changed are not cached for a while
+    the cache says and was last written at the instant it says. A row changed by another writer
+    (another receiver process), or a transaction this one built on that failed, makes the batch go the
+    two-round-trip way, and the rows are forgotten until a transaction reads them again; rows another
+    writer changed are not cached for a while
     (``SHARED_BACKOFF_S``: with several receiver processes on one subscription, most cached attempts
     would fail and cost a round trip more)."""
 
@@ -448,12 +449,7 @@ async def _write_cached(
         for k, s in states.items()
     ]
     outcomes = _apply_ledger(states, jobs)
-    params = {
-        "expected": json.dumps(expected),
-        "keys": len(keys),
-        "ledger": json.dumps([_ledger_row(state) for state in states.values()]),
-        "inbox": jsonwire.dumps([_inbox_row(e) for outcome in outcomes for e in outcome.entries]),
-    }
+    params = {"expected": json.dumps(expected), "keys": len(keys), **_rows(states, outcomes)}
     cache.predict(states)
     try:
         async with psycopg.AsyncClientCursor(conn) as cur:
@@ -469,6 +465,14 @@ async def _write_cached(
     return outcomes, Counter((r.facility_id, r.dedup_key) for r in rows)
 
 
+def _rows(states: dict[LedgerKey, LedgerState], outcomes: list[_Outcome]) -> dict[str, str]:
+    """Both writes' row parameters: the ledger rows as applied, the inbox rows with their final keys."""
+    return {
+        "ledger": json.dumps([_ledger_row(state) for state in states.values()]),
+        "inbox": jsonwire.dumps([_inbox_row(e) for outcome in outcomes for e in outcome.entries]),
+    }
+
+
 async def _write_locked(
     conn: psycopg.AsyncConnection[Any],
     jobs: list[_Job],
@@ -481,9 +485,9 @@ async def _write_locked(
 
     Each round trip is one query of several statements (``_Prepared``: each prepared once per
     connection), its values bound client-side (psycopg quotes them): two waits on the socket per
-    transaction. The extended protocol in pipeline mode needed eleven
-    (a send, partial results, the syncs), and on a busy loop every wait is a turn of the loop to wait
-    for (measured with bench/webhook.py at ~1,000 requests/s: a 0.8 ms transaction took 4 ms)."""
+    transaction. The extended protocol in pipeline mode needed eleven (a send, partial results, the
+    syncs), and on a busy loop every wait is a turn of the loop to wait for (measured with
+    bench/webhook.py at ~1,000 requests/s: a 0.8 ms transaction took 4 ms)."""
     # Until this transaction knows the rows (and predicts them), a batch must not build on the cache:
     # it would expect what this one is about to change.
     cache.forget(keys)
@@ -510,10 +514,7 @@ async def _write_locked(
         live = [job for index, job in enumerate(jobs) if index not in replays]
         live_outcomes = _apply_ledger(states, live)
         cache.predict(states)  # a batch that starts now may build on these rows (see _LedgerCache)
-        inbox_rows = [_inbox_row(e) for outcome in live_outcomes for e in outcome.entries]
-        ledger_rows = [_ledger_row(state) for state in states.values()]
-        write = {"inbox": jsonwire.dumps(inbox_rows), "ledger": json.dumps(ledger_rows)}
-        await cur.execute(f"{_WRITE_ROWS.execute()}; COMMIT", write)
+        await cur.execute(f"{_WRITE_ROWS.execute()}; COMMIT", _rows(states, live_outcomes))
         stored = Counter((r.facility_id, r.dedup_key) for r in await cur.fetchall())
     except BaseException:
         cache.forget(keys)

@@ -41,18 +41,21 @@ def test_work_committed_while_no_worker_runs_is_drained_by_the_sweeper(scenario:
     assert report.ok, (report.missing, report.behind, report.not_tombstoned, report.inbox)
 
 
-def test_duplicated_and_reordered_notifications_converge_without_duplicate_rows(scenario: Scenario) -> None:
+def _converge_under(scenario: Scenario, faults: dict[str, object]) -> None:
+    """150 changes sent with the sender faults ``faults``: every one reaches Postgres."""
     import httpx
-    from sqlalchemy import create_engine, text
 
     scenario.start(workers=1, concurrency=2, beat=False)
-    faults = {"duplicate_rate": 0.5, "delay_s": 0.3, "reorder": True}
     httpx.post(f"{scenario.sim_url}/_admin/fac-e2e/faults", json=faults, timeout=10).raise_for_status()
     scenario.make_changes("fac-e2e", 150)
-
     report = scenario.wait_for_ledger("fac-e2e", timeout=90)
-
     assert report.ok, (report.missing, report.behind, report.not_tombstoned, report.inbox)
+
+
+def test_duplicated_and_reordered_notifications_converge_without_duplicate_rows(scenario: Scenario) -> None:
+    from sqlalchemy import create_engine, text
+
+    _converge_under(scenario, {"duplicate_rate": 0.5, "delay_s": 0.3, "reorder": True})
     sent = scenario.sender_counters("fac-e2e")
     assert sent["duplicated"] > 0
     engine = create_engine(scenario.database_url)
@@ -79,18 +82,9 @@ def test_the_real_receiver_commits_through_its_ledger_cache(scenario: Scenario) 
     """The uvicorn receiver's group commit takes the one-round-trip path for the subscription it wrote
     last (``ehri_commit_ledger_cache_total``), and under duplicates and reordering the ledger it keeps
     that way ends exact: every event number seen, no gap left open, one epoch."""
-    import httpx
-
     from tests.e2e.scrape import scrape, total
 
-    scenario.start(workers=1, concurrency=2, beat=False)
-    faults = {"duplicate_rate": 0.3, "delay_s": 0.2, "reorder": True}
-    httpx.post(f"{scenario.sim_url}/_admin/fac-e2e/faults", json=faults, timeout=10).raise_for_status()
-    scenario.make_changes("fac-e2e", 150)
-
-    report = scenario.wait_for_ledger("fac-e2e", timeout=90)
-
-    assert report.ok, (report.missing, report.behind, report.not_tombstoned, report.inbox)
+    _converge_under(scenario, {"duplicate_rate": 0.3, "delay_s": 0.2, "reorder": True})
     samples = scrape(scenario.receiver_port)
     assert total(samples, "ehri_commit_ledger_cache_total", result="hit") > 0
     events = scenario.sql(
